@@ -1,0 +1,239 @@
+//! Per-thread state: each thread's [`BdevChannel`] to a bdev, and the thread's I/O context
+//! cache, io_wait queue and descriptor event callbacks (SPDK's bdev mgmt channel).
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+
+use slab::Slab;
+
+use super::io::{IoCallback, IoCtx, Pending};
+use super::ops::ErasedChannel;
+use super::registry::BdevInner;
+use super::{Bdev, BdevEvent, IoStatus, Payload};
+use crate::error::{Error, Result};
+use crate::thread::{IoChannel, Thread, ThreadInner, current_or};
+
+/// A thread's channel to a bdev: what every I/O call takes. Not `Send`; get one per thread
+/// with [`super::Desc::get_io_channel`]. Clones share the channel.
+#[derive(Clone)]
+pub struct BdevChannel {
+    pub(crate) ch: IoChannel<ChanCtx>,
+}
+
+impl fmt::Debug for BdevChannel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "BdevChannel({} on {})",
+            self.ch.bdev.props.name,
+            self.ch.thread().name()
+        )
+    }
+}
+
+impl BdevChannel {
+    /// The bdev.
+    pub fn bdev(&self) -> Bdev {
+        Bdev(self.ch.bdev.clone())
+    }
+
+    /// I/Os submitted on this channel and not yet completed.
+    pub fn outstanding(&self) -> u64 {
+        self.ch.outstanding.get()
+    }
+}
+
+/// The context of a bdev channel.
+pub(crate) struct ChanCtx {
+    pub(crate) bdev: Arc<BdevInner>,
+    pub(crate) module: Box<dyn ErasedChannel>,
+    pub(crate) tctx: Rc<ThreadCtx>,
+    pub(crate) outstanding: Cell<u64>,
+}
+
+impl ChanCtx {
+    pub(crate) fn create(w: &std::sync::Weak<BdevInner>) -> Result<ChanCtx> {
+        let bdev = w.upgrade().ok_or(Error::DeviceUnregistering {
+            name: "bdev".into(),
+        })?;
+        let t = current_or("bdev_get_io_channel")?;
+        let tctx = ThreadCtx::get(&t)?;
+        let module = bdev.ops.create_channel()?;
+        Ok(ChanCtx {
+            bdev,
+            module,
+            tctx,
+            outstanding: Cell::new(0),
+        })
+    }
+}
+
+/// An async I/O's completion slot.
+pub(crate) struct AsyncSlot {
+    pub(crate) waker: Option<std::task::Waker>,
+    pub(crate) done: Option<(IoStatus, Payload)>,
+    pub(crate) abandoned: bool,
+}
+
+type EventCb = Rc<RefCell<dyn FnMut(BdevEvent)>>;
+
+/// Per-thread bdev state.
+pub(crate) struct ThreadCtx {
+    // Boxed so that a context moves as one pointer between the cache and a module.
+    #[allow(clippy::vec_box)]
+    cache: RefCell<Vec<Box<IoCtx>>>,
+    /// Contexts allocated by this thread and not given back (cached or in flight).
+    owned: Cell<usize>,
+    /// Budget taken from the pool but not yet allocated.
+    reserved: Cell<usize>,
+    cache_size: usize,
+    budget: Arc<super::Budget>,
+    pub(crate) waitq: RefCell<VecDeque<Pending>>,
+    /// Depth of module submit calls on the stack: completions inside one are deferred.
+    pub(crate) submit_depth: Cell<u32>,
+    pub(crate) now: Rc<Cell<u64>>,
+    thread: Weak<ThreadInner>,
+    pub(crate) events: RefCell<HashMap<u64, EventCb>>,
+    pub(crate) slots: RefCell<Slab<AsyncSlot>>,
+}
+
+impl ThreadCtx {
+    /// This thread's context, created on first use: it reserves `bdev_io_cache_size`
+    /// contexts from the pool, and fails as SPDK does when the pool can't supply them.
+    pub(crate) fn get(t: &Thread) -> Result<Rc<ThreadCtx>> {
+        if let Some(c) = t.get_local::<ThreadCtx>() {
+            return Ok(c);
+        }
+        let g = &t.runtime().bdev;
+        let want = g.opts.bdev_io_cache_size as usize;
+        let got = g.budget.take(want);
+        if got < want {
+            g.budget.give(got);
+            return Err(Error::invalid(
+                "bdev_io_pool_size",
+                format!(
+                    "{} too small to give thread {} its cache of {want} I/O contexts: increase it with bdev_set_options",
+                    g.opts.bdev_io_pool_size,
+                    t.name()
+                ),
+            ));
+        }
+        let budget = g.budget.clone();
+        Ok(t.local_or_init(|| ThreadCtx {
+            cache: RefCell::new(Vec::with_capacity(want)),
+            owned: Cell::new(0),
+            reserved: Cell::new(got),
+            cache_size: want,
+            budget,
+            waitq: RefCell::new(VecDeque::new()),
+            submit_depth: Cell::new(0),
+            now: t.now_cell(),
+            thread: t.downgrade(),
+            events: RefCell::new(HashMap::new()),
+            slots: RefCell::new(Slab::new()),
+        }))
+    }
+
+    /// The current thread's context, if it has one.
+    pub(crate) fn current() -> Option<Rc<ThreadCtx>> {
+        crate::thread::with_current(|t| t.get_local::<ThreadCtx>()).flatten()
+    }
+
+    /// An I/O context: from the cache, else newly allocated within the budget.
+    #[inline]
+    pub(crate) fn alloc(&self) -> Option<Box<IoCtx>> {
+        if let Some(c) = self.cache.borrow_mut().pop() {
+            return Some(c);
+        }
+        self.alloc_slow()
+    }
+
+    #[cold]
+    fn alloc_slow(&self) -> Option<Box<IoCtx>> {
+        if self.reserved.get() > 0 {
+            self.reserved.set(self.reserved.get() - 1);
+        } else if self.budget.take(1) == 0 {
+            return None;
+        }
+        self.owned.set(self.owned.get() + 1);
+        Some(Box::default())
+    }
+
+    /// Returns a context: kept in the cache, unless this thread holds more than its cache
+    /// size while the pool is exhausted (then freed, so other threads can have it).
+    #[inline]
+    pub(crate) fn free(&self, c: Box<IoCtx>) {
+        if self.owned.get() > self.cache_size && self.budget.exhausted() {
+            self.owned.set(self.owned.get() - 1);
+            drop(c);
+            self.budget.give(1);
+            return;
+        }
+        self.cache.borrow_mut().push(c);
+    }
+
+    /// Runs `f` in this thread's next deferred-call pass (inline if the thread is gone).
+    pub(crate) fn defer(&self, f: impl FnOnce() + 'static) {
+        match self.thread.upgrade() {
+            Some(t) => Thread { inner: t }.defer(f),
+            None => f(),
+        }
+    }
+
+    /// Queues a request that found no I/O context (io_wait).
+    pub(crate) fn wait(&self, p: Pending) {
+        self.waitq.borrow_mut().push_back(p);
+    }
+
+    /// Starts queued requests while contexts are available.
+    pub(crate) fn retry_waiters(&self) {
+        loop {
+            if self.waitq.borrow().is_empty() {
+                return;
+            }
+            let Some(ctx) = self.alloc() else { return };
+            let Some(p) = self.waitq.borrow_mut().pop_front() else {
+                self.free(ctx);
+                return;
+            };
+            super::io::start(p, ctx);
+        }
+    }
+
+    /// Records the completion of async slot `idx` and wakes its future.
+    pub(crate) fn slot_done(&self, idx: usize, status: IoStatus, payload: Payload) {
+        let waker = {
+            let mut slots = self.slots.borrow_mut();
+            let Some(s) = slots.get_mut(idx) else { return };
+            if s.abandoned {
+                slots.remove(idx);
+                return;
+            }
+            s.done = Some((status, payload));
+            s.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// A raw callback completing async slot `idx`.
+    pub(crate) fn slot_callback(self: &Rc<Self>, idx: usize) -> IoCallback {
+        let me = self.clone();
+        IoCallback::new(move |status, payload| me.slot_done(idx, status, payload))
+    }
+}
+
+impl Drop for ThreadCtx {
+    fn drop(&mut self) {
+        let cached = self.cache.get_mut().len();
+        let in_flight = self.owned.get() - cached;
+        if in_flight > 0 {
+            tracing::warn!(in_flight, "thread exits with I/O contexts still in flight");
+        }
+        self.budget.give(cached + self.reserved.get());
+    }
+}

@@ -1,0 +1,378 @@
+//! Registered bdevs: the name index, registration and unregistration, resize, and the
+//! descriptor and claim bookkeeping they need.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use uuid::Uuid;
+
+use super::channel::ChanCtx;
+use super::ops::{BdevOps, DestructDone, ErasedOps, OpsImpl};
+use super::{BdevEvent, BdevProps, IoType};
+use crate::error::{Error, Result};
+use crate::runtime::Runtime;
+use crate::thread::{IoDevice, ThreadHandle, current_or, with_current};
+
+/// The name index of one runtime: registration order, and names plus aliases.
+#[derive(Default)]
+pub(crate) struct Registry {
+    pub(crate) list: Vec<Arc<BdevInner>>,
+    names: HashMap<String, Arc<BdevInner>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Status {
+    Ready,
+    Removing,
+}
+
+/// An open descriptor, as the bdev knows it.
+#[derive(Clone)]
+pub(crate) struct DescRec {
+    pub(crate) id: u64,
+    pub(crate) thread: ThreadHandle,
+    pub(crate) write: bool,
+}
+
+type UnregisterCb = Box<dyn FnOnce(Result<()>) + Send>;
+
+pub(crate) struct BdevState {
+    pub(crate) status: Status,
+    pub(crate) descs: Vec<DescRec>,
+    /// The claiming descriptor and module.
+    pub(crate) claim: Option<(u64, String)>,
+    unregister: Vec<(ThreadHandle, UnregisterCb)>,
+    finishing: bool,
+}
+
+pub(crate) struct BdevInner {
+    pub(crate) props: BdevProps,
+    pub(crate) uuid: Uuid,
+    pub(crate) num_blocks: AtomicU64,
+    pub(crate) block_len: u32,
+    pub(crate) align_mask: usize,
+    pub(crate) max_rw: u64,
+    pub(crate) max_segs: usize,
+    pub(crate) supported: u32,
+    pub(crate) ops: Box<dyn ErasedOps>,
+    pub(crate) dev: IoDevice<ChanCtx>,
+    pub(crate) state: Mutex<BdevState>,
+    rt: Weak<Runtime>,
+}
+
+impl BdevInner {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, BdevState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn is_removing(&self) -> bool {
+        self.lock().status == Status::Removing
+    }
+
+    pub(crate) fn claim_module(&self) -> Option<String> {
+        self.lock().claim.as_ref().map(|(_, m)| m.clone())
+    }
+
+    fn names(&self) -> Vec<String> {
+        let mut v = vec![self.props.name.clone()];
+        v.extend(self.props.aliases.iter().cloned());
+        let u = self.uuid.to_string();
+        if !v.contains(&u) {
+            v.push(u);
+        }
+        v
+    }
+
+    /// Sends `ev` to every open descriptor, on its opener's thread.
+    pub(crate) fn notify(&self, ev: BdevEvent) {
+        let descs = self.lock().descs.clone();
+        for d in descs {
+            let id = d.id;
+            if d.thread
+                .send_msg(move || super::desc::deliver_event(id, ev))
+                .is_err()
+            {
+                tracing::warn!(bdev = %self.props.name, "descriptor's thread has exited; {ev:?} not delivered");
+            }
+        }
+    }
+
+    /// Finishes an unregistration once the last descriptor is closed: waits for every
+    /// channel to be released, destructs, removes the names, and reports.
+    pub(crate) fn maybe_finish_unregister(self: &Arc<Self>) {
+        let origin = {
+            let mut st = self.lock();
+            if st.status != Status::Removing || !st.descs.is_empty() || st.finishing {
+                return;
+            }
+            st.finishing = true;
+            match st.unregister.first() {
+                Some((t, _)) => t.clone(),
+                None => return,
+            }
+        };
+        let me = self.clone();
+        let run = move || {
+            let me2 = me.clone();
+            let r = me.dev.unregister(move || {
+                let me3 = me2.clone();
+                me2.ops.destruct(DestructDone {
+                    f: Box::new(move || {
+                        if let Some(rt) = me3.rt.upgrade() {
+                            let mut reg = rt.bdev.registry();
+                            reg.names.retain(|_, b| !Arc::ptr_eq(b, &me3));
+                            reg.list.retain(|b| !Arc::ptr_eq(b, &me3));
+                        }
+                        tracing::debug!(bdev = %me3.props.name, "unregistered");
+                        let cbs = std::mem::take(&mut me3.lock().unregister);
+                        for (t, cb) in cbs {
+                            if t.send_msg(move || cb(Ok(()))).is_err() {
+                                tracing::warn!(bdev = %me3.props.name, "unregister caller's thread has exited");
+                            }
+                        }
+                    }),
+                });
+            });
+            if let Err(e) = r {
+                tracing::error!(bdev = %me.props.name, "unregistering io_device: {e}");
+            }
+        };
+        if origin.run(run).is_err() {
+            tracing::error!(bdev = %self.props.name, "unregister origin thread has exited");
+        }
+    }
+}
+
+/// A registered bdev. Cheap to clone; usable from any thread.
+#[derive(Clone)]
+pub struct Bdev(pub(crate) Arc<BdevInner>);
+
+impl fmt::Debug for Bdev {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Bdev({})", self.0.props.name)
+    }
+}
+
+impl PartialEq for Bdev {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+/// Registers a bdev on the current thread's application (`spdk_bdev_register`). Its name,
+/// aliases and UUID string must all be free.
+pub fn register<T: BdevOps>(mut props: BdevProps, ops: Arc<T>) -> Result<Bdev> {
+    let t = current_or("bdev_register")?;
+    let rt = t.runtime().clone();
+    props.validate()?;
+    let uuid = props.uuid.unwrap_or_else(Uuid::new_v4);
+    let mut supported = 0;
+    for ty in IoType::ALL {
+        if ops.io_type_supported(ty) {
+            supported |= ty.bit();
+        }
+    }
+    let inner = Arc::new_cyclic(|weak: &Weak<BdevInner>| {
+        let w = weak.clone();
+        BdevInner {
+            uuid,
+            num_blocks: AtomicU64::new(props.num_blocks),
+            block_len: props.block_len,
+            align_mask: props.buf_align - 1,
+            max_rw: if props.max_rw_size == 0 {
+                u64::MAX
+            } else {
+                props.max_rw_size as u64
+            },
+            max_segs: if props.max_num_segments == 0 {
+                usize::MAX
+            } else {
+                props.max_num_segments as usize
+            },
+            supported,
+            ops: Box::new(OpsImpl(ops)),
+            dev: IoDevice::register(format!("bdev_{}", props.name), move || ChanCtx::create(&w)),
+            state: Mutex::new(BdevState {
+                status: Status::Ready,
+                descs: Vec::new(),
+                claim: None,
+                unregister: Vec::new(),
+                finishing: false,
+            }),
+            rt: Arc::downgrade(&rt),
+            props,
+        }
+    });
+    let names = inner.names();
+    let mut reg = rt.bdev.registry();
+    if let Some(n) = names.iter().find(|n| reg.names.contains_key(*n)) {
+        return Err(Error::BdevExists { name: n.clone() });
+    }
+    for n in names {
+        reg.names.insert(n, inner.clone());
+    }
+    reg.list.push(inner.clone());
+    tracing::debug!(bdev = %inner.props.name, module = inner.ops.module_name(), "registered");
+    Ok(Bdev(inner))
+}
+
+fn runtime() -> Option<Arc<Runtime>> {
+    with_current(|t| t.runtime().clone())
+}
+
+/// Finds a bdev by name, alias or UUID string in the current thread's application.
+pub fn get_by_name(name: &str) -> Option<Bdev> {
+    let rt = runtime()?;
+    let reg = rt.bdev.registry();
+    reg.names.get(name).map(|b| Bdev(b.clone()))
+}
+
+/// Every registered bdev, in registration order.
+pub fn list() -> Vec<Bdev> {
+    match runtime() {
+        Some(rt) => rt
+            .bdev
+            .registry()
+            .list
+            .iter()
+            .map(|b| Bdev(b.clone()))
+            .collect(),
+        None => Vec::new(),
+    }
+}
+
+impl Bdev {
+    /// The bdev's name.
+    pub fn name(&self) -> &str {
+        &self.0.props.name
+    }
+
+    /// Its aliases (not counting the UUID string, which also opens it).
+    pub fn aliases(&self) -> &[String] {
+        &self.0.props.aliases
+    }
+
+    /// Its UUID.
+    pub fn uuid(&self) -> Uuid {
+        self.0.uuid
+    }
+
+    /// Logical block size in bytes.
+    pub fn block_len(&self) -> u32 {
+        self.0.block_len
+    }
+
+    /// Current number of blocks.
+    pub fn num_blocks(&self) -> u64 {
+        self.0.num_blocks.load(Ordering::Relaxed)
+    }
+
+    /// The properties it was registered with (block count as registered).
+    pub fn props(&self) -> &BdevProps {
+        &self.0.props
+    }
+
+    /// The product name.
+    pub fn product_name(&self) -> &str {
+        &self.0.props.product_name
+    }
+
+    /// Name of the module that registered it.
+    pub fn module_name(&self) -> &'static str {
+        self.0.ops.module_name()
+    }
+
+    /// Required buffer alignment in bytes.
+    pub fn buf_align(&self) -> usize {
+        self.0.align_mask + 1
+    }
+
+    /// Whether the bdev handles `io_type`.
+    pub fn io_type_supported(&self, io_type: IoType) -> bool {
+        self.0.supported & io_type.bit() != 0
+    }
+
+    /// The module holding an exclusive-write claim, if any.
+    pub fn claimed_by(&self) -> Option<String> {
+        self.0.claim_module()
+    }
+
+    /// Number of open descriptors.
+    pub fn open_descs(&self) -> usize {
+        self.0.lock().descs.len()
+    }
+
+    /// Whether the bdev is being unregistered.
+    pub fn is_removing(&self) -> bool {
+        self.0.is_removing()
+    }
+
+    /// The config entry that recreates it, from its module.
+    pub fn write_config_json(&self) -> Option<serde_json::Value> {
+        self.0.ops.write_config_json(self)
+    }
+
+    /// Module details for `bdev_get_bdevs`.
+    pub fn dump_info_json(&self) -> Option<serde_json::Value> {
+        self.0.ops.dump_info_json()
+    }
+
+    /// Changes the block count and tells every descriptor (`Resize` event). Shrinking with
+    /// descriptors open is refused (`spdk_bdev_notify_blockcnt_change`).
+    pub fn notify_blockcnt_change(&self, num_blocks: u64) -> Result<()> {
+        if num_blocks == 0 || num_blocks.checked_mul(self.0.block_len as u64).is_none() {
+            return Err(Error::invalid(
+                "block count",
+                format!("{num_blocks} blocks is not a valid size"),
+            ));
+        }
+        {
+            let st = self.0.lock();
+            let cur = self.0.num_blocks.load(Ordering::Relaxed);
+            if num_blocks == cur {
+                return Ok(());
+            }
+            if num_blocks < cur && !st.descs.is_empty() {
+                return Err(Error::BdevBusy {
+                    name: self.name().to_string(),
+                    op: "shrink",
+                    open: st.descs.len(),
+                });
+            }
+            self.0.num_blocks.store(num_blocks, Ordering::Relaxed);
+        }
+        self.0.notify(BdevEvent::Resize);
+        Ok(())
+    }
+
+    /// Unregisters the bdev (`spdk_bdev_unregister`): open descriptors get a `Remove`
+    /// event; once all are closed and every channel released, the module destructs it and
+    /// `done` runs on the calling thread. A second unregister waits for the first.
+    pub fn unregister(&self, done: impl FnOnce(Result<()>) + Send + 'static) {
+        let origin = match current_or("bdev_unregister") {
+            Ok(t) => t.handle(),
+            Err(e) => return done(Err(e)),
+        };
+        let first = {
+            let mut st = self.0.lock();
+            let first = st.status == Status::Ready;
+            st.status = Status::Removing;
+            st.unregister.push((origin, Box::new(done)));
+            first
+        };
+        if first {
+            tracing::debug!(bdev = %self.name(), "unregistering");
+            self.0.notify(BdevEvent::Remove);
+        }
+        self.0.maybe_finish_unregister();
+    }
+
+    /// [`Bdev::unregister`] as a future.
+    pub async fn unregister_async(&self) -> Result<()> {
+        let (tx, rx) = crate::oneshot::channel();
+        self.unregister(move |r| tx.send(r));
+        rx.await.unwrap_or(Err(Error::Stopping))
+    }
+}

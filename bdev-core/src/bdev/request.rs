@@ -1,0 +1,183 @@
+//! The consumer's I/O call: a request built by a [`super::Desc`] method, then either
+//! submitted with a callback or awaited.
+//!
+//! ```no_run
+//! # use bdev_core::bdev::{Desc, BdevChannel};
+//! # use bdev_core::dma::DmaBuf;
+//! # async fn f(desc: &Desc, ch: &BdevChannel) -> Result<(), Box<dyn std::error::Error>> {
+//! let buf = DmaBuf::page_aligned(4096)?;
+//! // Callback style: runs on this thread when the read completes.
+//! desc.read_blocks(ch, buf, 0, 8).submit(|c| assert!(c.is_success()));
+//! // Async style: the buffer comes back with the result.
+//! let buf = desc.read_blocks(ch, DmaBuf::page_aligned(4096)?, 0, 8).await?;
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+use std::future::{Future, IntoFuture};
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
+use super::channel::{AsyncSlot, BdevChannel, ThreadCtx};
+use super::desc::Desc;
+use super::io::{IoCallback, submit};
+use super::{Completion, IoError, IoPayload, IoType};
+
+/// An I/O ready to go: call [`IoRequest::submit`] or `.await` it.
+#[must_use = "an I/O request does nothing until submitted or awaited"]
+pub struct IoRequest<'a, P: IoPayload> {
+    desc: &'a Desc,
+    ch: &'a BdevChannel,
+    io_type: IoType,
+    offset: u64,
+    num: u64,
+    payload: P,
+}
+
+impl<P: IoPayload> fmt::Debug for IoRequest<'_, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "IoRequest({} {}+{})",
+            self.io_type, self.offset, self.num
+        )
+    }
+}
+
+impl<'a, P: IoPayload> IoRequest<'a, P> {
+    pub(crate) fn new(
+        desc: &'a Desc,
+        ch: &'a BdevChannel,
+        io_type: IoType,
+        offset: u64,
+        num: u64,
+        payload: P,
+    ) -> Self {
+        IoRequest {
+            desc,
+            ch,
+            io_type,
+            offset,
+            num,
+            payload,
+        }
+    }
+
+    /// Submits the I/O; `cb` runs on this thread when it completes, never before this call
+    /// returns. Allocation-free when `cb` captures at most
+    /// [`crate::thread::DEFER_INLINE`] bytes.
+    #[inline]
+    pub fn submit(self, cb: impl FnOnce(Completion<P>) + 'static) {
+        let raw = IoCallback::new(move |status, payload| {
+            cb(Completion {
+                status,
+                payload: P::from_payload(payload),
+            })
+        });
+        submit(
+            self.desc,
+            self.ch,
+            self.io_type,
+            self.offset,
+            self.num,
+            self.payload.into_payload(),
+            raw,
+        );
+    }
+}
+
+impl<'a, P: IoPayload> IntoFuture for IoRequest<'a, P> {
+    type Output = Result<P, IoError<P>>;
+    type IntoFuture = IoFuture<'a, P>;
+
+    fn into_future(self) -> IoFuture<'a, P> {
+        IoFuture {
+            req: Some(self),
+            slot: None,
+            _p: PhantomData,
+        }
+    }
+}
+
+/// The future of an awaited [`IoRequest`]. Dropping it before completion abandons the
+/// result (the I/O itself still completes, and its buffers are freed).
+pub struct IoFuture<'a, P: IoPayload> {
+    req: Option<IoRequest<'a, P>>,
+    slot: Option<(Rc<ThreadCtx>, usize)>,
+    _p: PhantomData<P>,
+}
+
+impl<P: IoPayload> fmt::Debug for IoFuture<'_, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("IoFuture")
+    }
+}
+
+impl<P: IoPayload> Unpin for IoFuture<'_, P> {}
+
+impl<P: IoPayload> Future for IoFuture<'_, P> {
+    type Output = Result<P, IoError<P>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Some(req) = self.req.take() {
+            let tctx = req.ch.ch.tctx.clone();
+            let idx = tctx.slots.borrow_mut().insert(AsyncSlot {
+                waker: Some(cx.waker().clone()),
+                done: None,
+                abandoned: false,
+            });
+            let cb = tctx.slot_callback(idx);
+            submit(
+                req.desc,
+                req.ch,
+                req.io_type,
+                req.offset,
+                req.num,
+                req.payload.into_payload(),
+                cb,
+            );
+            self.slot = Some((tctx, idx));
+            // Completions never run inside submit, so nothing can be done yet.
+            return Poll::Pending;
+        }
+        let Some((tctx, idx)) = self.slot.as_ref() else {
+            panic!("IoFuture polled after completion");
+        };
+        let idx = *idx;
+        let mut slots = tctx.slots.borrow_mut();
+        let s = &mut slots[idx];
+        if let Some((status, payload)) = s.done.take() {
+            slots.remove(idx);
+            drop(slots);
+            self.slot = None;
+            return Poll::Ready(
+                Completion {
+                    status,
+                    payload: P::from_payload(payload),
+                }
+                .into_result(),
+            );
+        }
+        if !s.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            s.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+impl<P: IoPayload> Drop for IoFuture<'_, P> {
+    fn drop(&mut self) {
+        if let Some((tctx, idx)) = self.slot.take() {
+            let mut slots = tctx.slots.borrow_mut();
+            if let Some(s) = slots.get_mut(idx) {
+                if s.done.is_some() {
+                    slots.remove(idx);
+                } else {
+                    s.abandoned = true;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,336 @@
+//! The vocabulary of I/O: types, statuses, events, payloads and completions.
+
+use std::fmt;
+
+use crate::dma::{DmaBuf, Iov};
+
+/// The kinds of I/O a bdev may support (SPDK's `spdk_bdev_io_type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum IoType {
+    /// Read blocks into the caller's buffers.
+    Read,
+    /// Write blocks from the caller's buffers.
+    Write,
+    /// Deallocate blocks (reads afterwards return zeroes on the bdevs that say so).
+    Unmap,
+    /// Make completed writes durable.
+    Flush,
+    /// Reset the device: abort what is outstanding.
+    Reset,
+    /// Write zeroes without a data buffer.
+    WriteZeroes,
+}
+
+impl IoType {
+    /// Every type, in a fixed order.
+    pub const ALL: [IoType; 6] = [
+        IoType::Read,
+        IoType::Write,
+        IoType::Unmap,
+        IoType::Flush,
+        IoType::Reset,
+        IoType::WriteZeroes,
+    ];
+
+    pub(crate) fn bit(self) -> u32 {
+        1 << (self as u32)
+    }
+
+    /// Whether the type changes data (needs a descriptor opened for writing).
+    pub fn is_write(self) -> bool {
+        matches!(
+            self,
+            IoType::Write | IoType::Unmap | IoType::Flush | IoType::WriteZeroes
+        )
+    }
+
+    /// Whether the type carries a data buffer.
+    pub fn has_data(self) -> bool {
+        matches!(self, IoType::Read | IoType::Write)
+    }
+
+    /// The name SPDK uses in JSON (`supported_io_types`).
+    pub fn name(self) -> &'static str {
+        match self {
+            IoType::Read => "read",
+            IoType::Write => "write",
+            IoType::Unmap => "unmap",
+            IoType::Flush => "flush",
+            IoType::Reset => "reset",
+            IoType::WriteZeroes => "write_zeroes",
+        }
+    }
+}
+
+impl fmt::Display for IoType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why the bdev layer refused an I/O before it reached the bdev. The I/O still completes,
+/// through its callback, with [`IoStatus::Rejected`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reject {
+    /// The block range overflows or lies past the end of the bdev (SPDK: -EINVAL).
+    OutOfRange,
+    /// A writing I/O on a descriptor opened read-only (SPDK: -EBADF).
+    ReadOnly,
+    /// The bdev does not support this I/O type (SPDK: -ENOTSUP).
+    Unsupported,
+    /// The buffers hold fewer bytes than the blocks asked for (SPDK: -EINVAL).
+    BufferTooSmall,
+    /// A buffer breaks the bdev's required alignment (SPDK: -EINVAL).
+    Misaligned,
+    /// The channel belongs to another bdev than the descriptor (SPDK: -EINVAL).
+    WrongChannel,
+    /// More blocks or segments than the bdev accepts in one I/O (SPDK: -EINVAL).
+    TooLarge,
+}
+
+impl Reject {
+    /// The errno SPDK's submit functions return for the same condition (negative).
+    pub fn errno(self) -> i32 {
+        match self {
+            Reject::ReadOnly => -libc::EBADF,
+            Reject::Unsupported => -libc::ENOTSUP,
+            _ => -libc::EINVAL,
+        }
+    }
+}
+
+impl fmt::Display for Reject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Reject::OutOfRange => "block range outside the bdev",
+            Reject::ReadOnly => "descriptor is read-only",
+            Reject::Unsupported => "I/O type not supported by the bdev",
+            Reject::BufferTooSmall => "buffer smaller than the blocks requested",
+            Reject::Misaligned => "buffer breaks the bdev's required alignment",
+            Reject::WrongChannel => "channel belongs to another bdev",
+            Reject::TooLarge => "I/O exceeds the bdev's size or segment limits",
+        })
+    }
+}
+
+/// How an I/O ended (SPDK's `spdk_bdev_io_status`, plus the layer's own refusals).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IoStatus {
+    /// Done.
+    Success,
+    /// Failed in the bdev.
+    Failed,
+    /// The bdev ran out of resources for this I/O.
+    NoMem,
+    /// Aborted (by a reset or an abort).
+    Aborted,
+    /// A compare found different data.
+    Miscompare,
+    /// An NVMe status (status code type, status code).
+    NvmeError {
+        /// Status code type.
+        sct: u8,
+        /// Status code.
+        sc: u8,
+    },
+    /// A Linux AIO / io_uring error (negative errno).
+    AioError(i32),
+    /// Refused by the bdev layer before submission.
+    Rejected(Reject),
+}
+
+impl IoStatus {
+    /// Whether the I/O succeeded.
+    #[inline]
+    pub fn is_success(self) -> bool {
+        matches!(self, IoStatus::Success)
+    }
+}
+
+impl fmt::Display for IoStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IoStatus::Success => f.write_str("success"),
+            IoStatus::Failed => f.write_str("failed"),
+            IoStatus::NoMem => f.write_str("out of resources"),
+            IoStatus::Aborted => f.write_str("aborted"),
+            IoStatus::Miscompare => f.write_str("miscompare"),
+            IoStatus::NvmeError { sct, sc } => write!(f, "NVMe error sct {sct:#x} sc {sc:#x}"),
+            IoStatus::AioError(e) => {
+                write!(f, "AIO error {}", std::io::Error::from_raw_os_error(-e))
+            }
+            IoStatus::Rejected(r) => write!(f, "rejected: {r}"),
+        }
+    }
+}
+
+/// Events delivered to a descriptor's opener (SPDK's `spdk_bdev_event_type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BdevEvent {
+    /// The bdev is being unregistered: close the descriptor.
+    Remove,
+    /// The bdev's block count changed.
+    Resize,
+}
+
+/// The data buffers an I/O carries, owned by the I/O while it is in flight and handed
+/// back with its completion.
+#[derive(Debug, Default)]
+pub enum Payload {
+    /// No data (flush, unmap, write_zeroes, reset).
+    #[default]
+    None,
+    /// One contiguous buffer.
+    Buf(DmaBuf),
+    /// Several buffers, used in order (readv/writev).
+    Bufs(Vec<DmaBuf>),
+}
+
+impl Payload {
+    /// Total bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            Payload::None => 0,
+            Payload::Buf(b) => b.len(),
+            Payload::Bufs(v) => v.iter().map(|b| b.len()).sum(),
+        }
+    }
+
+    /// Whether there are no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends segments covering the first `need` bytes; checks each segment's start
+    /// against `align`. Returns false if a segment is misaligned.
+    pub(crate) fn push_iovs(&self, iovs: &mut Vec<Iov>, mut need: usize, align: usize) -> bool {
+        let mask = align.saturating_sub(1);
+        let mut push = |b: &DmaBuf, need: &mut usize| -> bool {
+            if *need == 0 {
+                return true;
+            }
+            let iov = b.iov(*need);
+            if b.addr() & mask != 0 {
+                return false;
+            }
+            *need -= iov.len();
+            iovs.push(iov);
+            true
+        };
+        match self {
+            Payload::None => true,
+            Payload::Buf(b) => push(b, &mut need),
+            Payload::Bufs(v) => v.iter().all(|b| push(b, &mut need)),
+        }
+    }
+
+    /// Number of segments.
+    pub(crate) fn segments(&self) -> usize {
+        match self {
+            Payload::None => 0,
+            Payload::Buf(_) => 1,
+            Payload::Bufs(v) => v.len(),
+        }
+    }
+}
+
+/// A payload type the typed API accepts and gives back: `DmaBuf`, `Vec<DmaBuf>`, or `()`.
+pub trait IoPayload: Sized + 'static {
+    /// Wraps the value.
+    fn into_payload(self) -> Payload;
+    /// Unwraps the value this type wrapped. Only ever called with what `into_payload` made.
+    fn from_payload(p: Payload) -> Self;
+}
+
+impl IoPayload for DmaBuf {
+    fn into_payload(self) -> Payload {
+        Payload::Buf(self)
+    }
+    fn from_payload(p: Payload) -> Self {
+        match p {
+            Payload::Buf(b) => b,
+            // The layer returns exactly what was submitted.
+            _ => unreachable!("payload changed kind in flight"),
+        }
+    }
+}
+
+impl IoPayload for Vec<DmaBuf> {
+    fn into_payload(self) -> Payload {
+        Payload::Bufs(self)
+    }
+    fn from_payload(p: Payload) -> Self {
+        match p {
+            Payload::Bufs(v) => v,
+            _ => unreachable!("payload changed kind in flight"),
+        }
+    }
+}
+
+impl IoPayload for () {
+    fn into_payload(self) -> Payload {
+        Payload::None
+    }
+    fn from_payload(_: Payload) -> Self {}
+}
+
+impl IoPayload for Payload {
+    fn into_payload(self) -> Payload {
+        self
+    }
+    fn from_payload(p: Payload) -> Self {
+        p
+    }
+}
+
+/// What a completion callback receives: the status and the buffers back.
+#[derive(Debug)]
+pub struct Completion<P> {
+    /// How the I/O ended.
+    pub status: IoStatus,
+    /// The buffers given at submission.
+    pub payload: P,
+}
+
+impl<P> Completion<P> {
+    /// Whether the I/O succeeded.
+    #[inline]
+    pub fn is_success(&self) -> bool {
+        self.status.is_success()
+    }
+
+    /// `Ok(payload)` on success, else the status with the payload.
+    pub fn into_result(self) -> Result<P, IoError<P>> {
+        if self.status.is_success() {
+            Ok(self.payload)
+        } else {
+            Err(IoError {
+                status: self.status,
+                payload: self.payload,
+            })
+        }
+    }
+}
+
+/// A failed I/O: its status, and its buffers so that nothing is lost.
+pub struct IoError<P> {
+    /// How the I/O ended.
+    pub status: IoStatus,
+    /// The buffers given at submission.
+    pub payload: P,
+}
+
+impl<P> fmt::Debug for IoError<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "IoError({:?})", self.status)
+    }
+}
+
+impl<P> fmt::Display for IoError<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "I/O {}", self.status)
+    }
+}
+
+impl<P> std::error::Error for IoError<P> {}

@@ -1,0 +1,227 @@
+//! SPDK-format JSON configuration:
+//! `{"subsystems":[{"subsystem":"bdev","config":[{"method":..., "params":{...}}]}]}`.
+//!
+//! Methods are looked up in a [`Methods`] table that each module crate fills with its
+//! config/RPC methods (`bdev_malloc::register_methods(&mut methods)`); a method only
+//! deserialises its params into the module's typed options and calls its `create`.
+//! Subsystems other than `bdev` are skipped with a warning; in `bdev`, an unknown or failing
+//! method stops the load with an error naming it, its index and the reason.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::bdev::BdevOpts;
+use crate::error::{Error, Result};
+
+/// A whole config file.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ConfigFile {
+    /// The subsystems, in order.
+    pub subsystems: Vec<SubsystemConfig>,
+}
+
+/// One subsystem's section.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SubsystemConfig {
+    /// Its name ("bdev", "accel", ...).
+    pub subsystem: String,
+    /// Its method calls (SPDK writes `null` for an empty subsystem).
+    #[serde(default)]
+    pub config: Option<Vec<MethodCall>>,
+}
+
+/// One method call.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct MethodCall {
+    /// Method name.
+    pub method: String,
+    /// Its params object, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<Value>,
+}
+
+/// What a method returns, possibly after waiting.
+pub type MethodFuture = Pin<Box<dyn Future<Output = Result<Value>>>>;
+type MethodFn = Box<dyn Fn(Option<Value>) -> MethodFuture>;
+
+/// The methods an application knows, by name.
+#[derive(Default)]
+pub struct Methods {
+    map: BTreeMap<String, MethodFn>,
+}
+
+impl fmt::Debug for Methods {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.map.keys()).finish()
+    }
+}
+
+impl Methods {
+    /// The bdev layer's own methods (`bdev_set_options`, `bdev_wait_for_examine`).
+    pub fn new() -> Self {
+        let mut m = Methods::default();
+        // Applied before the application starts (see ConfigFile::bdev_opts); at load
+        // time only checked.
+        m.register_sync("bdev_set_options", |p| {
+            let _: BdevOpts = parse_params("bdev_set_options", p)?;
+            Ok(Value::Bool(true))
+        });
+        // Examine runs synchronously at registration, so there is never anything to wait for.
+        m.register_sync("bdev_wait_for_examine", |p| {
+            if p.as_ref()
+                .is_some_and(|v| !v.is_null() && v.as_object().is_none_or(|o| !o.is_empty()))
+            {
+                return Err(Error::invalid(
+                    "params",
+                    "bdev_wait_for_examine takes no parameters",
+                ));
+            }
+            Ok(Value::Bool(true))
+        });
+        m
+    }
+
+    /// Adds an asynchronous method.
+    pub fn register(&mut self, name: &str, f: impl Fn(Option<Value>) -> MethodFuture + 'static) {
+        self.map.insert(name.to_string(), Box::new(f));
+    }
+
+    /// Adds a method that finishes at once.
+    pub fn register_sync(
+        &mut self,
+        name: &str,
+        f: impl Fn(Option<Value>) -> Result<Value> + 'static,
+    ) {
+        self.map.insert(
+            name.to_string(),
+            Box::new(move |p| {
+                let r = f(p);
+                Box::pin(async move { r })
+            }),
+        );
+    }
+
+    /// Whether `name` is known.
+    pub fn contains(&self, name: &str) -> bool {
+        self.map.contains_key(name)
+    }
+
+    /// Method names, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.map.keys().map(|s| s.as_str())
+    }
+
+    /// Calls a method (on the current thread).
+    pub async fn call(&self, name: &str, params: Option<Value>) -> Result<Value> {
+        match self.map.get(name) {
+            Some(f) => f(params).await,
+            None => Err(Error::invalid("method", format!("unknown method {name}"))),
+        }
+    }
+}
+
+/// Deserialises a method's params into its typed options, with a message naming the
+/// method and what is wrong.
+pub fn parse_params<T: DeserializeOwned>(method: &str, params: Option<Value>) -> Result<T> {
+    let v = params.unwrap_or(Value::Object(Default::default()));
+    serde_json::from_value(v)
+        .map_err(|e| Error::invalid(format!("params of {method}"), e.to_string()))
+}
+
+impl ConfigFile {
+    /// Parses a config from text.
+    pub fn parse(text: &str) -> Result<ConfigFile> {
+        serde_json::from_str(text).map_err(|e| Error::Config(format!("invalid JSON config: {e}")))
+    }
+
+    /// Reads and parses a config file.
+    pub fn read(path: &std::path::Path) -> Result<ConfigFile> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("reading config {}: {e}", path.display())))?;
+        Self::parse(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// The `bdev_set_options` params, which apply before the application starts.
+    pub fn bdev_opts(&self) -> Result<Option<BdevOpts>> {
+        let call = self
+            .subsystems
+            .iter()
+            .filter(|s| s.subsystem == "bdev")
+            .flat_map(|s| s.config.iter().flatten())
+            .find(|c| c.method == "bdev_set_options");
+        let Some(c) = call else { return Ok(None) };
+        let o: BdevOpts = parse_params("bdev_set_options", c.params.clone())?;
+        o.validate()?;
+        Ok(Some(o))
+    }
+
+    /// Runs every method of the `bdev` subsystem, in order, on the current thread.
+    pub async fn load(&self, methods: &Methods) -> Result<()> {
+        for s in &self.subsystems {
+            if s.subsystem != "bdev" {
+                tracing::warn!(subsystem = %s.subsystem, "config: subsystem not supported, skipped");
+                continue;
+            }
+            for (i, c) in s.config.iter().flatten().enumerate() {
+                if !methods.contains(&c.method) {
+                    return Err(Error::Config(format!(
+                        "subsystem bdev, method {} (index {i}): unknown method",
+                        c.method
+                    )));
+                }
+                methods
+                    .call(&c.method, c.params.clone())
+                    .await
+                    .map_err(|e| {
+                        Error::Config(format!(
+                            "subsystem bdev, method {} (index {i}): {e}",
+                            c.method
+                        ))
+                    })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_spdk_layout_and_bdev_opts() {
+        let c = ConfigFile::parse(
+            r#"{"subsystems":[{"subsystem":"accel","config":[]},
+                {"subsystem":"bdev","config":[
+                  {"method":"bdev_set_options","params":{"bdev_io_pool_size":1024,"bdev_io_cache_size":64}},
+                  {"method":"bdev_null_create","params":{"name":"n","num_blocks":8,"block_size":512}}]},
+                {"subsystem":"vmd","config":null}]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.subsystems.len(), 3);
+        let o = c.bdev_opts().unwrap().unwrap();
+        assert_eq!(
+            (
+                o.bdev_io_pool_size,
+                o.bdev_io_cache_size,
+                o.bdev_auto_examine
+            ),
+            (1024, 64, true)
+        );
+    }
+
+    #[test]
+    fn bad_json_is_an_error_with_position() {
+        let e = ConfigFile::parse("{\"subsystems\": [}")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 1"), "{e}");
+        assert!(ConfigFile::parse("{}").is_err());
+    }
+}

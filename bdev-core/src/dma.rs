@@ -1,0 +1,332 @@
+//! Memory that I/O data lives in.
+//!
+//! Two kinds, both aligned heap allocations (hugepage- and IOMMU-backed allocation will
+//! slot in behind the same types when the PCIe transport arrives):
+//!
+//! - [`DmaBuf`]: a buffer with one owner. The application fills or reads it through
+//!   ordinary slices while it owns it, and moves it into an I/O, which hands it back on
+//!   completion. While in flight, the bdev (or a device) writes it through raw pointers.
+//! - [`BlockMem`]: memory many threads access at once (a RAM disk's blocks). It is never
+//!   exposed as a slice; data moves in and out only by bounds-checked copies to and from an
+//!   I/O's buffers. Concurrent I/O to the same blocks has unspecified content, as on a
+//!   real disk, but is never read through a Rust reference: this is the same rule as for
+//!   device-written memory.
+//!
+//! [`Iov`] is the raw `(base, len)` segment an I/O carries, laid out as `struct iovec` so
+//! that engines (AIO, io_uring) can pass an I/O's segment array to the kernel directly.
+//! Segments can only be built by this crate, from buffers an I/O owns.
+
+use std::alloc::{Layout, alloc_zeroed, dealloc};
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::ptr::NonNull;
+
+use crate::error::{Error, Result};
+
+/// Default alignment of I/O buffers: a page, enough for O_DIRECT and NVMe PRPs.
+pub const DEFAULT_ALIGN: usize = 4096;
+
+fn layout(len: usize, align: usize) -> Result<Layout> {
+    if !align.is_power_of_two() {
+        return Err(Error::invalid(
+            "buffer alignment",
+            format!("{align} is not a power of two"),
+        ));
+    }
+    Layout::from_size_align(len.max(1), align).map_err(|_| Error::NoMem { len, align })
+}
+
+struct Alloc {
+    ptr: NonNull<u8>,
+    layout: Layout,
+}
+
+impl Alloc {
+    fn zeroed(len: usize, align: usize) -> Result<Alloc> {
+        let layout = layout(len, align)?;
+        // SAFETY: the layout has a non-zero size (len.max(1)) and a valid alignment.
+        let p = unsafe { alloc_zeroed(layout) };
+        let ptr = NonNull::new(p).ok_or(Error::NoMem { len, align })?;
+        Ok(Alloc { ptr, layout })
+    }
+}
+
+impl Drop for Alloc {
+    fn drop(&mut self) {
+        // SAFETY: ptr was returned by alloc_zeroed with this very layout and is freed once.
+        unsafe { dealloc(self.ptr.as_ptr(), self.layout) }
+    }
+}
+
+/// An owned, aligned, zero-initialised I/O buffer.
+pub struct DmaBuf {
+    mem: Alloc,
+    len: usize,
+}
+
+// SAFETY: DmaBuf owns its allocation exclusively, like Vec<u8>; nothing else refers to it
+// while the DmaBuf exists outside an I/O, so moving it between threads is sound.
+unsafe impl Send for DmaBuf {}
+// SAFETY: shared references only give out &[u8] reads, as Vec<u8> does.
+unsafe impl Sync for DmaBuf {}
+
+impl DmaBuf {
+    /// Allocates `len` zeroed bytes aligned to `align` (a power of two).
+    pub fn new(len: usize, align: usize) -> Result<DmaBuf> {
+        Ok(DmaBuf {
+            mem: Alloc::zeroed(len, align)?,
+            len,
+        })
+    }
+
+    /// Allocates `len` zeroed bytes aligned to a page.
+    pub fn page_aligned(len: usize) -> Result<DmaBuf> {
+        Self::new(len, DEFAULT_ALIGN)
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the buffer is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The alignment the buffer was allocated with.
+    pub fn align(&self) -> usize {
+        self.mem.layout.align()
+    }
+
+    /// Start address (for alignment checks and diagnostics).
+    pub fn addr(&self) -> usize {
+        self.mem.ptr.as_ptr() as usize
+    }
+
+    pub(crate) fn iov(&self, len: usize) -> Iov {
+        Iov {
+            base: self.mem.ptr.as_ptr(),
+            len: len.min(self.len),
+        }
+    }
+}
+
+impl Deref for DmaBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: the allocation holds `len` initialised (zeroed at allocation) bytes owned by
+        // self; while outside an I/O nothing else writes them.
+        unsafe { std::slice::from_raw_parts(self.mem.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl DerefMut for DmaBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as for Deref, and &mut self guarantees exclusive access.
+        unsafe { std::slice::from_raw_parts_mut(self.mem.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl fmt::Debug for DmaBuf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "DmaBuf({} bytes @ {:#x}, align {})",
+            self.len,
+            self.addr(),
+            self.align()
+        )
+    }
+}
+
+/// One segment of an I/O's data, laid out as `struct iovec`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Iov {
+    base: *mut u8,
+    len: usize,
+}
+
+const _: () = assert!(std::mem::size_of::<Iov>() == std::mem::size_of::<libc::iovec>());
+const _: () = assert!(std::mem::align_of::<Iov>() == std::mem::align_of::<libc::iovec>());
+
+impl Iov {
+    /// Start address.
+    pub fn base(&self) -> *mut u8 {
+        self.base
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the segment is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The segment viewed as a `libc::iovec` array, for passing to the kernel.
+    pub fn as_iovecs(iovs: &[Iov]) -> *const libc::iovec {
+        iovs.as_ptr().cast()
+    }
+}
+
+/// Memory shared by many threads' I/O (a RAM disk). Accessed only through copies.
+pub struct BlockMem {
+    mem: Alloc,
+    len: usize,
+}
+
+// SAFETY: BlockMem's bytes are only accessed through raw copies (never references); the
+// allocation is owned and freed once. Concurrent copies to the same bytes give unspecified
+// bytes, not memory unsafety, under the crate's rule for device-written memory.
+unsafe impl Send for BlockMem {}
+// SAFETY: as above; &BlockMem exposes no reference into the bytes.
+unsafe impl Sync for BlockMem {}
+
+impl fmt::Debug for BlockMem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BlockMem({} bytes)", self.len)
+    }
+}
+
+impl BlockMem {
+    /// Allocates `len` zeroed bytes aligned to `align`.
+    pub fn new(len: usize, align: usize) -> Result<BlockMem> {
+        Ok(BlockMem {
+            mem: Alloc::zeroed(len, align)?,
+            len,
+        })
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn check(&self, offset: u64, len: usize) -> Result<usize> {
+        let off = usize::try_from(offset).map_err(|_| Error::invalid("offset", "beyond memory"))?;
+        match off.checked_add(len) {
+            Some(end) if end <= self.len => Ok(off),
+            _ => Err(Error::invalid(
+                "memory range",
+                format!("{len} bytes at {offset} is outside {} bytes", self.len),
+            )),
+        }
+    }
+
+    /// Sets `len` bytes at `offset` to zero.
+    pub fn zero(&self, offset: u64, len: usize) -> Result<()> {
+        let off = self.check(offset, len)?;
+        // SAFETY: [off, off+len) is inside the allocation (checked); raw write, no reference.
+        unsafe { std::ptr::write_bytes(self.mem.ptr.as_ptr().wrapping_add(off), 0, len) };
+        Ok(())
+    }
+
+    /// Copies the segments' bytes into memory starting at `offset`.
+    pub(crate) fn copy_from_iovs(&self, offset: u64, iovs: &[Iov]) -> Result<()> {
+        let total: usize = iovs.iter().map(|v| v.len).sum();
+        let mut off = self.check(offset, total)?;
+        for v in iovs {
+            // SAFETY: the destination range is inside the allocation (checked for the total);
+            // the source is an I/O segment, valid for `len` bytes while the I/O is in flight
+            // (crate invariant of Iov). The two never overlap: BlockMem is never an I/O buffer.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    v.base,
+                    self.mem.ptr.as_ptr().wrapping_add(off),
+                    v.len,
+                )
+            };
+            off += v.len;
+        }
+        Ok(())
+    }
+
+    /// Copies memory starting at `offset` into the segments.
+    pub(crate) fn copy_to_iovs(&self, offset: u64, iovs: &[Iov]) -> Result<()> {
+        let total: usize = iovs.iter().map(|v| v.len).sum();
+        let mut off = self.check(offset, total)?;
+        for v in iovs {
+            // SAFETY: as in copy_from_iovs, with source and destination swapped.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    self.mem.ptr.as_ptr().wrapping_add(off),
+                    v.base,
+                    v.len,
+                )
+            };
+            off += v.len;
+        }
+        Ok(())
+    }
+}
+
+/// Runs `f` over each segment as a shared slice.
+///
+/// # Safety
+/// Every segment must be valid for reads of its length for the duration of the call, and
+/// not written by anyone during it.
+pub(crate) unsafe fn for_each_segment(iovs: &[Iov], mut f: impl FnMut(&[u8])) {
+    for v in iovs {
+        // SAFETY: the caller guarantees the segment is valid and unaliased by writers.
+        let s = unsafe { std::slice::from_raw_parts(v.base, v.len) };
+        f(s);
+    }
+}
+
+/// Runs `f` over each segment as a mutable slice.
+///
+/// # Safety
+/// Every segment must be valid for writes of its length for the duration of the call, not
+/// accessed by anyone else during it, and the segments must not overlap.
+pub(crate) unsafe fn for_each_segment_mut(iovs: &[Iov], mut f: impl FnMut(&mut [u8])) {
+    for v in iovs {
+        // SAFETY: the caller guarantees exclusive access to each non-overlapping segment.
+        let s = unsafe { std::slice::from_raw_parts_mut(v.base, v.len) };
+        f(s);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dmabuf_is_aligned_and_zeroed() {
+        for align in [512, 4096, 1 << 21] {
+            let mut b = DmaBuf::new(10_000, align).unwrap();
+            assert_eq!(b.addr() % align, 0);
+            assert!(b.iter().all(|&x| x == 0));
+            b[9_999] = 7;
+            assert_eq!(b[9_999], 7);
+        }
+        assert!(DmaBuf::new(10, 3).is_err());
+        assert_eq!(DmaBuf::new(0, 4096).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn blockmem_copies_are_bounds_checked() {
+        let m = BlockMem::new(8192, 4096).unwrap();
+        let mut src = DmaBuf::new(4096, 4096).unwrap();
+        src.fill(0xab);
+        let iov = [src.iov(4096)];
+        m.copy_from_iovs(4096, &iov).unwrap();
+        assert!(m.copy_from_iovs(4097, &iov).is_err());
+        assert!(m.copy_from_iovs(u64::MAX, &iov).is_err());
+        let dst = DmaBuf::new(4096, 4096).unwrap();
+        m.copy_to_iovs(4096, &[dst.iov(4096)]).unwrap();
+        assert!(dst.iter().all(|&x| x == 0xab));
+        m.zero(4096, 100).unwrap();
+        m.copy_to_iovs(4096, &[dst.iov(4096)]).unwrap();
+        assert!(dst[..100].iter().all(|&x| x == 0) && dst[100] == 0xab);
+        assert!(m.zero(8000, 200).is_err());
+    }
+}

@@ -1,0 +1,175 @@
+//! What the threads of one application share: the clock, where new threads go (reactors,
+//! or the test harness), the list of live threads, the stop state, and the bdev layer's
+//! globals. Several runtimes can live in one process (tests run in parallel), so nothing
+//! here is a process global.
+
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crossbeam_queue::SegQueue;
+
+use crate::app::CpuMask;
+use crate::error::{Error, Result};
+use crate::thread::{Clock, Msg, ThreadHandle, ThreadShared};
+
+/// One reactor's inbox of threads to adopt.
+pub(crate) struct ReactorShared {
+    pub(crate) core: u32,
+    pub(crate) incoming: SegQueue<Arc<ThreadShared>>,
+}
+
+pub(crate) enum Sched {
+    Reactors {
+        reactors: Vec<Arc<ReactorShared>>,
+        next: AtomicUsize,
+    },
+    Harness {
+        incoming: Mutex<Vec<Arc<ThreadShared>>>,
+    },
+}
+
+pub(crate) struct Runtime {
+    pub(crate) clock: Clock,
+    pub(crate) sched: Sched,
+    threads: Mutex<Vec<ThreadHandle>>,
+    stopping: AtomicBool,
+    rc: AtomicI32,
+    pub(crate) app_thread: OnceLock<ThreadHandle>,
+    pub(crate) bdev: crate::bdev::Globals,
+}
+
+impl Runtime {
+    pub(crate) fn new(
+        clock: Clock,
+        sched: Sched,
+        bdev_opts: crate::bdev::BdevOpts,
+    ) -> Arc<Runtime> {
+        Arc::new(Runtime {
+            clock,
+            sched,
+            threads: Mutex::new(Vec::new()),
+            stopping: AtomicBool::new(false),
+            rc: AtomicI32::new(0),
+            app_thread: OnceLock::new(),
+            bdev: crate::bdev::Globals::new(bdev_opts),
+        })
+    }
+
+    fn threads(&self) -> std::sync::MutexGuard<'_, Vec<ThreadHandle>> {
+        self.threads.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn rc(&self) -> i32 {
+        self.rc.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn live_threads(&self) -> Vec<ThreadHandle> {
+        self.threads().clone()
+    }
+
+    /// The cores of the reactors (core 0 alone for the harness).
+    pub(crate) fn cores(&self) -> CpuMask {
+        match &self.sched {
+            Sched::Reactors { reactors, .. } => {
+                CpuMask::from_cores(reactors.iter().map(|r| r.core))
+            }
+            Sched::Harness { .. } => CpuMask::from_cores([0]),
+        }
+    }
+
+    /// Creates a thread and hands it to a reactor (or the harness); `init` is its first
+    /// message.
+    pub(crate) fn spawn_thread(
+        self: &Arc<Self>,
+        name: String,
+        cores: Option<&CpuMask>,
+        init: Msg,
+    ) -> Result<ThreadHandle> {
+        if self.is_stopping() {
+            return Err(Error::Stopping);
+        }
+        match &self.sched {
+            Sched::Reactors { reactors, next } => {
+                let eligible: Vec<&Arc<ReactorShared>> = reactors
+                    .iter()
+                    .filter(|r| cores.is_none_or(|m| m.contains(r.core)))
+                    .collect();
+                if eligible.is_empty() {
+                    let mask = cores.map(|m| m.to_string()).unwrap_or_default();
+                    return Err(Error::InvalidCoreMask {
+                        mask,
+                        reason: format!(
+                            "no reactor runs on these cores (reactors: {})",
+                            self.cores()
+                        ),
+                    });
+                }
+                let r = eligible[next.fetch_add(1, Ordering::Relaxed) % eligible.len()];
+                let shared = ThreadShared::new(name, r.core, self.clone())?;
+                shared.push(init);
+                self.threads().push(ThreadHandle(shared.clone()));
+                r.incoming.push(shared.clone());
+                Ok(ThreadHandle(shared))
+            }
+            Sched::Harness { incoming } => {
+                let shared = ThreadShared::new(name, 0, self.clone())?;
+                shared.push(init);
+                self.threads().push(ThreadHandle(shared.clone()));
+                incoming
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(shared.clone());
+                Ok(ThreadHandle(shared))
+            }
+        }
+    }
+
+    /// Registers a thread created directly (the app thread, harness threads).
+    pub(crate) fn adopt(&self, shared: &Arc<ThreadShared>) {
+        self.threads().push(ThreadHandle(shared.clone()));
+    }
+
+    pub(crate) fn thread_exited(&self, shared: &ThreadShared) {
+        let mut t = self.threads();
+        if let Some(pos) = t.iter().position(|h| h.id() == shared.id_()) {
+            t.swap_remove(pos);
+        }
+    }
+
+    /// Starts the orderly stop (`spdk_app_stop`): on the app thread, finish the bdev layer
+    /// (unregister every bdev), then ask every thread to exit. Reactors return once their
+    /// threads are gone. Only the first call's `rc` counts.
+    pub(crate) fn request_stop(self: &Arc<Self>, rc: i32) {
+        if self.stopping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.rc.store(rc, Ordering::Release);
+        let rt = self.clone();
+        let run = move || {
+            let rt2 = rt.clone();
+            let spawned = crate::thread::spawn_local(async move {
+                crate::bdev::fini(&rt2).await;
+                for t in rt2.live_threads() {
+                    t.request_exit();
+                }
+            });
+            if spawned.is_err() {
+                for t in rt.live_threads() {
+                    t.request_exit();
+                }
+            }
+        };
+        match self.app_thread.get() {
+            Some(app) if app.send_msg(run).is_ok() => {}
+            _ => {
+                for t in self.live_threads() {
+                    t.request_exit();
+                }
+            }
+        }
+    }
+}

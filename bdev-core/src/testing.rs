@@ -1,0 +1,202 @@
+//! A deterministic multi-thread harness, SPDK's `ut_multithread`: several lightweight
+//! threads on the test's own OS thread, polled in the order the test chooses, with a clock
+//! that only moves when the test advances it (one tick per microsecond).
+//!
+//! ```
+//! use bdev_core::testing::Harness;
+//! let h = Harness::new(2);
+//! let t1 = h.handle(1);
+//! h.run_on(0, || t1.send_msg(|| println!("on thread 1")).unwrap());
+//! h.poll_threads();
+//! ```
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::bdev::BdevOpts;
+use crate::runtime::{Runtime, Sched};
+use crate::thread::{self, Clock, Thread, ThreadHandle, ThreadShared, set_current};
+
+/// The harness. Dropping it stops the runtime: bdevs are unregistered and threads exit.
+pub struct Harness {
+    rt: Arc<Runtime>,
+    threads: RefCell<Vec<Thread>>,
+    clock: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Harness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Harness({} threads)", self.threads.borrow().len())
+    }
+}
+
+/// Rounds of [`Harness::poll_threads`] before it gives up on reaching idle.
+const MAX_ROUNDS: usize = 1_000_000;
+
+impl Harness {
+    /// `n` threads named `ut_thread0..`, thread 0 current and the app thread.
+    pub fn new(n: usize) -> Harness {
+        Self::with_opts(n, BdevOpts::default())
+    }
+
+    /// As [`Harness::new`], with bdev layer options.
+    pub fn with_opts(n: usize, bdev: BdevOpts) -> Harness {
+        assert!(n > 0, "a harness needs at least one thread");
+        let clock = Arc::new(AtomicU64::new(1));
+        let rt = Runtime::new(
+            Clock::Mock(clock.clone()),
+            Sched::Harness {
+                incoming: Default::default(),
+            },
+            bdev,
+        );
+        let mut threads = Vec::new();
+        for i in 0..n {
+            let shared =
+                ThreadShared::new(format!("ut_thread{i}"), 0, rt.clone()).expect("thread slots");
+            rt.adopt(&shared);
+            if i == 0 {
+                let _ = rt.app_thread.set(ThreadHandle(shared.clone()));
+            }
+            threads.push(Thread::new(shared));
+        }
+        set_current(Some(threads[0].clone()));
+        Harness {
+            rt,
+            threads: RefCell::new(threads),
+            clock,
+        }
+    }
+
+    fn adopt_new(&self) {
+        if let Sched::Harness { incoming } = &self.rt.sched {
+            let new: Vec<_> = incoming
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .drain(..)
+                .collect();
+            for s in new {
+                self.threads.borrow_mut().push(Thread::new(s));
+            }
+        }
+    }
+
+    /// Number of threads, including ones spawned through [`thread::spawn_thread`].
+    pub fn thread_count(&self) -> usize {
+        self.adopt_new();
+        self.threads.borrow().len()
+    }
+
+    /// The handle of thread `i`.
+    pub fn handle(&self, i: usize) -> ThreadHandle {
+        self.thread(i).handle()
+    }
+
+    fn thread(&self, i: usize) -> Thread {
+        self.adopt_new();
+        self.threads.borrow()[i].clone()
+    }
+
+    /// Makes thread `i` current (`set_thread`).
+    pub fn set_thread(&self, i: usize) {
+        set_current(Some(self.thread(i)));
+    }
+
+    /// Runs `f` with thread `i` current, then restores the previous thread.
+    pub fn run_on<R>(&self, i: usize, f: impl FnOnce() -> R) -> R {
+        let prev = set_current(Some(self.thread(i)));
+        let r = f();
+        set_current(prev);
+        r
+    }
+
+    /// One iteration of thread `i`; whether it did work.
+    pub fn poll_thread(&self, i: usize) -> bool {
+        let t = self.thread(i);
+        if t.state() == 2 {
+            return false;
+        }
+        let prev = set_current(Some(t.clone()));
+        let busy = t.poll(self.clock.load(Ordering::Relaxed));
+        if t.state() == 1 {
+            t.try_finish_exit();
+        }
+        set_current(prev);
+        busy
+    }
+
+    /// Polls thread `i` until an iteration does nothing.
+    pub fn poll_thread_idle(&self, i: usize) {
+        for _ in 0..MAX_ROUNDS {
+            if !self.poll_thread(i) {
+                return;
+            }
+        }
+        panic!("thread {i} still busy after {MAX_ROUNDS} polls");
+    }
+
+    /// Polls every thread in turn until a whole round does nothing (`poll_threads`).
+    pub fn poll_threads(&self) {
+        for _ in 0..MAX_ROUNDS {
+            let mut busy = false;
+            for i in 0..self.thread_count() {
+                busy |= self.poll_thread(i);
+            }
+            if !busy {
+                return;
+            }
+        }
+        panic!("threads still busy after {MAX_ROUNDS} rounds");
+    }
+
+    /// Moves the mock clock forward.
+    pub fn advance_time_us(&self, us: u64) {
+        self.clock.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// The mock clock, in microseconds.
+    pub fn now_us(&self) -> u64 {
+        self.clock.load(Ordering::Relaxed)
+    }
+
+    /// Runs `fut` on thread `i` and polls all threads until it finishes. Panics if it is
+    /// still pending when the threads go idle (it would never finish).
+    pub fn block_on<T: 'static>(&self, i: usize, fut: impl Future<Output = T> + 'static) -> T {
+        let t = self.thread(i);
+        let jh = thread::executor_spawn_on(&t, fut);
+        self.poll_threads();
+        jh.try_take()
+            .expect("future still pending with all threads idle")
+    }
+
+    /// Stops the runtime (as `app::stop`) and polls until every thread has exited.
+    pub fn stop(&self) {
+        self.rt.request_stop(0);
+        for _ in 0..MAX_ROUNDS {
+            self.poll_threads();
+            let all = self.threads.borrow().iter().all(|t| t.state() == 2);
+            if all {
+                break;
+            }
+            // Exiting threads with leftovers are forced out after a timeout.
+            self.advance_time_us(1_000_000);
+        }
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            self.stop();
+        } else {
+            for t in self.threads.borrow().iter() {
+                let prev = set_current(Some(t.clone()));
+                t.finish_exit();
+                set_current(prev);
+            }
+        }
+        set_current(None);
+    }
+}

@@ -1,0 +1,546 @@
+//! Lightweight threads, SPDK's `spdk_thread`: the unit that owns pollers, io_channels and
+//! a message queue, scheduled on a reactor (an OS thread pinned to a core) or, in tests, on
+//! the test's own OS thread by the [`crate::testing::Harness`].
+//!
+//! ```text
+//!   other threads ──send_msg──► [ lock-free MPSC ring ]──┐
+//!                                                         ▼
+//!   reactor loop ── poll() ──► deferred calls ─► messages ─► active pollers
+//!                                  ▲                          ─► timed pollers (period in µs)
+//!                                  └── defer(): local, no allocation   ─► ready async tasks
+//! ```
+//!
+//! A thread only ever runs on one OS thread at a time, so everything it owns is `!Send`
+//! and uses `Rc`/`RefCell`; other threads reach it only through [`ThreadHandle`], whose
+//! message queue is the one synchronised structure. Calls that need "the current thread"
+//! find it through a thread-local that the reactor (or harness) sets before polling.
+
+mod clock;
+mod executor;
+mod io_device;
+mod poller;
+
+pub(crate) use clock::{Clock, us_to_ticks};
+pub use clock::{real_hz, real_ticks};
+pub(crate) use executor::spawn_on as executor_spawn_on;
+pub use executor::{JoinHandle, spawn_local, yield_now};
+pub use io_device::{ForEachChannel, IoChannel, IoDevice};
+pub use poller::{PollStatus, Poller, PollerRef};
+
+use std::any::{Any, TypeId};
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::rc::{Rc, Weak};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crossbeam_queue::SegQueue;
+
+use crate::error::{Error, Result};
+use crate::runtime::Runtime;
+use executor::Executor;
+use poller::PollerSet;
+
+/// A message: a closure run once on the target thread.
+pub(crate) type Msg = Box<dyn FnOnce() + Send>;
+
+tiny_fn::tiny_fn! {
+    /// A local deferred call, stored inline (up to [`DEFER_INLINE`] bytes of captures).
+    pub(crate) struct LocalFn = FnOnce();
+}
+
+/// Bytes of captured state a deferred call (and an I/O completion callback) can hold
+/// without a heap allocation.
+pub const DEFER_INLINE: usize = 32;
+
+type Deferred = LocalFn<'static, DEFER_INLINE>;
+
+/// Messages handled per thread per poll, as SPDK's `SPDK_MSG_BATCH_SIZE`.
+const MSG_BATCH: usize = 8;
+
+/// How long an exiting thread may keep pollers or channels before it is forced to exit,
+/// as SPDK's `SPDK_THREAD_EXIT_TIMEOUT_SEC`.
+const EXIT_TIMEOUT_SEC: u64 = 5;
+
+const RUNNING: u8 = 0;
+const EXITING: u8 = 1;
+const EXITED: u8 = 2;
+
+static NEXT_THREAD_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Slots that name live threads in waker data (16 bits), so a waker needs no reference
+/// count. A slot is reused once its thread is gone; a stale wake is at worst spurious.
+static SLOTS: Mutex<SlotTable> = Mutex::new(SlotTable {
+    threads: Vec::new(),
+    free: Vec::new(),
+});
+
+struct SlotTable {
+    threads: Vec<Option<std::sync::Weak<ThreadShared>>>,
+    free: Vec<u16>,
+}
+
+const MAX_SLOTS: usize = 1 << 16;
+
+/// The part of a thread other threads can see.
+pub(crate) struct ThreadShared {
+    id: u64,
+    slot: u16,
+    name: String,
+    msgs: SegQueue<Msg>,
+    state: AtomicU8,
+    core: u32,
+    pub(crate) rt: Arc<Runtime>,
+}
+
+impl Drop for ThreadShared {
+    fn drop(&mut self) {
+        let mut t = SLOTS.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = t.threads.get_mut(self.slot as usize) {
+            *s = None;
+            t.free.push(self.slot);
+        }
+    }
+}
+
+impl ThreadShared {
+    pub(crate) fn new(name: String, core: u32, rt: Arc<Runtime>) -> Result<Arc<Self>> {
+        let mut t = SLOTS.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = match t.free.pop() {
+            Some(s) => s,
+            None if t.threads.len() < MAX_SLOTS => {
+                t.threads.push(None);
+                (t.threads.len() - 1) as u16
+            }
+            None => return Err(Error::TooManyThreads { limit: MAX_SLOTS }),
+        };
+        let shared = Arc::new(ThreadShared {
+            id: NEXT_THREAD_ID.fetch_add(1, Ordering::Relaxed),
+            slot,
+            name,
+            msgs: SegQueue::new(),
+            state: AtomicU8::new(RUNNING),
+            core,
+            rt,
+        });
+        t.threads[slot as usize] = Some(Arc::downgrade(&shared));
+        Ok(shared)
+    }
+
+    pub(crate) fn push(&self, m: Msg) {
+        self.msgs.push(m);
+    }
+
+    pub(crate) fn id_(&self) -> u64 {
+        self.id
+    }
+}
+
+/// Finds a live thread by its waker slot.
+fn thread_by_slot(slot: u16) -> Option<Arc<ThreadShared>> {
+    let t = SLOTS.lock().unwrap_or_else(|e| e.into_inner());
+    t.threads.get(slot as usize)?.as_ref()?.upgrade()
+}
+
+/// A handle to a thread, usable from any OS thread: send it messages, ask it to exit.
+#[derive(Clone)]
+pub struct ThreadHandle(pub(crate) Arc<ThreadShared>);
+
+impl fmt::Debug for ThreadHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Thread({}#{})", self.0.name, self.0.id)
+    }
+}
+
+impl PartialEq for ThreadHandle {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.id == other.0.id
+    }
+}
+impl Eq for ThreadHandle {}
+
+impl ThreadHandle {
+    /// The thread's unique id.
+    pub fn id(&self) -> u64 {
+        self.0.id
+    }
+
+    /// The thread's name.
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    /// The core of the reactor the thread runs on (0 in the test harness).
+    pub fn core(&self) -> u32 {
+        self.0.core
+    }
+
+    /// Whether this is the thread currently running on this OS thread.
+    pub fn is_current(&self) -> bool {
+        with_current(|t| t.inner.shared.id == self.0.id).unwrap_or(false)
+    }
+
+    /// Whether the thread has finished exiting.
+    pub fn is_exited(&self) -> bool {
+        self.0.state.load(Ordering::Acquire) == EXITED
+    }
+
+    /// Queues `f` to run on the thread (always asynchronously, even when called from the
+    /// thread itself, as `spdk_thread_send_msg`). Fails once the thread has exited.
+    pub fn send_msg(&self, f: impl FnOnce() + Send + 'static) -> Result<()> {
+        if self.0.state.load(Ordering::Acquire) == EXITED {
+            return Err(Error::ThreadExited {
+                name: self.0.name.clone(),
+            });
+        }
+        self.0.push(Box::new(f));
+        Ok(())
+    }
+
+    /// Runs `f` on the thread: inline when the caller is already on it, else as a message.
+    pub fn run(&self, f: impl FnOnce() + Send + 'static) -> Result<()> {
+        if self.is_current() {
+            f();
+            Ok(())
+        } else {
+            self.send_msg(f)
+        }
+    }
+
+    /// Asks the thread to exit (`spdk_thread_exit`): it keeps running until its pollers are
+    /// unregistered, its channels released and its tasks finished, then stops.
+    pub fn request_exit(&self) {
+        let _ =
+            self.0
+                .state
+                .compare_exchange(RUNNING, EXITING, Ordering::AcqRel, Ordering::Acquire);
+        // Wake it so that it notices even if idle.
+        self.0.push(Box::new(|| {}));
+    }
+}
+
+/// Busy and idle time of a thread, in ticks (SPDK's `spdk_thread_stats`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ThreadStats {
+    /// Ticks spent in polls that did work.
+    pub busy_ticks: u64,
+    /// Ticks spent in polls that found nothing to do.
+    pub idle_ticks: u64,
+}
+
+pub(crate) struct ThreadInner {
+    pub(crate) shared: Arc<ThreadShared>,
+    hz: u64,
+    pub(crate) now: Rc<Cell<u64>>,
+    pub(crate) pollers: PollerSet,
+    deferred: RefCell<VecDeque<Deferred>>,
+    pub(crate) exec: Executor,
+    pub(crate) channels: RefCell<HashMap<u64, Weak<dyn Any>>>,
+    locals: RefCell<HashMap<TypeId, Rc<dyn Any>>>,
+    exit_started: Cell<Option<u64>>,
+    stats: Cell<ThreadStats>,
+    last_busy: Cell<bool>,
+}
+
+/// A lightweight thread, as seen from the OS thread that runs it. Not `Send`.
+#[derive(Clone)]
+pub struct Thread {
+    pub(crate) inner: Rc<ThreadInner>,
+}
+
+impl fmt::Debug for Thread {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Thread({}#{})",
+            self.inner.shared.name, self.inner.shared.id
+        )
+    }
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<Thread>> = const { RefCell::new(None) };
+}
+
+/// The thread running on this OS thread, if any.
+pub fn current() -> Option<Thread> {
+    CURRENT.with(|c| c.borrow().clone())
+}
+
+/// The current thread, or [`Error::NoThread`] naming `op`.
+pub fn current_or(op: &'static str) -> Result<Thread> {
+    current().ok_or(Error::NoThread { op })
+}
+
+/// Runs `f` with the current thread, without cloning it.
+pub(crate) fn with_current<R>(f: impl FnOnce(&Thread) -> R) -> Option<R> {
+    CURRENT.with(|c| c.borrow().as_ref().map(f))
+}
+
+/// Makes `t` current; returns what was current before.
+pub(crate) fn set_current(t: Option<Thread>) -> Option<Thread> {
+    CURRENT.with(|c| std::mem::replace(&mut *c.borrow_mut(), t))
+}
+
+/// The current thread's cached clock, in ticks (refreshed at the start of every poll).
+/// Zero off a thread.
+#[inline]
+pub fn now() -> u64 {
+    with_current(|t| t.inner.now.get()).unwrap_or(0)
+}
+
+/// Ticks per second of the current thread's clock (the real TSC rate off a thread).
+pub fn ticks_hz() -> u64 {
+    with_current(|t| t.inner.hz).unwrap_or_else(real_hz)
+}
+
+/// Runs `f` on the current thread after the current callback returns, in this or the next
+/// poll, with no allocation while its captures fit in [`DEFER_INLINE`] bytes. This is how
+/// completions that happen during a submission are deferred (SPDK sends itself a message).
+pub fn defer(f: impl FnOnce() + 'static) -> Result<()> {
+    with_current(|t| t.defer(f)).ok_or(Error::NoThread { op: "defer" })
+}
+
+/// Creates a lightweight thread on the current runtime, as `spdk_thread_create`: it goes to
+/// a reactor whose core is in `cores` (any core when `None`), round-robin, and runs `init`
+/// first.
+pub fn spawn_thread(
+    name: impl Into<String>,
+    cores: Option<&crate::app::CpuMask>,
+    init: impl FnOnce() + Send + 'static,
+) -> Result<ThreadHandle> {
+    let rt = with_current(|t| t.inner.shared.rt.clone())
+        .ok_or(Error::NoThread { op: "spawn_thread" })?;
+    rt.spawn_thread(name.into(), cores, Box::new(init))
+}
+
+impl Thread {
+    pub(crate) fn new(shared: Arc<ThreadShared>) -> Thread {
+        let clock = shared.rt.clock.clone();
+        let hz = clock.hz();
+        let now = clock.now();
+        Thread {
+            inner: Rc::new(ThreadInner {
+                shared,
+                hz,
+                now: Rc::new(Cell::new(now)),
+                pollers: PollerSet::default(),
+                deferred: RefCell::new(VecDeque::with_capacity(64)),
+                exec: Executor::default(),
+                channels: RefCell::new(HashMap::new()),
+                locals: RefCell::new(HashMap::new()),
+                exit_started: Cell::new(None),
+                stats: Cell::new(ThreadStats::default()),
+                last_busy: Cell::new(false),
+            }),
+        }
+    }
+
+    /// A handle other threads can use.
+    pub fn handle(&self) -> ThreadHandle {
+        ThreadHandle(self.inner.shared.clone())
+    }
+
+    /// The thread's name.
+    pub fn name(&self) -> &str {
+        &self.inner.shared.name
+    }
+
+    /// The thread's unique id.
+    pub fn id(&self) -> u64 {
+        self.inner.shared.id
+    }
+
+    /// Cached clock of this thread, in ticks.
+    #[inline]
+    pub fn now(&self) -> u64 {
+        self.inner.now.get()
+    }
+
+    /// Ticks per second of this thread's clock.
+    pub fn ticks_hz(&self) -> u64 {
+        self.inner.hz
+    }
+
+    /// Busy and idle time so far.
+    pub fn stats(&self) -> ThreadStats {
+        self.inner.stats.get()
+    }
+
+    pub(crate) fn runtime(&self) -> &Arc<Runtime> {
+        &self.inner.shared.rt
+    }
+
+    /// The cell holding the cached clock, for per-I/O timestamps without a lookup.
+    pub(crate) fn now_cell(&self) -> Rc<Cell<u64>> {
+        self.inner.now.clone()
+    }
+
+    pub(crate) fn downgrade(&self) -> Weak<ThreadInner> {
+        Rc::downgrade(&self.inner)
+    }
+
+    /// Queues a local call for this thread's next deferred-call pass.
+    pub fn defer(&self, f: impl FnOnce() + 'static) {
+        self.inner.deferred.borrow_mut().push_back(Deferred::new(f));
+    }
+
+    /// Per-thread state of type `T`, created by `init` on first use. Dropped when the
+    /// thread exits, after its channels are released.
+    pub fn local_or_init<T: 'static>(&self, init: impl FnOnce() -> T) -> Rc<T> {
+        let key = TypeId::of::<T>();
+        if let Some(v) = self.inner.locals.borrow().get(&key) {
+            if let Ok(v) = v.clone().downcast::<T>() {
+                return v;
+            }
+        }
+        let v = Rc::new(init());
+        self.inner.locals.borrow_mut().insert(key, v.clone());
+        v
+    }
+
+    /// Per-thread state of type `T`, if it exists.
+    pub fn get_local<T: 'static>(&self) -> Option<Rc<T>> {
+        let v = self.inner.locals.borrow().get(&TypeId::of::<T>())?.clone();
+        v.downcast::<T>().ok()
+    }
+
+    /// Per-thread state of type `T`, default-initialised on first use.
+    pub fn local<T: Default + 'static>(&self) -> Rc<T> {
+        self.local_or_init(T::default)
+    }
+
+    /// Whether [`Thread::local`] for `T` exists yet.
+    pub fn has_local<T: 'static>(&self) -> bool {
+        self.inner.locals.borrow().contains_key(&TypeId::of::<T>())
+    }
+
+    /// One iteration of the thread (`spdk_thread_poll`): deferred calls, up to a batch of
+    /// messages, active pollers, due timed pollers, ready async tasks. `now` is the caller's
+    /// clock reading, shared by all threads of a reactor iteration. Returns whether any work
+    /// was done.
+    pub(crate) fn poll(&self, now: u64) -> bool {
+        let inner = &*self.inner;
+        // The previous iteration lasted until now: account it as busy or idle (reading the
+        // clock again at the end of an iteration would double its cost).
+        let prev = inner.now.replace(now);
+        let mut s = inner.stats.get();
+        if inner.last_busy.get() {
+            s.busy_ticks += now.saturating_sub(prev);
+        } else {
+            s.idle_ticks += now.saturating_sub(prev);
+        }
+        inner.stats.set(s);
+        let mut busy = self.run_deferred();
+        busy |= self.run_msgs();
+        busy |= inner.pollers.run_active(inner);
+        busy |= inner.pollers.run_timed(inner, now);
+        busy |= inner.exec.run(self);
+        inner.pollers.compact();
+        inner.last_busy.set(busy);
+        busy
+    }
+
+    fn run_deferred(&self) -> bool {
+        let n = self.inner.deferred.borrow().len();
+        for _ in 0..n {
+            let f = self.inner.deferred.borrow_mut().pop_front();
+            match f {
+                Some(f) => f.call(),
+                None => break,
+            }
+        }
+        n > 0
+    }
+
+    fn run_msgs(&self) -> bool {
+        let mut n = 0;
+        while n < MSG_BATCH {
+            match self.inner.shared.msgs.pop() {
+                Some(m) => {
+                    m();
+                    n += 1;
+                }
+                None => break,
+            }
+        }
+        n > 0
+    }
+
+    pub(crate) fn state(&self) -> u8 {
+        self.inner.shared.state.load(Ordering::Acquire)
+    }
+
+    /// Whether the thread is exiting and has released everything: then it can be dropped.
+    /// Forces the exit (with a warning) after [`EXIT_TIMEOUT_SEC`].
+    pub(crate) fn try_finish_exit(&self) -> bool {
+        let inner = &*self.inner;
+        if self.state() != EXITING {
+            return self.state() == EXITED;
+        }
+        let now = inner.now.get();
+        let started = match inner.exit_started.get() {
+            Some(t) => t,
+            None => {
+                inner.exit_started.set(Some(now));
+                now
+            }
+        };
+        let pollers = inner.pollers.registered();
+        let channels = inner
+            .channels
+            .borrow()
+            .values()
+            .filter(|w| w.strong_count() > 0)
+            .count();
+        let tasks = inner.exec.len();
+        let pending = !inner.shared.msgs.is_empty() || !inner.deferred.borrow().is_empty();
+        let done = pollers == 0 && channels == 0 && tasks == 0 && !pending;
+        if !done {
+            if now.saturating_sub(started) < EXIT_TIMEOUT_SEC * inner.hz {
+                return false;
+            }
+            tracing::warn!(
+                thread = %inner.shared.name,
+                pollers, channels, tasks, "thread exit timed out; forcing it"
+            );
+        }
+        self.finish_exit();
+        true
+    }
+
+    /// Drops everything the thread still owns and marks it exited.
+    pub(crate) fn finish_exit(&self) {
+        let inner = &*self.inner;
+        inner.shared.state.store(EXITED, Ordering::Release);
+        inner.exec.clear();
+        inner.deferred.borrow_mut().clear();
+        let locals: Vec<_> = inner.locals.borrow_mut().drain().collect();
+        drop(locals);
+        inner.pollers.clear();
+        while inner.shared.msgs.pop().is_some() {}
+        inner.shared.rt.thread_exited(&inner.shared);
+    }
+}
+
+/// The id of the thread a [`std::task::Waker`] belongs to, packed with the task key.
+pub(crate) fn current_slot() -> Option<u16> {
+    with_current(|t| t.inner.shared.slot)
+}
+
+pub(crate) fn slot_of(t: &Thread) -> u16 {
+    t.inner.shared.slot
+}
+
+/// Delivers `f` to the thread in `slot` (used by wakers fired from another thread).
+pub(crate) fn send_to_slot(slot: u16, f: impl FnOnce() + Send + 'static) {
+    if let Some(t) = thread_by_slot(slot) {
+        if t.state.load(Ordering::Acquire) != EXITED {
+            t.push(Box::new(f));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
