@@ -16,7 +16,7 @@
 //! that engines (AIO, io_uring) can pass an I/O's segment array to the kernel directly.
 //! Segments can only be built by this crate, from buffers an I/O owns.
 
-use std::alloc::{Layout, alloc_zeroed, dealloc};
+use std::alloc::{Layout, alloc, alloc_zeroed, dealloc};
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
@@ -47,6 +47,28 @@ impl Alloc {
         // SAFETY: the layout has a non-zero size (len.max(1)) and a valid alignment.
         let p = unsafe { alloc_zeroed(layout) };
         let ptr = NonNull::new(p).ok_or(Error::NoMem { len, align })?;
+        Ok(Alloc { ptr, layout })
+    }
+}
+
+impl Alloc {
+    /// Memory that is written at once, so that every page is faulted in now rather than
+    /// during I/O, backed by transparent huge pages where the kernel allows (as SPDK's
+    /// hugepage memory).
+    fn prefaulted(len: usize, align: usize) -> Result<Alloc> {
+        const HUGE: usize = 2 << 20;
+        let align = if len >= HUGE { align.max(HUGE) } else { align };
+        let layout = layout(len, align)?;
+        // SAFETY: the layout has a non-zero size and a valid alignment.
+        let p = unsafe { alloc(layout) };
+        let ptr = NonNull::new(p).ok_or(Error::NoMem { len, align })?;
+        if len >= HUGE {
+            // SAFETY: [ptr, ptr+size) is a mapping we own; MADV_HUGEPAGE only changes how it
+            // is backed, never its contents or validity. Failure is harmless (ignored).
+            let _ = unsafe { libc::madvise(p.cast(), layout.size(), libc::MADV_HUGEPAGE) };
+        }
+        // SAFETY: the allocation is valid for layout.size() bytes and not yet shared.
+        unsafe { std::ptr::write_bytes(p, 0, layout.size()) };
         Ok(Alloc { ptr, layout })
     }
 }
@@ -193,10 +215,11 @@ impl fmt::Debug for BlockMem {
 }
 
 impl BlockMem {
-    /// Allocates `len` zeroed bytes aligned to `align`.
+    /// Allocates `len` zeroed bytes aligned to `align`, every page faulted in (and backed
+    /// by transparent huge pages where possible).
     pub fn new(len: usize, align: usize) -> Result<BlockMem> {
         Ok(BlockMem {
-            mem: Alloc::zeroed(len, align)?,
+            mem: Alloc::prefaulted(len, align)?,
             len,
         })
     }
