@@ -159,10 +159,9 @@ fn reactor_loop(rt: &Arc<Runtime>, rs: &ReactorShared) {
         let now = rt.clock.now();
         let mut exiting = false;
         for t in &threads {
-            let prev = set_current(Some(t.clone()));
+            set_current(Some(t.clone()));
             t.poll(now);
             exiting |= t.state() != 0;
-            set_current(prev);
         }
         if exiting {
             threads.retain(|t| {
@@ -176,4 +175,5 @@ fn reactor_loop(rt: &Arc<Runtime>, rs: &ReactorShared) {
             break;
         }
     }
+    set_current(None);
 }

@@ -7,8 +7,6 @@ use std::fmt;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 
-use slab::Slab;
-
 use super::io::{IoCallback, IoCtx, Pending};
 use super::ops::ErasedChannel;
 use super::registry::BdevInner;
@@ -71,11 +69,58 @@ impl ChanCtx {
     }
 }
 
-/// An async I/O's completion slot.
-pub(crate) struct AsyncSlot {
-    pub(crate) waker: Option<std::task::Waker>,
-    pub(crate) done: Option<(IoStatus, Payload)>,
-    pub(crate) abandoned: bool,
+/// Who waits for an async I/O.
+pub(crate) enum Waiter {
+    /// Nobody yet, or nobody any more (the future was dropped).
+    None,
+    /// A task of this crate's executor (packed reference): resumed inline.
+    Task(usize),
+    /// Any other executor's waker.
+    Waker(std::task::Waker),
+}
+
+/// Where an async I/O's completion meets its future. Pooled per thread: taken when the
+/// future submits, given back when it takes the result (or by the completion, if the
+/// future was dropped first).
+pub(crate) struct AsyncCell {
+    pub(crate) waiter: RefCell<Waiter>,
+    pub(crate) done: RefCell<Option<(IoStatus, Payload)>>,
+    pool: Weak<ThreadCtx>,
+}
+
+impl AsyncCell {
+    /// The completion side: store the result and resume the waiter.
+    #[inline]
+    fn complete(self: Rc<Self>, status: IoStatus, payload: Payload) {
+        let waiter = std::mem::replace(&mut *self.waiter.borrow_mut(), Waiter::None);
+        match waiter {
+            Waiter::Task(t) => {
+                *self.done.borrow_mut() = Some((status, payload));
+                drop(self);
+                crate::thread::resume_task(t);
+            }
+            Waiter::Waker(w) => {
+                *self.done.borrow_mut() = Some((status, payload));
+                drop(self);
+                w.wake();
+            }
+            // The future is gone: drop the buffers, recycle the cell.
+            Waiter::None => {
+                drop(payload);
+                self.recycle();
+            }
+        }
+    }
+
+    /// Gives the cell back to its thread's pool once nobody else holds it.
+    pub(crate) fn recycle(self: Rc<Self>) {
+        if Rc::strong_count(&self) == 1 {
+            if let Some(t) = self.pool.upgrade() {
+                *self.done.borrow_mut() = None;
+                t.cells.borrow_mut().push(self);
+            }
+        }
+    }
 }
 
 type EventCb = Rc<RefCell<dyn FnMut(BdevEvent)>>;
@@ -91,13 +136,15 @@ pub(crate) struct ThreadCtx {
     reserved: Cell<usize>,
     cache_size: usize,
     budget: Arc<super::Budget>,
-    pub(crate) waitq: RefCell<VecDeque<Pending>>,
+    waitq: RefCell<VecDeque<Pending>>,
+    /// Length of `waitq`, checked on every submission and completion without a borrow.
+    pub(crate) waiting: Cell<usize>,
     /// Depth of module submit calls on the stack: completions inside one are deferred.
     pub(crate) submit_depth: Cell<u32>,
     pub(crate) now: Rc<Cell<u64>>,
     thread: Weak<ThreadInner>,
     pub(crate) events: RefCell<HashMap<u64, EventCb>>,
-    pub(crate) slots: RefCell<Slab<AsyncSlot>>,
+    cells: RefCell<Vec<Rc<AsyncCell>>>,
 }
 
 impl ThreadCtx {
@@ -129,11 +176,12 @@ impl ThreadCtx {
             cache_size: want,
             budget,
             waitq: RefCell::new(VecDeque::new()),
+            waiting: Cell::new(0),
             submit_depth: Cell::new(0),
             now: t.now_cell(),
             thread: t.downgrade(),
             events: RefCell::new(HashMap::new()),
-            slots: RefCell::new(Slab::new()),
+            cells: RefCell::new(Vec::new()),
         }))
     }
 
@@ -184,46 +232,45 @@ impl ThreadCtx {
     }
 
     /// Queues a request that found no I/O context (io_wait).
+    #[cold]
     pub(crate) fn wait(&self, p: Pending) {
         self.waitq.borrow_mut().push_back(p);
+        self.waiting.set(self.waiting.get() + 1);
     }
 
     /// Starts queued requests while contexts are available.
+    #[cold]
     pub(crate) fn retry_waiters(&self) {
-        loop {
-            if self.waitq.borrow().is_empty() {
-                return;
-            }
+        while self.waiting.get() > 0 {
             let Some(ctx) = self.alloc() else { return };
             let Some(p) = self.waitq.borrow_mut().pop_front() else {
                 self.free(ctx);
                 return;
             };
+            self.waiting.set(self.waiting.get() - 1);
             super::io::start(p, ctx);
         }
     }
 
-    /// Records the completion of async slot `idx` and wakes its future.
-    pub(crate) fn slot_done(&self, idx: usize, status: IoStatus, payload: Payload) {
-        let waker = {
-            let mut slots = self.slots.borrow_mut();
-            let Some(s) = slots.get_mut(idx) else { return };
-            if s.abandoned {
-                slots.remove(idx);
-                return;
-            }
-            s.done = Some((status, payload));
-            s.waker.take()
-        };
-        if let Some(w) = waker {
-            w.wake();
-        }
+    /// A rendezvous cell for an async I/O, waited on by `waiter`.
+    #[inline]
+    pub(crate) fn cell(self: &Rc<Self>, waiter: Waiter) -> Rc<AsyncCell> {
+        let c = self.cells.borrow_mut().pop();
+        let c = c.unwrap_or_else(|| {
+            Rc::new(AsyncCell {
+                waiter: RefCell::new(Waiter::None),
+                done: RefCell::new(None),
+                pool: Rc::downgrade(self),
+            })
+        });
+        *c.waiter.borrow_mut() = waiter;
+        c
     }
 
-    /// A raw callback completing async slot `idx`.
-    pub(crate) fn slot_callback(self: &Rc<Self>, idx: usize) -> IoCallback {
-        let me = self.clone();
-        IoCallback::new(move |status, payload| me.slot_done(idx, status, payload))
+    /// A raw callback completing `cell`.
+    #[inline]
+    pub(crate) fn cell_callback(cell: Rc<AsyncCell>) -> IoCallback {
+        IoCallback::new(move |status, payload| cell.complete(status, payload))
     }
 }
 

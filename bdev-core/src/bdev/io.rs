@@ -8,7 +8,7 @@ use std::fmt;
 
 use super::channel::{BdevChannel, ChanCtx};
 use super::desc::Desc;
-use super::{IoStatus, IoType, Payload, Reject};
+use super::{IoPayload, IoStatus, IoType, Payload, Reject};
 use crate::dma::{self, BlockMem, Iov};
 use crate::error::Result;
 use crate::thread::{DEFER_INLINE, IoChannel};
@@ -206,20 +206,20 @@ fn finish(mut ctx: Box<IoCtx>) {
     if let Some(cb) = cb {
         cb.call(status, payload);
     }
-    if !tctx.waitq.borrow().is_empty() {
+    if tctx.waiting.get() > 0 {
         tctx.retry_waiters();
     }
 }
 
 /// Checks a request against the descriptor, channel and bdev.
 #[inline]
-fn validate(
+fn validate<P: IoPayload>(
     desc: &Desc,
     c: &ChanCtx,
     io_type: IoType,
     offset: u64,
     num: u64,
-    payload: &Payload,
+    payload: &P,
 ) -> Result<(), Reject> {
     let b = &*c.bdev;
     if !std::ptr::eq(desc.bdev_inner(), b) {
@@ -240,16 +240,10 @@ fn validate(
             return Err(Reject::TooLarge);
         }
         // num <= num_blocks and num_blocks * block_len fits in u64 (checked at registration).
-        let need = num * b.block_len as u64;
-        if (payload.len() as u64) < need {
+        if (payload.data_len() as u64) < num * b.block_len as u64 {
             return Err(Reject::BufferTooSmall);
         }
-        let misaligned = match payload {
-            Payload::None => false,
-            Payload::Buf(d) => d.addr() & b.align_mask != 0,
-            Payload::Bufs(v) => v.iter().any(|d| d.addr() & b.align_mask != 0),
-        };
-        if misaligned {
+        if payload.misaligned(b.align_mask) {
             return Err(Reject::Misaligned);
         }
     }
@@ -258,44 +252,49 @@ fn validate(
 
 /// Submits a request: validate, get a context (or wait for one), hand it to the module.
 #[inline]
-pub(crate) fn submit(
+pub(crate) fn submit<P: IoPayload>(
     desc: &Desc,
     ch: &BdevChannel,
     io_type: IoType,
     offset: u64,
     num: u64,
-    payload: Payload,
+    payload: P,
     cb: IoCallback,
 ) {
     let c = &*ch.ch;
     if let Err(r) = validate(desc, c, io_type, offset, num, &payload) {
-        // Completes later, not inside the caller's submit, as every completion does.
-        c.tctx
-            .defer(move || cb.call(IoStatus::Rejected(r), payload));
-        return;
+        return reject(c, r, payload.into_payload(), cb);
     }
-    let p = Pending {
+    let tctx = &c.tctx;
+    // Don't jump the queue of requests already waiting for a context.
+    if tctx.waiting.get() == 0 {
+        if let Some(mut ctx) = tctx.alloc() {
+            if io_type.has_data() {
+                payload.push_iovs(&mut ctx.iovs, (num * c.bdev.block_len as u64) as usize);
+            }
+            ctx.payload = payload.into_payload();
+            ctx.cb = Some(cb);
+            return dispatch(&ch.ch, ctx, io_type, offset, num);
+        }
+    }
+    tctx.wait(Pending {
         ch: ch.ch.clone(),
         io_type,
         offset_blocks: offset,
         num_blocks: num,
-        payload,
+        payload: payload.into_payload(),
         cb,
-    };
-    let tctx = &c.tctx;
-    if !tctx.waitq.borrow().is_empty() {
-        // Don't jump the queue of requests already waiting.
-        tctx.wait(p);
-        return;
-    }
-    match tctx.alloc() {
-        Some(ctx) => start(p, ctx),
-        None => tctx.wait(p),
-    }
+    });
 }
 
-/// Fills a context from a validated request and calls the module.
-#[inline]
+#[cold]
+fn reject(c: &ChanCtx, r: Reject, payload: Payload, cb: IoCallback) {
+    // Completes later, not inside the caller's submit, as every completion does.
+    c.tctx
+        .defer(move || cb.call(IoStatus::Rejected(r), payload));
+}
+
+/// Starts a request that waited for a context.
 pub(crate) fn start(p: Pending, mut ctx: Box<IoCtx>) {
     let Pending {
         ch,
@@ -305,25 +304,37 @@ pub(crate) fn start(p: Pending, mut ctx: Box<IoCtx>) {
         payload,
         cb,
     } = p;
-    let c = &*ch;
-    let block_len = c.bdev.block_len;
-    ctx.io_type = io_type;
-    ctx.offset_blocks = offset_blocks;
-    ctx.num_blocks = num_blocks;
-    ctx.block_len = block_len;
     if io_type.has_data() {
-        // Alignment was checked by validate.
-        payload.push_iovs(&mut ctx.iovs, (num_blocks * block_len as u64) as usize, 1);
+        payload.push_iovs(
+            &mut ctx.iovs,
+            (num_blocks * ch.bdev.block_len as u64) as usize,
+        );
     }
     ctx.payload = payload;
     ctx.cb = Some(cb);
+    dispatch(&ch, ctx, io_type, offset_blocks, num_blocks);
+}
+
+/// Fills in the rest of the context and calls the module.
+#[inline]
+fn dispatch(
+    ch: &IoChannel<ChanCtx>,
+    mut ctx: Box<IoCtx>,
+    io_type: IoType,
+    offset_blocks: u64,
+    num_blocks: u64,
+) {
+    let c = &**ch;
+    ctx.io_type = io_type;
+    ctx.offset_blocks = offset_blocks;
+    ctx.num_blocks = num_blocks;
+    ctx.block_len = c.bdev.block_len;
     ctx.submit_tick = c.tctx.now.get();
     ctx.status = IoStatus::Success;
+    ctx.ch = Some(ch.clone());
     c.outstanding.set(c.outstanding.get() + 1);
     let depth = &c.tctx.submit_depth;
     depth.set(depth.get() + 1);
-    let module = &c.module;
-    ctx.ch = Some(ch.clone());
-    module.submit(BdevIo { ctx: Some(ctx) });
+    c.module.submit(BdevIo { ctx: Some(ctx) });
     depth.set(depth.get() - 1);
 }

@@ -15,15 +15,15 @@
 
 use std::fmt;
 use std::future::{Future, IntoFuture};
-use std::marker::PhantomData;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 
-use super::channel::{AsyncSlot, BdevChannel, ThreadCtx};
+use super::channel::{AsyncCell, BdevChannel, ThreadCtx, Waiter};
 use super::desc::Desc;
 use super::io::{IoCallback, submit};
 use super::{Completion, IoError, IoPayload, IoType};
+use crate::thread::task_of;
 
 /// An I/O ready to go: call [`IoRequest::submit`] or `.await` it.
 #[must_use = "an I/O request does nothing until submitted or awaited"]
@@ -95,8 +95,7 @@ impl<'a, P: IoPayload> IntoFuture for IoRequest<'a, P> {
     fn into_future(self) -> IoFuture<'a, P> {
         IoFuture {
             req: Some(self),
-            slot: None,
-            _p: PhantomData,
+            cell: None,
         }
     }
 }
@@ -105,8 +104,7 @@ impl<'a, P: IoPayload> IntoFuture for IoRequest<'a, P> {
 /// result (the I/O itself still completes, and its buffers are freed).
 pub struct IoFuture<'a, P: IoPayload> {
     req: Option<IoRequest<'a, P>>,
-    slot: Option<(Rc<ThreadCtx>, usize)>,
-    _p: PhantomData<P>,
+    cell: Option<Rc<AsyncCell>>,
 }
 
 impl<P: IoPayload> fmt::Debug for IoFuture<'_, P> {
@@ -117,66 +115,69 @@ impl<P: IoPayload> fmt::Debug for IoFuture<'_, P> {
 
 impl<P: IoPayload> Unpin for IoFuture<'_, P> {}
 
+#[inline]
+fn waiter(cx: &Context<'_>) -> Waiter {
+    match task_of(cx.waker()) {
+        Some(t) => Waiter::Task(t),
+        None => Waiter::Waker(cx.waker().clone()),
+    }
+}
+
 impl<P: IoPayload> Future for IoFuture<'_, P> {
     type Output = Result<P, IoError<P>>;
 
+    #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         if let Some(req) = self.req.take() {
-            let tctx = req.ch.ch.tctx.clone();
-            let idx = tctx.slots.borrow_mut().insert(AsyncSlot {
-                waker: Some(cx.waker().clone()),
-                done: None,
-                abandoned: false,
-            });
-            let cb = tctx.slot_callback(idx);
+            let cell = req.ch.ch.tctx.cell(waiter(cx));
+            let cb = ThreadCtx::cell_callback(cell.clone());
             submit(
                 req.desc,
                 req.ch,
                 req.io_type,
                 req.offset,
                 req.num,
-                req.payload.into_payload(),
+                req.payload,
                 cb,
             );
-            self.slot = Some((tctx, idx));
+            self.cell = Some(cell);
             // Completions never run inside submit, so nothing can be done yet.
             return Poll::Pending;
         }
-        let Some((tctx, idx)) = self.slot.as_ref() else {
+        let Some(cell) = self.cell.as_ref() else {
             panic!("IoFuture polled after completion");
         };
-        let idx = *idx;
-        let mut slots = tctx.slots.borrow_mut();
-        let s = &mut slots[idx];
-        if let Some((status, payload)) = s.done.take() {
-            slots.remove(idx);
-            drop(slots);
-            self.slot = None;
-            return Poll::Ready(
-                Completion {
-                    status,
-                    payload: P::from_payload(payload),
+        let done = cell.done.borrow_mut().take();
+        match done {
+            Some((status, payload)) => {
+                if let Some(c) = self.cell.take() {
+                    c.recycle();
                 }
-                .into_result(),
-            );
+                Poll::Ready(
+                    Completion {
+                        status,
+                        payload: P::from_payload(payload),
+                    }
+                    .into_result(),
+                )
+            }
+            None => {
+                // Polled early (a spurious wake): refresh who to wake.
+                *cell.waiter.borrow_mut() = waiter(cx);
+                Poll::Pending
+            }
         }
-        if !s.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            s.waker = Some(cx.waker().clone());
-        }
-        Poll::Pending
     }
 }
 
 impl<P: IoPayload> Drop for IoFuture<'_, P> {
     fn drop(&mut self) {
-        if let Some((tctx, idx)) = self.slot.take() {
-            let mut slots = tctx.slots.borrow_mut();
-            if let Some(s) = slots.get_mut(idx) {
-                if s.done.is_some() {
-                    slots.remove(idx);
-                } else {
-                    s.abandoned = true;
-                }
+        if let Some(c) = self.cell.take() {
+            // Completed but not taken: the cell goes back now. Still in flight: the
+            // completion sees no waiter, drops the buffers and recycles the cell.
+            *c.waiter.borrow_mut() = Waiter::None;
+            if c.done.borrow_mut().take().is_some() {
+                c.recycle();
             }
         }
     }

@@ -202,56 +202,71 @@ impl Payload {
         self.len() == 0
     }
 
-    /// Appends segments covering the first `need` bytes; checks each segment's start
-    /// against `align`. Returns false if a segment is misaligned.
-    pub(crate) fn push_iovs(&self, iovs: &mut Vec<Iov>, mut need: usize, align: usize) -> bool {
-        let mask = align.saturating_sub(1);
-        let mut push = |b: &DmaBuf, need: &mut usize| -> bool {
-            if *need == 0 {
-                return true;
-            }
-            let iov = b.iov(*need);
-            if b.addr() & mask != 0 {
-                return false;
-            }
-            *need -= iov.len();
-            iovs.push(iov);
-            true
-        };
+    /// Appends segments covering the first `need` bytes.
+    pub(crate) fn push_iovs(&self, iovs: &mut Vec<Iov>, need: usize) {
         match self {
-            Payload::None => true,
-            Payload::Buf(b) => push(b, &mut need),
-            Payload::Bufs(v) => v.iter().all(|b| push(b, &mut need)),
-        }
-    }
-
-    /// Number of segments.
-    pub(crate) fn segments(&self) -> usize {
-        match self {
-            Payload::None => 0,
-            Payload::Buf(_) => 1,
-            Payload::Bufs(v) => v.len(),
+            Payload::None => {}
+            Payload::Buf(b) => b.push_iovs(iovs, need),
+            Payload::Bufs(v) => v.push_iovs(iovs, need),
         }
     }
 }
 
-/// A payload type the typed API accepts and gives back: `DmaBuf`, `Vec<DmaBuf>`, or `()`.
-pub trait IoPayload: Sized + 'static {
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for crate::dma::DmaBuf {}
+    impl Sealed for Vec<crate::dma::DmaBuf> {}
+    impl Sealed for () {}
+    impl Sealed for super::Payload {}
+}
+
+/// A payload type the typed API accepts and gives back: [`DmaBuf`], `Vec<DmaBuf>`, `()`,
+/// or the untyped [`Payload`]. Sealed: the layer relies on these buffers being owned.
+pub trait IoPayload: sealed::Sealed + Sized + 'static {
     /// Wraps the value.
     fn into_payload(self) -> Payload;
     /// Unwraps the value this type wrapped. Only ever called with what `into_payload` made.
     fn from_payload(p: Payload) -> Self;
+    /// Total bytes.
+    fn data_len(&self) -> usize;
+    /// Number of buffers.
+    fn segments(&self) -> usize;
+    /// Whether a buffer starts off the alignment `mask` (alignment - 1).
+    fn misaligned(&self, mask: usize) -> bool;
+    /// Appends segments covering the first `need` bytes.
+    #[doc(hidden)]
+    fn push_iovs(&self, iovs: &mut Vec<Iov>, need: usize);
 }
 
 impl IoPayload for DmaBuf {
+    #[inline]
     fn into_payload(self) -> Payload {
         Payload::Buf(self)
     }
+    #[inline]
     fn from_payload(p: Payload) -> Self {
         match p {
             Payload::Buf(b) => b,
             // The layer returns exactly what was submitted.
             _ => unreachable!("payload changed kind in flight"),
+        }
+    }
+    #[inline]
+    fn data_len(&self) -> usize {
+        self.len()
+    }
+    #[inline]
+    fn segments(&self) -> usize {
+        1
+    }
+    #[inline]
+    fn misaligned(&self, mask: usize) -> bool {
+        self.addr() & mask != 0
+    }
+    #[inline]
+    fn push_iovs(&self, iovs: &mut Vec<Iov>, need: usize) {
+        if need > 0 {
+            iovs.push(self.iov(need));
         }
     }
 }
@@ -266,13 +281,48 @@ impl IoPayload for Vec<DmaBuf> {
             _ => unreachable!("payload changed kind in flight"),
         }
     }
+    fn data_len(&self) -> usize {
+        self.iter().map(|b| b.len()).sum()
+    }
+    fn segments(&self) -> usize {
+        self.len()
+    }
+    fn misaligned(&self, mask: usize) -> bool {
+        self.iter().any(|b| b.addr() & mask != 0)
+    }
+    fn push_iovs(&self, iovs: &mut Vec<Iov>, mut need: usize) {
+        for b in self {
+            if need == 0 {
+                break;
+            }
+            let iov = b.iov(need);
+            need -= iov.len();
+            iovs.push(iov);
+        }
+    }
 }
 
 impl IoPayload for () {
+    #[inline]
     fn into_payload(self) -> Payload {
         Payload::None
     }
+    #[inline]
     fn from_payload(_: Payload) -> Self {}
+    #[inline]
+    fn data_len(&self) -> usize {
+        0
+    }
+    #[inline]
+    fn segments(&self) -> usize {
+        0
+    }
+    #[inline]
+    fn misaligned(&self, _: usize) -> bool {
+        false
+    }
+    #[inline]
+    fn push_iovs(&self, _: &mut Vec<Iov>, _: usize) {}
 }
 
 impl IoPayload for Payload {
@@ -281,6 +331,26 @@ impl IoPayload for Payload {
     }
     fn from_payload(p: Payload) -> Self {
         p
+    }
+    fn data_len(&self) -> usize {
+        self.len()
+    }
+    fn segments(&self) -> usize {
+        match self {
+            Payload::None => 0,
+            Payload::Buf(_) => 1,
+            Payload::Bufs(v) => v.len(),
+        }
+    }
+    fn misaligned(&self, mask: usize) -> bool {
+        match self {
+            Payload::None => false,
+            Payload::Buf(b) => b.misaligned(mask),
+            Payload::Bufs(v) => v.misaligned(mask),
+        }
+    }
+    fn push_iovs(&self, iovs: &mut Vec<Iov>, need: usize) {
+        Payload::push_iovs(self, iovs, need)
     }
 }
 

@@ -35,6 +35,8 @@ pub(crate) struct Executor {
     tasks: RefCell<Slab<Task>>,
     ready: RefCell<VecDeque<(u32, u16)>>,
     next_gen: Cell<u16>,
+    /// Tasks being polled right now (nesting happens when a task's code completes I/O).
+    running: Cell<u32>,
 }
 
 impl Executor {
@@ -71,6 +73,12 @@ impl Executor {
         }
     }
 
+    /// Whether a task is ready to run.
+    #[inline]
+    pub(crate) fn has_ready(&self) -> bool {
+        !self.ready.borrow().is_empty()
+    }
+
     /// Polls the ready tasks (those ready when the pass starts, at most [`TASK_BATCH`]).
     pub(crate) fn run(&self, thread: &Thread) -> bool {
         let n = self.ready.borrow().len().min(TASK_BATCH);
@@ -82,38 +90,85 @@ impl Executor {
             let Some((idx, g)) = self.ready.borrow_mut().pop_front() else {
                 break;
             };
-            let fut = {
-                let mut tasks = self.tasks.borrow_mut();
-                match tasks.get_mut(idx as usize) {
-                    Some(t) if t.gen_ == g => {
-                        t.scheduled = false;
-                        t.fut.take()
-                    }
-                    _ => None,
+            self.poll_task(slot, idx, g);
+        }
+        true
+    }
+
+    /// Polls task `idx` now, unless it is already running (then it is queued).
+    #[inline]
+    fn poll_task(&self, slot: u16, idx: u32, g: u16) {
+        let fut = {
+            let mut tasks = self.tasks.borrow_mut();
+            match tasks.get_mut(idx as usize) {
+                Some(t) if t.gen_ == g => {
+                    t.scheduled = false;
+                    t.fut.take()
                 }
-            };
-            let Some(mut fut) = fut else { continue };
-            let waker = make_waker(slot, g, idx);
-            let mut cx = Context::from_waker(&waker);
-            match fut.as_mut().poll(&mut cx) {
-                Poll::Ready(()) => {
-                    let mut tasks = self.tasks.borrow_mut();
-                    if tasks.get(idx as usize).is_some_and(|t| t.gen_ == g) {
-                        tasks.remove(idx as usize);
-                    }
-                    drop(tasks);
-                    drop(fut);
+                _ => None,
+            }
+        };
+        let Some(mut fut) = fut else { return };
+        let waker = make_waker(slot, g, idx);
+        let mut cx = Context::from_waker(&waker);
+        self.running.set(self.running.get() + 1);
+        let r = fut.as_mut().poll(&mut cx);
+        self.running.set(self.running.get() - 1);
+        let mut tasks = self.tasks.borrow_mut();
+        match r {
+            Poll::Ready(()) => {
+                if tasks.get(idx as usize).is_some_and(|t| t.gen_ == g) {
+                    tasks.remove(idx as usize);
                 }
-                Poll::Pending => {
-                    if let Some(t) = self.tasks.borrow_mut().get_mut(idx as usize) {
-                        if t.gen_ == g {
-                            t.fut = Some(fut);
-                        }
+                drop(tasks);
+                drop(fut);
+            }
+            Poll::Pending => {
+                if let Some(t) = tasks.get_mut(idx as usize) {
+                    if t.gen_ == g {
+                        t.fut = Some(fut);
                     }
                 }
             }
         }
-        true
+    }
+
+    /// Continues a task whose awaited I/O just completed: polls it right away, as a
+    /// completion callback would run, unless some task is running on this thread now (then
+    /// it is queued like any wake).
+    #[inline]
+    fn resume(&self, slot: u16, idx: u32, g: u16) {
+        if self.running.get() > 0 {
+            self.wake(idx, g);
+        } else {
+            self.poll_task(slot, idx, g);
+        }
+    }
+}
+
+/// The packed task reference of `w` if it is a waker of this executor.
+#[inline]
+pub(crate) fn task_of(w: &Waker) -> Option<usize> {
+    std::ptr::eq(w.vtable(), &VTABLE).then(|| w.data() as usize)
+}
+
+/// Continues the task `task_of` returned, from the completion of what it awaited: inline
+/// on its own thread, else by message.
+#[inline]
+pub(crate) fn resume(task: usize) {
+    let (slot, g, idx) = unpack(task as *const ());
+    let here = with_current(|t| {
+        if t.inner.shared.slot == slot {
+            t.inner.exec.resume(slot, idx, g);
+            true
+        } else {
+            false
+        }
+    });
+    if here != Some(true) {
+        send_to_slot(slot, move || {
+            with_current(|t| t.inner.exec.wake(idx, g));
+        });
     }
 }
 
@@ -246,4 +301,42 @@ pub fn yield_now() -> impl Future<Output = ()> {
         }
     }
     Yield(false)
+}
+
+/// Waits `us` microseconds of the thread's clock (a one-shot timed poller).
+pub async fn sleep_us(us: u64) -> Result<()> {
+    use std::cell::Cell;
+    struct Sleep {
+        fired: Rc<Cell<bool>>,
+        waker: Rc<RefCell<Option<Waker>>>,
+        _poller: super::Poller,
+    }
+    impl Future for Sleep {
+        type Output = ();
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            if self.fired.get() {
+                return Poll::Ready(());
+            }
+            *self.waker.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    }
+    let fired = Rc::new(Cell::new(false));
+    let waker: Rc<RefCell<Option<Waker>>> = Rc::new(RefCell::new(None));
+    let (f, w) = (fired.clone(), waker.clone());
+    let poller = super::Poller::register_us("sleep", us.max(1), move || {
+        if !f.replace(true) {
+            if let Some(w) = w.borrow_mut().take() {
+                w.wake();
+            }
+        }
+        super::PollStatus::Busy
+    })?;
+    Sleep {
+        fired,
+        waker,
+        _poller: poller,
+    }
+    .await;
+    Ok(())
 }

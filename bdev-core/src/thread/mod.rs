@@ -23,7 +23,8 @@ mod poller;
 pub(crate) use clock::{Clock, us_to_ticks};
 pub use clock::{real_hz, real_ticks};
 pub(crate) use executor::spawn_on as executor_spawn_on;
-pub use executor::{JoinHandle, spawn_local, yield_now};
+pub use executor::{JoinHandle, sleep_us, spawn_local, yield_now};
+pub(crate) use executor::{resume as resume_task, task_of};
 pub use io_device::{ForEachChannel, IoChannel, IoDevice};
 pub use poller::{PollStatus, Poller, PollerRef};
 
@@ -420,6 +421,7 @@ impl Thread {
     /// messages, active pollers, due timed pollers, ready async tasks. `now` is the caller's
     /// clock reading, shared by all threads of a reactor iteration. Returns whether any work
     /// was done.
+    #[inline]
     pub(crate) fn poll(&self, now: u64) -> bool {
         let inner = &*self.inner;
         // The previous iteration lasted until now: account it as busy or idle (reading the
@@ -433,17 +435,29 @@ impl Thread {
         }
         inner.stats.set(s);
         let mut busy = self.run_deferred();
-        busy |= self.run_msgs();
+        if !inner.shared.msgs.is_empty() {
+            busy |= self.run_msgs();
+        }
         busy |= inner.pollers.run_active(inner);
-        busy |= inner.pollers.run_timed(inner, now);
-        busy |= inner.exec.run(self);
-        inner.pollers.compact();
+        if now >= inner.pollers.next_timed() {
+            busy |= inner.pollers.run_timed(inner, now);
+        }
+        if inner.exec.has_ready() {
+            busy |= inner.exec.run(self);
+        }
+        if inner.pollers.is_dirty() {
+            inner.pollers.compact();
+        }
         inner.last_busy.set(busy);
         busy
     }
 
+    #[inline]
     fn run_deferred(&self) -> bool {
         let n = self.inner.deferred.borrow().len();
+        if n == 0 {
+            return false;
+        }
         for _ in 0..n {
             let f = self.inner.deferred.borrow_mut().pop_front();
             match f {

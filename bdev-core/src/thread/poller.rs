@@ -127,11 +127,24 @@ impl Default for PollerSet {
 }
 
 impl PollerSet {
+    /// Tick of the next timed poller run (u64::MAX if none).
+    #[inline]
+    pub(crate) fn next_timed(&self) -> u64 {
+        self.next_timed.get()
+    }
+
+    /// Whether unregistered pollers wait to be removed.
+    #[inline]
+    pub(crate) fn is_dirty(&self) -> bool {
+        self.dirty.get()
+    }
+
     /// Pollers registered and not unregistered (paused ones included).
     pub(crate) fn registered(&self) -> usize {
         self.count.get()
     }
 
+    #[inline]
     pub(crate) fn run_active(&self, _t: &ThreadInner) -> bool {
         let n = self.active.borrow().len();
         let mut busy = false;

@@ -430,3 +430,19 @@ fn reactors_run_threads_on_their_cores_and_stop_in_order() {
         &[*cores.cores().last().unwrap()]
     );
 }
+
+#[test]
+fn sleep_waits_for_the_clock() {
+    let h = Harness::new(1);
+    let jh = h.run_on(0, || {
+        spawn_local(async { sleep_us(250).await.unwrap() }).unwrap()
+    });
+    h.poll_threads();
+    assert!(!jh.is_finished());
+    h.advance_time_us(249);
+    h.poll_threads();
+    assert!(!jh.is_finished());
+    h.advance_time_us(1);
+    h.poll_threads();
+    assert!(jh.is_finished());
+}

@@ -1,0 +1,358 @@
+//! bdevperf as a user runs it: the binary, its output and its exit codes.
+
+use std::io::Write;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn bdevperf(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_bdevperf"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run bdevperf")
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn config(name: &str, body: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("bdevperf-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::File::create(&p)
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    p
+}
+
+/// The `Total` row's IOPS and Fail/s.
+fn total(out: &str) -> (f64, f64) {
+    let line = out
+        .lines()
+        .find(|l| l.trim_start_matches(['\r', ' ']).starts_with("Total"))
+        .expect("Total row");
+    let cols: Vec<&str> = line.split(':').nth(1).unwrap().split_whitespace().collect();
+    (cols[0].parse().unwrap(), cols[2].parse().unwrap())
+}
+
+/// Completed I/Os of every job row (runtime * IOPS).
+fn completed(out: &str) -> f64 {
+    out.lines()
+        .filter(|l| l.starts_with("\t ") && !l.contains("Verification"))
+        .map(|l| {
+            let c: Vec<f64> = l
+                .split(':')
+                .nth(1)
+                .unwrap()
+                .split_whitespace()
+                .map(|v| v.parse().unwrap())
+                .collect();
+            c[0] * c[1]
+        })
+        .sum()
+}
+
+#[test]
+fn default_stack_runs_and_prints_spdks_table() {
+    let o = bdevperf(&["-q", "32", "-o", "4096", "-w", "randread", "-t", "1"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(out.starts_with("Running I/O for 1 seconds...\n"), "{out}");
+    let lat = out.lines().find(|l| l.trim() == "Latency(us)").unwrap();
+    assert_eq!(lat.len(), 107, "Latency(us) ends at column 107");
+    assert!(out.contains(
+        "\r Device Information          : runtime(s)       IOPS      MiB/s     Fail/s     TO/s    Average        min        max\n"
+    ));
+    assert!(
+        out.contains(
+            "Job: Malloc0 (Core Mask 0x1, workload: randread, depth: 32, IO size: 4096)\n"
+        ),
+        "{out}"
+    );
+    assert!(out.contains(&format!("\r {}\n", "=".repeat(115))));
+    let (iops, fails) = total(&out);
+    assert!(iops > 1000.0, "{out}");
+    assert_eq!(fails, 0.0);
+}
+
+#[test]
+fn bad_input_is_one_line_and_exit_code_1() {
+    let bad_json = config("bad.json", "{\"subsystems\": [");
+    let unknown = config(
+        "unknown.json",
+        r#"{"subsystems":[{"subsystem":"bdev","config":[{"method":"bdev_malloc_create","params":{"name":"M","num_blocks":64,"block_size":512}},{"method":"bdev_frobnicate","params":{}}]}]}"#,
+    );
+    let bad_params = config(
+        "params.json",
+        r#"{"subsystems":[{"subsystem":"bdev","config":[{"method":"bdev_malloc_create","params":{"name":"M","num_blocks":64,"block_size":500}}]}]}"#,
+    );
+    let bad_json_s = bad_json.to_str().unwrap();
+    let unknown_s = unknown.to_str().unwrap();
+    let bad_params_s = bad_params.to_str().unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["-q", "1", "-o", "4096", "-w", "scramble", "-t", "1"],
+            "unknown workload",
+        ),
+        (
+            vec!["-q", "0", "-o", "4096", "-w", "read", "-t", "1"],
+            "queue depth",
+        ),
+        (
+            vec!["-q", "1", "-o", "1000", "-w", "read", "-t", "1"],
+            "not multiples of data block size",
+        ),
+        (
+            vec![
+                "-q",
+                "1",
+                "-o",
+                "4096",
+                "-w",
+                "read",
+                "-t",
+                "1",
+                "-c",
+                "/nonexistent.json",
+            ],
+            "/nonexistent.json",
+        ),
+        (
+            vec![
+                "-q", "1", "-o", "4096", "-w", "read", "-t", "1", "-c", bad_json_s,
+            ],
+            "invalid JSON",
+        ),
+        (
+            vec![
+                "-q", "1", "-o", "4096", "-w", "read", "-t", "1", "--json", unknown_s,
+            ],
+            "bdev_frobnicate (index 1)",
+        ),
+        (
+            vec![
+                "-q",
+                "1",
+                "-o",
+                "4096",
+                "-w",
+                "read",
+                "-t",
+                "1",
+                "-c",
+                bad_params_s,
+            ],
+            "512 bytes aligned",
+        ),
+        (
+            vec![
+                "-q", "1", "-o", "4096", "-w", "read", "-t", "1", "-T", "Nope",
+            ],
+            "Unable to find bdev 'Nope'",
+        ),
+        (vec!["-o", "4096", "-w", "read", "-t", "1"], "-q"),
+        (
+            vec!["-q", "1", "-o", "4x", "-w", "read", "-t", "1"],
+            "Invalid IO size",
+        ),
+        (
+            vec!["-q", "1", "-o", "4096", "-w", "rw", "-t", "1"],
+            "-M must be specified",
+        ),
+        (
+            vec![
+                "-q", "1", "-o", "4096", "-w", "read", "-t", "1", "-m", "0xzz",
+            ],
+            "core mask",
+        ),
+        (
+            vec!["-q", "1", "-o", "4096", "-w", "read", "-t", "1", "--bogus"],
+            "--bogus",
+        ),
+    ];
+    for (args, needle) in cases {
+        let o = bdevperf(&args);
+        let (out, err) = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {out}\n{err}");
+        assert!(
+            err.contains(needle),
+            "{args:?}: stderr lacks {needle:?}: {err}"
+        );
+        assert!(
+            !err.contains("panicked") && !err.contains("backtrace"),
+            "{args:?}: {err}"
+        );
+        let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("bdevperf:")).collect();
+        assert_eq!(lines.len(), 1, "{args:?}: one error line: {err}");
+    }
+}
+
+#[test]
+fn verify_passes_on_malloc_for_a_million_ios_of_512b_to_128k() {
+    let cfg = config(
+        "verify.json",
+        r#"{"subsystems":[{"subsystem":"bdev","config":[{"method":"bdev_malloc_create","params":{"name":"Malloc0","num_blocks":131072,"block_size":512}}]}]}"#,
+    );
+    let sizes = ["512", "4096", "16k", "64k", "128k"];
+    let mut total = 0.0;
+    let start = Instant::now();
+    let mut round = 0;
+    while total < 1_000_000.0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "only {total} verified I/Os in 5 minutes"
+        );
+        let size = sizes[round % sizes.len()];
+        round += 1;
+        let o = bdevperf(&[
+            "-c",
+            cfg.to_str().unwrap(),
+            "-q",
+            "16",
+            "-o",
+            size,
+            "-w",
+            "verify",
+            "-t",
+            "2",
+        ]);
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "verify at {size} failed: {out}\n{err}");
+        assert!(
+            out.contains("Verification LBA range: start 0x0 length 0x"),
+            "{out}"
+        );
+        assert_eq!(total_fails(&out), 0.0, "{out}");
+        total += completed(&out);
+    }
+}
+
+fn total_fails(out: &str) -> f64 {
+    total(out).1
+}
+
+#[test]
+fn verify_catches_a_bdev_that_loses_writes() {
+    // The null bdev stores nothing: every read-back must be reported, and the run fail.
+    let cfg = config(
+        "null.json",
+        r#"{"subsystems":[{"subsystem":"bdev","config":[{"method":"bdev_null_create","params":{"name":"Null0","num_blocks":1024,"block_size":4096}}]}]}"#,
+    );
+    for extra in [&[][..], &["--async"][..]] {
+        let mut args = vec![
+            "-c",
+            cfg.to_str().unwrap(),
+            "-q",
+            "4",
+            "-o",
+            "8192",
+            "-w",
+            "verify",
+            "-t",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        let o = bdevperf(&args);
+        let (out, err) = text(&o);
+        assert_ne!(o.status.code(), Some(0), "{out}\n{err}");
+        let line = out
+            .lines()
+            .find(|l| l.starts_with("Buffer mismatch!"))
+            .unwrap_or_else(|| panic!("{out}"));
+        assert!(
+            line.contains("Target: Null0 LBA: ") && line.contains("offset in block: "),
+            "{line}"
+        );
+        assert!(out.contains("Job: Null0 ended in about"), "{out}");
+    }
+}
+
+#[test]
+fn every_workload_runs_on_malloc() {
+    for (w, extra) in [
+        ("read", &[][..]),
+        ("write", &[][..]),
+        ("randwrite", &[][..]),
+        ("rw", &["-M", "70"][..]),
+        ("randrw", &["-M", "30"][..]),
+        ("verify", &["--async"][..]),
+        ("reset", &[][..]),
+        ("unmap", &[][..]),
+        ("flush", &[][..]),
+        ("write_zeroes", &[][..]),
+        ("randread", &["--async"][..]),
+    ] {
+        let mut args = vec!["-q", "8", "-o", "8k", "-w", w, "-t", "1"];
+        args.extend_from_slice(extra);
+        let o = bdevperf(&args);
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "{w}: {out}\n{err}");
+        let (iops, fails) = total(&out);
+        assert!(iops > 0.0 && fails == 0.0, "{w}: {out}");
+        if w.ends_with("rw") {
+            assert!(
+                out.contains(&format!("workload: {w}, percentage: {}", extra[1])),
+                "{out}"
+            );
+        }
+    }
+}
+
+#[test]
+fn unsupported_workloads_are_skipped_with_spdks_message() {
+    let cfg = config(
+        "null2.json",
+        r#"{"subsystems":[{"subsystem":"bdev","config":[{"method":"bdev_null_create","params":{"name":"Null0","num_blocks":1024,"block_size":512}}]}]}"#,
+    );
+    let o = bdevperf(&[
+        "-c",
+        cfg.to_str().unwrap(),
+        "-q",
+        "1",
+        "-o",
+        "512",
+        "-w",
+        "unmap",
+        "-t",
+        "1",
+    ]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        err.contains("Skipping Null0 because it does not support unmap"),
+        "{err}"
+    );
+}
+
+#[test]
+fn progress_lines_and_one_job_per_core() {
+    let o = bdevperf(&[
+        "-q", "4", "-o", "4096", "-w", "randread", "-t", "2", "-S", "1",
+    ]);
+    let (out, _) = text(&o);
+    assert!(o.status.success());
+    let tables = out.matches("\r Total ").count();
+    assert!(
+        tables >= 2,
+        "a progress table each second and the final one: {out}"
+    );
+    let cores = bdev_core::app::CpuMask::available();
+    if cores.len() >= 2 {
+        let o = bdevperf(&[
+            "-q", "4", "-o", "4096", "-w", "randread", "-t", "1", "-m", "0x3",
+        ]);
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "{err}");
+        assert!(
+            out.contains("Core Mask 0x1,") && out.contains("Core Mask 0x2,"),
+            "{out}"
+        );
+    } else {
+        eprintln!("skipped the two-core run: this machine has one core");
+    }
+}
