@@ -253,6 +253,36 @@ impl BlockMem {
         Ok(())
     }
 
+    /// Copies `dst.len()` bytes at `offset` into `dst`.
+    pub fn read_into(&self, offset: u64, dst: &mut [u8]) -> Result<()> {
+        let off = self.check(offset, dst.len())?;
+        // SAFETY: the source range is inside the allocation (checked); `dst` is an exclusive
+        // slice of another allocation, so the two do not overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.mem.ptr.as_ptr().wrapping_add(off),
+                dst.as_mut_ptr(),
+                dst.len(),
+            )
+        };
+        Ok(())
+    }
+
+    /// Copies `src` into memory at `offset`.
+    pub fn write_from(&self, offset: u64, src: &[u8]) -> Result<()> {
+        let off = self.check(offset, src.len())?;
+        // SAFETY: the destination range is inside the allocation (checked); `src` is a slice
+        // of another allocation.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                src.as_ptr(),
+                self.mem.ptr.as_ptr().wrapping_add(off),
+                src.len(),
+            )
+        };
+        Ok(())
+    }
+
     /// Copies the segments' bytes into memory starting at `offset`.
     pub(crate) fn copy_from_iovs(&self, offset: u64, iovs: &[Iov]) -> Result<()> {
         let total: usize = iovs.iter().map(|v| v.len).sum();

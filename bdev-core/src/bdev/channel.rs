@@ -70,8 +70,10 @@ impl ChanCtx {
 }
 
 /// Who waits for an async I/O.
+#[derive(Default)]
 pub(crate) enum Waiter {
     /// Nobody yet, or nobody any more (the future was dropped).
+    #[default]
     None,
     /// A task of this crate's executor (packed reference): resumed inline.
     Task(usize),
@@ -82,42 +84,43 @@ pub(crate) enum Waiter {
 /// Where an async I/O's completion meets its future. Pooled per thread: taken when the
 /// future submits, given back when it takes the result (or by the completion, if the
 /// future was dropped first).
+#[derive(Default)]
 pub(crate) struct AsyncCell {
-    pub(crate) waiter: RefCell<Waiter>,
-    pub(crate) done: RefCell<Option<(IoStatus, Payload)>>,
+    pub(crate) waiter: Cell<Waiter>,
+    pub(crate) done: Cell<Option<(IoStatus, Payload)>>,
     pool: Weak<ThreadCtx>,
+    /// The thread the I/O was submitted on, where it completes and its task runs.
+    thread: Weak<ThreadInner>,
 }
 
 impl AsyncCell {
     /// The completion side: store the result and resume the waiter.
     #[inline]
     fn complete(self: Rc<Self>, status: IoStatus, payload: Payload) {
-        let waiter = std::mem::replace(&mut *self.waiter.borrow_mut(), Waiter::None);
-        match waiter {
+        match self.waiter.take() {
             Waiter::Task(t) => {
-                *self.done.borrow_mut() = Some((status, payload));
+                self.done.set(Some((status, payload)));
+                // Completions run on the submitting thread, which is the task's.
+                let thread = self.thread.upgrade();
                 drop(self);
-                crate::thread::resume_task(t);
+                match thread {
+                    Some(th) => th.exec.resume_packed(t),
+                    None => crate::thread::resume_task(t),
+                }
             }
             Waiter::Waker(w) => {
-                *self.done.borrow_mut() = Some((status, payload));
+                self.done.set(Some((status, payload)));
                 drop(self);
                 w.wake();
             }
             // The future is gone: drop the buffers, recycle the cell.
             Waiter::None => {
                 drop(payload);
-                self.recycle();
-            }
-        }
-    }
-
-    /// Gives the cell back to its thread's pool once nobody else holds it.
-    pub(crate) fn recycle(self: Rc<Self>) {
-        if Rc::strong_count(&self) == 1 {
-            if let Some(t) = self.pool.upgrade() {
-                *self.done.borrow_mut() = None;
-                t.cells.borrow_mut().push(self);
+                if Rc::strong_count(&self) == 1 {
+                    if let Some(t) = self.pool.upgrade() {
+                        t.recycle(self);
+                    }
+                }
             }
         }
     }
@@ -258,13 +261,21 @@ impl ThreadCtx {
         let c = self.cells.borrow_mut().pop();
         let c = c.unwrap_or_else(|| {
             Rc::new(AsyncCell {
-                waiter: RefCell::new(Waiter::None),
-                done: RefCell::new(None),
                 pool: Rc::downgrade(self),
+                thread: self.thread.clone(),
+                ..Default::default()
             })
         });
-        *c.waiter.borrow_mut() = waiter;
+        c.waiter.set(waiter);
         c
+    }
+
+    /// Takes back a cell nobody else holds.
+    #[inline]
+    pub(crate) fn recycle(&self, c: Rc<AsyncCell>) {
+        if Rc::strong_count(&c) == 1 {
+            self.cells.borrow_mut().push(c);
+        }
     }
 
     /// A raw callback completing `cell`.

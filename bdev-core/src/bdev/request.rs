@@ -92,9 +92,15 @@ impl<'a, P: IoPayload> IntoFuture for IoRequest<'a, P> {
     type Output = Result<P, IoError<P>>;
     type IntoFuture = IoFuture<'a, P>;
 
+    #[inline]
     fn into_future(self) -> IoFuture<'a, P> {
         IoFuture {
-            req: Some(self),
+            desc: self.desc,
+            ch: self.ch,
+            io_type: self.io_type,
+            offset: self.offset,
+            num: self.num,
+            payload: Some(self.payload),
             cell: None,
         }
     }
@@ -103,7 +109,14 @@ impl<'a, P: IoPayload> IntoFuture for IoRequest<'a, P> {
 /// The future of an awaited [`IoRequest`]. Dropping it before completion abandons the
 /// result (the I/O itself still completes, and its buffers are freed).
 pub struct IoFuture<'a, P: IoPayload> {
-    req: Option<IoRequest<'a, P>>,
+    desc: &'a Desc,
+    ch: &'a BdevChannel,
+    io_type: IoType,
+    offset: u64,
+    num: u64,
+    /// Present until submitted.
+    payload: Option<P>,
+    /// Present while in flight.
     cell: Option<Rc<AsyncCell>>,
 }
 
@@ -128,16 +141,17 @@ impl<P: IoPayload> Future for IoFuture<'_, P> {
 
     #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if let Some(req) = self.req.take() {
-            let cell = req.ch.ch.tctx.cell(waiter(cx));
+        let tctx = &self.ch.ch.tctx;
+        if let Some(payload) = self.payload.take() {
+            let cell = tctx.cell(waiter(cx));
             let cb = ThreadCtx::cell_callback(cell.clone());
             submit(
-                req.desc,
-                req.ch,
-                req.io_type,
-                req.offset,
-                req.num,
-                req.payload,
+                self.desc,
+                self.ch,
+                self.io_type,
+                self.offset,
+                self.num,
+                payload,
                 cb,
             );
             self.cell = Some(cell);
@@ -147,11 +161,10 @@ impl<P: IoPayload> Future for IoFuture<'_, P> {
         let Some(cell) = self.cell.as_ref() else {
             panic!("IoFuture polled after completion");
         };
-        let done = cell.done.borrow_mut().take();
-        match done {
+        match cell.done.take() {
             Some((status, payload)) => {
                 if let Some(c) = self.cell.take() {
-                    c.recycle();
+                    self.ch.ch.tctx.recycle(c);
                 }
                 Poll::Ready(
                     Completion {
@@ -163,7 +176,7 @@ impl<P: IoPayload> Future for IoFuture<'_, P> {
             }
             None => {
                 // Polled early (a spurious wake): refresh who to wake.
-                *cell.waiter.borrow_mut() = waiter(cx);
+                cell.waiter.set(waiter(cx));
                 Poll::Pending
             }
         }
@@ -175,9 +188,9 @@ impl<P: IoPayload> Drop for IoFuture<'_, P> {
         if let Some(c) = self.cell.take() {
             // Completed but not taken: the cell goes back now. Still in flight: the
             // completion sees no waiter, drops the buffers and recycles the cell.
-            *c.waiter.borrow_mut() = Waiter::None;
-            if c.done.borrow_mut().take().is_some() {
-                c.recycle();
+            c.waiter.set(Waiter::None);
+            if c.done.take().is_some() {
+                self.ch.ch.tctx.recycle(c);
             }
         }
     }

@@ -137,6 +137,12 @@ impl Executor {
     /// completion callback would run, unless some task is running on this thread now (then
     /// it is queued like any wake).
     #[inline]
+    pub(crate) fn resume_packed(&self, task: usize) {
+        let (slot, g, idx) = unpack(task as *const ());
+        self.resume(slot, idx, g);
+    }
+
+    #[inline]
     fn resume(&self, slot: u16, idx: u32, g: u16) {
         if self.running.get() > 0 {
             self.wake(idx, g);
