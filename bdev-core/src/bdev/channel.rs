@@ -96,7 +96,7 @@ pub(crate) struct AsyncCell {
 impl AsyncCell {
     /// The completion side: store the result and resume the waiter.
     #[inline]
-    fn complete(self: Rc<Self>, status: IoStatus, payload: Payload) {
+    pub(crate) fn complete(self: Rc<Self>, status: IoStatus, payload: Payload) {
         match self.waiter.take() {
             Waiter::Task(t) => {
                 self.done.set(Some((status, payload)));
@@ -281,7 +281,7 @@ impl ThreadCtx {
     /// A raw callback completing `cell`.
     #[inline]
     pub(crate) fn cell_callback(cell: Rc<AsyncCell>) -> IoCallback {
-        IoCallback::new(move |status, payload| cell.complete(status, payload))
+        IoCallback::Cell(cell)
     }
 }
 

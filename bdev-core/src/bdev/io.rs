@@ -18,7 +18,28 @@ tiny_fn::tiny_fn! {
     pub(crate) struct RawCallback = FnOnce(status: IoStatus, payload: Payload);
 }
 
-pub(crate) type IoCallback = RawCallback<'static, DEFER_INLINE>;
+pub(crate) type RawCb = RawCallback<'static, DEFER_INLINE>;
+
+/// Who hears of an I/O's completion: a callback, or an awaiting future's cell.
+pub(crate) enum IoCallback {
+    Fn(RawCb),
+    Cell(std::rc::Rc<super::channel::AsyncCell>),
+}
+
+impl IoCallback {
+    #[inline]
+    pub(crate) fn new(f: impl FnOnce(IoStatus, Payload) + 'static) -> Self {
+        IoCallback::Fn(RawCb::new(f))
+    }
+
+    #[inline]
+    pub(crate) fn call(self, status: IoStatus, payload: Payload) {
+        match self {
+            IoCallback::Fn(f) => f.call(status, payload),
+            IoCallback::Cell(c) => c.complete(status, payload),
+        }
+    }
+}
 
 /// The pooled context of one I/O.
 pub(crate) struct IoCtx {

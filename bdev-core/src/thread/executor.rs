@@ -23,8 +23,9 @@ type BoxFuture = Pin<Box<dyn Future<Output = ()>>>;
 
 struct Task {
     gen_: u16,
-    fut: Option<BoxFuture>,
-    scheduled: bool,
+    /// `None` once finished (until removed from the table).
+    fut: RefCell<Option<BoxFuture>>,
+    scheduled: Cell<bool>,
 }
 
 /// Tasks polled per thread iteration at most, so that pollers keep running.
@@ -32,7 +33,7 @@ const TASK_BATCH: usize = 256;
 
 #[derive(Default)]
 pub(crate) struct Executor {
-    tasks: RefCell<Slab<Task>>,
+    tasks: RefCell<Slab<Rc<Task>>>,
     ready: RefCell<VecDeque<(u32, u16)>>,
     next_gen: Cell<u16>,
     /// Tasks being polled right now (nesting happens when a task's code completes I/O).
@@ -53,21 +54,20 @@ impl Executor {
     fn spawn(&self, slot: u16, fut: BoxFuture) {
         let g = self.next_gen.get().wrapping_add(1);
         self.next_gen.set(g);
-        let idx = self.tasks.borrow_mut().insert(Task {
+        let idx = self.tasks.borrow_mut().insert(Rc::new(Task {
             gen_: g,
-            fut: Some(fut),
-            scheduled: true,
-        });
+            fut: RefCell::new(Some(fut)),
+            scheduled: Cell::new(true),
+        }));
         self.ready.borrow_mut().push_back((idx as u32, g));
         let _ = slot;
     }
 
     /// Marks a task ready (local wake).
     fn wake(&self, idx: u32, g: u16) {
-        let mut tasks = self.tasks.borrow_mut();
-        if let Some(t) = tasks.get_mut(idx as usize) {
-            if t.gen_ == g && !t.scheduled {
-                t.scheduled = true;
+        let tasks = self.tasks.borrow();
+        if let Some(t) = tasks.get(idx as usize) {
+            if t.gen_ == g && !t.scheduled.replace(true) {
                 self.ready.borrow_mut().push_back((idx, g));
             }
         }
@@ -98,37 +98,28 @@ impl Executor {
     /// Polls task `idx` now, unless it is already running (then it is queued).
     #[inline]
     fn poll_task(&self, slot: u16, idx: u32, g: u16) {
-        let fut = {
-            let mut tasks = self.tasks.borrow_mut();
-            match tasks.get_mut(idx as usize) {
-                Some(t) if t.gen_ == g => {
-                    t.scheduled = false;
-                    t.fut.take()
-                }
-                _ => None,
-            }
+        let task = match self.tasks.borrow().get(idx as usize) {
+            Some(t) if t.gen_ == g => t.clone(),
+            _ => return,
         };
-        let Some(mut fut) = fut else { return };
+        task.scheduled.set(false);
+        let Ok(mut fut) = task.fut.try_borrow_mut() else {
+            // Polling itself (a wake from inside its own poll): run it again later.
+            return self.wake(idx, g);
+        };
+        let Some(f) = fut.as_mut() else { return };
         let waker = make_waker(slot, g, idx);
         let mut cx = Context::from_waker(&waker);
         self.running.set(self.running.get() + 1);
-        let r = fut.as_mut().poll(&mut cx);
+        let r = f.as_mut().poll(&mut cx);
         self.running.set(self.running.get() - 1);
-        let mut tasks = self.tasks.borrow_mut();
-        match r {
-            Poll::Ready(()) => {
-                if tasks.get(idx as usize).is_some_and(|t| t.gen_ == g) {
-                    tasks.remove(idx as usize);
-                }
-                drop(tasks);
-                drop(fut);
-            }
-            Poll::Pending => {
-                if let Some(t) = tasks.get_mut(idx as usize) {
-                    if t.gen_ == g {
-                        t.fut = Some(fut);
-                    }
-                }
+        if r.is_ready() {
+            let done = fut.take();
+            drop(fut);
+            drop(done);
+            let mut tasks = self.tasks.borrow_mut();
+            if tasks.get(idx as usize).is_some_and(|t| t.gen_ == g) {
+                tasks.remove(idx as usize);
             }
         }
     }
