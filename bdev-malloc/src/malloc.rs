@@ -1,10 +1,13 @@
 //! The malloc bdev: a RAM disk.
 
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use bdev_core::bdev::{Bdev, BdevIo, BdevOps, BdevProps, IoStatus, IoType, register};
 use bdev_core::dma::BlockMem;
+use bdev_core::thread::{PollStatus, Poller};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
@@ -68,23 +71,13 @@ static NEXT_AUTO_NAME: AtomicU32 = AtomicU32::new(0);
 struct MallocDisk {
     mem: BlockMem,
     opts: MallocOpts,
+    /// Lets a channel's poller hold the disk.
+    self_ref: std::sync::Weak<MallocDisk>,
 }
 
-impl BdevOps for MallocDisk {
-    // Copies complete in the submitting call (the layer defers the callback), so there is
-    // no per-thread state.
-    type Channel = ();
-
-    fn module_name(&self) -> &'static str {
-        MODULE
-    }
-
-    fn create_channel(&self) -> bdev_core::Result<()> {
-        Ok(())
-    }
-
+impl MallocDisk {
     #[inline]
-    fn submit_request(&self, _ch: &(), io: BdevIo) {
+    fn execute(&self, io: BdevIo) {
         let off = io.offset_bytes();
         let r = match io.io_type() {
             IoType::Read => io.copy_from_mem(&self.mem, off),
@@ -98,6 +91,64 @@ impl BdevOps for MallocDisk {
         } else {
             IoStatus::Failed
         });
+    }
+}
+
+/// A thread's channel to a malloc disk: I/O waits here until the channel's poller copies
+/// it, a batch at a time, so that completions come from a poller, as SPDK's software accel
+/// engine delivers them, rather than being deferred from inside the submission.
+/// (Prefetching the source at submission was tried: no gain measurable here.)
+pub struct MallocChannel {
+    queue: RefCell<Vec<BdevIo>>,
+    spare: RefCell<Vec<BdevIo>>,
+    poller: RefCell<Option<Poller>>,
+}
+
+fn poll_queue(disk: &MallocDisk, ch: &MallocChannel) -> PollStatus {
+    let mut batch = std::mem::take(&mut *ch.spare.borrow_mut());
+    std::mem::swap(&mut batch, &mut *ch.queue.borrow_mut());
+    if batch.is_empty() {
+        *ch.spare.borrow_mut() = batch;
+        return PollStatus::Idle;
+    }
+    for io in batch.drain(..) {
+        disk.execute(io);
+    }
+    *ch.spare.borrow_mut() = batch;
+    PollStatus::Busy
+}
+
+impl BdevOps for MallocDisk {
+    type Channel = Rc<MallocChannel>;
+
+    fn module_name(&self) -> &'static str {
+        MODULE
+    }
+
+    fn create_channel(&self) -> bdev_core::Result<Rc<MallocChannel>> {
+        let disk = self
+            .self_ref
+            .upgrade()
+            .ok_or(bdev_core::Error::NoSuchBdev {
+                name: MODULE.into(),
+            })?;
+        let ch = Rc::new(MallocChannel {
+            queue: RefCell::new(Vec::with_capacity(256)),
+            spare: RefCell::new(Vec::with_capacity(256)),
+            poller: RefCell::new(None),
+        });
+        let w = Rc::downgrade(&ch);
+        let p = Poller::register("bdev_malloc", move || match w.upgrade() {
+            Some(ch) => poll_queue(&disk, &ch),
+            None => PollStatus::Idle,
+        })?;
+        *ch.poller.borrow_mut() = Some(p);
+        Ok(ch)
+    }
+
+    #[inline]
+    fn submit_request(&self, ch: &Rc<MallocChannel>, io: BdevIo) {
+        ch.queue.borrow_mut().push(io);
     }
 
     fn io_type_supported(&self, t: IoType) -> bool {
@@ -168,14 +219,15 @@ pub fn create(opts: MallocOpts) -> Result<Bdev, Error> {
         .phys_block_len(opts.physical_block_size)
         .optimal_io_boundary(opts.optimal_io_boundary, true)
         .write_cache(true);
-    let disk = MallocDisk {
+    let disk = Arc::new_cyclic(|w| MallocDisk {
         mem,
         opts: MallocOpts {
             name: Some(name),
             ..opts
         },
-    };
-    Ok(register(props, Arc::new(disk))?)
+        self_ref: w.clone(),
+    });
+    Ok(register(props, disk)?)
 }
 
 /// Deletes a malloc bdev (`bdev_malloc_delete`): returns once it is unregistered.

@@ -435,8 +435,11 @@ impl Thread {
         }
         inner.stats.set(s);
         let mut busy = self.run_deferred();
-        if !inner.shared.msgs.is_empty() {
-            busy |= self.run_msgs();
+        if !inner.shared.msgs.is_empty() && self.run_msgs() {
+            busy = true;
+            // Messages (a job starting, a config method) can take long: refresh the cached
+            // clock so that what pollers and I/O see next is not stale.
+            inner.now.set(inner.shared.rt.clock.now().max(now));
         }
         busy |= inner.pollers.run_active(inner);
         if now >= inner.pollers.next_timed() {
