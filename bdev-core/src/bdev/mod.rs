@@ -186,3 +186,6 @@ pub(crate) async fn fini(rt: &Arc<Runtime>) {
         crate::thread::yield_now().await;
     }
 }
+
+#[cfg(test)]
+mod tests;
