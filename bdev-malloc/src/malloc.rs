@@ -5,7 +5,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use bdev_core::bdev::{Bdev, BdevIo, BdevOps, BdevProps, IoStatus, IoType, register};
+use bdev_core::bdev::{Bdev, BdevIo, BdevOps, BdevProps, IoQueue, IoStatus, IoType, register};
 use bdev_core::dma::BlockMem;
 use bdev_core::thread::{PollStatus, Poller};
 use serde::{Deserialize, Serialize};
@@ -99,23 +99,8 @@ impl MallocDisk {
 /// engine delivers them, rather than being deferred from inside the submission.
 /// (Prefetching the source at submission was tried: no gain measurable here.)
 pub struct MallocChannel {
-    queue: RefCell<Vec<BdevIo>>,
-    spare: RefCell<Vec<BdevIo>>,
+    queue: IoQueue,
     poller: RefCell<Option<Poller>>,
-}
-
-fn poll_queue(disk: &MallocDisk, ch: &MallocChannel) -> PollStatus {
-    let mut batch = std::mem::take(&mut *ch.spare.borrow_mut());
-    std::mem::swap(&mut batch, &mut *ch.queue.borrow_mut());
-    if batch.is_empty() {
-        *ch.spare.borrow_mut() = batch;
-        return PollStatus::Idle;
-    }
-    for io in batch.drain(..) {
-        disk.execute(io);
-    }
-    *ch.spare.borrow_mut() = batch;
-    PollStatus::Busy
 }
 
 impl BdevOps for MallocDisk {
@@ -133,13 +118,12 @@ impl BdevOps for MallocDisk {
                 name: MODULE.into(),
             })?;
         let ch = Rc::new(MallocChannel {
-            queue: RefCell::new(Vec::with_capacity(256)),
-            spare: RefCell::new(Vec::with_capacity(256)),
+            queue: IoQueue::default(),
             poller: RefCell::new(None),
         });
         let w = Rc::downgrade(&ch);
         let p = Poller::register("bdev_malloc", move || match w.upgrade() {
-            Some(ch) => poll_queue(&disk, &ch),
+            Some(ch) => ch.queue.drain(|io| disk.execute(io)),
             None => PollStatus::Idle,
         })?;
         *ch.poller.borrow_mut() = Some(p);
@@ -148,7 +132,7 @@ impl BdevOps for MallocDisk {
 
     #[inline]
     fn submit_request(&self, ch: &Rc<MallocChannel>, io: BdevIo) {
-        ch.queue.borrow_mut().push(io);
+        ch.queue.push(io);
     }
 
     fn io_type_supported(&self, t: IoType) -> bool {

@@ -4,7 +4,7 @@ use std::cell::RefCell;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 
-use bdev_core::bdev::{Bdev, BdevIo, BdevOps, BdevProps, IoStatus, IoType, register};
+use bdev_core::bdev::{Bdev, BdevIo, BdevOps, BdevProps, IoQueue, IoStatus, IoType, register};
 use bdev_core::thread::{PollStatus, Poller, current_or};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -61,26 +61,8 @@ impl NullOpts {
 /// io_device for all null bdevs): the queue of I/O to complete and the poller that does it.
 /// It lives as long as some null channel on the thread holds it.
 struct NullThread {
-    queue: RefCell<Vec<BdevIo>>,
-    spare: RefCell<Vec<BdevIo>>,
+    queue: IoQueue,
     _poller: RefCell<Option<Poller>>,
-}
-
-impl NullThread {
-    fn poll(&self) -> PollStatus {
-        let mut batch = std::mem::take(&mut *self.spare.borrow_mut());
-        std::mem::swap(&mut batch, &mut *self.queue.borrow_mut());
-        if batch.is_empty() {
-            *self.spare.borrow_mut() = batch;
-            return PollStatus::Idle;
-        }
-        // Completions may submit again: they land in `queue`, not borrowed here.
-        for io in batch.drain(..) {
-            io.complete(IoStatus::Success);
-        }
-        *self.spare.borrow_mut() = batch;
-        PollStatus::Busy
-    }
 }
 
 /// The current thread's [`NullThread`], created with its poller on first use.
@@ -94,13 +76,12 @@ fn null_thread() -> bdev_core::Result<Rc<NullThread>> {
         return Ok(nt);
     }
     let nt = Rc::new(NullThread {
-        queue: RefCell::new(Vec::with_capacity(256)),
-        spare: RefCell::new(Vec::with_capacity(256)),
+        queue: IoQueue::default(),
         _poller: RefCell::new(None),
     });
     let w = Rc::downgrade(&nt);
     let p = Poller::register("bdev_null", move || match w.upgrade() {
-        Some(nt) => nt.poll(),
+        Some(nt) => nt.queue.drain(|io| io.complete(IoStatus::Success)),
         None => PollStatus::Idle,
     })?;
     *nt._poller.borrow_mut() = Some(p);
@@ -125,7 +106,7 @@ impl BdevOps for NullBdev {
 
     #[inline]
     fn submit_request(&self, ch: &Rc<NullThread>, io: BdevIo) {
-        ch.queue.borrow_mut().push(io);
+        ch.queue.push(io);
     }
 
     fn io_type_supported(&self, t: IoType) -> bool {

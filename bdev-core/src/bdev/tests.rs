@@ -48,8 +48,17 @@ impl BdevOps for TestBdev {
 
 fn test_bdev(name: &str, behaviour: Behaviour, align: usize) -> (Bdev, Arc<AtomicUsize>) {
     let destructed = Arc::new(AtomicUsize::new(0));
-    let props = BdevProps::new(name, 512, 1024).buf_align(align).product_name("Test disk");
-    let b = register(props, Arc::new(TestBdev { behaviour, destructed: destructed.clone() })).unwrap();
+    let props = BdevProps::new(name, 512, 1024)
+        .buf_align(align)
+        .product_name("Test disk");
+    let b = register(
+        props,
+        Arc::new(TestBdev {
+            behaviour,
+            destructed: destructed.clone(),
+        }),
+    )
+    .unwrap();
     (b, destructed)
 }
 
@@ -60,11 +69,20 @@ fn misaligned_buffers_are_refused_and_returned() {
     let (bad, good) = h.block_on(0, async {
         let d = Desc::open("t_align", true, |_| {}).unwrap();
         let ch = d.get_io_channel().unwrap();
-        let e = d.read_blocks(&ch, DmaBuf::new(512, 512).unwrap(), 0, 1).await.unwrap_err();
+        let e = d
+            .read_blocks(&ch, DmaBuf::new(512, 512).unwrap(), 0, 1)
+            .await
+            .unwrap_err();
         // A 4 KiB-aligned buffer may still be the second of a readv and start off-alignment.
-        let v = vec![DmaBuf::new(4096, 4096).unwrap(), DmaBuf::new(512, 512).unwrap()];
+        let v = vec![
+            DmaBuf::new(4096, 4096).unwrap(),
+            DmaBuf::new(512, 512).unwrap(),
+        ];
         let e2 = d.readv_blocks(&ch, v, 0, 9).await.unwrap_err();
-        let ok = d.read_blocks(&ch, DmaBuf::new(512, 4096).unwrap(), 0, 1).await.is_ok();
+        let ok = d
+            .read_blocks(&ch, DmaBuf::new(512, 4096).unwrap(), 0, 1)
+            .await
+            .is_ok();
         ((e.status, e.payload.len(), e2.status, e2.payload.len()), ok)
     });
     let r = IoStatus::Rejected(Reject::Misaligned);
@@ -83,23 +101,40 @@ fn inline_completions_are_deferred_out_of_submit() {
     let left = Rc::new(Cell::new(10_000u32));
     let depth = Rc::new(Cell::new(0u32));
     let max_depth = Rc::new(Cell::new(0u32));
-    fn go(d: Rc<Desc>, ch: Rc<BdevChannel>, left: Rc<Cell<u32>>, depth: Rc<Cell<u32>>, max: Rc<Cell<u32>>) {
+    fn go(
+        d: Rc<Desc>,
+        ch: Rc<BdevChannel>,
+        left: Rc<Cell<u32>>,
+        depth: Rc<Cell<u32>>,
+        max: Rc<Cell<u32>>,
+    ) {
         depth.set(depth.get() + 1);
         max.set(max.get().max(depth.get()));
         let (d2, ch2) = (d.clone(), ch.clone());
-        d.read_blocks(&ch, DmaBuf::page_aligned(512).unwrap(), 0, 1).submit(move |c| {
-            assert!(c.is_success());
-            if left.get() > 0 {
-                left.set(left.get() - 1);
-                go(d2, ch2, left, depth.clone(), max);
-            }
-            depth.set(depth.get() - 1);
-        });
+        d.read_blocks(&ch, DmaBuf::page_aligned(512).unwrap(), 0, 1)
+            .submit(move |c| {
+                assert!(c.is_success());
+                if left.get() > 0 {
+                    left.set(left.get() - 1);
+                    go(d2, ch2, left, depth.clone(), max);
+                }
+                depth.set(depth.get() - 1);
+            });
     }
-    go(d.clone(), ch.clone(), left.clone(), depth.clone(), max_depth.clone());
+    go(
+        d.clone(),
+        ch.clone(),
+        left.clone(),
+        depth.clone(),
+        max_depth.clone(),
+    );
     h.poll_threads();
     assert_eq!(left.get(), 0);
-    assert!(max_depth.get() <= 2, "completion ran inside submit (depth {})", max_depth.get());
+    assert!(
+        max_depth.get() <= 2,
+        "completion ran inside submit (depth {})",
+        max_depth.get()
+    );
 }
 
 #[test]
@@ -109,7 +144,10 @@ fn an_io_dropped_by_its_module_completes_as_failed() {
     let st = h.block_on(0, async {
         let d = Desc::open("t_drop", true, |_| {}).unwrap();
         let ch = d.get_io_channel().unwrap();
-        let e = d.write_blocks(&ch, DmaBuf::page_aligned(512).unwrap(), 0, 1).await.unwrap_err();
+        let e = d
+            .write_blocks(&ch, DmaBuf::page_aligned(512).unwrap(), 0, 1)
+            .await
+            .unwrap_err();
         (e.status, e.payload.len(), ch.outstanding())
     });
     assert_eq!(st, (IoStatus::Failed, 512, 0));
@@ -118,7 +156,15 @@ fn an_io_dropped_by_its_module_completes_as_failed() {
 #[test]
 fn props_are_validated_at_registration() {
     let _h = Harness::new(1);
-    let reg = |p: BdevProps| register(p, Arc::new(TestBdev { behaviour: Behaviour::Inline, destructed: Default::default() }));
+    let reg = |p: BdevProps| {
+        register(
+            p,
+            Arc::new(TestBdev {
+                behaviour: Behaviour::Inline,
+                destructed: Default::default(),
+            }),
+        )
+    };
     assert!(reg(BdevProps::new("", 512, 8)).is_err());
     assert!(reg(BdevProps::new("z", 0, 8)).is_err());
     assert!(reg(BdevProps::new("z", 512, 0)).is_err());
@@ -126,7 +172,10 @@ fn props_are_validated_at_registration() {
     assert!(reg(BdevProps::new("z", 512, 8).buf_align(3)).is_err());
     let b = reg(BdevProps::new("z", 512, 8).alias("zz")).unwrap();
     assert_eq!(b.props().phys_block_len, 512);
-    assert!(matches!(reg(BdevProps::new("zz", 512, 8)), Err(crate::Error::BdevExists { .. })));
+    assert!(matches!(
+        reg(BdevProps::new("zz", 512, 8)),
+        Err(crate::Error::BdevExists { .. })
+    ));
     assert!(get_by_name("zz").is_some());
     assert_eq!(b.product_name(), "");
 }
@@ -141,13 +190,22 @@ fn destruct_runs_once_after_descriptors_and_channels_are_gone() {
     let d = done.clone();
     let (tx, rx) = crate::oneshot::channel();
     h.run_on(0, || b.unregister(move |r| tx.send(r)));
-    let jh = h.run_on(0, || crate::thread::spawn_local(async move { *d.borrow_mut() = rx.await }).unwrap());
+    let jh = h.run_on(0, || {
+        crate::thread::spawn_local(async move { *d.borrow_mut() = rx.await }).unwrap()
+    });
     h.poll_threads();
     assert_eq!(destructed.load(Ordering::SeqCst), 0, "a descriptor is open");
     drop(desc);
     h.poll_threads();
-    assert_eq!(destructed.load(Ordering::SeqCst), 0, "a channel is still held");
-    assert!(matches!(h.run_on(0, || Desc::open("t_destruct", false, |_| {})), Err(crate::Error::BdevRemoving { .. })));
+    assert_eq!(
+        destructed.load(Ordering::SeqCst),
+        0,
+        "a channel is still held"
+    );
+    assert!(matches!(
+        h.run_on(0, || Desc::open("t_destruct", false, |_| {})),
+        Err(crate::Error::BdevRemoving { .. })
+    ));
     drop(ch1);
     h.poll_threads();
     assert_eq!(destructed.load(Ordering::SeqCst), 1);

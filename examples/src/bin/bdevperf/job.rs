@@ -433,15 +433,20 @@ impl Job {
         drop(tasks);
         self.clear_busy(off);
         if let Some(m) = bad {
-            let mut st = self.st.borrow_mut();
-            st.errors.push(format!(
-                "Buffer mismatch! Target: {} LBA: {} offset in block: {} (expected 0x{:016x}, read 0x{:016x})",
-                self.spec.bdev, m.lba, m.offset_in_block, m.expected, m.got
-            ));
-            st.ended_with_error = true;
-            st.draining = true;
+            self.miscompare(m);
         }
         self.after_verify(idx, ok);
+    }
+
+    /// A read-back differs from what was written: report it and end the job with error.
+    fn miscompare(&self, m: pattern::Mismatch) {
+        let mut st = self.st.borrow_mut();
+        st.errors.push(format!(
+            "Buffer mismatch! Target: {} LBA: {} offset in block: {} (expected 0x{:016x}, read 0x{:016x})",
+            self.spec.bdev, m.lba, m.offset_in_block, m.expected, m.got
+        ));
+        st.ended_with_error = true;
+        st.draining = true;
     }
 
     fn after_verify(self: Rc<Self>, idx: usize, ok: bool) {
@@ -527,13 +532,7 @@ impl Job {
                 };
                 if ok {
                     if let Some(m) = pattern::check(&rbuf, self.spec.block_len as usize, lba, id) {
-                        let mut st = self.st.borrow_mut();
-                        st.errors.push(format!(
-                            "Buffer mismatch! Target: {} LBA: {} offset in block: {} (expected 0x{:016x}, read 0x{:016x})",
-                            self.spec.bdev, m.lba, m.offset_in_block, m.expected, m.got
-                        ));
-                        st.ended_with_error = true;
-                        st.draining = true;
+                        self.miscompare(m);
                     }
                 }
                 self.tasks.borrow_mut()[idx].rbuf = Some(rbuf);
