@@ -57,6 +57,13 @@ impl Alloc {
     /// hugepage memory).
     fn prefaulted(len: usize, align: usize) -> Result<Alloc> {
         const HUGE: usize = 2 << 20;
+        // Writing every page of more than the machine has would summon the OOM killer
+        // rather than fail: refuse up front, as a hugepage allocation would.
+        if let Some(avail) = available_memory() {
+            if len as u64 > avail {
+                return Err(Error::NoMem { len, align });
+            }
+        }
         let align = if len >= HUGE { align.max(HUGE) } else { align };
         let layout = layout(len, align)?;
         // SAFETY: the layout has a non-zero size and a valid alignment.
@@ -71,6 +78,14 @@ impl Alloc {
         unsafe { std::ptr::write_bytes(p, 0, layout.size()) };
         Ok(Alloc { ptr, layout })
     }
+}
+
+/// `MemAvailable` of /proc/meminfo, in bytes, where the kernel reports it.
+fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 impl Drop for Alloc {
@@ -381,5 +396,13 @@ mod tests {
         m.copy_to_iovs(4096, &[dst.iov(4096)]).unwrap();
         assert!(dst[..100].iter().all(|&x| x == 0) && dst[100] == 0xab);
         assert!(m.zero(8000, 200).is_err());
+    }
+
+    #[test]
+    fn blockmem_larger_than_the_machine_is_refused() {
+        assert!(matches!(
+            BlockMem::new(1 << 50, 4096),
+            Err(Error::NoMem { .. })
+        ));
     }
 }

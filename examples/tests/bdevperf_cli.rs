@@ -356,3 +356,34 @@ fn progress_lines_and_one_job_per_core() {
         eprintln!("skipped the two-core run: this machine has one core");
     }
 }
+
+#[test]
+fn sigint_drains_the_jobs_and_prints_the_table() {
+    let child = Command::new(env!("CARGO_BIN_EXE_bdevperf"))
+        .args(["-q", "16", "-o", "4096", "-w", "randread", "-t", "60"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let start = Instant::now();
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let o = child.wait_with_output().unwrap();
+    let (out, err) = text(&o);
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "took {:?} to stop",
+        start.elapsed()
+    );
+    assert!(o.status.success(), "{out}\n{err}");
+    assert!(
+        out.contains("Received shutdown signal, test time was about "),
+        "{out}"
+    );
+    let (iops, _) = total(&out);
+    assert!(iops > 0.0, "{out}");
+}
