@@ -213,3 +213,34 @@ fn destruct_runs_once_after_descriptors_and_channels_are_gone() {
     assert!(matches!(*done.borrow(), Some(Ok(()))));
     assert!(h.run_on(0, || get_by_name("t_destruct").is_none()));
 }
+
+#[test]
+fn a_dropped_io_future_loses_nothing_and_its_cell_is_reused() {
+    let h = Harness::new(1);
+    test_bdev("t_cancel", Behaviour::Inline, 1);
+    let d = Rc::new(Desc::open("t_cancel", true, |_| {}).unwrap());
+    let ch = Rc::new(d.get_io_channel().unwrap());
+    // Poll an awaited read once (it is submitted), then drop it while in flight.
+    {
+        let mut fut = std::pin::pin!(std::future::IntoFuture::into_future(d.read_blocks(
+            &ch,
+            DmaBuf::page_aligned(512).unwrap(),
+            0,
+            1
+        )));
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        assert!(fut.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(ch.outstanding(), 1);
+    }
+    h.poll_threads();
+    assert_eq!(ch.outstanding(), 0, "the abandoned I/O still completed");
+    // The next awaited I/O works and reuses the pooled cell.
+    let (d2, ch2) = (d.clone(), ch.clone());
+    let ok = h.block_on(0, async move {
+        d2.read_blocks(&ch2, DmaBuf::page_aligned(512).unwrap(), 0, 1)
+            .await
+            .is_ok()
+    });
+    assert!(ok);
+}
