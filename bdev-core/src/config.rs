@@ -73,6 +73,21 @@ impl Methods {
             Ok(Value::Bool(true))
         });
         // Examine runs synchronously at registration, so there is never anything to wait for.
+        m.register_sync("bdev_get_bdevs", |p| {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct P {
+                name: Option<String>,
+                #[allow(dead_code)]
+                timeout: Option<u64>,
+            }
+            let p: P = parse_params("bdev_get_bdevs", p)?;
+            let bdevs = match p.name {
+                Some(n) => vec![crate::bdev::get_by_name(&n).ok_or(Error::NoSuchBdev { name: n })?],
+                None => crate::bdev::list(),
+            };
+            Ok(Value::Array(bdevs.iter().map(bdev_info).collect()))
+        });
         m.register_sync("bdev_wait_for_examine", |p| {
             if p.as_ref()
                 .is_some_and(|v| !v.is_null() && v.as_object().is_none_or(|o| !o.is_empty()))
@@ -124,6 +139,48 @@ impl Methods {
             None => Err(Error::invalid("method", format!("unknown method {name}"))),
         }
     }
+}
+
+/// A bdev as `bdev_get_bdevs` describes it (SPDK's field names).
+pub fn bdev_info(b: &crate::bdev::Bdev) -> Value {
+    use crate::bdev::IoType;
+    let mut aliases: Vec<String> = b.aliases().to_vec();
+    let u = b.uuid().to_string();
+    if b.name() != u && !aliases.contains(&u) {
+        aliases.push(u.clone());
+    }
+    let io: serde_json::Map<String, Value> = IoType::ALL
+        .iter()
+        .map(|t| (t.name().to_string(), Value::Bool(b.io_type_supported(*t))))
+        .collect();
+    serde_json::json!({
+        "name": b.name(),
+        "aliases": aliases,
+        "product_name": b.product_name(),
+        "block_size": b.block_len(),
+        "num_blocks": b.num_blocks(),
+        "uuid": u,
+        "assigned_rate_limits": {"rw_ios_per_sec": 0, "rw_mbytes_per_sec": 0, "r_mbytes_per_sec": 0, "w_mbytes_per_sec": 0},
+        "claimed": b.claimed_by().is_some(),
+        "zoned": false,
+        "supported_io_types": io,
+        "driver_specific": b.dump_info_json().unwrap_or_else(|| serde_json::json!({})),
+    })
+}
+
+/// The configuration that recreates the current application's bdevs, in SPDK's format
+/// (`save_config`): bdev options, then each bdev's create call in registration order
+/// (bases before what stacks on them), then `bdev_wait_for_examine`.
+pub fn save_config() -> Value {
+    let opts = crate::thread::with_current(|t| t.runtime().bdev.opts.clone()).unwrap_or_default();
+    let mut config = vec![serde_json::json!({"method": "bdev_set_options", "params": opts})];
+    config.extend(
+        crate::bdev::list()
+            .iter()
+            .filter_map(|b| b.write_config_json()),
+    );
+    config.push(serde_json::json!({"method": "bdev_wait_for_examine"}));
+    serde_json::json!({"subsystems": [{"subsystem": "bdev", "config": config}]})
 }
 
 /// Deserialises a method's params into its typed options, with a message naming the

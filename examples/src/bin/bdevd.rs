@@ -1,0 +1,173 @@
+//! bdevd: the stack as a daemon, as SPDK's `spdk_tgt` is for bdevs. Starts reactors
+//! (`-m`), loads an SPDK JSON config (`-c`/`--json`), and serves JSON-RPC on a Unix socket
+//! (`-r`, default `/var/tmp/spdk.sock`) with SPDK's method names, until
+//! `spdk_kill_instance`, SIGINT or SIGTERM stops it in order.
+
+use std::cell::RefCell;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bdev_core::app::{self, AppOpts, CpuMask};
+use bdev_core::config::{self, ConfigFile, Methods, parse_params};
+use bdev_core::thread;
+use bdev_rpc::RpcServer;
+use clap::Parser;
+use serde_json::{Value, json};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "bdevd",
+    about = "Block-device stack daemon: SPDK JSON config and JSON-RPC"
+)]
+struct Cli {
+    /// Core mask (0x3) or list ([0,1]) of reactors
+    #[arg(short = 'm', long = "cpumask", default_value = "0x1")]
+    cpumask: String,
+    /// SPDK JSON config to load at start
+    #[arg(short = 'c', long = "json", visible_alias = "config")]
+    config: Option<PathBuf>,
+    /// JSON-RPC Unix socket
+    #[arg(short = 'r', long = "rpc-socket", default_value = "/var/tmp/spdk.sock")]
+    rpc_socket: PathBuf,
+}
+
+fn fail(msg: &str) -> ! {
+    eprintln!("bdevd: {msg}");
+    std::process::exit(1);
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e)
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            ) =>
+        {
+            print!("{e}");
+            std::process::exit(0);
+        }
+        Err(e) => fail(
+            e.to_string()
+                .lines()
+                .next()
+                .unwrap_or("invalid arguments")
+                .trim_start_matches("error: "),
+        ),
+    };
+    let cores: CpuMask = cli
+        .cpumask
+        .parse()
+        .unwrap_or_else(|e: bdev_core::Error| fail(&e.to_string()));
+    let cfg = cli
+        .config
+        .as_ref()
+        .map(|p| ConfigFile::read(p).unwrap_or_else(|e| fail(&e.to_string())));
+    let bdev_opts = match cfg.as_ref().map(|c| c.bdev_opts()) {
+        Some(Err(e)) => fail(&e.to_string()),
+        Some(Ok(Some(o))) => o,
+        _ => Default::default(),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
+            fail(&format!("installing signal handler: {e}"));
+        }
+    }
+    let socket = cli.rpc_socket.clone();
+    let opts = AppOpts {
+        name: "bdevd".into(),
+        cores,
+        bdev: bdev_opts,
+    };
+    let rc = app::start(opts, move || {
+        let r = thread::spawn_local(async move {
+            let rc = match serve(cfg, socket, stop).await {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("bdevd: {e}");
+                    1
+                }
+            };
+            let _ = app::stop(rc);
+        });
+        if r.is_err() {
+            let _ = app::stop(1);
+        }
+    });
+    match rc {
+        Ok(rc) => std::process::exit(rc),
+        Err(e) => fail(&e.to_string()),
+    }
+}
+
+/// The methods bdevd serves: the bdev layer's, each module's, and the application's own.
+fn methods(stop: Arc<AtomicBool>) -> Rc<Methods> {
+    let mut m = Methods::new();
+    bdev_malloc::register_methods(&mut m);
+    m.register_sync("spdk_get_version", |_| {
+        Ok(json!({
+            "version": format!("bdev-rs v{} (SPDK v24.09 RPC)", env!("CARGO_PKG_VERSION")),
+            "fields": {"major": 24, "minor": 9, "patch": 0, "suffix": ""}
+        }))
+    });
+    // The config is loaded before the socket opens, so init is always complete here.
+    m.register_sync("framework_wait_init", |_| Ok(Value::Bool(true)));
+    m.register_sync("save_config", |_| Ok(config::save_config()));
+    m.register_sync("spdk_kill_instance", move |p| {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct P {
+            sig_name: String,
+        }
+        let p: P = parse_params("spdk_kill_instance", p)?;
+        match p.sig_name.as_str() {
+            "SIGINT" | "SIGTERM" | "SIGQUIT" | "SIGHUP" | "SIGKILL" | "2" | "15" | "3" | "1"
+            | "9" => {}
+            s => {
+                return Err(bdev_core::Error::invalid(
+                    "params of spdk_kill_instance",
+                    format!("unknown signal {s}"),
+                ));
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        Ok(Value::Bool(true))
+    });
+    let mut names: Vec<String> = m.names().map(str::to_string).collect();
+    names.push("rpc_get_methods".into());
+    names.sort();
+    m.register_sync("rpc_get_methods", move |_| Ok(json!(names)));
+    Rc::new(m)
+}
+
+async fn serve(
+    cfg: Option<ConfigFile>,
+    socket: PathBuf,
+    stop: Arc<AtomicBool>,
+) -> Result<(), String> {
+    let m = methods(stop.clone());
+    if let Some(c) = &cfg {
+        c.load(&m).await.map_err(|e| e.to_string())?;
+    }
+    let server = Rc::new(RefCell::new(Some(
+        RpcServer::listen(&socket, m).map_err(|e| e.to_string())?,
+    )));
+    while !stop.load(Ordering::Relaxed) {
+        let _ = thread::sleep_us(20_000).await;
+    }
+    // Let the answer to spdk_kill_instance go out, then close the socket.
+    let _ = thread::sleep_us(5_000).await;
+    server.borrow_mut().take();
+    tracing::info!("shutting down");
+    Ok(())
+}

@@ -1,0 +1,294 @@
+//! bdevd driven over its JSON-RPC socket, as SPDK's rpc.py would: methods, SPDK's error
+//! codes, bad input that leaves the daemon serving, save_config round trips, shutdown.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+struct Daemon {
+    child: Child,
+    sock: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("bdevd-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn start(name: &str, config: Option<&Path>) -> Daemon {
+    let sock = tmp(&format!("{name}.sock"));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bdevd"));
+    cmd.arg("-r")
+        .arg(&sock)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(c) = config {
+        cmd.arg("-c").arg(c);
+    }
+    let child = cmd.spawn().unwrap();
+    let t = Instant::now();
+    while UnixStream::connect(&sock).is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "bdevd did not open {}",
+            sock.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Daemon { child, sock }
+}
+
+struct Client {
+    s: UnixStream,
+    buf: Vec<u8>,
+    id: u64,
+}
+
+impl Client {
+    fn new(d: &Daemon) -> Client {
+        let s = UnixStream::connect(&d.sock).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        Client {
+            s,
+            buf: Vec::new(),
+            id: 0,
+        }
+    }
+
+    /// Sends raw bytes and reads one JSON value back (None if the server closed). A write
+    /// cut short by the server closing (after an oversized request) still reads its answer.
+    fn raw(&mut self, bytes: &[u8]) -> Option<Value> {
+        let _ = self.s.write_all(bytes);
+        loop {
+            let mut it = serde_json::Deserializer::from_slice(&self.buf).into_iter::<Value>();
+            match it.next() {
+                Some(Ok(v)) => {
+                    let used = it.byte_offset();
+                    self.buf.drain(..used);
+                    return Some(v);
+                }
+                Some(Err(e)) if !e.is_eof() => panic!("server sent bad JSON: {e}"),
+                _ => {}
+            }
+            let mut chunk = [0u8; 65536];
+            let n = self.s.read(&mut chunk).unwrap_or(0);
+            if n == 0 {
+                return None;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    fn call(&mut self, method: &str, params: Value) -> Value {
+        self.id += 1;
+        let mut req = json!({"jsonrpc": "2.0", "method": method, "id": self.id});
+        if !params.is_null() {
+            req["params"] = params;
+        }
+        let v = self
+            .raw(&serde_json::to_vec(&req).unwrap())
+            .expect("an answer");
+        assert_eq!(v["id"], self.id, "{v}");
+        v
+    }
+}
+
+fn code(v: &Value) -> i64 {
+    v["error"]["code"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("not an error: {v}"))
+}
+
+#[test]
+fn methods_errors_and_bad_input() {
+    let d = start("methods", None);
+    let mut c = Client::new(&d);
+    let names = c.call("rpc_get_methods", Value::Null);
+    for m in [
+        "bdev_malloc_create",
+        "bdev_null_delete",
+        "bdev_get_bdevs",
+        "save_config",
+        "spdk_kill_instance",
+    ] {
+        assert!(
+            names["result"].as_array().unwrap().iter().any(|n| n == m),
+            "{m} missing: {names}"
+        );
+    }
+    assert_eq!(
+        c.call("spdk_get_version", Value::Null)["result"]["fields"]["major"],
+        24
+    );
+    assert_eq!(c.call("framework_wait_init", Value::Null)["result"], true);
+    let r = c.call(
+        "bdev_malloc_create",
+        json!({"name": "M0", "num_blocks": 2048, "block_size": 512}),
+    );
+    assert_eq!(r["result"], "M0");
+    // Duplicate name: SPDK answers with -EEXIST.
+    let r = c.call(
+        "bdev_malloc_create",
+        json!({"name": "M0", "num_blocks": 2048, "block_size": 512}),
+    );
+    assert_eq!(code(&r), -17, "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("already exists")
+    );
+    // Wrong type, missing param, unknown param, invalid value.
+    assert_eq!(
+        code(&c.call(
+            "bdev_malloc_create",
+            json!({"num_blocks": "8", "block_size": 512})
+        )),
+        -32602
+    );
+    assert_eq!(
+        code(&c.call("bdev_null_create", json!({"name": "n", "block_size": 512}))),
+        -32602
+    );
+    assert_eq!(
+        code(&c.call(
+            "bdev_null_create",
+            json!({"name": "n", "num_blocks": 8, "block_size": 512, "frob": 1})
+        )),
+        -32602
+    );
+    let r = c.call(
+        "bdev_null_create",
+        json!({"name": "n", "num_blocks": 8, "block_size": 500}),
+    );
+    assert!(
+        code(&r) < 0
+            && r["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("multiple of 512"),
+        "{r}"
+    );
+    assert_eq!(code(&c.call("bdev_frobnicate", json!({}))), -32601);
+    assert_eq!(
+        code(&c.call("bdev_malloc_delete", json!({"name": "nope"}))),
+        -19
+    );
+    assert_eq!(
+        code(&c.call("bdev_get_bdevs", json!({"name": "nope"}))),
+        -19
+    );
+    let b = c.call("bdev_get_bdevs", json!({"name": "M0"}));
+    let b = &b["result"][0];
+    assert_eq!(
+        (b["block_size"].as_u64(), b["num_blocks"].as_u64()),
+        (Some(512), Some(2048))
+    );
+    assert_eq!(b["product_name"], "Malloc disk");
+    assert_eq!(b["supported_io_types"]["unmap"], true);
+    // Not JSON-RPC: an array, no version, params of the wrong kind.
+    assert_eq!(code(&c.raw(b"[1,2]").unwrap()), -32600);
+    assert_eq!(
+        code(&c.raw(br#"{"method":"rpc_get_methods","id":7}"#).unwrap()),
+        -32600
+    );
+    assert_eq!(
+        code(
+            &c.raw(br#"{"jsonrpc":"2.0","method":"rpc_get_methods","params":3,"id":8}"#)
+                .unwrap()
+        ),
+        -32600
+    );
+    // Garbage: a parse error, and that connection closes...
+    let mut g = Client::new(&d);
+    assert_eq!(
+        code(&g.raw(b"{\"jsonrpc\": \"2.0\", \"method\": }").unwrap()),
+        -32700
+    );
+    assert!(
+        g.raw(b"{}").is_none(),
+        "the connection closes after a parse error"
+    );
+    // ...as does a request over 1 MiB; the daemon keeps serving everyone else.
+    let mut big = Client::new(&d);
+    let huge = format!(
+        "{{\"jsonrpc\":\"2.0\",\"method\":\"bdev_get_bdevs\",\"id\":1,\"params\":{{\"name\":\"{}\"}}}}",
+        "x".repeat(2 << 20)
+    );
+    let r = big.raw(huge.as_bytes()).expect("an error answer");
+    assert_eq!(code(&r), -32600, "{r}");
+    assert_eq!(
+        c.call("bdev_malloc_delete", json!({"name": "M0"}))["result"],
+        true
+    );
+    assert_eq!(c.call("bdev_get_bdevs", Value::Null)["result"], json!([]));
+}
+
+#[test]
+fn save_config_round_trips_and_shutdown_is_orderly() {
+    let cfg = tmp("start.json");
+    std::fs::write(
+        &cfg,
+        r#"{"subsystems":[{"subsystem":"accel","config":[]},{"subsystem":"bdev","config":[
+            {"method":"bdev_set_options","params":{"bdev_io_pool_size":4096,"bdev_io_cache_size":64}},
+            {"method":"bdev_malloc_create","params":{"name":"Malloc0","num_blocks":4096,"block_size":4096,"uuid":"0b5d3d2a-1c0e-4f4e-9d1a-2f6a0c3e8b11"}},
+            {"method":"bdev_null_create","params":{"name":"Null0","num_blocks":100000,"block_size":512}},
+            {"method":"bdev_wait_for_examine"}]}]}"#,
+    )
+    .unwrap();
+    let a = start("save_a", Some(&cfg));
+    let mut ca = Client::new(&a);
+    let saved = ca.call("save_config", Value::Null)["result"].clone();
+    let bdevs_a = ca.call("bdev_get_bdevs", Value::Null)["result"].clone();
+    assert_eq!(
+        ca.call("spdk_kill_instance", json!({"sig_name": "SIGINT"}))["result"],
+        true
+    );
+    let mut a = a;
+    let st = a.child.wait().unwrap();
+    assert!(st.success(), "bdevd exit {st:?}");
+    assert!(!a.sock.exists(), "socket removed at shutdown");
+
+    let saved_path = tmp("saved.json");
+    std::fs::write(&saved_path, serde_json::to_vec_pretty(&saved).unwrap()).unwrap();
+    let b = start("save_b", Some(&saved_path));
+    let mut cb = Client::new(&b);
+    let bdevs_b = cb.call("bdev_get_bdevs", Value::Null)["result"].clone();
+    assert_eq!(bdevs_a, bdevs_b, "load, save, load gives the same bdevs");
+    assert_eq!(cb.call("save_config", Value::Null)["result"], saved);
+    assert_eq!(bdevs_b[0]["uuid"], "0b5d3d2a-1c0e-4f4e-9d1a-2f6a0c3e8b11");
+    // SIGTERM stops it in order too.
+    let mut b = b;
+    Command::new("kill")
+        .args(["-TERM", &b.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(b.child.wait().unwrap().success());
+}
+
+#[test]
+fn a_socket_in_use_is_refused() {
+    let a = start("inuse", None);
+    let o = Command::new(env!("CARGO_BIN_EXE_bdevd"))
+        .arg("-r")
+        .arg(&a.sock)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("in use"), "{err}");
+    // The first daemon still answers.
+    assert!(Client::new(&a).call("spdk_get_version", Value::Null)["result"].is_object());
+}
