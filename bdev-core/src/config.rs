@@ -88,6 +88,32 @@ impl Methods {
             };
             Ok(Value::Array(bdevs.iter().map(bdev_info).collect()))
         });
+        m.register("bdev_get_iostat", |p| {
+            Box::pin(async move {
+                #[derive(Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct P {
+                    name: Option<String>,
+                    #[serde(default)]
+                    per_channel: bool,
+                }
+                let p: P = parse_params("bdev_get_iostat", p)?;
+                if p.per_channel {
+                    return Err(Error::invalid("params of bdev_get_iostat", "per_channel is not supported yet"));
+                }
+                let bdevs = match p.name {
+                    Some(n) => vec![crate::bdev::get_by_name(&n).ok_or(Error::NoSuchBdev { name: n })?],
+                    None => crate::bdev::list(),
+                };
+                let mut out = Vec::new();
+                for b in bdevs {
+                    let mut v = serde_json::to_value(b.iostat().await?).map_err(|e| Error::Config(e.to_string()))?;
+                    v["name"] = Value::String(b.name().to_string());
+                    out.push(v);
+                }
+                Ok(serde_json::json!({"tick_rate": crate::thread::ticks_hz(), "ticks": crate::thread::now(), "bdevs": out}))
+            })
+        });
         m.register_sync("bdev_wait_for_examine", |p| {
             if p.as_ref()
                 .is_some_and(|v| !v.is_null() && v.as_object().is_none_or(|o| !o.is_empty()))

@@ -545,3 +545,52 @@ fn config_methods_create_and_delete() {
     });
     assert!(e);
 }
+
+#[test]
+fn iostat_sums_every_channel_including_departed_ones() {
+    let h = Harness::new(2);
+    h.run_on(0, || {
+        malloc::create(MallocOpts::new("m_stat", 64, 512)).unwrap()
+    });
+    let desc = Arc::new(h.run_on(0, || Desc::open("m_stat", true, |_| {}).unwrap()));
+    let mut kept = Vec::new();
+    for t in 0..2usize {
+        let d = desc.clone();
+        let ch = h.block_on(t, async move {
+            let ch = d.get_io_channel().unwrap();
+            for i in 0..(t as u64 + 1) * 3 {
+                d.write_blocks(&ch, DmaBuf::page_aligned(1024).unwrap(), i, 2)
+                    .await
+                    .unwrap();
+                d.read_blocks(&ch, DmaBuf::page_aligned(512).unwrap(), i, 1)
+                    .await
+                    .unwrap();
+            }
+            d.unmap_blocks(&ch, 0, 8).await.unwrap();
+            // Thread 1's channel stays open; thread 0's is dropped here (its counts retire).
+            (t == 1).then_some(ch)
+        });
+        kept.extend(ch);
+    }
+    let s = h.block_on(0, async {
+        get_by_name("m_stat").unwrap().iostat().await.unwrap()
+    });
+    assert_eq!((s.num_write_ops, s.bytes_written), (9, 9 * 1024));
+    assert_eq!((s.num_read_ops, s.bytes_read), (9, 9 * 512));
+    assert_eq!((s.num_unmap_ops, s.bytes_unmapped), (2, 2 * 8 * 512));
+    assert!(s.max_read_latency_ticks >= s.min_read_latency_ticks);
+    let mut m = bdev_core::config::Methods::new();
+    crate::register_methods(&mut m);
+    let v = h.block_on(0, async move {
+        m.call(
+            "bdev_get_iostat",
+            Some(serde_json::json!({"name": "m_stat"})),
+        )
+        .await
+        .unwrap()
+    });
+    assert_eq!(v["bdevs"][0]["name"], "m_stat");
+    assert_eq!(v["bdevs"][0]["num_read_ops"], 9);
+    assert!(v["tick_rate"].as_u64().unwrap() > 0);
+    drop(kept);
+}

@@ -50,6 +50,15 @@ pub(crate) struct ChanCtx {
     pub(crate) module: Box<dyn ErasedChannel>,
     pub(crate) tctx: Rc<ThreadCtx>,
     pub(crate) outstanding: Cell<u64>,
+    pub(crate) stats: super::stats::ChannelStats,
+}
+
+impl Drop for ChanCtx {
+    fn drop(&mut self) {
+        // The bdev keeps what its departed channels counted.
+        let mut retired = self.bdev.retired.lock().unwrap_or_else(|e| e.into_inner());
+        retired.add(&self.stats);
+    }
 }
 
 impl ChanCtx {
@@ -65,6 +74,7 @@ impl ChanCtx {
             module,
             tctx,
             outstanding: Cell::new(0),
+            stats: Default::default(),
         })
     }
 }

@@ -223,6 +223,10 @@ fn finish(mut ctx: Box<IoCtx>) {
     ctx.iovs.clear();
     ch.outstanding.set(ch.outstanding.get() - 1);
     let tctx = &ch.tctx;
+    let ticks = tctx.now.get().saturating_sub(ctx.submit_tick);
+    let bytes = ctx.num_blocks * ctx.block_len as u64;
+    ch.stats
+        .record(ctx.io_type, bytes, ticks, status.is_success());
     tctx.free(ctx);
     if let Some(cb) = cb {
         cb.call(status, payload);

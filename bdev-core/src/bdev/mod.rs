@@ -33,6 +33,7 @@ mod props;
 mod queue;
 mod registry;
 mod request;
+mod stats;
 mod types;
 
 pub use channel::BdevChannel;
@@ -43,6 +44,7 @@ pub use props::BdevProps;
 pub use queue::IoQueue;
 pub use registry::{Bdev, get_by_name, list, register};
 pub use request::{IoFuture, IoRequest};
+pub use stats::IoStats;
 pub use types::{BdevEvent, Completion, IoError, IoPayload, IoStatus, IoType, Payload, Reject};
 
 use std::sync::atomic::{AtomicIsize, Ordering};

@@ -59,6 +59,8 @@ pub(crate) struct BdevInner {
     pub(crate) ops: Box<dyn ErasedOps>,
     pub(crate) dev: IoDevice<ChanCtx>,
     pub(crate) state: Mutex<BdevState>,
+    /// Statistics of channels already destroyed.
+    pub(crate) retired: Mutex<super::stats::StatsSum>,
     rt: Weak<Runtime>,
 }
 
@@ -201,6 +203,7 @@ pub fn register<T: BdevOps>(mut props: BdevProps, ops: Arc<T>) -> Result<Bdev> {
                 unregister: Vec::new(),
                 finishing: false,
             }),
+            retired: Mutex::new(Default::default()),
             rt: Arc::downgrade(&rt),
             props,
         }
@@ -367,6 +370,30 @@ impl Bdev {
             self.0.notify(BdevEvent::Remove);
         }
         self.0.maybe_finish_unregister();
+    }
+
+    /// The bdev's I/O statistics: every channel's, gathered on its thread, plus those of
+    /// channels already gone (`bdev_get_iostat`).
+    pub async fn iostat(&self) -> Result<super::IoStats> {
+        let acc = Arc::new(Mutex::new(
+            self.0
+                .retired
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        ));
+        let (tx, rx) = crate::oneshot::channel();
+        let a = acc.clone();
+        self.0.dev.for_each_channel(
+            move |ch, next| {
+                a.lock().unwrap_or_else(|e| e.into_inner()).add(&ch.stats);
+                next.next(Ok(()));
+            },
+            move |r| tx.send(r),
+        )?;
+        rx.await.unwrap_or(Err(Error::Stopping))?;
+        let s = acc.lock().unwrap_or_else(|e| e.into_inner()).to_iostats();
+        Ok(s)
     }
 
     /// [`Bdev::unregister`] as a future.
