@@ -1,6 +1,6 @@
 //! bdevperf as a user runs it: the binary, its output and its exit codes.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -359,27 +359,39 @@ fn progress_lines_and_one_job_per_core() {
 
 #[test]
 fn sigint_drains_the_jobs_and_prints_the_table() {
-    let child = Command::new(env!("CARGO_BIN_EXE_bdevperf"))
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bdevperf"))
         .args(["-q", "16", "-o", "4096", "-w", "randread", "-t", "60"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    // Wait until the run has started (the handler is installed before that), however
+    // slow the machine is, then interrupt it.
+    let mut reader = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    reader.read_line(&mut first).unwrap();
+    assert!(first.starts_with("Running I/O for 60 seconds"), "{first}");
+    std::thread::sleep(Duration::from_millis(500));
     let start = Instant::now();
     let killed = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
-    let o = child.wait_with_output().unwrap();
-    let (out, err) = text(&o);
+    let mut out = String::new();
+    reader.read_to_string(&mut out).unwrap();
+    let st = child.wait().unwrap();
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
     assert!(
-        start.elapsed() < Duration::from_secs(20),
+        start.elapsed() < Duration::from_secs(30),
         "took {:?} to stop",
         start.elapsed()
     );
-    assert!(o.status.success(), "{out}\n{err}");
+    assert!(st.success(), "{out}\n{err}");
     assert!(
         out.contains("Received shutdown signal, test time was about "),
         "{out}"
