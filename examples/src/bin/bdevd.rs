@@ -9,7 +9,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use bdev_core::app::{self, AppOpts, CpuMask};
+use bdev_core::app::CpuMask;
 use bdev_core::config::{self, ConfigFile, Methods, parse_params};
 use bdev_core::thread;
 use bdev_rpc::RpcServer;
@@ -33,81 +33,19 @@ struct Cli {
     rpc_socket: PathBuf,
 }
 
-fn fail(msg: &str) -> ! {
-    eprintln!("bdevd: {msg}");
-    std::process::exit(1);
-}
-
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let cli = match Cli::try_parse() {
-        Ok(c) => c,
-        Err(e)
-            if matches!(
-                e.kind(),
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
-            ) =>
-        {
-            print!("{e}");
-            std::process::exit(0);
-        }
-        Err(e) => fail(
-            e.to_string()
-                .lines()
-                .next()
-                .unwrap_or("invalid arguments")
-                .trim_start_matches("error: "),
-        ),
-    };
+    bdev_examples::init_tracing();
+    let cli: Cli = bdev_examples::parse_cli("bdevd");
     let cores: CpuMask = cli
         .cpumask
         .parse()
-        .unwrap_or_else(|e: bdev_core::Error| fail(&e.to_string()));
-    let cfg = cli
-        .config
-        .as_ref()
-        .map(|p| ConfigFile::read(p).unwrap_or_else(|e| fail(&e.to_string())));
-    let bdev_opts = match cfg.as_ref().map(|c| c.bdev_opts()) {
-        Some(Err(e)) => fail(&e.to_string()),
-        Some(Ok(Some(o))) => o,
-        _ => Default::default(),
-    };
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        if let Err(e) = signal_hook::flag::register(sig, stop.clone()) {
-            fail(&format!("installing signal handler: {e}"));
-        }
-    }
+        .unwrap_or_else(|e: bdev_core::Error| bdev_examples::fail("bdevd", &e.to_string()));
+    let (cfg, bdev_opts) = bdev_examples::load_config("bdevd", cli.config.as_deref());
+    let stop = bdev_examples::stop_flag("bdevd");
     let socket = cli.rpc_socket.clone();
-    let opts = AppOpts {
-        name: "bdevd".into(),
-        cores,
-        bdev: bdev_opts,
-    };
-    let rc = app::start(opts, move || {
-        let r = thread::spawn_local(async move {
-            let rc = match serve(cfg, socket, stop).await {
-                Ok(()) => 0,
-                Err(e) => {
-                    eprintln!("bdevd: {e}");
-                    1
-                }
-            };
-            let _ = app::stop(rc);
-        });
-        if r.is_err() {
-            let _ = app::stop(1);
-        }
-    });
-    match rc {
-        Ok(rc) => std::process::exit(rc),
-        Err(e) => fail(&e.to_string()),
-    }
+    bdev_examples::run_app("bdevd", cores, bdev_opts, move || async move {
+        serve(cfg, socket, stop).await.map(|()| 0)
+    })
 }
 
 /// The methods bdevd serves: the bdev layer's, each module's, and the application's own.

@@ -15,7 +15,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use bdev_core::app::{self, AppOpts, CpuMask};
+use bdev_core::app::{self, CpuMask};
 use bdev_core::bdev::{Bdev, IoType, get_by_name, list};
 use bdev_core::config::{ConfigFile, Methods};
 use bdev_core::oneshot;
@@ -26,12 +26,7 @@ use args::{Params, Parsed, Workload};
 use job::{Job, JobSlot, JobSpec, JobStats};
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    bdev_examples::init_tracing();
     let p = match args::parse() {
         Ok(Parsed::Run(p)) => p,
         Ok(Parsed::Info(text)) => {
@@ -40,50 +35,16 @@ fn main() {
         }
         Err(e) => fail(&e),
     };
-    let config = p
-        .config
-        .as_ref()
-        .map(|path| ConfigFile::read(path).unwrap_or_else(|e| fail(&e.to_string())));
-    let bdev_opts = match config.as_ref().map(|c| c.bdev_opts()) {
-        Some(Err(e)) => fail(&e.to_string()),
-        Some(Ok(Some(o))) => o,
-        _ => Default::default(),
-    };
-    let signal = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        if let Err(e) = signal_hook::flag::register(sig, signal.clone()) {
-            fail(&format!("installing signal handler: {e}"));
-        }
-    }
-    let opts = AppOpts {
-        name: "bdevperf".into(),
-        cores: p.cores.clone(),
-        bdev: bdev_opts,
-    };
-    let rc = app::start(opts, move || {
-        let spawned = thread::spawn_local(async move {
-            let rc = match run(Arc::new(p), config, signal).await {
-                Ok(rc) => rc,
-                Err(e) => {
-                    eprintln!("bdevperf: {e}");
-                    1
-                }
-            };
-            let _ = app::stop(rc);
-        });
-        if spawned.is_err() {
-            let _ = app::stop(1);
-        }
-    });
-    match rc {
-        Ok(rc) => std::process::exit(rc),
-        Err(e) => fail(&e.to_string()),
-    }
+    let (config, bdev_opts) = bdev_examples::load_config("bdevperf", p.config.as_deref());
+    let signal = bdev_examples::stop_flag("bdevperf");
+    let cores = p.cores.clone();
+    bdev_examples::run_app("bdevperf", cores, bdev_opts, move || {
+        run(Arc::new(p), config, signal)
+    })
 }
 
 fn fail(msg: &str) -> ! {
-    eprintln!("bdevperf: {msg}");
-    std::process::exit(1);
+    bdev_examples::fail("bdevperf", msg)
 }
 
 /// The I/O type a workload needs from every bdev.
