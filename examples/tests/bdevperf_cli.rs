@@ -399,3 +399,75 @@ fn sigint_drains_the_jobs_and_prints_the_table() {
     let (iops, _) = total(&out);
     assert!(iops > 0.0, "{out}");
 }
+
+#[test]
+fn wait_for_rpc_runs_a_test_per_perform_tests() {
+    use std::os::unix::net::UnixStream;
+    let sock = std::env::temp_dir().join(format!("bdevperf-z-{}.sock", std::process::id()));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bdevperf"))
+        .args([
+            "-z",
+            "-r",
+            sock.to_str().unwrap(),
+            "-q",
+            "4",
+            "-o",
+            "4096",
+            "-w",
+            "verify",
+            "-t",
+            "1",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    let mut s = loop {
+        if let Ok(s) = UnixStream::connect(&sock) {
+            break s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "no RPC socket");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    for id in 1..=2 {
+        let req = format!("{{\"jsonrpc\":\"2.0\",\"method\":\"perform_tests\",\"id\":{id}}}");
+        s.write_all(req.as_bytes()).unwrap();
+        let mut buf = Vec::new();
+        let v: serde_json::Value = loop {
+            let mut chunk = [0u8; 65536];
+            let n = s.read(&mut chunk).unwrap();
+            assert!(n > 0, "connection closed");
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(Ok(v)) = serde_json::Deserializer::from_slice(&buf)
+                .into_iter::<serde_json::Value>()
+                .next()
+            {
+                break v;
+            }
+        };
+        let r = &v["result"]["results"][0];
+        assert_eq!(r["job"], "Malloc0", "{v}");
+        assert_eq!(r["status"], "finished", "{v}");
+        assert!(r["iops"].as_f64().unwrap() > 0.0, "{v}");
+    }
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let st = child.wait().unwrap();
+    assert!(st.success());
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert_eq!(
+        out.matches("Running I/O for 1 seconds...").count(),
+        2,
+        "{out}"
+    );
+}

@@ -162,6 +162,17 @@ struct Cli {
     /// Submit I/O through the async (future) API instead of callbacks
     #[arg(long = "async")]
     async_api: bool,
+    /// Wait for the perform_tests RPC (SPDK's bdevperf.py) instead of running at once
+    #[arg(short = 'z')]
+    wait_for_rpc: bool,
+    /// JSON-RPC socket for -z
+    #[arg(
+        short = 'r',
+        long = "rpc-socket",
+        value_name = "path",
+        default_value = "/var/tmp/spdk.sock"
+    )]
+    rpc_socket: PathBuf,
 }
 
 /// Checked parameters.
@@ -178,6 +189,8 @@ pub struct Params {
     pub show_period_s: Option<u64>,
     pub continue_on_failure: bool,
     pub async_api: bool,
+    pub wait_for_rpc: bool,
+    pub rpc_socket: PathBuf,
 }
 
 /// What parsing decided: run, or print and exit.
@@ -245,6 +258,8 @@ pub fn parse() -> Result<Parsed, String> {
         show_period_s: cli.show_period,
         continue_on_failure: cli.continue_on_failure,
         async_api: cli.async_api,
+        wait_for_rpc: cli.wait_for_rpc,
+        rpc_socket: cli.rpc_socket,
     }))
 }
 

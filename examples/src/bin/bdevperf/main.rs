@@ -73,6 +73,98 @@ async fn run(
             malloc::create(MallocOpts::new("Malloc0", 32768, 4096)).map_err(|e| e.to_string())?;
         }
     }
+    if p.wait_for_rpc {
+        return serve(p, methods, signal).await;
+    }
+    run_tests(&p, signal).await.map(|(rc, _)| rc)
+}
+
+/// `-z`: serve JSON-RPC (the stack's methods and `perform_tests`, as SPDK's bdevperf.py
+/// calls it) until SIGINT/SIGTERM; each `perform_tests` runs the test and answers with its
+/// results.
+async fn serve(
+    p: Arc<Params>,
+    mut methods: Methods,
+    signal: Arc<AtomicBool>,
+) -> Result<i32, String> {
+    let running = Rc::new(Cell::new(false));
+    let (p2, sig) = (p.clone(), signal.clone());
+    methods.register("perform_tests", move |params| {
+        let (p, sig, running) = (p2.clone(), sig.clone(), running.clone());
+        Box::pin(async move {
+            if params
+                .as_ref()
+                .is_some_and(|v| !v.is_null() && v.as_object().is_none_or(|o| !o.is_empty()))
+            {
+                return Err(bdev_core::Error::invalid(
+                    "params of perform_tests",
+                    "parameters are not supported yet",
+                ));
+            }
+            if running.replace(true) {
+                return Err(bdev_core::Error::BdevBusy {
+                    name: "bdevperf".into(),
+                    op: "perform_tests (a test is running)",
+                    open: 1,
+                });
+            }
+            let r = run_tests(&p, sig).await;
+            running.set(false);
+            match r {
+                Ok((0, results)) => Ok(results_json(&p, &results)),
+                Ok((rc, _)) => Err(bdev_core::Error::invalid(
+                    "perform_tests",
+                    format!("test failed (rc {rc})"),
+                )),
+                Err(e) => Err(bdev_core::Error::invalid("perform_tests", e)),
+            }
+        })
+    });
+    let _server =
+        bdev_rpc::RpcServer::listen(&p.rpc_socket, Rc::new(methods)).map_err(|e| e.to_string())?;
+    while !signal.load(Ordering::Relaxed) {
+        let _ = thread::sleep_us(20_000).await;
+    }
+    Ok(0)
+}
+
+/// The results of a run as the perform_tests RPC returns them (SPDK's field names).
+fn results_json(p: &Params, results: &[JobStats]) -> serde_json::Value {
+    let jobs: Vec<serde_json::Value> = results
+        .iter()
+        .map(|j| {
+            let iops = if j.runtime_s > 0.0 {
+                j.completed as f64 / j.runtime_s
+            } else {
+                0.0
+            };
+            let n = j.completed + j.failed;
+            serde_json::json!({
+                "job": j.spec.bdev,
+                "core_mask": CpuMask::single(j.spec.core).to_string(),
+                "workload": p.workload.name(),
+                "status": if j.ended_with_error { "failed" } else { "finished" },
+                "queue_depth": j.spec.queue_depth,
+                "io_size": p.io_size,
+                "runtime": j.runtime_s,
+                "iops": iops,
+                "mibps": iops * p.io_size as f64 / 1_048_576.0,
+                "io_failed": j.failed,
+                "io_timeout": 0,
+                "avg_latency_us": if n == 0 { 0.0 } else { j.lat_sum_us / n as f64 },
+                "min_latency_us": j.lat_min_us,
+                "max_latency_us": j.lat_max_us,
+            })
+        })
+        .collect();
+    serde_json::json!({"results": jobs, "core_count": app::cores().map(|c| c.len()).unwrap_or(0)})
+}
+
+/// One test: a job per core per bdev, run to the end, the report printed.
+async fn run_tests(
+    p: &Arc<Params>,
+    signal: Arc<AtomicBool>,
+) -> Result<(i32, Vec<JobStats>), String> {
     let bdevs: Vec<Bdev> = match &p.target {
         Some(t) => vec![get_by_name(t).ok_or_else(|| format!("Unable to find bdev '{t}'"))?],
         None => list()
@@ -235,13 +327,16 @@ async fn run(
             println!("{e}");
         }
     }
-    print!("{}", report::table(&results, &p, true));
+    print!("{}", report::table(&results, p, true));
     let errors = results.iter().any(|j| j.ended_with_error);
-    Ok(if errors || failed_to_start > 0 {
-        255
-    } else {
-        0
-    })
+    Ok((
+        if errors || failed_to_start > 0 {
+            255
+        } else {
+            0
+        },
+        results,
+    ))
 }
 
 /// Figures of every running job, in job order.
