@@ -200,3 +200,127 @@ impl Drop for Harness {
         set_current(None);
     }
 }
+
+/// A closed loop of single-block I/Os on one bdev, each completion submitting the next at a
+/// pseudo-random LBA: the workload of the I/O-path benchmarks and the allocation tests.
+/// Reads only, or reads and writes alternating per task.
+pub struct IoLoop {
+    desc: crate::bdev::Desc,
+    ch: crate::bdev::BdevChannel,
+    done: std::cell::Cell<u64>,
+    failed: std::cell::Cell<u64>,
+    stop: std::cell::Cell<bool>,
+    blocks: u64,
+    block_len: usize,
+    seed: std::cell::Cell<u64>,
+}
+
+impl std::fmt::Debug for IoLoop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "IoLoop({} done)", self.done.get())
+    }
+}
+
+impl IoLoop {
+    /// Opens `bdev` for writing and gets a channel, on the current thread.
+    pub fn open(bdev: &str) -> crate::Result<std::rc::Rc<IoLoop>> {
+        let desc = crate::bdev::Desc::open(bdev, true, |_| {})?;
+        let ch = desc.get_io_channel()?;
+        let b = desc.bdev();
+        Ok(std::rc::Rc::new(IoLoop {
+            blocks: b.num_blocks(),
+            block_len: b.block_len() as usize,
+            desc,
+            ch,
+            done: Default::default(),
+            failed: Default::default(),
+            stop: Default::default(),
+            seed: std::cell::Cell::new(0x2545_f491_4f6c_dd1d),
+        }))
+    }
+
+    fn lba(&self) -> u64 {
+        let mut x = self.seed.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.seed.set(x);
+        x % self.blocks
+    }
+
+    fn buf(&self) -> crate::Result<crate::dma::DmaBuf> {
+        crate::dma::DmaBuf::new(
+            self.block_len,
+            self.desc.bdev().buf_align().max(crate::dma::DEFAULT_ALIGN),
+        )
+    }
+
+    fn submit(self: &std::rc::Rc<Self>, buf: crate::dma::DmaBuf, write: bool, mix: bool) {
+        let me = self.clone();
+        let lba = self.lba();
+        let req = if write {
+            self.desc.write_blocks(&self.ch, buf, lba, 1)
+        } else {
+            self.desc.read_blocks(&self.ch, buf, lba, 1)
+        };
+        req.submit(move |c| {
+            me.count(c.is_success());
+            if !me.stop.get() {
+                me.submit(c.payload, mix && !write, mix);
+            }
+        });
+    }
+
+    fn count(&self, ok: bool) {
+        if !ok {
+            self.failed.set(self.failed.get() + 1);
+        }
+        self.done.set(self.done.get() + 1);
+    }
+
+    /// Starts `depth` tasks driven by callbacks; `mix` alternates reads and writes.
+    pub fn start(self: &std::rc::Rc<Self>, depth: usize, mix: bool) -> crate::Result<()> {
+        for i in 0..depth {
+            self.submit(self.buf()?, mix && i % 2 == 0, mix);
+        }
+        Ok(())
+    }
+
+    /// Starts `depth` tasks that `.await` each read.
+    pub fn start_async(self: &std::rc::Rc<Self>, depth: usize) -> crate::Result<()> {
+        for _ in 0..depth {
+            let (me, mut buf) = (self.clone(), self.buf()?);
+            crate::thread::spawn_local(async move {
+                while !me.stop.get() {
+                    let r = me.desc.read_blocks(&me.ch, buf, me.lba(), 1).await;
+                    me.count(r.is_ok());
+                    buf = r.unwrap_or_else(|e| e.payload);
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// I/Os completed so far.
+    pub fn done(&self) -> u64 {
+        self.done.get()
+    }
+
+    /// I/Os that failed so far.
+    pub fn failed(&self) -> u64 {
+        self.failed.get()
+    }
+
+    /// Polls thread `t` of `h` until `n` I/Os have completed in all.
+    pub fn run_until(&self, h: &Harness, t: usize, n: u64) {
+        while self.done.get() < n {
+            h.poll_thread(t);
+        }
+    }
+
+    /// Stops resubmitting and lets what is in flight complete.
+    pub fn stop(&self, h: &Harness) {
+        self.stop.set(true);
+        h.poll_threads();
+    }
+}
