@@ -2,7 +2,7 @@
 //! `{"subsystems":[{"subsystem":"bdev","config":[{"method":..., "params":{...}}]}]}`.
 //!
 //! Methods are looked up in a [`Methods`] table that each module crate fills with its
-//! config/RPC methods (`bdev_malloc::register_methods(&mut methods)`); a method only
+//! config/RPC methods (`methods.add_module(...)`, see [`crate::module`]); a method only
 //! deserialises its params into the module's typed options and calls its `create`.
 //! Subsystems other than `bdev` are skipped with a warning; in `bdev`, an unknown or failing
 //! method stops the load with an error naming it, its index and the reason.
@@ -200,6 +200,7 @@ pub fn bdev_info(b: &crate::bdev::Bdev) -> Value {
 pub fn save_config() -> Value {
     let opts = crate::thread::with_current(|t| t.runtime().bdev.opts.clone()).unwrap_or_default();
     let mut config = vec![serde_json::json!({"method": "bdev_set_options", "params": opts})];
+    config.extend(crate::module::config_json());
     config.extend(
         crate::bdev::list()
             .iter()

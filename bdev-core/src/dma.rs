@@ -204,9 +204,35 @@ impl Iov {
         self.len == 0
     }
 
+    /// The part `[skip, skip + len)` of the segment (clamped to it).
+    pub(crate) fn sub(&self, skip: usize, len: usize) -> Iov {
+        let skip = skip.min(self.len);
+        Iov {
+            base: self.base.wrapping_add(skip),
+            len: len.min(self.len - skip),
+        }
+    }
+
     /// The segment viewed as a `libc::iovec` array, for passing to the kernel.
     pub fn as_iovecs(iovs: &[Iov]) -> *const libc::iovec {
         iovs.as_ptr().cast()
+    }
+}
+
+/// Appends the segments covering bytes `[skip, skip + need)` of `src`.
+pub(crate) fn push_sub_iovs(src: &[Iov], dst: &mut Vec<Iov>, mut skip: usize, mut need: usize) {
+    for s in src {
+        if need == 0 {
+            break;
+        }
+        if skip >= s.len {
+            skip -= s.len;
+            continue;
+        }
+        let v = s.sub(skip, need);
+        skip = 0;
+        need -= v.len;
+        dst.push(v);
     }
 }
 

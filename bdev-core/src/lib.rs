@@ -35,6 +35,7 @@ pub mod bdev;
 pub mod config;
 pub mod dma;
 mod error;
+pub mod module;
 pub mod oneshot;
 mod runtime;
 pub mod testing;

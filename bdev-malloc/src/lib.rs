@@ -6,14 +6,17 @@
 //!   untouched, writes are dropped; every I/O completes from a per-thread poller.
 //!
 //! Each has a serde `Opts` with SPDK's parameter names, `create(opts)` and `delete(name)`,
-//! and [`register_methods`] adds `bdev_malloc_create/delete` and `bdev_null_create/delete`
-//! to an application's method table.
+//! and [`register`] adds the two modules ([`MallocModule`], [`NullModule`]) to an
+//! application, with `bdev_malloc_create/delete` and `bdev_null_create/delete`.
 
 pub mod malloc;
 pub mod null;
 
 use bdev_core::bdev::{Bdev, get_by_name};
+use std::sync::Arc;
+
 use bdev_core::config::{Methods, parse_params};
+use bdev_core::module::BdevModule;
 use serde_json::Value;
 
 /// What can go wrong creating or deleting these bdevs.
@@ -75,32 +78,60 @@ struct DeleteParams {
     name: String,
 }
 
-/// Adds this crate's config/RPC methods to `m`.
-pub fn register_methods(m: &mut Methods) {
-    m.register_sync("bdev_malloc_create", |p| {
-        let opts: malloc::MallocOpts = parse_params("bdev_malloc_create", p)?;
-        let b = malloc::create(opts)?;
-        Ok(Value::String(b.name().to_string()))
-    });
-    m.register("bdev_malloc_delete", |p| {
-        Box::pin(async move {
-            let d: DeleteParams = parse_params("bdev_malloc_delete", p)?;
-            malloc::delete(&d.name).await?;
-            Ok(Value::Bool(true))
-        })
-    });
-    m.register_sync("bdev_null_create", |p| {
-        let opts: null::NullOpts = parse_params("bdev_null_create", p)?;
-        let b = null::create(opts)?;
-        Ok(Value::String(b.name().to_string()))
-    });
-    m.register("bdev_null_delete", |p| {
-        Box::pin(async move {
-            let d: DeleteParams = parse_params("bdev_null_delete", p)?;
-            null::delete(&d.name).await?;
-            Ok(Value::Bool(true))
-        })
-    });
+/// The malloc module (`bdev_malloc_create`, `bdev_malloc_delete`).
+#[derive(Debug, Default)]
+pub struct MallocModule;
+
+impl BdevModule for MallocModule {
+    fn name(&self) -> &'static str {
+        "malloc"
+    }
+
+    fn register_methods(&self, m: &mut Methods) {
+        m.register_sync("bdev_malloc_create", |p| {
+            let opts: malloc::MallocOpts = parse_params("bdev_malloc_create", p)?;
+            let b = malloc::create(opts)?;
+            Ok(Value::String(b.name().to_string()))
+        });
+        m.register("bdev_malloc_delete", |p| {
+            Box::pin(async move {
+                let d: DeleteParams = parse_params("bdev_malloc_delete", p)?;
+                malloc::delete(&d.name).await?;
+                Ok(Value::Bool(true))
+            })
+        });
+    }
+}
+
+/// The null module (`bdev_null_create`, `bdev_null_delete`).
+#[derive(Debug, Default)]
+pub struct NullModule;
+
+impl BdevModule for NullModule {
+    fn name(&self) -> &'static str {
+        "null"
+    }
+
+    fn register_methods(&self, m: &mut Methods) {
+        m.register_sync("bdev_null_create", |p| {
+            let opts: null::NullOpts = parse_params("bdev_null_create", p)?;
+            let b = null::create(opts)?;
+            Ok(Value::String(b.name().to_string()))
+        });
+        m.register("bdev_null_delete", |p| {
+            Box::pin(async move {
+                let d: DeleteParams = parse_params("bdev_null_delete", p)?;
+                null::delete(&d.name).await?;
+                Ok(Value::Bool(true))
+            })
+        });
+    }
+}
+
+/// Adds both modules of this crate to the current application and their methods to `m`.
+pub fn register(m: &mut Methods) -> bdev_core::Result<()> {
+    m.add_module(Arc::new(MallocModule))?;
+    m.add_module(Arc::new(NullModule))
 }
 
 /// Checks the metadata/DIF options neither bdev supports yet: they must be off.

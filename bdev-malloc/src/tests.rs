@@ -499,8 +499,11 @@ fn stopping_the_runtime_removes_bdevs_and_tells_openers() {
 #[test]
 fn config_methods_create_and_delete() {
     let h = Harness::new(1);
-    let mut m = bdev_core::config::Methods::new();
-    crate::register_methods(&mut m);
+    let m = h.run_on(0, || {
+        let mut m = bdev_core::config::Methods::new();
+        crate::register(&mut m).unwrap();
+        m
+    });
     let cfg = bdev_core::config::ConfigFile::parse(
         r#"{"subsystems":[{"subsystem":"bdev","config":[
             {"method":"bdev_malloc_create","params":{"name":"cm0","num_blocks":32,"block_size":512}},
@@ -579,8 +582,11 @@ fn iostat_sums_every_channel_including_departed_ones() {
     assert_eq!((s.num_read_ops, s.bytes_read), (9, 9 * 512));
     assert_eq!((s.num_unmap_ops, s.bytes_unmapped), (2, 2 * 8 * 512));
     assert!(s.max_read_latency_ticks >= s.min_read_latency_ticks);
-    let mut m = bdev_core::config::Methods::new();
-    crate::register_methods(&mut m);
+    let m = h.run_on(0, || {
+        let mut m = bdev_core::config::Methods::new();
+        crate::register(&mut m).unwrap();
+        m
+    });
     let v = h.block_on(0, async move {
         m.call(
             "bdev_get_iostat",

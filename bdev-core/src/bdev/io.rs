@@ -16,14 +16,19 @@ use crate::thread::{DEFER_INLINE, IoChannel};
 tiny_fn::tiny_fn! {
     /// A completion callback, stored inline in the I/O context.
     pub(crate) struct RawCallback = FnOnce(status: IoStatus, payload: Payload);
+    /// A child I/O's completion callback: its status and the parent I/O back.
+    pub(crate) struct RawChildCallback = FnOnce(status: IoStatus, parent: BdevIo);
 }
 
 pub(crate) type RawCb = RawCallback<'static, DEFER_INLINE>;
+pub(crate) type ChildCb = RawChildCallback<'static, DEFER_INLINE>;
 
 /// Who hears of an I/O's completion: a callback, or an awaiting future's cell.
 pub(crate) enum IoCallback {
     Fn(RawCb),
     Cell(std::rc::Rc<super::channel::AsyncCell>),
+    /// A child I/O's module: gets the parent back.
+    Child(ChildCb),
 }
 
 impl IoCallback {
@@ -33,16 +38,33 @@ impl IoCallback {
     }
 
     #[inline]
-    pub(crate) fn call(self, status: IoStatus, payload: Payload) {
+    pub(crate) fn call(self, status: IoStatus, payload: Payload, parent: Option<BdevIo>) {
         match self {
             IoCallback::Fn(f) => f.call(status, payload),
             IoCallback::Cell(c) => c.complete(status, payload),
+            IoCallback::Child(f) => match parent {
+                Some(p) => f.call(status, p),
+                // A child always carries its parent; nothing to give back otherwise.
+                None => debug_assert!(false, "child I/O without its parent"),
+            },
         }
     }
 }
 
+/// What a forwarded I/O left behind on its way down (see [`BdevIo::forward`]): the
+/// upper bdev's channel and offset, and the upper module's callback.
+struct Frame {
+    ch: IoChannel<ChanCtx>,
+    offset_blocks: u64,
+    /// `None`: complete the upper I/O with the lower one's status.
+    cb: Option<ChildCb>,
+}
+
 /// The pooled context of one I/O.
 pub(crate) struct IoCtx {
+    /// Frames of the bdevs above the current one, for an I/O forwarded down a stack of
+    /// virtual bdevs in place (innermost last). Keeps its capacity across uses.
+    frames: Vec<Frame>,
     ch: Option<IoChannel<ChanCtx>>,
     io_type: IoType,
     offset_blocks: u64,
@@ -50,6 +72,8 @@ pub(crate) struct IoCtx {
     block_len: u32,
     iovs: Vec<Iov>,
     payload: Payload,
+    /// For a child I/O: the parent whose data it uses, held until the child completes.
+    parent: Option<BdevIo>,
     cb: Option<IoCallback>,
     submit_tick: u64,
     status: IoStatus,
@@ -58,6 +82,7 @@ pub(crate) struct IoCtx {
 impl Default for IoCtx {
     fn default() -> Self {
         IoCtx {
+            frames: Vec::with_capacity(2),
             ch: None,
             io_type: IoType::Read,
             offset_blocks: 0,
@@ -65,6 +90,7 @@ impl Default for IoCtx {
             block_len: 0,
             iovs: Vec::with_capacity(4),
             payload: Payload::None,
+            parent: None,
             cb: None,
             submit_tick: 0,
             status: IoStatus::Success,
@@ -79,6 +105,8 @@ pub(crate) struct Pending {
     offset_blocks: u64,
     num_blocks: u64,
     payload: Payload,
+    /// A child's parent, and where in the parent's data the child's starts.
+    parent: Option<(BdevIo, usize)>,
     cb: IoCallback,
 }
 
@@ -183,11 +211,130 @@ impl BdevIo {
         unsafe { dma::for_each_segment_mut(self.iovs(), f) }
     }
 
+    /// Hands this I/O's work to another bdev as a child I/O (how a virtual bdev reaches
+    /// its base): `io_type` on `num_blocks` blocks at `offset_blocks` of `desc`'s bdev,
+    /// its data being this I/O's from `data_offset` bytes on (no copy). The child holds
+    /// this I/O until it completes, so this I/O's buffers outlive every use; then `cb`
+    /// runs on this thread with the child's status and this I/O, to complete it or go on.
+    /// A refused child (range, alignment, permissions) completes through `cb` as well.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub fn submit_child(
+        self,
+        desc: &Desc,
+        ch: &BdevChannel,
+        io_type: IoType,
+        offset_blocks: u64,
+        num_blocks: u64,
+        data_offset: u64,
+        cb: impl FnOnce(IoStatus, BdevIo) + 'static,
+    ) {
+        submit_child(
+            self,
+            desc,
+            ch,
+            io_type,
+            offset_blocks,
+            num_blocks,
+            data_offset,
+            IoCallback::Child(ChildCb::new(cb)),
+        );
+    }
+
+    /// Forwards this I/O unchanged (type, blocks, data) to `desc`'s bdev as a child I/O:
+    /// [`BdevIo::submit_child`] for the common case of a virtual bdev over one base.
+    #[inline]
+    pub fn forward(
+        self,
+        desc: &Desc,
+        ch: &BdevChannel,
+        cb: impl FnOnce(IoStatus, BdevIo) + 'static,
+    ) {
+        let o = self.offset_blocks();
+        self.forward_to(desc, ch, o, cb);
+    }
+
+    /// Forwards this I/O to `desc`'s bdev at another offset (same type, length and data):
+    /// [`BdevIo::submit_child`] for a bdev that maps blocks one to one (a partition, a
+    /// concatenation).
+    ///
+    /// When the lower bdev has the same block size, the I/O goes down in place, with no
+    /// second context: the core keeps a frame of this bdev's view (channel, offset,
+    /// callback) and restores it when the lower bdev completes. Both bdevs account the
+    /// I/O in their statistics, as with a child I/O.
+    #[inline]
+    pub fn forward_to(
+        self,
+        desc: &Desc,
+        ch: &BdevChannel,
+        offset_blocks: u64,
+        cb: impl FnOnce(IoStatus, BdevIo) + 'static,
+    ) {
+        self.forward_in_place(desc, ch, offset_blocks, Some(ChildCb::new(cb)));
+    }
+
+    /// Forwards this I/O unchanged and completes it with the lower bdev's status, with no
+    /// callback in between: the whole data path of a bdev that only passes I/O through
+    /// ([`BdevIo::forward`] with `|status, io| io.complete(status)`, a little cheaper).
+    #[inline]
+    pub fn forward_and_complete(self, desc: &Desc, ch: &BdevChannel) {
+        let o = self.offset_blocks();
+        self.forward_in_place(desc, ch, o, None);
+    }
+
+    #[inline]
+    fn forward_in_place(
+        mut self,
+        desc: &Desc,
+        ch: &BdevChannel,
+        offset_blocks: u64,
+        cb: Option<ChildCb>,
+    ) {
+        let c = &*ch.ch;
+        let Some(ctx) = self.ctx.as_deref() else {
+            return;
+        };
+        let (t, n) = (ctx.io_type, ctx.num_blocks);
+        let slow_cb = |cb: Option<ChildCb>| {
+            IoCallback::Child(
+                cb.unwrap_or_else(|| ChildCb::new(|s: IoStatus, io: BdevIo| io.complete(s))),
+            )
+        };
+        if c.bdev.block_len != ctx.block_len {
+            return submit_child(self, desc, ch, t, offset_blocks, n, 0, slow_cb(cb));
+        }
+        if let Err(r) = validate_common(desc, c, t, offset_blocks, n)
+            .and_then(|()| validate_data_in_place(c, ctx))
+        {
+            return reject(c, r, Payload::None, Some(self), slow_cb(cb));
+        }
+        let Some(mut ctx) = self.ctx.take() else {
+            return;
+        };
+        std::mem::forget(self);
+        let up = ctx.ch.replace(ch.ch.clone());
+        let Some(up) = up else { return };
+        ctx.frames.push(Frame {
+            ch: up,
+            offset_blocks: ctx.offset_blocks,
+            cb,
+        });
+        ctx.offset_blocks = offset_blocks;
+        c.outstanding.set(c.outstanding.get() + 1);
+        let depth = &c.tctx.submit_depth;
+        depth.set(depth.get() + 1);
+        c.module.submit(BdevIo { ctx: Some(ctx) });
+        depth.set(depth.get() - 1);
+    }
+
     /// Completes the I/O. The submitter's callback runs on its thread: now, or — when
     /// called inside a submission — at the thread's next deferred-call pass.
     #[inline]
     pub fn complete(mut self, status: IoStatus) {
-        if let Some(ctx) = self.ctx.take() {
+        let ctx = self.ctx.take();
+        // Empty now: skip the drop check.
+        std::mem::forget(self);
+        if let Some(ctx) = ctx {
             complete_ctx(ctx, status);
         }
     }
@@ -216,9 +363,28 @@ fn complete_ctx(mut ctx: Box<IoCtx>, status: IoStatus) {
 
 #[inline]
 fn finish(mut ctx: Box<IoCtx>) {
+    while let Some(f) = ctx.frames.pop() {
+        // A forwarded I/O completed at the lower bdev: account it there and step back
+        // up to the upper bdev's view.
+        if let Some(ch) = ctx.ch.replace(f.ch) {
+            ch.outstanding.set(ch.outstanding.get() - 1);
+            let ticks = ch.tctx.now.get().saturating_sub(ctx.submit_tick);
+            let bytes = ctx.num_blocks * ctx.block_len as u64;
+            ch.stats
+                .record(ctx.io_type, bytes, ticks, ctx.status.is_success());
+        }
+        ctx.offset_blocks = f.offset_blocks;
+        if let Some(cb) = f.cb {
+            // The upper module decides; it completes the I/O again later.
+            let status = std::mem::replace(&mut ctx.status, IoStatus::Success);
+            return cb.call(status, BdevIo { ctx: Some(ctx) });
+        }
+        // No callback: the upper I/O completes with the same status; go on up.
+    }
     let Some(ch) = ctx.ch.take() else { return };
     let cb = ctx.cb.take();
     let payload = std::mem::take(&mut ctx.payload);
+    let parent = ctx.parent.take();
     let status = ctx.status;
     ctx.iovs.clear();
     ch.outstanding.set(ch.outstanding.get() - 1);
@@ -229,22 +395,21 @@ fn finish(mut ctx: Box<IoCtx>) {
         .record(ctx.io_type, bytes, ticks, status.is_success());
     tctx.free(ctx);
     if let Some(cb) = cb {
-        cb.call(status, payload);
+        cb.call(status, payload, parent);
     }
     if tctx.waiting.get() > 0 {
         tctx.retry_waiters();
     }
 }
 
-/// Checks a request against the descriptor, channel and bdev.
+/// Checks what every request needs: descriptor, channel, permissions, type and range.
 #[inline]
-fn validate<P: IoPayload>(
+fn validate_common(
     desc: &Desc,
     c: &ChanCtx,
     io_type: IoType,
     offset: u64,
     num: u64,
-    payload: &P,
 ) -> Result<(), Reject> {
     let b = &*c.bdev;
     if !std::ptr::eq(desc.bdev_inner(), b) {
@@ -260,8 +425,26 @@ fn validate<P: IoPayload>(
         Some(end) if end <= b.num_blocks.load(std::sync::atomic::Ordering::Relaxed) => {}
         _ => return Err(Reject::OutOfRange),
     }
+    if io_type.has_data() && num > b.max_rw {
+        return Err(Reject::TooLarge);
+    }
+    Ok(())
+}
+
+/// Checks a consumer's request against the descriptor, channel and bdev.
+#[inline]
+fn validate<P: IoPayload>(
+    desc: &Desc,
+    c: &ChanCtx,
+    io_type: IoType,
+    offset: u64,
+    num: u64,
+    payload: &P,
+) -> Result<(), Reject> {
+    validate_common(desc, c, io_type, offset, num)?;
     if io_type.has_data() {
-        if num > b.max_rw || payload.segments() > b.max_segs {
+        let b = &*c.bdev;
+        if payload.segments() > b.max_segs {
             return Err(Reject::TooLarge);
         }
         // num <= num_blocks and num_blocks * block_len fits in u64 (checked at registration).
@@ -270,6 +453,63 @@ fn validate<P: IoPayload>(
         }
         if payload.misaligned(b.align_mask) {
             return Err(Reject::Misaligned);
+        }
+    }
+    Ok(())
+}
+
+/// Checks an I/O's own data against another bdev's limits (for forwarding it in place).
+#[inline]
+fn validate_data_in_place(c: &ChanCtx, ctx: &IoCtx) -> Result<(), Reject> {
+    let b = &*c.bdev;
+    if ctx.io_type.has_data() {
+        if b.align_mask != 0
+            && ctx
+                .iovs
+                .iter()
+                .any(|v| v.base() as usize & b.align_mask != 0)
+        {
+            return Err(Reject::Misaligned);
+        }
+        if ctx.iovs.len() > b.max_segs {
+            return Err(Reject::TooLarge);
+        }
+    }
+    Ok(())
+}
+
+/// Checks a child request: as a consumer's, its data being `parent`'s from `data_offset`.
+#[inline]
+fn validate_child(
+    desc: &Desc,
+    c: &ChanCtx,
+    io_type: IoType,
+    offset: u64,
+    num: u64,
+    parent: &IoCtx,
+    data_offset: u64,
+) -> Result<(), Reject> {
+    validate_common(desc, c, io_type, offset, num)?;
+    if io_type.has_data() {
+        let b = &*c.bdev;
+        let have = parent.num_blocks * parent.block_len as u64;
+        if !parent.io_type.has_data()
+            || data_offset
+                .checked_add(num * b.block_len as u64)
+                .is_none_or(|end| end > have)
+        {
+            return Err(Reject::BufferTooSmall);
+        }
+        if b.align_mask != 0
+            && parent
+                .iovs
+                .iter()
+                .any(|v| v.base() as usize & b.align_mask != 0)
+        {
+            return Err(Reject::Misaligned);
+        }
+        if parent.iovs.len() > b.max_segs {
+            return Err(Reject::TooLarge);
         }
     }
     Ok(())
@@ -288,7 +528,7 @@ pub(crate) fn submit<P: IoPayload>(
 ) {
     let c = &*ch.ch;
     if let Err(r) = validate(desc, c, io_type, offset, num, &payload) {
-        return reject(c, r, payload.into_payload(), cb);
+        return reject(c, r, payload.into_payload(), None, cb);
     }
     let tctx = &c.tctx;
     // Don't jump the queue of requests already waiting for a context.
@@ -308,15 +548,57 @@ pub(crate) fn submit<P: IoPayload>(
         offset_blocks: offset,
         num_blocks: num,
         payload: payload.into_payload(),
+        parent: None,
+        cb,
+    });
+}
+
+/// Submits a child of `parent` (see [`BdevIo::submit_child`]).
+#[inline]
+#[allow(clippy::too_many_arguments)]
+fn submit_child(
+    parent: BdevIo,
+    desc: &Desc,
+    ch: &BdevChannel,
+    io_type: IoType,
+    offset: u64,
+    num: u64,
+    data_offset: u64,
+    cb: IoCallback,
+) {
+    let c = &*ch.ch;
+    if let Err(r) = validate_child(desc, c, io_type, offset, num, parent.c(), data_offset) {
+        return reject(c, r, Payload::None, Some(parent), cb);
+    }
+    let tctx = &c.tctx;
+    let data_offset = data_offset as usize;
+    if tctx.waiting.get() == 0 {
+        if let Some(mut ctx) = tctx.alloc() {
+            if io_type.has_data() {
+                let need = (num * c.bdev.block_len as u64) as usize;
+                dma::push_sub_iovs(&parent.c().iovs, &mut ctx.iovs, data_offset, need);
+            }
+            ctx.parent = Some(parent);
+            ctx.cb = Some(cb);
+            return dispatch(&ch.ch, ctx, io_type, offset, num);
+        }
+    }
+    tctx.wait(Pending {
+        ch: ch.ch.clone(),
+        io_type,
+        offset_blocks: offset,
+        num_blocks: num,
+        payload: Payload::None,
+        parent: Some((parent, data_offset)),
         cb,
     });
 }
 
 #[cold]
-fn reject(c: &ChanCtx, r: Reject, payload: Payload, cb: IoCallback) {
+fn reject(c: &ChanCtx, r: Reject, payload: Payload, parent: Option<BdevIo>, cb: IoCallback) {
     // Completes later, not inside the caller's submit, as every completion does.
     c.tctx
-        .defer(move || cb.call(IoStatus::Rejected(r), payload));
+        .defer(move || cb.call(IoStatus::Rejected(r), payload, parent));
 }
 
 /// Starts a request that waited for a context.
@@ -327,15 +609,24 @@ pub(crate) fn start(p: Pending, mut ctx: Box<IoCtx>) {
         offset_blocks,
         num_blocks,
         payload,
+        parent,
         cb,
     } = p;
-    if io_type.has_data() {
-        payload.push_iovs(
-            &mut ctx.iovs,
-            (num_blocks * ch.bdev.block_len as u64) as usize,
-        );
+    let need = (num_blocks * ch.bdev.block_len as u64) as usize;
+    match parent {
+        Some((parent, data_offset)) => {
+            if io_type.has_data() {
+                dma::push_sub_iovs(&parent.c().iovs, &mut ctx.iovs, data_offset, need);
+            }
+            ctx.parent = Some(parent);
+        }
+        None => {
+            if io_type.has_data() {
+                payload.push_iovs(&mut ctx.iovs, need);
+            }
+            ctx.payload = payload;
+        }
     }
-    ctx.payload = payload;
     ctx.cb = Some(cb);
     dispatch(&ch, ctx, io_type, offset_blocks, num_blocks);
 }

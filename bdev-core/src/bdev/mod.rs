@@ -144,6 +144,7 @@ pub(crate) struct Globals {
     pub(crate) opts: BdevOpts,
     pub(crate) budget: Arc<Budget>,
     pub(crate) registry: Mutex<registry::Registry>,
+    pub(crate) modules: crate::module::Modules,
 }
 
 impl Globals {
@@ -154,6 +155,7 @@ impl Globals {
             }),
             opts,
             registry: Mutex::new(registry::Registry::default()),
+            modules: Default::default(),
         }
     }
 
@@ -188,6 +190,9 @@ pub(crate) async fn fini(rt: &Arc<Runtime>) {
             break;
         }
         crate::thread::yield_now().await;
+    }
+    for m in rt.bdev.modules.take_all().iter().rev() {
+        m.fini();
     }
 }
 

@@ -69,6 +69,7 @@ pub(crate) trait ErasedOps: Send + Sync {
     fn destruct(&self, done: DestructDone);
     fn write_config_json(&self, bdev: &Bdev) -> Option<serde_json::Value>;
     fn dump_info_json(&self) -> Option<serde_json::Value>;
+    fn as_any(&self) -> &dyn std::any::Any;
 }
 
 /// A module channel with its type erased: one virtual call per I/O.
@@ -109,5 +110,8 @@ impl<T: BdevOps> ErasedOps for OpsImpl<T> {
     }
     fn dump_info_json(&self) -> Option<serde_json::Value> {
         self.0.dump_info_json()
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        &self.0
     }
 }

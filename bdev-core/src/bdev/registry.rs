@@ -217,8 +217,11 @@ pub fn register<T: BdevOps>(mut props: BdevProps, ops: Arc<T>) -> Result<Bdev> {
         reg.names.insert(n, inner.clone());
     }
     reg.list.push(inner.clone());
+    drop(reg);
     tracing::debug!(bdev = %inner.props.name, module = inner.ops.module_name(), "registered");
-    Ok(Bdev(inner))
+    let b = Bdev(inner);
+    crate::module::examine(&b);
+    Ok(b)
 }
 
 fn runtime() -> Option<Arc<Runtime>> {
@@ -315,6 +318,12 @@ impl Bdev {
     /// The config entry that recreates it, from its module.
     pub fn write_config_json(&self) -> Option<serde_json::Value> {
         self.0.ops.write_config_json(self)
+    }
+
+    /// The module's own object for this bdev, if the module registered it with type `T`
+    /// (SPDK's `bdev->ctxt`): how a module's RPCs reach the bdevs it made.
+    pub fn ops<T: BdevOps>(&self) -> Option<Arc<T>> {
+        self.0.ops.as_any().downcast_ref::<Arc<T>>().cloned()
     }
 
     /// Module details for `bdev_get_bdevs`.

@@ -49,9 +49,10 @@ fn main() {
 }
 
 /// The methods bdevd serves: the bdev layer's, each module's, and the application's own.
-fn methods(stop: Arc<AtomicBool>) -> Rc<Methods> {
+fn methods(stop: Arc<AtomicBool>) -> Result<Rc<Methods>, String> {
     let mut m = Methods::new();
-    bdev_malloc::register_methods(&mut m);
+    bdev_malloc::register(&mut m).map_err(|e| e.to_string())?;
+    bdev_vbdev::register(&mut m).map_err(|e| e.to_string())?;
     m.register_sync("spdk_get_version", |_| {
         Ok(json!({
             "version": format!("bdev-rs v{} (SPDK v24.09 RPC)", env!("CARGO_PKG_VERSION")),
@@ -85,7 +86,7 @@ fn methods(stop: Arc<AtomicBool>) -> Rc<Methods> {
     names.push("rpc_get_methods".into());
     names.sort();
     m.register_sync("rpc_get_methods", move |_| Ok(json!(names)));
-    Rc::new(m)
+    Ok(Rc::new(m))
 }
 
 async fn serve(
@@ -93,7 +94,7 @@ async fn serve(
     socket: PathBuf,
     stop: Arc<AtomicBool>,
 ) -> Result<(), String> {
-    let m = methods(stop.clone());
+    let m = methods(stop.clone())?;
     if let Some(c) = &cfg {
         c.load(&m).await.map_err(|e| e.to_string())?;
     }

@@ -27,7 +27,8 @@ async fn hello(cli: Cli) -> Result<String, String> {
     match &cli.config {
         Some(path) => {
             let mut m = Methods::new();
-            bdev_malloc::register_methods(&mut m);
+            bdev_malloc::register(&mut m).map_err(|e| e.to_string())?;
+            bdev_vbdev::register(&mut m).map_err(|e| e.to_string())?;
             ConfigFile::read(path)
                 .map_err(|e| e.to_string())?
                 .load(&m)

@@ -66,7 +66,8 @@ async fn run(
     signal: Arc<AtomicBool>,
 ) -> Result<i32, String> {
     let mut methods = Methods::new();
-    bdev_malloc::register_methods(&mut methods);
+    bdev_malloc::register(&mut methods).map_err(|e| e.to_string())?;
+    bdev_vbdev::register(&mut methods).map_err(|e| e.to_string())?;
     match &config {
         Some(c) => c.load(&methods).await.map_err(|e| e.to_string())?,
         None => {

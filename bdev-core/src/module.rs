@@ -1,0 +1,135 @@
+//! The module registry: what each bdev module crate gives an application (SPDK's
+//! `spdk_bdev_module`).
+//!
+//! An application builds its [`Methods`] table and adds every module it links with
+//! [`Methods::add_module`]: the module's config/RPC methods go into the table, and the
+//! module into the application's registry, which
+//! - offers each newly registered bdev to every module's [`BdevModule::examine`], in the
+//!   order the modules were added (a virtual bdev waiting for its base claims it there),
+//!   when `bdev_auto_examine` is on (the default);
+//! - asks each module for its own config entries at `save_config` (module options come
+//!   before the bdevs);
+//! - calls [`BdevModule::fini`] in reverse order once every bdev is unregistered at stop.
+//!
+//! Examine runs synchronously, on the thread that registered the bdev, right after the
+//! registration: by the time `register` returns, every module has seen the bdev. So
+//! `bdev_wait_for_examine` never has anything to wait for.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::bdev::Bdev;
+use crate::config::Methods;
+use crate::error::Result;
+use crate::thread::current_or;
+
+/// A bdev module, as the registry sees it.
+pub trait BdevModule: Send + Sync + 'static {
+    /// The module's name ("malloc", "passthru", ...).
+    fn name(&self) -> &'static str;
+
+    /// Adds the module's config/RPC methods (`bdev_<module>_create`, ...).
+    fn register_methods(&self, methods: &mut Methods);
+
+    /// Called once when the module is added, on the application's thread.
+    fn init(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Called once at stop, after every bdev is unregistered.
+    fn fini(&self) {}
+
+    /// A bdev was registered: claim it and build on it if it is one this module waits for.
+    /// Must not block; errors are the module's to log.
+    fn examine(&self, _bdev: &Bdev) {}
+
+    /// The module's own config entries (options, not bdevs: each bdev writes its own).
+    fn config_json(&self) -> Vec<Value> {
+        Vec::new()
+    }
+}
+
+/// The modules of one application, in the order they were added.
+#[derive(Default)]
+pub(crate) struct Modules {
+    list: std::sync::Mutex<Vec<Arc<dyn BdevModule>>>,
+    data: std::sync::Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
+}
+
+impl Modules {
+    pub(crate) fn snapshot(&self) -> Vec<Arc<dyn BdevModule>> {
+        self.list.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn add(&self, m: Arc<dyn BdevModule>) -> bool {
+        let mut l = self.list.lock().unwrap_or_else(|e| e.into_inner());
+        if l.iter().any(|x| x.name() == m.name()) {
+            return false;
+        }
+        l.push(m);
+        true
+    }
+
+    pub(crate) fn take_all(&self) -> Vec<Arc<dyn BdevModule>> {
+        std::mem::take(&mut *self.list.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl Methods {
+    /// Adds a module to the current application: its methods into this table, the module
+    /// into the registry (examine, save_config, fini). Adding a module twice is a no-op.
+    pub fn add_module(&mut self, m: Arc<dyn BdevModule>) -> Result<()> {
+        let t = current_or("add_module")?;
+        m.init()?;
+        if t.runtime().bdev.modules.add(m.clone()) {
+            m.register_methods(self);
+        }
+        Ok(())
+    }
+}
+
+/// A module's state in the current application (its configured bdevs, say), created on
+/// first use. Keyed by type: each module crate uses its own private type. `None` off a
+/// thread of an application.
+pub fn app_data<T: Default + Send + Sync + 'static>() -> Option<Arc<T>> {
+    let rt = crate::thread::with_current(|t| t.runtime().clone())?;
+    let mut d = rt
+        .bdev
+        .modules
+        .data
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let v = d
+        .entry(TypeId::of::<T>())
+        .or_insert_with(|| Arc::new(T::default()) as Arc<dyn Any + Send + Sync>)
+        .clone();
+    v.downcast::<T>().ok()
+}
+
+/// Offers a new bdev to every module (registration calls it).
+pub(crate) fn examine(bdev: &Bdev) {
+    let Some(rt) = crate::thread::with_current(|t| t.runtime().clone()) else {
+        return;
+    };
+    if !rt.bdev.opts.bdev_auto_examine {
+        return;
+    }
+    for m in rt.bdev.modules.snapshot() {
+        if bdev.is_removing() {
+            break;
+        }
+        m.examine(bdev);
+    }
+}
+
+/// The modules' own config entries, in module order.
+pub(crate) fn config_json() -> Vec<Value> {
+    crate::thread::with_current(|t| t.runtime().bdev.modules.snapshot())
+        .unwrap_or_default()
+        .iter()
+        .flat_map(|m| m.config_json())
+        .collect()
+}
