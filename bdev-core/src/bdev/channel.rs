@@ -51,6 +51,10 @@ pub(crate) struct ChanCtx {
     pub(crate) tctx: Rc<ThreadCtx>,
     pub(crate) outstanding: Cell<u64>,
     pub(crate) stats: super::stats::ChannelStats,
+    /// I/Os the module completed with NoMem, waiting to be resubmitted.
+    pub(crate) nomem: RefCell<VecDeque<Box<IoCtx>>>,
+    pub(crate) nomem_len: Cell<usize>,
+    pub(crate) nomem_poller: RefCell<Option<crate::thread::Poller>>,
 }
 
 impl Drop for ChanCtx {
@@ -75,6 +79,9 @@ impl ChanCtx {
             tctx,
             outstanding: Cell::new(0),
             stats: Default::default(),
+            nomem: RefCell::new(VecDeque::new()),
+            nomem_len: Cell::new(0),
+            nomem_poller: RefCell::new(None),
         })
     }
 }

@@ -8,6 +8,7 @@ use std::fmt;
 
 use super::channel::{BdevChannel, ChanCtx};
 use super::desc::Desc;
+use super::service;
 use super::{IoPayload, IoStatus, IoType, Payload, Reject};
 use crate::dma::{self, BlockMem, Iov};
 use crate::error::Result;
@@ -65,18 +66,21 @@ pub(crate) struct IoCtx {
     /// Frames of the bdevs above the current one, for an I/O forwarded down a stack of
     /// virtual bdevs in place (innermost last). Keeps its capacity across uses.
     frames: Vec<Frame>,
-    ch: Option<IoChannel<ChanCtx>>,
-    io_type: IoType,
-    offset_blocks: u64,
-    num_blocks: u64,
+    pub(crate) ch: Option<IoChannel<ChanCtx>>,
+    pub(crate) io_type: IoType,
+    pub(crate) offset_blocks: u64,
+    pub(crate) num_blocks: u64,
     block_len: u32,
-    iovs: Vec<Iov>,
+    pub(crate) iovs: Vec<Iov>,
     payload: Payload,
     /// For a child I/O: the parent whose data it uses, held until the child completes.
     parent: Option<BdevIo>,
-    cb: Option<IoCallback>,
+    pub(crate) cb: Option<IoCallback>,
     submit_tick: u64,
-    status: IoStatus,
+    pub(crate) status: IoStatus,
+    /// A piece of a serviced I/O (split, bounced, emulated): not counted in statistics,
+    /// never serviced again.
+    pub(crate) internal: bool,
 }
 
 impl Default for IoCtx {
@@ -94,6 +98,7 @@ impl Default for IoCtx {
             cb: None,
             submit_tick: 0,
             status: IoStatus::Success,
+            internal: false,
         }
     }
 }
@@ -303,9 +308,7 @@ impl BdevIo {
         if c.bdev.block_len != ctx.block_len {
             return submit_child(self, desc, ch, t, offset_blocks, n, 0, slow_cb(cb));
         }
-        if let Err(r) = validate_common(desc, c, t, offset_blocks, n)
-            .and_then(|()| validate_data_in_place(c, ctx))
-        {
+        if let Err(r) = validate_common(desc, c, t, offset_blocks, n) {
             return reject(c, r, Payload::None, Some(self), slow_cb(cb));
         }
         let Some(mut ctx) = self.ctx.take() else {
@@ -321,10 +324,7 @@ impl BdevIo {
         });
         ctx.offset_blocks = offset_blocks;
         c.outstanding.set(c.outstanding.get() + 1);
-        let depth = &c.tctx.submit_depth;
-        depth.set(depth.get() + 1);
-        c.module.submit(BdevIo { ctx: Some(ctx) });
-        depth.set(depth.get() - 1);
+        route(c, ctx);
     }
 
     /// Completes the I/O. The submitter's callback runs on its thread: now, or — when
@@ -350,7 +350,7 @@ impl Drop for BdevIo {
 }
 
 #[inline]
-fn complete_ctx(mut ctx: Box<IoCtx>, status: IoStatus) {
+pub(crate) fn complete_ctx(mut ctx: Box<IoCtx>, status: IoStatus) {
     ctx.status = status;
     let Some(ch) = ctx.ch.as_ref() else { return };
     if ch.tctx.submit_depth.get() > 0 {
@@ -363,6 +363,10 @@ fn complete_ctx(mut ctx: Box<IoCtx>, status: IoStatus) {
 
 #[inline]
 fn finish(mut ctx: Box<IoCtx>) {
+    if ctx.status == IoStatus::NoMem {
+        // The module ran out of resources: wait on the channel and try again.
+        return service::nomem_queue(ctx);
+    }
     while let Some(f) = ctx.frames.pop() {
         // A forwarded I/O completed at the lower bdev: account it there and step back
         // up to the upper bdev's view.
@@ -372,6 +376,9 @@ fn finish(mut ctx: Box<IoCtx>) {
             let bytes = ctx.num_blocks * ctx.block_len as u64;
             ch.stats
                 .record(ctx.io_type, bytes, ticks, ctx.status.is_success());
+            if ch.nomem_len.get() > 0 {
+                service::nomem_retry(&ch);
+            }
         }
         ctx.offset_blocks = f.offset_blocks;
         if let Some(cb) = f.cb {
@@ -391,15 +398,47 @@ fn finish(mut ctx: Box<IoCtx>) {
     let tctx = &ch.tctx;
     let ticks = tctx.now.get().saturating_sub(ctx.submit_tick);
     let bytes = ctx.num_blocks * ctx.block_len as u64;
-    ch.stats
-        .record(ctx.io_type, bytes, ticks, status.is_success());
+    if !ctx.internal {
+        ch.stats
+            .record(ctx.io_type, bytes, ticks, status.is_success());
+    }
+    ctx.internal = false;
     tctx.free(ctx);
+    if ch.nomem_len.get() > 0 {
+        service::nomem_retry(&ch);
+    }
     if let Some(cb) = cb {
         cb.call(status, payload, parent);
     }
     if tctx.waiting.get() > 0 {
         tctx.retry_waiters();
     }
+}
+
+/// Hands a context to the module, or to the services when the bdev can't take it as it
+/// is (split, bounce, write_zeroes emulation). Completions inside are deferred.
+#[inline]
+fn route(c: &ChanCtx, ctx: Box<IoCtx>) {
+    let depth = &c.tctx.submit_depth;
+    depth.set(depth.get() + 1);
+    let b = &*c.bdev;
+    if b.has_limits
+        && !ctx.internal
+        && service::needs_service(b, ctx.io_type, ctx.offset_blocks, ctx.num_blocks, &ctx.iovs)
+    {
+        service::start(ctx);
+    } else {
+        c.module.submit(BdevIo { ctx: Some(ctx) });
+    }
+    depth.set(depth.get() - 1);
+}
+
+/// Gives a context back to the module as it is (a NOMEM retry).
+pub(crate) fn resubmit(ch: &IoChannel<ChanCtx>, ctx: Box<IoCtx>) {
+    let depth = &ch.tctx.submit_depth;
+    depth.set(depth.get() + 1);
+    ch.module.submit(BdevIo { ctx: Some(ctx) });
+    depth.set(depth.get() - 1);
 }
 
 /// Checks what every request needs: descriptor, channel, permissions, type and range.
@@ -425,9 +464,6 @@ fn validate_common(
         Some(end) if end <= b.num_blocks.load(std::sync::atomic::Ordering::Relaxed) => {}
         _ => return Err(Reject::OutOfRange),
     }
-    if io_type.has_data() && num > b.max_rw {
-        return Err(Reject::TooLarge);
-    }
     Ok(())
 }
 
@@ -442,38 +478,10 @@ fn validate<P: IoPayload>(
     payload: &P,
 ) -> Result<(), Reject> {
     validate_common(desc, c, io_type, offset, num)?;
-    if io_type.has_data() {
-        let b = &*c.bdev;
-        if payload.segments() > b.max_segs {
-            return Err(Reject::TooLarge);
-        }
-        // num <= num_blocks and num_blocks * block_len fits in u64 (checked at registration).
-        if (payload.data_len() as u64) < num * b.block_len as u64 {
-            return Err(Reject::BufferTooSmall);
-        }
-        if payload.misaligned(b.align_mask) {
-            return Err(Reject::Misaligned);
-        }
-    }
-    Ok(())
-}
-
-/// Checks an I/O's own data against another bdev's limits (for forwarding it in place).
-#[inline]
-fn validate_data_in_place(c: &ChanCtx, ctx: &IoCtx) -> Result<(), Reject> {
-    let b = &*c.bdev;
-    if ctx.io_type.has_data() {
-        if b.align_mask != 0
-            && ctx
-                .iovs
-                .iter()
-                .any(|v| v.base() as usize & b.align_mask != 0)
-        {
-            return Err(Reject::Misaligned);
-        }
-        if ctx.iovs.len() > b.max_segs {
-            return Err(Reject::TooLarge);
-        }
+    // num <= num_blocks and num_blocks * block_len fits in u64 (checked at registration).
+    // Limits (size, segments, alignment) are the services' business, not refusals.
+    if io_type.has_data() && (payload.data_len() as u64) < num * c.bdev.block_len as u64 {
+        return Err(Reject::BufferTooSmall);
     }
     Ok(())
 }
@@ -499,17 +507,6 @@ fn validate_child(
                 .is_none_or(|end| end > have)
         {
             return Err(Reject::BufferTooSmall);
-        }
-        if b.align_mask != 0
-            && parent
-                .iovs
-                .iter()
-                .any(|v| v.base() as usize & b.align_mask != 0)
-        {
-            return Err(Reject::Misaligned);
-        }
-        if parent.iovs.len() > b.max_segs {
-            return Err(Reject::TooLarge);
         }
     }
     Ok(())
@@ -631,9 +628,9 @@ pub(crate) fn start(p: Pending, mut ctx: Box<IoCtx>) {
     dispatch(&ch, ctx, io_type, offset_blocks, num_blocks);
 }
 
-/// Fills in the rest of the context and calls the module.
+/// Fills in the rest of the context and calls the module (or the services).
 #[inline]
-fn dispatch(
+pub(crate) fn dispatch(
     ch: &IoChannel<ChanCtx>,
     mut ctx: Box<IoCtx>,
     io_type: IoType,
@@ -649,8 +646,5 @@ fn dispatch(
     ctx.status = IoStatus::Success;
     ctx.ch = Some(ch.clone());
     c.outstanding.set(c.outstanding.get() + 1);
-    let depth = &c.tctx.submit_depth;
-    depth.set(depth.get() + 1);
-    c.module.submit(BdevIo { ctx: Some(ctx) });
-    depth.set(depth.get() - 1);
+    route(c, ctx);
 }

@@ -33,6 +33,7 @@ mod props;
 mod queue;
 mod registry;
 mod request;
+mod service;
 mod stats;
 mod types;
 
@@ -145,6 +146,8 @@ pub(crate) struct Globals {
     pub(crate) budget: Arc<Budget>,
     pub(crate) registry: Mutex<registry::Registry>,
     pub(crate) modules: crate::module::Modules,
+    /// The zero buffer write_zeroes emulation writes from (allocated on first use).
+    pub(crate) zero_buf: std::sync::OnceLock<Option<Arc<crate::dma::DmaBuf>>>,
 }
 
 impl Globals {
@@ -156,6 +159,7 @@ impl Globals {
             opts,
             registry: Mutex::new(registry::Registry::default()),
             modules: Default::default(),
+            zero_buf: std::sync::OnceLock::new(),
         }
     }
 
@@ -196,5 +200,7 @@ pub(crate) async fn fini(rt: &Arc<Runtime>) {
     }
 }
 
+#[cfg(test)]
+mod service_tests;
 #[cfg(test)]
 mod tests;

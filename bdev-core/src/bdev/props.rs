@@ -153,6 +153,16 @@ impl BdevProps {
                 self.buf_align
             ));
         }
+        if self.max_segment_size != 0
+            && self.max_num_segments != 0
+            && (self.max_segment_size as u64) * (self.max_num_segments as u64)
+                < self.block_len as u64
+        {
+            return bad(format!(
+                "{} segments of at most {} bytes can't hold one {}-byte block",
+                self.max_num_segments, self.max_segment_size, self.block_len
+            ));
+        }
         if self.write_unit_size == 0 {
             self.write_unit_size = 1;
         }

@@ -55,6 +55,14 @@ pub(crate) struct BdevInner {
     pub(crate) align_mask: usize,
     pub(crate) max_rw: u64,
     pub(crate) max_segs: usize,
+    /// Blocks between split points (0: don't split on a boundary).
+    pub(crate) boundary: u64,
+    /// Largest segment in bytes (`usize::MAX`: no limit).
+    pub(crate) max_seg_bytes: usize,
+    /// Write zeroes is emulated with writes of a zero buffer.
+    pub(crate) emulate_wz: bool,
+    /// Any of the above in force: I/O must be checked against them.
+    pub(crate) has_limits: bool,
     pub(crate) supported: u32,
     pub(crate) ops: Box<dyn ErasedOps>,
     pub(crate) dev: IoDevice<ChanCtx>,
@@ -176,6 +184,12 @@ pub fn register<T: BdevOps>(mut props: BdevProps, ops: Arc<T>) -> Result<Bdev> {
             supported |= ty.bit();
         }
     }
+    // Write zeroes comes for free on a bdev that writes (SPDK's zero-buffer emulation).
+    let emulate_wz =
+        supported & IoType::WriteZeroes.bit() == 0 && supported & IoType::Write.bit() != 0;
+    if emulate_wz {
+        supported |= IoType::WriteZeroes.bit();
+    }
     let inner = Arc::new_cyclic(|weak: &Weak<BdevInner>| {
         let w = weak.clone();
         BdevInner {
@@ -193,6 +207,23 @@ pub fn register<T: BdevOps>(mut props: BdevProps, ops: Arc<T>) -> Result<Bdev> {
             } else {
                 props.max_num_segments as usize
             },
+            boundary: if props.split_on_optimal_io_boundary {
+                props.optimal_io_boundary as u64
+            } else {
+                0
+            },
+            max_seg_bytes: if props.max_segment_size == 0 {
+                usize::MAX
+            } else {
+                props.max_segment_size as usize
+            },
+            emulate_wz,
+            has_limits: emulate_wz
+                || props.buf_align > 1
+                || props.max_rw_size != 0
+                || props.max_num_segments != 0
+                || props.max_segment_size != 0
+                || (props.split_on_optimal_io_boundary && props.optimal_io_boundary != 0),
             supported,
             ops: Box::new(OpsImpl(ops)),
             dev: IoDevice::register(format!("bdev_{}", props.name), move || ChanCtx::create(&w)),

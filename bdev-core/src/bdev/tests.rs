@@ -62,44 +62,6 @@ fn test_bdev(name: &str, behaviour: Behaviour, align: usize) -> (Bdev, Arc<Atomi
     (b, destructed)
 }
 
-/// A 512-byte buffer that is not 4 KiB-aligned (an allocation may land on a 4 KiB
-/// boundary by chance, so keep allocating until one does not).
-fn off_page_buffer() -> DmaBuf {
-    let mut keep = Vec::new();
-    loop {
-        let b = DmaBuf::new(512, 512).unwrap();
-        if b.addr() % 4096 != 0 {
-            return b;
-        }
-        keep.push(b);
-    }
-}
-
-#[test]
-fn misaligned_buffers_are_refused_and_returned() {
-    let h = Harness::new(1);
-    test_bdev("t_align", Behaviour::Inline, 4096);
-    let (bad, good) = h.block_on(0, async {
-        let d = Desc::open("t_align", true, |_| {}).unwrap();
-        let ch = d.get_io_channel().unwrap();
-        let e = d
-            .read_blocks(&ch, off_page_buffer(), 0, 1)
-            .await
-            .unwrap_err();
-        // An aligned first buffer does not excuse a misaligned second one in a readv.
-        let v = vec![DmaBuf::new(4096, 4096).unwrap(), off_page_buffer()];
-        let e2 = d.readv_blocks(&ch, v, 0, 9).await.unwrap_err();
-        let ok = d
-            .read_blocks(&ch, DmaBuf::new(512, 4096).unwrap(), 0, 1)
-            .await
-            .is_ok();
-        ((e.status, e.payload.len(), e2.status, e2.payload.len()), ok)
-    });
-    let r = IoStatus::Rejected(Reject::Misaligned);
-    assert_eq!(bad, (r, 512, r, 2));
-    assert!(good);
-}
-
 #[test]
 fn inline_completions_are_deferred_out_of_submit() {
     let h = Harness::new(1);
