@@ -98,8 +98,22 @@ impl Methods {
                     per_channel: bool,
                 }
                 let p: P = parse_params("bdev_get_iostat", p)?;
+                let hz = crate::thread::ticks_hz();
                 if p.per_channel {
-                    return Err(Error::invalid("params of bdev_get_iostat", "per_channel is not supported yet"));
+                    let Some(n) = p.name else {
+                        return Err(Error::invalid("params of bdev_get_iostat", "per_channel needs a bdev name"));
+                    };
+                    let b = crate::bdev::get_by_name(&n).ok_or(Error::NoSuchBdev { name: n })?;
+                    let mut channels = Vec::new();
+                    for (id, st) in b.iostat_per_channel().await? {
+                        let mut v = serde_json::to_value(st).map_err(|e| Error::Config(e.to_string()))?;
+                        if let Some(o) = v.as_object_mut() {
+                            o.remove("io_error");
+                            o.insert("thread_id".into(), Value::from(id));
+                        }
+                        channels.push(v);
+                    }
+                    return Ok(serde_json::json!({"tick_rate": hz, "ticks": crate::thread::now(), "name": b.name(), "channels": channels}));
                 }
                 let bdevs = match p.name {
                     Some(n) => vec![crate::bdev::get_by_name(&n).ok_or(Error::NoSuchBdev { name: n })?],
@@ -111,7 +125,83 @@ impl Methods {
                     v["name"] = Value::String(b.name().to_string());
                     out.push(v);
                 }
-                Ok(serde_json::json!({"tick_rate": crate::thread::ticks_hz(), "ticks": crate::thread::now(), "bdevs": out}))
+                Ok(serde_json::json!({"tick_rate": hz, "ticks": crate::thread::now(), "bdevs": out}))
+            })
+        });
+        m.register("bdev_set_qos_limit", |p| {
+            Box::pin(async move {
+                #[derive(Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct P {
+                    name: String,
+                    rw_ios_per_sec: Option<u64>,
+                    rw_mbytes_per_sec: Option<u64>,
+                    r_mbytes_per_sec: Option<u64>,
+                    w_mbytes_per_sec: Option<u64>,
+                }
+                let p: P = parse_params("bdev_set_qos_limit", p)?;
+                let b =
+                    crate::bdev::get_by_name(&p.name).ok_or(Error::NoSuchBdev { name: p.name })?;
+                let l = [
+                    p.rw_ios_per_sec,
+                    p.rw_mbytes_per_sec,
+                    p.r_mbytes_per_sec,
+                    p.w_mbytes_per_sec,
+                ];
+                if l.iter().all(|x| x.is_none()) {
+                    return Err(Error::invalid(
+                        "params of bdev_set_qos_limit",
+                        "No rate limits specified",
+                    ));
+                }
+                b.set_qos_limits(l).await?;
+                Ok(Value::Bool(true))
+            })
+        });
+        m.register("bdev_enable_histogram", |p| {
+            Box::pin(async move {
+                #[derive(Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct P {
+                    name: String,
+                    enable: bool,
+                    opc: Option<String>,
+                }
+                let p: P = parse_params("bdev_enable_histogram", p)?;
+                let b =
+                    crate::bdev::get_by_name(&p.name).ok_or(Error::NoSuchBdev { name: p.name })?;
+                let opc = match p.opc.as_deref() {
+                    None => None,
+                    Some(o) => Some(
+                        crate::bdev::IoType::from_name(o)
+                            .ok_or_else(|| Error::invalid("opc", format!("Invalid Io type {o}")))?,
+                    ),
+                };
+                b.enable_histogram(p.enable, opc).await?;
+                Ok(Value::Bool(true))
+            })
+        });
+        m.register("bdev_get_histogram", |p| {
+            Box::pin(async move {
+                #[derive(Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct P {
+                    name: String,
+                }
+                let p: P = parse_params("bdev_get_histogram", p)?;
+                let b =
+                    crate::bdev::get_by_name(&p.name).ok_or(Error::NoSuchBdev { name: p.name })?;
+                let h = b.histogram().await?.ok_or_else(|| {
+                    Error::invalid(
+                        "bdev_get_histogram",
+                        format!("histogram is not enabled on bdev {}", b.name()),
+                    )
+                })?;
+                Ok(serde_json::json!({
+                    "histogram": h.to_base64(),
+                    "bucket_shift": crate::bdev::HISTOGRAM_BUCKET_SHIFT,
+                    "tsc_rate": crate::thread::ticks_hz(),
+                }))
             })
         });
         m.register_sync("bdev_wait_for_examine", |p| {
@@ -186,7 +276,7 @@ pub fn bdev_info(b: &crate::bdev::Bdev) -> Value {
         "block_size": b.block_len(),
         "num_blocks": b.num_blocks(),
         "uuid": u,
-        "assigned_rate_limits": {"rw_ios_per_sec": 0, "rw_mbytes_per_sec": 0, "r_mbytes_per_sec": 0, "w_mbytes_per_sec": 0},
+        "assigned_rate_limits": b.qos_limits(),
         "claimed": b.claimed_by().is_some(),
         "zoned": false,
         "supported_io_types": io,
@@ -201,11 +291,34 @@ pub fn save_config() -> Value {
     let opts = crate::thread::with_current(|t| t.runtime().bdev.opts.clone()).unwrap_or_default();
     let mut config = vec![serde_json::json!({"method": "bdev_set_options", "params": opts})];
     config.extend(crate::module::config_json());
-    config.extend(
-        crate::bdev::list()
-            .iter()
-            .filter_map(|b| b.write_config_json()),
-    );
+    let bdevs = crate::bdev::list();
+    config.extend(bdevs.iter().filter_map(|b| b.write_config_json()));
+    // What the layer itself keeps per bdev, after every bdev exists.
+    for b in &bdevs {
+        let q = b.qos_limits();
+        if q.any() {
+            let mut p = serde_json::Map::new();
+            p.insert("name".into(), Value::String(b.name().to_string()));
+            for (k, v) in serde_json::to_value(q)
+                .unwrap_or_default()
+                .as_object()
+                .into_iter()
+                .flatten()
+            {
+                if v.as_u64().is_some_and(|x| x > 0) {
+                    p.insert(k.clone(), v.clone());
+                }
+            }
+            config.push(serde_json::json!({"method": "bdev_set_qos_limit", "params": p}));
+        }
+        if let Some(opc) = b.histogram_enabled() {
+            let mut p = serde_json::json!({"name": b.name(), "enable": true});
+            if let Some(t) = opc {
+                p["opc"] = Value::String(t.name().into());
+            }
+            config.push(serde_json::json!({"method": "bdev_enable_histogram", "params": p}));
+        }
+    }
     config.push(serde_json::json!({"method": "bdev_wait_for_examine"}));
     serde_json::json!({"subsystems": [{"subsystem": "bdev", "config": config}]})
 }

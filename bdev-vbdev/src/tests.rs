@@ -260,7 +260,13 @@ fn error_bdev_fails_corrupts_holds_and_clears() {
     let rs = Rc::new(Cell::new(None));
     let r2 = rs.clone();
     h.run_on(0, || d.reset(&ch).submit(move |c| r2.set(Some(c.status))));
+    // The layer drains for up to a second, then resets the module, which lets go.
     h.poll_threads();
+    assert_eq!(rs.get(), None, "draining");
+    for _ in 0..12 {
+        h.advance_time_us(100_000);
+        h.poll_threads();
+    }
     assert_eq!(st.get(), Some(IoStatus::Failed));
     assert_eq!(rs.get(), Some(IoStatus::Success));
     drop(ch);

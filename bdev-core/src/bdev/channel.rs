@@ -55,11 +55,33 @@ pub(crate) struct ChanCtx {
     pub(crate) nomem: RefCell<VecDeque<Box<IoCtx>>>,
     pub(crate) nomem_len: Cell<usize>,
     pub(crate) nomem_poller: RefCell<Option<crate::thread::Poller>>,
+    /// `FLAG_*`: what sends an I/O on this channel down the slow path.
+    pub(crate) flags: Cell<u8>,
+    /// I/Os waiting for QoS budget, and the poller that retries them.
+    pub(crate) qos_q: RefCell<VecDeque<Box<IoCtx>>>,
+    pub(crate) qos_poller: RefCell<Option<crate::thread::Poller>>,
+    /// Resets submitted while another ran, completed with its status. Boxed: contexts
+    /// move as one pointer.
+    #[allow(clippy::vec_box)]
+    pub(crate) queued_resets: RefCell<Vec<Box<IoCtx>>>,
+    /// Latency histogram (`bdev_enable_histogram`), of one I/O type or all.
+    pub(crate) hist_on: Cell<bool>,
+    pub(crate) hist: RefCell<Option<(Option<super::IoType>, super::Histogram)>>,
+    /// I/Os submitted through descriptors while one has a timeout.
+    pub(crate) inflight: RefCell<slab::Slab<super::timeout::Tracked>>,
 }
+
+/// The bdev has QoS limits.
+pub(crate) const FLAG_QOS: u8 = 1;
+/// A reset is in progress: new I/O is aborted.
+pub(crate) const FLAG_FROZEN: u8 = 2;
+/// A descriptor has an I/O timeout: in-flight I/O is tracked.
+pub(crate) const FLAG_TIMEOUT: u8 = 4;
 
 impl Drop for ChanCtx {
     fn drop(&mut self) {
         // The bdev keeps what its departed channels counted.
+        self.retire_histogram();
         let mut retired = self.bdev.retired.lock().unwrap_or_else(|e| e.into_inner());
         retired.add(&self.stats);
     }
@@ -73,8 +95,8 @@ impl ChanCtx {
         let t = current_or("bdev_get_io_channel")?;
         let tctx = ThreadCtx::get(&t)?;
         let module = bdev.ops.create_channel()?;
-        Ok(ChanCtx {
-            bdev,
+        let hist = *bdev.hist_cfg.lock().unwrap_or_else(|e| e.into_inner());
+        let c = ChanCtx {
             module,
             tctx,
             outstanding: Cell::new(0),
@@ -82,7 +104,55 @@ impl ChanCtx {
             nomem: RefCell::new(VecDeque::new()),
             nomem_len: Cell::new(0),
             nomem_poller: RefCell::new(None),
-        })
+            flags: Cell::new(
+                if bdev.qos.enabled() { FLAG_QOS } else { 0 }
+                    | if bdev.timeouts.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+                        FLAG_TIMEOUT
+                    } else {
+                        0
+                    },
+            ),
+            qos_q: RefCell::new(VecDeque::new()),
+            qos_poller: RefCell::new(None),
+            queued_resets: RefCell::new(Vec::new()),
+            hist_on: Cell::new(false),
+            hist: RefCell::new(None),
+            inflight: RefCell::new(slab::Slab::new()),
+            bdev,
+        };
+        c.set_histogram(hist);
+        Ok(c)
+    }
+
+    /// Turns this channel's histogram on (`Some(filter)`) or off, keeping what it counted
+    /// in the bdev's.
+    pub(crate) fn set_histogram(&self, cfg: Option<Option<super::IoType>>) {
+        self.retire_histogram();
+        self.hist_on.set(cfg.is_some());
+        *self.hist.borrow_mut() = cfg.map(|f| (f, super::Histogram::default()));
+    }
+
+    fn retire_histogram(&self) {
+        if let Some((_, h)) = self.hist.borrow_mut().take() {
+            let mut r = self
+                .bdev
+                .retired_hist
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            r.get_or_insert_with(Default::default).merge(&h);
+        }
+    }
+
+    /// Counts a completed I/O's latency, if this channel keeps a histogram.
+    #[inline]
+    pub(crate) fn tally(&self, t: super::IoType, ticks: u64) {
+        if self.hist_on.get() {
+            if let Some((f, h)) = self.hist.borrow_mut().as_mut() {
+                if f.is_none_or(|f| f == t) {
+                    h.tally(ticks);
+                }
+            }
+        }
     }
 }
 
@@ -165,6 +235,8 @@ pub(crate) struct ThreadCtx {
     thread: Weak<ThreadInner>,
     pub(crate) events: RefCell<HashMap<u64, EventCb>>,
     cells: RefCell<Vec<Rc<AsyncCell>>>,
+    /// Timeout pollers of the descriptors opened on this thread, by descriptor id.
+    pub(crate) timeouts: RefCell<HashMap<u64, crate::thread::Poller>>,
 }
 
 impl ThreadCtx {
@@ -202,6 +274,7 @@ impl ThreadCtx {
             thread: t.downgrade(),
             events: RefCell::new(HashMap::new()),
             cells: RefCell::new(Vec::new()),
+            timeouts: RefCell::new(HashMap::new()),
         }))
     }
 

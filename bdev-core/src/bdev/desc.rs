@@ -110,6 +110,66 @@ impl Desc {
         Bdev(self.inner.bdev.clone())
     }
 
+    /// The descriptor's id, unique in the process.
+    #[inline]
+    pub(crate) fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// Asks to hear of I/Os submitted through this descriptor that are outstanding longer
+    /// than `timeout_s` seconds (`spdk_bdev_set_timeout`); 0 turns it off. `cb` runs on the
+    /// thread of the channel the I/O was submitted on, once per late I/O. Call it on the
+    /// thread that opened the descriptor.
+    pub fn set_timeout(
+        &self,
+        timeout_s: u64,
+        cb: impl Fn(super::TimedOutIo) + Send + Sync + 'static,
+    ) -> Result<()> {
+        let t = current_or("bdev_set_timeout")?;
+        if t.id() != self.inner.thread.id() {
+            return Err(Error::invalid(
+                "bdev_set_timeout",
+                "call it on the thread that opened the descriptor",
+            ));
+        }
+        let tctx = ThreadCtx::get(&t)?;
+        let had = tctx.timeouts.borrow_mut().remove(&self.inner.id).is_some();
+        let b = self.inner.bdev.clone();
+        if timeout_s == 0 {
+            if had {
+                timeouts_changed(&b, -1);
+            }
+            return Ok(());
+        }
+        if !had {
+            timeouts_changed(&b, 1);
+        }
+        let id = self.inner.id;
+        let ticks = timeout_s.saturating_mul(t.ticks_hz());
+        let cb: super::timeout::TimeoutCb = Arc::new(cb);
+        let dev = b.clone();
+        let poller = crate::thread::Poller::register_us(
+            "bdev_io_timeout",
+            super::timeout::POLL_US,
+            move || {
+                let cb = cb.clone();
+                let r = dev.dev.for_each_channel(
+                    move |ch, next| {
+                        super::timeout::check(ch, id, ticks, &cb);
+                        next.next(Ok(()));
+                    },
+                    |_| {},
+                );
+                if let Err(e) = r {
+                    tracing::debug!("timeout check: {e}");
+                }
+                crate::thread::PollStatus::Busy
+            },
+        )?;
+        tctx.timeouts.borrow_mut().insert(id, poller);
+        Ok(())
+    }
+
     pub(crate) fn bdev_inner(&self) -> &BdevInner {
         &self.inner.bdev
     }
@@ -191,10 +251,15 @@ impl Desc {
                 st.claim = None;
             }
         }
+        let bdev = self.inner.bdev.clone();
         let drop_cb = move || {
             if let Some(tctx) = ThreadCtx::current() {
                 let cb = tctx.events.borrow_mut().remove(&id);
                 drop(cb);
+                let timeout = tctx.timeouts.borrow_mut().remove(&id);
+                if timeout.is_some() {
+                    timeouts_changed(&bdev, -1);
+                }
             }
         };
         if self.inner.thread.run(drop_cb).is_err() {
@@ -301,6 +366,30 @@ impl Desc {
     #[inline]
     pub fn reset<'a>(&'a self, ch: &'a BdevChannel) -> IoRequest<'a, ()> {
         self.req(ch, IoType::Reset, 0, 0, ())
+    }
+}
+
+/// A descriptor of `b` set (+1) or cleared (-1) its timeout: channels track in-flight
+/// I/O while any descriptor has one.
+fn timeouts_changed(b: &Arc<BdevInner>, delta: isize) {
+    let before = if delta > 0 {
+        b.timeouts.fetch_add(1, Ordering::AcqRel)
+    } else {
+        b.timeouts.fetch_sub(1, Ordering::AcqRel)
+    };
+    let after = before as isize + delta;
+    if (before == 0) != (after == 0) {
+        let on = after > 0;
+        let r = b.dev.for_each_channel(
+            move |ch, next| {
+                super::timeout::set_tracking(ch, on);
+                next.next(Ok(()));
+            },
+            |_| {},
+        );
+        if let Err(e) = r {
+            tracing::debug!("timeout tracking: {e}");
+        }
     }
 }
 

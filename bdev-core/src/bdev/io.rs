@@ -81,7 +81,13 @@ pub(crate) struct IoCtx {
     /// A piece of a serviced I/O (split, bounced, emulated): not counted in statistics,
     /// never serviced again.
     pub(crate) internal: bool,
+    /// The descriptor it was submitted through (0: a child or internal I/O).
+    desc_id: u64,
+    /// Its key in the channel's timeout table ([`NOT_TRACKED`]: none).
+    track: usize,
 }
+
+const NOT_TRACKED: usize = usize::MAX;
 
 impl Default for IoCtx {
     fn default() -> Self {
@@ -99,6 +105,8 @@ impl Default for IoCtx {
             submit_tick: 0,
             status: IoStatus::Success,
             internal: false,
+            desc_id: 0,
+            track: NOT_TRACKED,
         }
     }
 }
@@ -113,6 +121,7 @@ pub(crate) struct Pending {
     /// A child's parent, and where in the parent's data the child's starts.
     parent: Option<(BdevIo, usize)>,
     cb: IoCallback,
+    desc_id: u64,
 }
 
 /// An I/O in a module's hands. Complete it with [`BdevIo::complete`]; dropping it
@@ -324,7 +333,7 @@ impl BdevIo {
         });
         ctx.offset_blocks = offset_blocks;
         c.outstanding.set(c.outstanding.get() + 1);
-        route(c, ctx);
+        route(&ch.ch, ctx);
     }
 
     /// Completes the I/O. The submitter's callback runs on its thread: now, or — when
@@ -376,6 +385,7 @@ fn finish(mut ctx: Box<IoCtx>) {
             let bytes = ctx.num_blocks * ctx.block_len as u64;
             ch.stats
                 .record(ctx.io_type, bytes, ticks, ctx.status.is_success());
+            ch.tally(ctx.io_type, ticks);
             if ch.nomem_len.get() > 0 {
                 service::nomem_retry(&ch);
             }
@@ -398,9 +408,15 @@ fn finish(mut ctx: Box<IoCtx>) {
     let tctx = &ch.tctx;
     let ticks = tctx.now.get().saturating_sub(ctx.submit_tick);
     let bytes = ctx.num_blocks * ctx.block_len as u64;
+    if ctx.track != NOT_TRACKED {
+        super::timeout::untrack(&ch, ctx.track);
+        ctx.track = NOT_TRACKED;
+    }
+    ctx.desc_id = 0;
     if !ctx.internal {
         ch.stats
             .record(ctx.io_type, bytes, ticks, status.is_success());
+        ch.tally(ctx.io_type, ticks);
     }
     ctx.internal = false;
     tctx.free(ctx);
@@ -415,10 +431,56 @@ fn finish(mut ctx: Box<IoCtx>) {
     }
 }
 
+/// Sends a context on its way: resets, frozen channels, QoS and timeouts take the slow
+/// path; everything else goes to the module (or the services).
+#[inline]
+fn route(ch: &IoChannel<ChanCtx>, ctx: Box<IoCtx>) {
+    if (ch.flags.get() != 0 || ctx.io_type == IoType::Reset) && !ctx.internal {
+        return route_slow(ch, ctx);
+    }
+    route_admitted(ch, ctx)
+}
+
+#[cold]
+fn route_slow(ch: &IoChannel<ChanCtx>, ctx: Box<IoCtx>) {
+    let flags = ch.flags.get();
+    if ctx.io_type == IoType::Reset {
+        return super::reset::start(ch, ctx);
+    }
+    if flags & super::channel::FLAG_FROZEN != 0 {
+        // Never complete inside the caller's submit.
+        let depth = &ch.tctx.submit_depth;
+        depth.set(depth.get() + 1);
+        complete_ctx(ctx, IoStatus::Aborted);
+        depth.set(depth.get() - 1);
+        return;
+    }
+    let mut ctx = ctx;
+    if flags & super::channel::FLAG_TIMEOUT != 0
+        && ctx.desc_id != 0
+        && ctx.track == NOT_TRACKED
+        && ctx.frames.is_empty()
+    {
+        ctx.track = super::timeout::track(
+            ch,
+            ctx.desc_id,
+            ctx.io_type,
+            ctx.offset_blocks,
+            ctx.num_blocks,
+            ctx.submit_tick,
+        );
+    }
+    if flags & super::channel::FLAG_QOS != 0 && ch.bdev.qos.enabled() {
+        return super::qos::submit(ch, ctx);
+    }
+    route_admitted(ch, ctx)
+}
+
 /// Hands a context to the module, or to the services when the bdev can't take it as it
 /// is (split, bounce, write_zeroes emulation). Completions inside are deferred.
 #[inline]
-fn route(c: &ChanCtx, ctx: Box<IoCtx>) {
+pub(crate) fn route_admitted(ch: &IoChannel<ChanCtx>, ctx: Box<IoCtx>) {
+    let c = &**ch;
     let depth = &c.tctx.submit_depth;
     depth.set(depth.get() + 1);
     let b = &*c.bdev;
@@ -536,6 +598,7 @@ pub(crate) fn submit<P: IoPayload>(
             }
             ctx.payload = payload.into_payload();
             ctx.cb = Some(cb);
+            ctx.desc_id = desc.id();
             return dispatch(&ch.ch, ctx, io_type, offset, num);
         }
     }
@@ -547,6 +610,7 @@ pub(crate) fn submit<P: IoPayload>(
         payload: payload.into_payload(),
         parent: None,
         cb,
+        desc_id: desc.id(),
     });
 }
 
@@ -588,6 +652,7 @@ fn submit_child(
         payload: Payload::None,
         parent: Some((parent, data_offset)),
         cb,
+        desc_id: 0,
     });
 }
 
@@ -608,7 +673,9 @@ pub(crate) fn start(p: Pending, mut ctx: Box<IoCtx>) {
         payload,
         parent,
         cb,
+        desc_id,
     } = p;
+    ctx.desc_id = desc_id;
     let need = (num_blocks * ch.bdev.block_len as u64) as usize;
     match parent {
         Some((parent, data_offset)) => {
@@ -646,5 +713,5 @@ pub(crate) fn dispatch(
     ctx.status = IoStatus::Success;
     ctx.ch = Some(ch.clone());
     c.outstanding.set(c.outstanding.get() + 1);
-    route(c, ctx);
+    route(ch, ctx);
 }

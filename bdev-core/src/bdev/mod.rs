@@ -27,25 +27,32 @@
 
 mod channel;
 mod desc;
+mod histogram;
 mod io;
 mod ops;
 mod props;
+mod qos;
 mod queue;
 mod registry;
 mod request;
+mod reset;
 mod service;
 mod stats;
+mod timeout;
 mod types;
 
 pub use channel::BdevChannel;
 pub use desc::Desc;
+pub use histogram::{BUCKET_SHIFT as HISTOGRAM_BUCKET_SHIFT, Histogram};
 pub use io::BdevIo;
 pub use ops::{BdevOps, DestructDone};
 pub use props::BdevProps;
+pub use qos::QosLimits;
 pub use queue::IoQueue;
 pub use registry::{Bdev, get_by_name, list, register};
 pub use request::{IoFuture, IoRequest};
 pub use stats::IoStats;
+pub use timeout::TimedOutIo;
 pub use types::{BdevEvent, Completion, IoError, IoPayload, IoStatus, IoType, Payload, Reject};
 
 use std::sync::atomic::{AtomicIsize, Ordering};

@@ -67,6 +67,14 @@ pub(crate) struct BdevInner {
     pub(crate) ops: Box<dyn ErasedOps>,
     pub(crate) dev: IoDevice<ChanCtx>,
     pub(crate) state: Mutex<BdevState>,
+    pub(crate) qos: super::qos::Qos,
+    /// A reset is running.
+    pub(crate) reset_busy: Mutex<bool>,
+    /// Histogram enabled (with its I/O type filter), and what departed channels counted.
+    pub(crate) hist_cfg: Mutex<Option<Option<IoType>>>,
+    pub(crate) retired_hist: Mutex<Option<super::Histogram>>,
+    /// Descriptors with an I/O timeout.
+    pub(crate) timeouts: std::sync::atomic::AtomicUsize,
     /// Statistics of channels already destroyed.
     pub(crate) retired: Mutex<super::stats::StatsSum>,
     rt: Weak<Runtime>,
@@ -107,6 +115,23 @@ impl BdevInner {
                 tracing::warn!(bdev = %self.props.name, "descriptor's thread has exited; {ev:?} not delivered");
             }
         }
+    }
+
+    /// Runs `f` on every channel of the bdev, each on its thread, and returns when all
+    /// have run.
+    pub(crate) async fn each_channel(
+        &self,
+        f: impl Fn(&ChanCtx) + Send + Sync + 'static,
+    ) -> Result<()> {
+        let (tx, rx) = crate::oneshot::channel();
+        self.dev.for_each_channel(
+            move |ch, next| {
+                f(ch);
+                next.next(Ok(()));
+            },
+            move |r| tx.send(r),
+        )?;
+        rx.await.unwrap_or(Err(Error::Stopping))
     }
 
     /// Finishes an unregistration once the last descriptor is closed: waits for every
@@ -234,6 +259,11 @@ pub fn register<T: BdevOps>(mut props: BdevProps, ops: Arc<T>) -> Result<Bdev> {
                 unregister: Vec::new(),
                 finishing: false,
             }),
+            qos: Default::default(),
+            reset_busy: Mutex::new(false),
+            hist_cfg: Mutex::new(None),
+            retired_hist: Mutex::new(None),
+            timeouts: std::sync::atomic::AtomicUsize::new(0),
             retired: Mutex::new(Default::default()),
             rt: Arc::downgrade(&rt),
             props,
@@ -434,6 +464,96 @@ impl Bdev {
         rx.await.unwrap_or(Err(Error::Stopping))?;
         let s = acc.lock().unwrap_or_else(|e| e.into_inner()).to_iostats();
         Ok(s)
+    }
+
+    /// Sets QoS limits (`bdev_set_qos_limit`): `None` leaves a limit as it is, 0 turns it
+    /// off. Returns once every channel applies them.
+    pub async fn set_qos_limits(&self, limits: [Option<u64>; 4]) -> Result<()> {
+        let t = current_or("bdev_set_qos_limit")?;
+        let on = self.0.qos.set(limits, t.now(), t.ticks_hz());
+        self.0
+            .each_channel(move |c| {
+                let f = c.flags.get();
+                c.flags.set(if on {
+                    f | super::channel::FLAG_QOS
+                } else {
+                    f & !super::channel::FLAG_QOS
+                });
+            })
+            .await
+    }
+
+    /// Turns the latency histogram on, for every I/O type or one (`bdev_enable_histogram`),
+    /// or off. Turning it on again starts from zero.
+    pub async fn enable_histogram(&self, enable: bool, opc: Option<IoType>) -> Result<()> {
+        let cfg = enable.then_some(opc);
+        *self.0.hist_cfg.lock().unwrap_or_else(|e| e.into_inner()) = cfg;
+        *self
+            .0
+            .retired_hist
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = None;
+        self.0.each_channel(move |c| c.set_histogram(cfg)).await?;
+        *self
+            .0
+            .retired_hist
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = None;
+        Ok(())
+    }
+
+    /// Whether the histogram is on, and for which I/O type (`None`: all).
+    pub fn histogram_enabled(&self) -> Option<Option<IoType>> {
+        *self.0.hist_cfg.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The latency histogram, every channel's merged (`bdev_get_histogram`); `None` when
+    /// it is off.
+    pub async fn histogram(&self) -> Result<Option<super::Histogram>> {
+        if self.histogram_enabled().is_none() {
+            return Ok(None);
+        }
+        let acc = Arc::new(Mutex::new(
+            self.0
+                .retired_hist
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+                .unwrap_or_default(),
+        ));
+        let a = acc.clone();
+        self.0
+            .each_channel(move |c| {
+                if let Some((_, h)) = c.hist.borrow().as_ref() {
+                    a.lock().unwrap_or_else(|e| e.into_inner()).merge(h);
+                }
+            })
+            .await?;
+        let h = acc.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        Ok(Some(h))
+    }
+
+    /// The QoS limits in force (0: none).
+    pub fn qos_limits(&self) -> super::QosLimits {
+        self.0.qos.limits()
+    }
+
+    /// Each channel's statistics with its thread's id (`bdev_get_iostat` `per_channel`).
+    pub async fn iostat_per_channel(&self) -> Result<Vec<(u64, super::IoStats)>> {
+        let acc = Arc::new(Mutex::new(Vec::new()));
+        let a = acc.clone();
+        self.0
+            .each_channel(move |c| {
+                let mut sum = super::stats::StatsSum::default();
+                sum.add(&c.stats);
+                let id = crate::thread::current().map(|t| t.id()).unwrap_or(0);
+                a.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((id, sum.to_iostats()));
+            })
+            .await?;
+        let v = std::mem::take(&mut *acc.lock().unwrap_or_else(|e| e.into_inner()));
+        Ok(v)
     }
 
     /// [`Bdev::unregister`] as a future.

@@ -1,7 +1,7 @@
 //! The generic I/O services (split, bounce, write_zeroes emulation, NOMEM retry) against a
 //! RAM test module with limits, which records what reaches it.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
@@ -26,17 +26,19 @@ struct RamBdev {
     /// Answer NoMem to this many I/Os first.
     nomem: Mutex<u32>,
     write_zeroes: bool,
+    /// Keep reads (until the channel goes) instead of completing them.
+    hold_reads: bool,
 }
 
 impl BdevOps for RamBdev {
-    type Channel = ();
+    type Channel = RefCell<Vec<BdevIo>>;
     fn module_name(&self) -> &'static str {
         "ram_test"
     }
-    fn create_channel(&self) -> crate::Result<()> {
-        Ok(())
+    fn create_channel(&self) -> crate::Result<RefCell<Vec<BdevIo>>> {
+        Ok(RefCell::new(Vec::new()))
     }
-    fn submit_request(&self, _: &(), io: BdevIo) {
+    fn submit_request(&self, held: &RefCell<Vec<BdevIo>>, io: BdevIo) {
         self.seen.lock().unwrap().push(Seen {
             t: io.io_type(),
             offset: io.offset_blocks(),
@@ -53,6 +55,9 @@ impl BdevOps for RamBdev {
                 *n -= 1;
                 return io.complete(IoStatus::NoMem);
             }
+        }
+        if self.hold_reads && io.io_type() == IoType::Read {
+            return held.borrow_mut().push(io);
         }
         let r = match io.io_type() {
             IoType::Read => io.copy_from_mem(&self.mem, io.offset_bytes()),
@@ -71,7 +76,7 @@ impl BdevOps for RamBdev {
     fn io_type_supported(&self, t: IoType) -> bool {
         match t {
             IoType::WriteZeroes => self.write_zeroes,
-            t => matches!(t, IoType::Read | IoType::Write),
+            t => matches!(t, IoType::Read | IoType::Write | IoType::Reset),
         }
     }
 }
@@ -81,6 +86,16 @@ fn ram(
     props: impl FnOnce(BdevProps) -> BdevProps,
     wz: bool,
     nomem: u32,
+) -> Arc<Mutex<Vec<Seen>>> {
+    ram_with(name, props, wz, nomem, false)
+}
+
+fn ram_with(
+    name: &str,
+    props: impl FnOnce(BdevProps) -> BdevProps,
+    wz: bool,
+    nomem: u32,
+    hold_reads: bool,
 ) -> Arc<Mutex<Vec<Seen>>> {
     let p = props(BdevProps::new(name, 512, 256));
     let align = p.buf_align;
@@ -93,6 +108,7 @@ fn ram(
             seen: seen.clone(),
             nomem: Mutex::new(nomem),
             write_zeroes: wz,
+            hold_reads,
         }),
     )
     .unwrap();
@@ -268,4 +284,242 @@ fn nomem_from_the_module_is_retried_not_reported() {
     }
     assert_eq!(ok.get(), 3);
     assert_eq!(seen.lock().unwrap().len(), 3 + 5);
+}
+
+#[test]
+fn qos_holds_io_to_the_iops_limit_per_timeslice() {
+    let h = Harness::new(1);
+    let seen = ram("r_qos", |p| p, true, 0);
+    let b = h.run_on(0, || get_by_name("r_qos").unwrap());
+    // 1500/s rounds up to 2000/s: 2 I/Os per 1 ms timeslice.
+    h.block_on(0, {
+        let b = b.clone();
+        async move {
+            b.set_qos_limits([Some(1500), None, None, None])
+                .await
+                .unwrap()
+        }
+    });
+    assert_eq!(b.qos_limits().rw_ios_per_sec, 2000);
+    let d = Rc::new(h.run_on(0, || Desc::open("r_qos", true, |_| {}).unwrap()));
+    let ch = Rc::new(h.run_on(0, || d.get_io_channel().unwrap()));
+    let done = Rc::new(Cell::new(0));
+    for i in 0..10u64 {
+        let done = done.clone();
+        h.run_on(0, || {
+            d.read_blocks(&ch, DmaBuf::new(512, 8).unwrap(), i, 1)
+                .submit(move |c| {
+                    assert!(c.is_success());
+                    done.set(done.get() + 1)
+                })
+        });
+    }
+    h.poll_threads();
+    assert_eq!(done.get(), 2, "the first timeslice's budget");
+    for slice in 1..=4 {
+        h.advance_time_us(1000);
+        h.poll_threads();
+        assert_eq!(done.get(), 2 + 2 * slice);
+    }
+    // Unmap is not limited; turning the limit off releases the rest at once.
+    h.block_on(0, {
+        let b = b.clone();
+        async move { b.set_qos_limits([Some(0), None, None, None]).await.unwrap() }
+    });
+    h.advance_time_us(100);
+    h.poll_threads();
+    assert_eq!(done.get(), 10);
+    assert!(!b.qos_limits().any());
+    assert_eq!(seen.lock().unwrap().len(), 10);
+}
+
+#[test]
+fn reset_freezes_aborts_new_io_and_a_second_reset_waits_for_the_first() {
+    let h = Harness::new(2);
+    let seen = ram("r_reset", |p| p, true, 0);
+    let d = Arc::new(h.run_on(0, || Desc::open("r_reset", true, |_| {}).unwrap()));
+    let ch0 = Rc::new(h.run_on(0, || d.get_io_channel().unwrap()));
+    let ch1 = Rc::new(h.run_on(1, || d.get_io_channel().unwrap()));
+    let r1 = Rc::new(Cell::new(None));
+    let r2 = Rc::new(Cell::new(None));
+    let late = Rc::new(Cell::new(None));
+    let (a, b) = (r1.clone(), r2.clone());
+    h.run_on(0, || d.reset(&ch0).submit(move |c| a.set(Some(c.status))));
+    h.run_on(1, || d.reset(&ch1).submit(move |c| b.set(Some(c.status))));
+    // Let the first reset freeze the other thread's channel, then try I/O there.
+    let frozen = |c: &BdevChannel| c.ch.flags.get() & super::channel::FLAG_FROZEN != 0;
+    for _ in 0..100 {
+        if frozen(&ch1) {
+            break;
+        }
+        h.poll_thread(0);
+        h.poll_thread(1);
+    }
+    assert!(frozen(&ch1));
+    let l = late.clone();
+    h.run_on(1, || {
+        d.read_blocks(&ch1, DmaBuf::new(512, 8).unwrap(), 0, 1)
+            .submit(move |c| l.set(Some(c.status)))
+    });
+    for _ in 0..10 {
+        h.poll_threads();
+    }
+    assert_eq!(r1.get(), Some(IoStatus::Success));
+    assert_eq!(r2.get(), Some(IoStatus::Success));
+    assert_eq!(late.get(), Some(IoStatus::Aborted));
+    let resets = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.t == IoType::Reset)
+        .count();
+    assert_eq!(resets, 1, "the second reset rode on the first");
+    // Unfrozen again.
+    let again = Rc::new(Cell::new(None));
+    let g = again.clone();
+    h.run_on(1, || {
+        d.read_blocks(&ch1, DmaBuf::new(512, 8).unwrap(), 0, 1)
+            .submit(move |c| g.set(Some(c.status)))
+    });
+    h.poll_threads();
+    assert_eq!(again.get(), Some(IoStatus::Success));
+}
+
+#[test]
+fn histograms_and_per_channel_stats_come_out_in_spdk_shape() {
+    let h = Harness::new(2);
+    ram("r_hist", |p| p, true, 0);
+    let m = Rc::new(crate::config::Methods::new());
+    let call = |h: &Harness, method: &'static str, p: serde_json::Value| {
+        let m = m.clone();
+        h.block_on(0, async move { m.call(method, Some(p)).await })
+    };
+    let e = call(
+        &h,
+        "bdev_get_histogram",
+        serde_json::json!({"name": "r_hist"}),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("not enabled"), "{e}");
+    let e = call(
+        &h,
+        "bdev_enable_histogram",
+        serde_json::json!({"name": "r_hist", "enable": true, "opc": "nvme_admin"}),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("Invalid Io type"), "{e}");
+    call(
+        &h,
+        "bdev_enable_histogram",
+        serde_json::json!({"name": "r_hist", "enable": true, "opc": "read"}),
+    )
+    .unwrap();
+    let d = Arc::new(h.run_on(0, || Desc::open("r_hist", true, |_| {}).unwrap()));
+    let mut keep = Vec::new();
+    for t in 0..2 {
+        let d = d.clone();
+        let ch = h.run_on(t, || d.get_io_channel().unwrap());
+        let ch2 = ch.clone();
+        h.block_on(t, async move {
+            for i in 0..5 {
+                d.read_blocks(&ch2, DmaBuf::new(512, 8).unwrap(), i, 1)
+                    .await
+                    .unwrap();
+            }
+            d.write_blocks(&ch2, DmaBuf::new(512, 8).unwrap(), 0, 1)
+                .await
+                .unwrap();
+        });
+        // Per-channel stats need the channels alive.
+        keep.push(ch);
+    }
+    let v = call(
+        &h,
+        "bdev_get_histogram",
+        serde_json::json!({"name": "r_hist"}),
+    )
+    .unwrap();
+    assert_eq!(v["bucket_shift"], 7);
+    assert!(v["tsc_rate"].as_u64().unwrap() > 0);
+    let hist = Histogram::from_base64(v["histogram"].as_str().unwrap()).unwrap();
+    assert_eq!(hist.count(), 10, "reads only, both threads");
+    let saved = h.run_on(0, crate::config::save_config);
+    assert!(
+        saved
+            .to_string()
+            .contains(r#""method":"bdev_enable_histogram""#),
+        "{saved}"
+    );
+
+    let v = call(
+        &h,
+        "bdev_get_iostat",
+        serde_json::json!({"name": "r_hist", "per_channel": true}),
+    )
+    .unwrap();
+    let chans = v["channels"].as_array().unwrap();
+    assert_eq!(chans.len(), 2);
+    for c in chans {
+        assert_eq!(c["num_read_ops"], 5);
+        assert_eq!(c["num_write_ops"], 1);
+        assert!(c["thread_id"].as_u64().is_some());
+    }
+    assert_eq!(v["name"], "r_hist");
+    let e = call(
+        &h,
+        "bdev_get_iostat",
+        serde_json::json!({"per_channel": true}),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("needs a bdev name"), "{e}");
+    for (t, ch) in keep.into_iter().enumerate() {
+        h.run_on(t, || drop(ch));
+    }
+}
+
+#[test]
+fn a_timeout_reports_each_late_io_once_on_its_thread() {
+    let h = Harness::new(1);
+    ram_with("r_to", |p| p, true, 0, true);
+    let late = Arc::new(Mutex::new(Vec::new()));
+    let l2 = late.clone();
+    let d = Rc::new(h.run_on(0, || Desc::open("r_to", true, |_| {}).unwrap()));
+    h.run_on(0, || {
+        d.set_timeout(2, move |io| l2.lock().unwrap().push(io))
+            .unwrap()
+    });
+    let ch = Rc::new(h.run_on(0, || d.get_io_channel().unwrap()));
+    // A write completes; a read is held by the module.
+    let wrote = Rc::new(Cell::new(false));
+    let w = wrote.clone();
+    h.run_on(0, || {
+        d.write_blocks(&ch, DmaBuf::new(512, 8).unwrap(), 3, 1)
+            .submit(move |c| w.set(c.is_success()));
+        d.read_blocks(&ch, DmaBuf::new(512, 8).unwrap(), 7, 1)
+            .submit(|_| {});
+    });
+    for _ in 0..15 {
+        h.advance_time_us(100_000);
+        h.poll_threads();
+    }
+    assert!(wrote.get());
+    assert!(
+        late.lock().unwrap().is_empty(),
+        "1.5 s is within the 2 s timeout"
+    );
+    for _ in 0..10 {
+        h.advance_time_us(100_000);
+        h.poll_threads();
+    }
+    let l = late.lock().unwrap().clone();
+    assert_eq!(l.len(), 1, "{l:?}");
+    assert_eq!(
+        (l[0].io_type, l[0].offset_blocks, l[0].num_blocks),
+        (IoType::Read, 7, 1)
+    );
+    assert!(l[0].age_us > 2_000_000);
+    // Off again: nothing more is tracked.
+    h.run_on(0, || d.set_timeout(0, |_| {}).unwrap());
+    h.poll_threads();
+    assert_eq!(ch.ch.flags.get() & super::channel::FLAG_TIMEOUT, 0);
 }

@@ -50,6 +50,11 @@ impl IoType {
         matches!(self, IoType::Read | IoType::Write)
     }
 
+    /// The type SPDK names `name` in JSON, if we have it.
+    pub fn from_name(name: &str) -> Option<IoType> {
+        IoType::ALL.into_iter().find(|t| t.name() == name)
+    }
+
     /// The name SPDK uses in JSON (`supported_io_types`).
     pub fn name(self) -> &'static str {
         match self {
