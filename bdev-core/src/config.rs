@@ -149,10 +149,7 @@ impl Methods {
                     p.w_mbytes_per_sec,
                 ];
                 if l.iter().all(|x| x.is_none()) {
-                    return Err(Error::invalid(
-                        "params of bdev_set_qos_limit",
-                        "No rate limits specified",
-                    ));
+                    return Err(Error::invalid("rate limits", "No rate limits specified"));
                 }
                 b.set_qos_limits(l).await?;
                 Ok(Value::Bool(true))

@@ -292,3 +292,167 @@ fn a_socket_in_use_is_refused() {
     // The first daemon still answers.
     assert!(Client::new(&a).call("spdk_get_version", Value::Null)["result"].is_object());
 }
+
+#[test]
+fn virtual_bdevs_qos_and_histograms_over_rpc() {
+    let d = start("vbdevs", None);
+    let mut c = Client::new(&d);
+    let ok = |v: Value| {
+        assert!(v.get("error").is_none(), "{v}");
+        v["result"].clone()
+    };
+    ok(c.call(
+        "bdev_malloc_create",
+        json!({"name": "M1", "num_blocks": 2048, "block_size": 512}),
+    ));
+    ok(c.call(
+        "bdev_null_create",
+        json!({"name": "N1", "num_blocks": 2048, "block_size": 512}),
+    ));
+    assert_eq!(
+        ok(c.call(
+            "bdev_passthru_create",
+            json!({"base_bdev_name": "M1", "name": "PT1"})
+        )),
+        "PT1"
+    );
+    // The base is claimed: a second virtual bdev on it is refused (-EPERM), the name stays free.
+    let r = c.call("bdev_delay_create", json!({"base_bdev_name": "M1", "name": "D1",
+        "avg_read_latency": 10, "p99_read_latency": 20, "avg_write_latency": 10, "p99_write_latency": 20}));
+    assert_eq!(code(&r), -1, "{r}");
+    assert!(
+        r["error"]["message"].as_str().unwrap().contains("claimed"),
+        "{r}"
+    );
+    assert_eq!(ok(c.call("bdev_delay_create", json!({"base_bdev_name": "N1", "name": "D1",
+        "avg_read_latency": 10, "p99_read_latency": 20, "avg_write_latency": 10, "p99_write_latency": 20}))), "D1");
+    assert_eq!(
+        ok(c.call("bdev_error_create", json!({"base_name": "PT1"}))),
+        true
+    );
+    assert_eq!(
+        code(&c.call("bdev_error_create", json!({"base_name": "PT1"}))),
+        -17
+    );
+    assert_eq!(
+        ok(c.call(
+            "bdev_error_inject_error",
+            json!({"name": "EE_PT1", "io_type": "write", "error_type": "failure", "num": 3})
+        )),
+        true
+    );
+    assert_eq!(
+        code(&c.call(
+            "bdev_error_inject_error",
+            json!({"name": "EE_PT1", "io_type": "write"})
+        )),
+        -32602
+    );
+    assert_eq!(
+        code(&c.call(
+            "bdev_error_inject_error",
+            json!({"name": "PT1", "io_type": "write", "error_type": "failure"})
+        )),
+        -19
+    );
+    assert_eq!(
+        ok(c.call(
+            "bdev_delay_update_latency",
+            json!({"delay_bdev_name": "D1", "latency_type": "p99_write", "latency_us": 5})
+        )),
+        true
+    );
+    assert_eq!(
+        code(&c.call(
+            "bdev_delay_update_latency",
+            json!({"delay_bdev_name": "D9", "latency_type": "p99_write", "latency_us": 5})
+        )),
+        -19
+    );
+    let b = ok(c.call("bdev_get_bdevs", json!({"name": "PT1"})));
+    assert_eq!(b[0]["claimed"], true, "claimed by the error bdev");
+    assert_eq!(b[0]["driver_specific"]["passthru"]["base_bdev_name"], "M1");
+
+    // QoS and histograms.
+    assert_eq!(
+        ok(c.call(
+            "bdev_set_qos_limit",
+            json!({"name": "D1", "rw_ios_per_sec": 10000, "r_mbytes_per_sec": 100})
+        )),
+        true
+    );
+    assert_eq!(
+        code(&c.call("bdev_set_qos_limit", json!({"name": "D1"}))),
+        -22
+    );
+    assert_eq!(
+        code(&c.call(
+            "bdev_set_qos_limit",
+            json!({"name": "nope", "rw_ios_per_sec": 1000})
+        )),
+        -19
+    );
+    let b = ok(c.call("bdev_get_bdevs", json!({"name": "D1"})));
+    assert_eq!(
+        b[0]["assigned_rate_limits"],
+        json!({"rw_ios_per_sec": 10000, "rw_mbytes_per_sec": 0, "r_mbytes_per_sec": 100, "w_mbytes_per_sec": 0})
+    );
+    assert_eq!(
+        ok(c.call(
+            "bdev_enable_histogram",
+            json!({"name": "D1", "enable": true})
+        )),
+        true
+    );
+    let h = ok(c.call("bdev_get_histogram", json!({"name": "D1"})));
+    assert_eq!(h["bucket_shift"], 7);
+    assert_eq!(
+        h["histogram"].as_str().unwrap().len(),
+        7424 * 8 * 4 / 3 + 4 - (7424 * 8 * 4 / 3) % 4,
+        "{}",
+        h["histogram"].as_str().unwrap().len()
+    );
+    let saved = ok(c.call("save_config", Value::Null));
+    let methods: Vec<String> = saved["subsystems"][0]["config"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["method"].as_str().unwrap().to_string())
+        .collect();
+    for m in [
+        "bdev_passthru_create",
+        "bdev_error_create",
+        "bdev_delay_create",
+        "bdev_set_qos_limit",
+        "bdev_enable_histogram",
+    ] {
+        assert!(methods.iter().any(|x| x == m), "{m} not saved: {methods:?}");
+    }
+
+    // Deleting the bottom of a stack takes the stack down with it, as in SPDK.
+    assert_eq!(
+        ok(c.call("bdev_malloc_delete", json!({"name": "M1"}))),
+        true
+    );
+    let names: Vec<String> = ok(c.call("bdev_get_bdevs", Value::Null))
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["N1", "D1"]);
+    assert_eq!(ok(c.call("bdev_delay_delete", json!({"name": "D1"}))), true);
+    assert_eq!(
+        code(&c.call("bdev_delay_delete", json!({"name": "D1"}))),
+        -19
+    );
+    assert_eq!(
+        ok(c.call("bdev_passthru_delete", json!({"name": "PT1"}))),
+        true,
+        "its config is forgotten"
+    );
+    assert_eq!(
+        code(&c.call("bdev_passthru_delete", json!({"name": "PT1"}))),
+        -19
+    );
+}

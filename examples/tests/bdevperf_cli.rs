@@ -431,27 +431,35 @@ fn wait_for_rpc_runs_a_test_per_perform_tests() {
         std::thread::sleep(Duration::from_millis(20));
     };
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    for id in 1..=2 {
-        let req = format!("{{\"jsonrpc\":\"2.0\",\"method\":\"perform_tests\",\"id\":{id}}}");
-        s.write_all(req.as_bytes()).unwrap();
-        let mut buf = Vec::new();
-        let v: serde_json::Value = loop {
-            let mut chunk = [0u8; 65536];
-            let n = s.read(&mut chunk).unwrap();
-            assert!(n > 0, "connection closed");
-            buf.extend_from_slice(&chunk[..n]);
-            if let Some(Ok(v)) = serde_json::Deserializer::from_slice(&buf)
-                .into_iter::<serde_json::Value>()
-                .next()
-            {
-                break v;
-            }
-        };
-        let r = &v["result"]["results"][0];
-        assert_eq!(r["job"], "Malloc0", "{v}");
-        assert_eq!(r["status"], "finished", "{v}");
-        assert!(r["iops"].as_f64().unwrap() > 0.0, "{v}");
-    }
+    let v = rpc(&mut s, 1, "perform_tests", serde_json::Value::Null);
+    let r = &v["result"]["results"][0];
+    assert_eq!(r["job"], "Malloc0", "{v}");
+    assert_eq!(r["status"], "finished", "{v}");
+    assert!(r["iops"].as_f64().unwrap() > 0.0, "{v}");
+    // bdevperf.py's parameters override the command line's for that run.
+    let v = rpc(
+        &mut s,
+        2,
+        "perform_tests",
+        serde_json::json!({"workload_type": "randread", "io_size": "8k", "queue_depth": 2, "time_in_sec": 1}),
+    );
+    let r = &v["result"]["results"][0];
+    assert_eq!(
+        (
+            r["workload"].as_str(),
+            r["io_size"].as_u64(),
+            r["queue_depth"].as_u64()
+        ),
+        (Some("randread"), Some(8192), Some(2)),
+        "{v}"
+    );
+    let v = rpc(
+        &mut s,
+        3,
+        "perform_tests",
+        serde_json::json!({"workload_type": "sideways"}),
+    );
+    assert_eq!(v["error"]["code"], -32602, "{v}");
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -470,4 +478,169 @@ fn wait_for_rpc_runs_a_test_per_perform_tests() {
         2,
         "{out}"
     );
+}
+
+/// One JSON-RPC call over `s`, waiting for its answer.
+fn rpc(
+    s: &mut std::os::unix::net::UnixStream,
+    id: u64,
+    method: &str,
+    params: serde_json::Value,
+) -> serde_json::Value {
+    let mut req = serde_json::json!({"jsonrpc": "2.0", "method": method, "id": id});
+    if !params.is_null() {
+        req["params"] = params;
+    }
+    s.write_all(req.to_string().as_bytes()).unwrap();
+    let mut buf = Vec::new();
+    loop {
+        let mut chunk = [0u8; 65536];
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "connection closed");
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(Ok(v)) = serde_json::Deserializer::from_slice(&buf)
+            .into_iter::<serde_json::Value>()
+            .next()
+        {
+            return v;
+        }
+    }
+}
+
+#[test]
+fn deleting_the_base_of_a_passthru_under_bdevperf_ends_the_job_cleanly() {
+    use std::os::unix::net::UnixStream;
+    let cfg = config(
+        "pt_delete",
+        r#"{"subsystems":[{"subsystem":"bdev","config":[
+            {"method":"bdev_malloc_create","params":{"name":"Mb","num_blocks":16384,"block_size":4096}},
+            {"method":"bdev_passthru_create","params":{"base_bdev_name":"Mb","name":"PTb"}}]}]}"#,
+    );
+    let sock = std::env::temp_dir().join(format!("bdevperf-pt-{}.sock", std::process::id()));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bdevperf"))
+        .args([
+            "-z",
+            "-r",
+            sock.to_str().unwrap(),
+            "-c",
+            cfg.to_str().unwrap(),
+            "-T",
+            "PTb",
+        ])
+        .args([
+            "-q", "32", "-o", "4096", "-w", "randrw", "-M", "50", "-t", "30",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    let connect = || loop {
+        if let Ok(s) = UnixStream::connect(&sock) {
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            break s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "no RPC socket");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut run = connect();
+    run.write_all(br#"{"jsonrpc":"2.0","method":"perform_tests","id":1}"#)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    let mut ctl = connect();
+    let v = rpc(
+        &mut ctl,
+        1,
+        "bdev_malloc_delete",
+        serde_json::json!({"name": "Mb"}),
+    );
+    assert_eq!(v["result"], true, "{v}");
+    // The run ends long before its 30 s, as a failed run; the process keeps serving.
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let v: serde_json::Value = loop {
+        let mut chunk = [0u8; 65536];
+        let n = run.read(&mut chunk).unwrap();
+        assert!(n > 0, "connection closed");
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(Ok(v)) = serde_json::Deserializer::from_slice(&buf)
+            .into_iter::<serde_json::Value>()
+            .next()
+        {
+            break v;
+        }
+    };
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the job did not end"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("failed"),
+        "{v}"
+    );
+    let v = rpc(&mut ctl, 2, "bdev_get_bdevs", serde_json::Value::Null);
+    assert_eq!(
+        v["result"],
+        serde_json::json!([]),
+        "the whole stack is gone: {v}"
+    );
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let st = child.wait().unwrap();
+    assert!(st.success(), "{st:?}");
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(out.contains("PTb"), "{out}");
+    assert!(out.contains("was removed"), "{out}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn plot_draws_the_latency_histogram_as_svg() {
+    let svg = std::env::temp_dir().join(format!("bdevperf-plot-{}.svg", std::process::id()));
+    let o = bdevperf(&[
+        "-q",
+        "8",
+        "-o",
+        "4096",
+        "-w",
+        "randread",
+        "-t",
+        "1",
+        "--plot",
+        svg.to_str().unwrap(),
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{out}{err}");
+    assert!(out.contains("Latency histogram written to"), "{out}");
+    let s = std::fs::read_to_string(&svg).unwrap();
+    assert!(s.starts_with("<svg") && s.trim_end().ends_with("</svg>"));
+    for want in [
+        "p50",
+        "p99",
+        "p99.9",
+        "latency (us, log scale)",
+        "<rect",
+        "<polyline",
+    ] {
+        assert!(s.contains(want), "{want} missing");
+    }
+    let _ = std::fs::remove_file(&svg);
 }

@@ -173,6 +173,9 @@ struct Cli {
         default_value = "/var/tmp/spdk.sock"
     )]
     rpc_socket: PathBuf,
+    /// Draw the run's latency histogram into this SVG file
+    #[arg(long = "plot", value_name = "file.svg")]
+    plot: Option<PathBuf>,
 }
 
 /// Checked parameters.
@@ -191,6 +194,70 @@ pub struct Params {
     pub async_api: bool,
     pub wait_for_rpc: bool,
     pub rpc_socket: PathBuf,
+    pub plot: Option<PathBuf>,
+}
+
+impl Params {
+    /// These parameters with `perform_tests`' overrides (bdevperf.py's names:
+    /// queue_depth, time_in_sec, workload_type, io_size as a string or number,
+    /// rw_percentage), checked as the command line is.
+    pub fn with_rpc_params(&self, v: Option<&serde_json::Value>) -> Result<Params, String> {
+        let mut p = self.clone();
+        let Some(v) = v.filter(|v| !v.is_null()) else {
+            return Ok(p);
+        };
+        let o = v
+            .as_object()
+            .ok_or("perform_tests params must be an object")?;
+        let mut mix = None;
+        for (k, x) in o {
+            let num = || {
+                x.as_u64()
+                    .or_else(|| x.as_str().and_then(|s| s.parse().ok()))
+                    .ok_or(format!("{k} must be a non-negative integer"))
+            };
+            match k.as_str() {
+                "queue_depth" => {
+                    p.queue_depth = u32::try_from(num()?).map_err(|_| "queue_depth too large")?;
+                    if p.queue_depth == 0 {
+                        return Err("queue_depth must be at least 1".into());
+                    }
+                }
+                "time_in_sec" => {
+                    p.time_s = num()?;
+                    if p.time_s == 0 {
+                        return Err("time_in_sec must be at least 1".into());
+                    }
+                }
+                "workload_type" => {
+                    p.workload =
+                        Workload::parse(x.as_str().ok_or("workload_type must be a string")?)?;
+                }
+                "io_size" => {
+                    p.io_size = match x {
+                        serde_json::Value::String(s) => parse_capacity(s)?,
+                        _ => num()?,
+                    };
+                    if p.io_size == 0 || p.io_size > u32::MAX as u64 {
+                        return Err(format!("io_size {} out of range", p.io_size));
+                    }
+                }
+                "rw_percentage" => {
+                    let m = num()?;
+                    if m > 100 {
+                        return Err("rw_percentage must be 0 to 100".into());
+                    }
+                    mix = Some(m as u32);
+                }
+                other => return Err(format!("unknown perform_tests parameter {other}")),
+            }
+        }
+        if p.workload.is_mixed() && mix.is_none() && !self.workload.is_mixed() {
+            return Err("rw_percentage must be given for rw or randrw".into());
+        }
+        p.read_pct = p.workload.read_pct(mix.or(Some(self.read_pct)));
+        Ok(p)
+    }
 }
 
 /// What parsing decided: run, or print and exit.
@@ -260,6 +327,7 @@ pub fn parse() -> Result<Parsed, String> {
         async_api: cli.async_api,
         wait_for_rpc: cli.wait_for_rpc,
         rpc_socket: cli.rpc_socket,
+        plot: cli.plot,
     }))
 }
 

@@ -9,7 +9,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 
-use bdev_core::bdev::{BdevChannel, BdevEvent, Completion, Desc};
+use bdev_core::bdev::{BdevChannel, BdevEvent, Completion, Desc, Histogram};
 use bdev_core::dma::DmaBuf;
 use bdev_core::oneshot;
 use bdev_core::thread::{self, PollStatus, Poller, Thread};
@@ -43,6 +43,9 @@ pub struct JobStats {
     pub ended_with_error: bool,
     /// Error lines to print (first failure, miscompare, removal).
     pub errors: Vec<String>,
+    /// Latencies in ticks (with `--plot`), and the tick rate.
+    pub hist: Option<Box<Histogram>>,
+    pub hz: u64,
 }
 
 struct Task {
@@ -73,6 +76,7 @@ struct State {
     end: u64,
     ended_with_error: bool,
     errors: Vec<String>,
+    hist: Option<Box<Histogram>>,
 }
 
 pub struct Job {
@@ -164,6 +168,7 @@ impl Job {
             },
             lat_min: u64::MAX,
             next_write_id: (spec.index as u64) << 48,
+            hist: p.plot.as_ref().map(|_| Box::default()),
             ..Default::default()
         };
         let job = Rc::new(Job {
@@ -353,6 +358,9 @@ impl Job {
         st.lat_sum += lat;
         st.lat_min = st.lat_min.min(lat);
         st.lat_max = st.lat_max.max(lat);
+        if let Some(h) = st.hist.as_mut() {
+            h.tally(lat);
+        }
         if ok {
             st.completed += 1;
         } else {
@@ -612,6 +620,8 @@ impl Job {
             lat_max_us: us(st.lat_max),
             ended_with_error: st.ended_with_error,
             errors: st.errors.clone(),
+            hist: st.hist.clone(),
+            hz: self.hz,
         }
     }
 

@@ -8,6 +8,7 @@
 mod args;
 mod job;
 mod pattern;
+mod plot;
 mod report;
 
 use std::cell::Cell;
@@ -93,15 +94,10 @@ async fn serve(
     methods.register("perform_tests", move |params| {
         let (p, sig, running) = (p2.clone(), sig.clone(), running.clone());
         Box::pin(async move {
-            if params
-                .as_ref()
-                .is_some_and(|v| !v.is_null() && v.as_object().is_none_or(|o| !o.is_empty()))
-            {
-                return Err(bdev_core::Error::invalid(
-                    "params of perform_tests",
-                    "parameters are not supported yet",
-                ));
-            }
+            let p = Arc::new(
+                p.with_rpc_params(params.as_ref())
+                    .map_err(|e| bdev_core::Error::invalid("params of perform_tests", e))?,
+            );
             if running.replace(true) {
                 return Err(bdev_core::Error::BdevBusy {
                     name: "bdevperf".into(),
@@ -329,6 +325,19 @@ async fn run_tests(
         }
     }
     print!("{}", report::table(&results, p, true));
+    if let Some(path) = &p.plot {
+        let title = format!(
+            "bdevperf {} -q {} -o {}: {} job(s)",
+            p.workload.name(),
+            p.queue_depth,
+            p.io_size,
+            results.len()
+        );
+        match plot::write_svg(path, &title, &results) {
+            Ok(()) => println!("Latency histogram written to {}", path.display()),
+            Err(e) => eprintln!("bdevperf: writing {}: {e}", path.display()),
+        }
+    }
     let errors = results.iter().any(|j| j.ended_with_error);
     Ok((
         if errors || failed_to_start > 0 {
