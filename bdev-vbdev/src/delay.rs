@@ -216,7 +216,7 @@ impl BdevOps for DelayBdev {
         done.complete();
     }
 
-    fn write_config_json(&self, _bdev: &Bdev) -> Option<Value> {
+    fn write_config_json(&self, bdev: &Bdev) -> Option<Value> {
         let mut params = serde_json::json!({
             "base_bdev_name": self.base_name,
             "name": self.name,
@@ -225,9 +225,8 @@ impl BdevOps for DelayBdev {
             "avg_write_latency": self.latency_us(DelayType::AvgWrite),
             "p99_write_latency": self.latency_us(DelayType::P99Write),
         });
-        if let Some(u) = self.uuid {
-            params["uuid"] = Value::String(u.to_string());
-        }
+        // The UUID it has, given or not, so that a reload gives the same bdev.
+        params["uuid"] = Value::String(bdev.uuid().to_string());
         Some(serde_json::json!({"method": "bdev_delay_create", "params": params}))
     }
 

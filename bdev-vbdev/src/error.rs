@@ -356,7 +356,13 @@ impl BdevModule for ErrorModule {
             .map(|c| c.all())
             .unwrap_or_default()
             .into_iter()
-            .map(|o| serde_json::json!({"method": "bdev_error_create", "params": o}))
+            .map(|mut o| {
+                // The UUID a built bdev has, so that a reload gives the same bdev.
+                if let Some(b) = bdev::get_by_name(&o.name()) {
+                    o.uuid = Some(b.uuid());
+                }
+                serde_json::json!({"method": "bdev_error_create", "params": o})
+            })
             .collect()
     }
 

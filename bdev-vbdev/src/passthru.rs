@@ -104,8 +104,11 @@ impl BdevOps for Passthru {
         done.complete();
     }
 
-    fn write_config_json(&self, _bdev: &Bdev) -> Option<serde_json::Value> {
-        Some(serde_json::json!({"method": "bdev_passthru_create", "params": self.opts}))
+    fn write_config_json(&self, bdev: &Bdev) -> Option<serde_json::Value> {
+        // The UUID it has, given or not, so that a reload gives the same bdev.
+        let mut opts = self.opts.clone();
+        opts.uuid = Some(bdev.uuid());
+        Some(serde_json::json!({"method": "bdev_passthru_create", "params": opts}))
     }
 
     fn dump_info_json(&self) -> Option<serde_json::Value> {

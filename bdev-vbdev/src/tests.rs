@@ -398,13 +398,15 @@ fn save_config_round_trips_a_stack_of_every_kind() {
     }
     let names = |h: &Harness| {
         h.run_on(0, || {
-            let mut v: Vec<(String, String, u64)> = bdev_core::bdev::list()
+            // Same names, modules, sizes and UUIDs.
+            let mut v: Vec<(String, String, u64, String)> = bdev_core::bdev::list()
                 .iter()
                 .map(|b| {
                     (
                         b.name().to_string(),
                         b.module_name().to_string(),
                         b.num_blocks(),
+                        b.uuid().to_string(),
                     )
                 })
                 .collect();

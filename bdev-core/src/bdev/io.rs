@@ -57,8 +57,9 @@ impl IoCallback {
 struct Frame {
     ch: IoChannel<ChanCtx>,
     offset_blocks: u64,
-    /// `None`: complete the upper I/O with the lower one's status.
-    cb: Option<ChildCb>,
+    /// Whether the upper module left a callback (the top of `cbs`); if not, the upper I/O
+    /// completes with the lower one's status.
+    has_cb: bool,
 }
 
 /// The pooled context of one I/O.
@@ -66,6 +67,8 @@ pub(crate) struct IoCtx {
     /// Frames of the bdevs above the current one, for an I/O forwarded down a stack of
     /// virtual bdevs in place (innermost last). Keeps its capacity across uses.
     frames: Vec<Frame>,
+    /// The callbacks of the frames that have one (kept apart: most frames have none).
+    cbs: Vec<ChildCb>,
     pub(crate) ch: Option<IoChannel<ChanCtx>>,
     pub(crate) io_type: IoType,
     pub(crate) offset_blocks: u64,
@@ -93,6 +96,7 @@ impl Default for IoCtx {
     fn default() -> Self {
         IoCtx {
             frames: Vec::with_capacity(2),
+            cbs: Vec::new(),
             ch: None,
             io_type: IoType::Read,
             offset_blocks: 0,
@@ -309,16 +313,11 @@ impl BdevIo {
             return;
         };
         let (t, n) = (ctx.io_type, ctx.num_blocks);
-        let slow_cb = |cb: Option<ChildCb>| {
-            IoCallback::Child(
-                cb.unwrap_or_else(|| ChildCb::new(|s: IoStatus, io: BdevIo| io.complete(s))),
-            )
-        };
         if c.bdev.block_len != ctx.block_len {
-            return submit_child(self, desc, ch, t, offset_blocks, n, 0, slow_cb(cb));
+            return self.forward_slow(desc, ch, offset_blocks, cb, None);
         }
         if let Err(r) = validate_common(desc, c, t, offset_blocks, n) {
-            return reject(c, r, Payload::None, Some(self), slow_cb(cb));
+            return self.forward_slow(desc, ch, offset_blocks, cb, Some(r));
         }
         let Some(mut ctx) = self.ctx.take() else {
             return;
@@ -326,14 +325,42 @@ impl BdevIo {
         std::mem::forget(self);
         let up = ctx.ch.replace(ch.ch.clone());
         let Some(up) = up else { return };
+        let has_cb = cb.is_some();
+        if let Some(cb) = cb {
+            ctx.cbs.push(cb);
+        }
         ctx.frames.push(Frame {
             ch: up,
             offset_blocks: ctx.offset_blocks,
-            cb,
+            has_cb,
         });
         ctx.offset_blocks = offset_blocks;
         c.outstanding.set(c.outstanding.get() + 1);
         route(&ch.ch, ctx);
+    }
+
+    /// A forward that can't go in place: refused (`r`), or to a bdev of another block size
+    /// (as a child I/O).
+    #[cold]
+    #[inline(never)]
+    fn forward_slow(
+        self,
+        desc: &Desc,
+        ch: &BdevChannel,
+        offset_blocks: u64,
+        cb: Option<ChildCb>,
+        r: Option<Reject>,
+    ) {
+        let cb = IoCallback::Child(
+            cb.unwrap_or_else(|| ChildCb::new(|s: IoStatus, io: BdevIo| io.complete(s))),
+        );
+        match r {
+            Some(r) => reject(&ch.ch, r, Payload::None, Some(self), cb),
+            None => {
+                let (t, n) = (self.io_type(), self.num_blocks());
+                submit_child(self, desc, ch, t, offset_blocks, n, 0, cb)
+            }
+        }
     }
 
     /// Completes the I/O. The submitter's callback runs on its thread: now, or — when
@@ -391,7 +418,7 @@ fn finish(mut ctx: Box<IoCtx>) {
             }
         }
         ctx.offset_blocks = f.offset_blocks;
-        if let Some(cb) = f.cb {
+        if let Some(cb) = f.has_cb.then(|| ctx.cbs.pop()).flatten() {
             // The upper module decides; it completes the I/O again later.
             let status = std::mem::replace(&mut ctx.status, IoStatus::Success);
             return cb.call(status, BdevIo { ctx: Some(ctx) });
@@ -433,7 +460,7 @@ fn finish(mut ctx: Box<IoCtx>) {
 
 /// Sends a context on its way: resets, frozen channels, QoS and timeouts take the slow
 /// path; everything else goes to the module (or the services).
-#[inline]
+#[inline(always)]
 fn route(ch: &IoChannel<ChanCtx>, ctx: Box<IoCtx>) {
     if (ch.flags.get() != 0 || ctx.io_type == IoType::Reset) && !ctx.internal {
         return route_slow(ch, ctx);
