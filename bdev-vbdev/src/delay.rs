@@ -90,7 +90,6 @@ pub struct UpdateLatencyOpts {
 struct DelayBdev {
     name: String,
     base_name: String,
-    uuid: Option<Uuid>,
     base: Bdev,
     link: BaseLink,
     /// Microseconds, indexed by [`DelayType`] order; shared with the channels.
@@ -249,7 +248,6 @@ fn build(opts: &DelayOpts, base: &Bdev) -> Result<Bdev, Error> {
     let ops = Arc::new(DelayBdev {
         name: opts.name.clone(),
         base_name: opts.base_bdev_name.clone(),
-        uuid: opts.uuid,
         base: base.clone(),
         link: BaseLink::new(desc),
         lat_us: Arc::new([
