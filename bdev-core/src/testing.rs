@@ -171,6 +171,30 @@ impl Harness {
             .expect("future still pending with all threads idle")
     }
 
+    /// As [`Harness::block_on`], for futures that wait on the world outside (a kernel
+    /// completing I/O): keeps polling every thread, in real time, for up to `timeout`.
+    pub fn block_on_real<T: 'static>(
+        &self,
+        i: usize,
+        timeout: std::time::Duration,
+        fut: impl Future<Output = T> + 'static,
+    ) -> T {
+        let t = self.thread(i);
+        let jh = thread::executor_spawn_on(&t, fut);
+        let start = std::time::Instant::now();
+        loop {
+            self.poll_threads();
+            if let Some(v) = jh.try_take() {
+                return v;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "future still pending after {timeout:?}"
+            );
+            std::thread::yield_now();
+        }
+    }
+
     /// Stops the runtime (as `app::stop`) and polls until every thread has exited.
     pub fn stop(&self) {
         self.rt.request_stop(0);

@@ -1,0 +1,280 @@
+//! The bdev over a file or block device, for either engine. Each channel owns an engine
+//! and a poller; reads, writes and flushes go through the engine (pushed at submission,
+//! handed to the kernel once per poll, reaped by the poller); unmap and write_zeroes are
+//! fallocate (files) or BLKDISCARD / BLKZEROOUT (block devices), done at submission, as
+//! SPDK's aio bdev does.
+
+use std::cell::RefCell;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use bdev_core::bdev::{Bdev, BdevIo, BdevOps, DestructDone, IoStatus, IoType};
+use bdev_core::dma::Iov;
+use bdev_core::thread::{PollStatus, Poller};
+use serde_json::Value;
+use slab::Slab;
+
+use crate::engine::{Engine, Op};
+
+/// Which engine, and its options.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EngineKind {
+    /// Linux AIO.
+    Aio,
+    /// io_uring.
+    Uring {
+        /// Start an SQPOLL kernel thread idling this many ms.
+        sqpoll_idle_ms: Option<u32>,
+        /// Register the file with the ring.
+        fixed_file: bool,
+    },
+}
+
+/// Operations in flight per channel (the engine's queue depth).
+pub(crate) const DEPTH: u32 = 256;
+
+pub(crate) struct FileBdev {
+    pub(crate) module: &'static str,
+    pub(crate) filename: String,
+    pub(crate) file: Arc<File>,
+    pub(crate) kind: EngineKind,
+    pub(crate) blockdev: bool,
+    pub(crate) readonly: bool,
+    /// Unmap and write_zeroes offered.
+    pub(crate) fallocate: bool,
+    /// The create call's params, for save_config.
+    pub(crate) config: Value,
+}
+
+struct ChanInner {
+    eng: RefCell<Box<dyn Engine>>,
+    ios: RefCell<Slab<BdevIo>>,
+    done: RefCell<Vec<(u64, i64)>>,
+}
+
+pub(crate) struct FileChannel {
+    inner: Rc<ChanInner>,
+    _poller: Poller,
+}
+
+impl Drop for FileChannel {
+    fn drop(&mut self) {
+        // The kernel may still write into buffers of I/Os in flight: wait for them before
+        // their contexts (and buffers) go.
+        let mut eng = self.inner.eng.borrow_mut();
+        let mut spins = 0;
+        while eng.in_flight() > 0 && spins < 10_000 {
+            let _ = eng.submit();
+            if eng.reap(&mut |_, _| {}) == 0 && eng.wait_one().is_err() {
+                break;
+            }
+            spins += 1;
+        }
+    }
+}
+
+impl ChanInner {
+    fn poll(&self) -> PollStatus {
+        {
+            let mut eng = self.eng.borrow_mut();
+            if let Err(e) = eng.submit() {
+                tracing::warn!("submitting to the kernel: {e}");
+            }
+            let mut done = self.done.borrow_mut();
+            eng.reap(&mut |ud, res| done.push((ud, res)));
+        }
+        let done = std::mem::take(&mut *self.done.borrow_mut());
+        let busy = !done.is_empty();
+        for &(ud, res) in &done {
+            let io = {
+                let mut ios = self.ios.borrow_mut();
+                if !ios.contains(ud as usize) {
+                    continue;
+                }
+                ios.remove(ud as usize)
+            };
+            let want = match io.io_type() {
+                IoType::Read | IoType::Write => io.len_bytes() as i64,
+                _ => 0,
+            };
+            let st = if res == want {
+                IoStatus::Success
+            } else if res < 0 {
+                IoStatus::AioError(res as i32)
+            } else {
+                // A short transfer: the file shrank underneath, or the device failed.
+                IoStatus::Failed
+            };
+            io.complete(st);
+        }
+        // Keep the vector's capacity.
+        let mut d = done;
+        d.clear();
+        *self.done.borrow_mut() = d;
+        if busy {
+            PollStatus::Busy
+        } else {
+            PollStatus::Idle
+        }
+    }
+}
+
+impl FileBdev {
+    /// fallocate or the block-device ioctl for unmap / write_zeroes, now.
+    fn sync_op(&self, io: &BdevIo) -> IoStatus {
+        let (off, len) = (io.offset_bytes(), io.len_bytes());
+        let fd = self.file.as_raw_fd();
+        let r = if self.blockdev {
+            let req = if io.io_type() == IoType::Unmap {
+                crate::file::BLKDISCARD
+            } else {
+                crate::file::BLKZEROOUT
+            };
+            let range = [off, len];
+            // SAFETY: both ioctls read a [u64; 2] (offset, length) that outlives the call.
+            unsafe { libc::ioctl(fd, req, range.as_ptr()) }
+        } else {
+            let mode = libc::FALLOC_FL_KEEP_SIZE
+                | if io.io_type() == IoType::Unmap {
+                    libc::FALLOC_FL_PUNCH_HOLE
+                } else {
+                    libc::FALLOC_FL_ZERO_RANGE
+                };
+            // SAFETY: plain syscall on our descriptor with integer arguments.
+            unsafe { libc::fallocate(fd, mode, off as libc::off_t, len as libc::off_t) }
+        };
+        if r < 0 {
+            IoStatus::AioError(
+                -std::io::Error::last_os_error()
+                    .raw_os_error()
+                    .unwrap_or(libc::EIO),
+            )
+        } else {
+            IoStatus::Success
+        }
+    }
+}
+
+impl BdevOps for FileBdev {
+    type Channel = FileChannel;
+
+    fn module_name(&self) -> &'static str {
+        self.module
+    }
+
+    fn create_channel(&self) -> bdev_core::Result<FileChannel> {
+        let eng: Box<dyn Engine> = match &self.kind {
+            EngineKind::Aio => Box::new(
+                crate::aio::Aio::new(self.file.clone(), DEPTH)
+                    .map_err(|e| bdev_core::Error::invalid("io_setup", e.to_string()))?,
+            ),
+            EngineKind::Uring {
+                sqpoll_idle_ms,
+                fixed_file,
+            } => Box::new(
+                crate::uring::Uring::new(self.file.clone(), DEPTH, *sqpoll_idle_ms, *fixed_file)
+                    .map_err(|e| bdev_core::Error::invalid("io_uring_setup", e.to_string()))?,
+            ),
+        };
+        let inner = Rc::new(ChanInner {
+            eng: RefCell::new(eng),
+            ios: RefCell::new(Slab::with_capacity(DEPTH as usize)),
+            done: RefCell::new(Vec::with_capacity(DEPTH as usize)),
+        });
+        let i2 = inner.clone();
+        let poller = Poller::register(self.module, move || i2.poll())?;
+        Ok(FileChannel {
+            inner,
+            _poller: poller,
+        })
+    }
+
+    fn submit_request(&self, ch: &FileChannel, io: BdevIo) {
+        let t = io.io_type();
+        match t {
+            IoType::Read | IoType::Write | IoType::Flush => {}
+            IoType::Unmap | IoType::WriteZeroes => {
+                let st = self.sync_op(&io);
+                return io.complete(st);
+            }
+            // Nothing of ours to reset: what is in the kernel completes on its own.
+            _ => return io.complete(IoStatus::Success),
+        }
+        let c = &ch.inner;
+        let (op, key) = {
+            let mut ios = c.ios.borrow_mut();
+            let entry = ios.vacant_entry();
+            let key = entry.key();
+            let op = match t {
+                IoType::Read => Op::Readv {
+                    iov: Iov::as_iovecs(io.iovs()),
+                    cnt: io.iovs().len() as u32,
+                    offset: io.offset_bytes(),
+                },
+                IoType::Write => Op::Writev {
+                    iov: Iov::as_iovecs(io.iovs()),
+                    cnt: io.iovs().len() as u32,
+                    offset: io.offset_bytes(),
+                },
+                _ => Op::Fsync,
+            };
+            // The context (and its segment array) stays where it is while the slab holds it.
+            entry.insert(io);
+            (op, key)
+        };
+        let mut eng = c.eng.borrow_mut();
+        // SAFETY: the segments belong to the I/O now held in the slab; it is completed
+        // (and its buffers released) only after the engine reaps this op, or after the
+        // channel's Drop has waited for the engine to drain.
+        let mut r = unsafe { eng.push(op, key as u64) };
+        if r.is_err() {
+            // Full: hand the batch to the kernel and try once more.
+            let _ = eng.submit();
+            // SAFETY: as above.
+            r = unsafe { eng.push(op, key as u64) };
+        }
+        drop(eng);
+        if r.is_err() {
+            // Still full: the layer queues it and retries as I/O completes (NOMEM).
+            let io = c.ios.borrow_mut().remove(key);
+            io.complete(IoStatus::NoMem);
+        }
+    }
+
+    fn io_type_supported(&self, t: IoType) -> bool {
+        match t {
+            IoType::Read | IoType::Reset => true,
+            IoType::Write | IoType::Flush => !self.readonly,
+            IoType::Unmap | IoType::WriteZeroes => !self.readonly && self.fallocate,
+            _ => false,
+        }
+    }
+
+    fn destruct(&self, done: DestructDone) {
+        done.complete();
+    }
+
+    fn write_config_json(&self, bdev: &Bdev) -> Option<Value> {
+        let mut p = self.config.clone();
+        p["uuid"] = Value::String(bdev.uuid().to_string());
+        let method = if self.module == crate::AIO {
+            "bdev_aio_create"
+        } else {
+            "bdev_uring_create"
+        };
+        Some(serde_json::json!({"method": method, "params": p}))
+    }
+
+    fn dump_info_json(&self) -> Option<Value> {
+        let mut o = serde_json::json!({"filename": self.filename});
+        if self.module == crate::AIO {
+            o["block_size_override"] =
+                Value::Bool(self.config["block_size"].as_u64().unwrap_or(0) != 0);
+            o["readonly"] = Value::Bool(self.readonly);
+            o["fallocate"] = Value::Bool(self.fallocate);
+        }
+        Some(serde_json::json!({ self.module: o }))
+    }
+}

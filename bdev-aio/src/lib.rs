@@ -1,0 +1,283 @@
+//! Files and block devices as bdevs, with O_DIRECT, through two engines behind one small
+//! trait ([`engine::Engine`]): Linux AIO by raw syscalls ([`aio`]) and io_uring ([`uring`]).
+//!
+//! SPDK's methods: `bdev_aio_create {name, filename, block_size, readonly, fallocate}`,
+//! `bdev_aio_delete`, `bdev_aio_rescan`, `bdev_uring_create {name, filename, block_size}`
+//! (plus `sqpoll_idle_ms` and `fixed_file`, ours), `bdev_uring_delete`.
+//!
+//! Each channel (thread) has its own engine and a poller: operations are pushed at
+//! submission, handed to the kernel once per poll, and reaped by the poller (from the
+//! completion ring in user space for both engines). Misaligned buffers reach the engine
+//! through the core's bounce service, as the bdev requires its block size as alignment.
+
+pub mod aio;
+mod bdev;
+pub mod engine;
+mod file;
+pub mod uring;
+
+use std::sync::Arc;
+
+use bdev_core::bdev::{self as core_bdev, BdevProps};
+use bdev_core::config::{Methods, parse_params};
+use bdev_core::module::BdevModule;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+pub use bdev::EngineKind;
+
+/// The AIO module's name.
+pub const AIO: &str = "aio";
+/// The io_uring module's name.
+pub const URING: &str = "uring";
+
+/// What can go wrong creating, rescanning or deleting these bdevs.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The target or the options are unusable; the message says how.
+    #[error("{0}")]
+    InvalidOpts(String),
+    /// No bdev of this module has that name.
+    #[error("bdev {name} not found among {module} bdevs")]
+    NotFound {
+        /// The name given.
+        name: String,
+        /// The module asked.
+        module: &'static str,
+    },
+    /// The bdev layer refused.
+    #[error(transparent)]
+    Core(#[from] bdev_core::Error),
+}
+
+impl From<Error> for bdev_core::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Core(c) => c,
+            Error::NotFound { name, .. } => bdev_core::Error::NoSuchBdev { name },
+            Error::InvalidOpts(m) => bdev_core::Error::invalid("target", m),
+        }
+    }
+}
+
+/// Options of `bdev_aio_create` (SPDK's names).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AioOpts {
+    /// Bdev name.
+    pub name: String,
+    /// File or block device.
+    pub filename: String,
+    /// Block size (0 or absent: the device's, 512 for a file).
+    #[serde(default)]
+    pub block_size: u32,
+    /// Open read-only: writes, unmaps and flushes are refused.
+    #[serde(default)]
+    pub readonly: bool,
+    /// Offer unmap and write_zeroes (fallocate, or discard/zeroout on a block device).
+    #[serde(default)]
+    pub fallocate: bool,
+    /// UUID (random when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<Uuid>,
+}
+
+/// Options of `bdev_uring_create` (SPDK's names, and two of ours).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct UringOpts {
+    /// Bdev name.
+    pub name: String,
+    /// File or block device.
+    pub filename: String,
+    /// Block size (0 or absent: the device's, 512 for a file).
+    #[serde(default)]
+    pub block_size: u32,
+    /// UUID (random when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<Uuid>,
+    /// Ours: an SQPOLL kernel thread submits, idling this many ms (no syscall per batch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sqpoll_idle_ms: Option<u32>,
+    /// Ours: register the file with each ring.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fixed_file: bool,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn create_inner(
+    module: &'static str,
+    name: &str,
+    filename: &str,
+    block_size: u32,
+    readonly: bool,
+    fallocate: bool,
+    uuid: Option<Uuid>,
+    kind: EngineKind,
+    config: Value,
+) -> Result<core_bdev::Bdev, Error> {
+    if name.is_empty() {
+        return Err(Error::InvalidOpts("bdev name must not be empty".into()));
+    }
+    if core_bdev::get_by_name(name).is_some() {
+        return Err(Error::Core(bdev_core::Error::BdevExists {
+            name: name.into(),
+        }));
+    }
+    let t = file::open(filename, block_size, readonly)?;
+    let mut props = BdevProps::new(name, t.block_len, t.num_blocks)
+        .product_name(if module == AIO {
+            "AIO disk"
+        } else {
+            "URING bdev"
+        })
+        .uuid(uuid)
+        .buf_align(t.block_len as usize);
+    props.write_cache = true;
+    let ops = Arc::new(bdev::FileBdev {
+        module,
+        filename: filename.to_string(),
+        file: Arc::new(t.file),
+        kind,
+        blockdev: t.blockdev,
+        readonly,
+        fallocate,
+        config,
+    });
+    Ok(core_bdev::register(props, ops)?)
+}
+
+/// Creates an AIO bdev (`bdev_aio_create`).
+pub fn create_aio(o: AioOpts) -> Result<core_bdev::Bdev, Error> {
+    let config = serde_json::to_value(&o).map_err(|e| Error::InvalidOpts(e.to_string()))?;
+    create_inner(
+        AIO,
+        &o.name,
+        &o.filename,
+        o.block_size,
+        o.readonly,
+        o.fallocate,
+        o.uuid,
+        EngineKind::Aio,
+        config,
+    )
+}
+
+/// Creates an io_uring bdev (`bdev_uring_create`). Unmap and write_zeroes are offered.
+pub fn create_uring(o: UringOpts) -> Result<core_bdev::Bdev, Error> {
+    let config = serde_json::to_value(&o).map_err(|e| Error::InvalidOpts(e.to_string()))?;
+    let kind = EngineKind::Uring {
+        sqpoll_idle_ms: o.sqpoll_idle_ms,
+        fixed_file: o.fixed_file,
+    };
+    create_inner(
+        URING,
+        &o.name,
+        &o.filename,
+        o.block_size,
+        false,
+        true,
+        o.uuid,
+        kind,
+        config,
+    )
+}
+
+fn find(name: &str, module: &'static str) -> Result<core_bdev::Bdev, Error> {
+    core_bdev::get_by_name(name)
+        .filter(|b| b.module_name() == module)
+        .ok_or_else(|| Error::NotFound {
+            name: name.to_string(),
+            module,
+        })
+}
+
+/// Deletes an AIO or io_uring bdev; returns once it is unregistered.
+pub async fn delete(name: &str, module: &'static str) -> Result<(), Error> {
+    Ok(find(name, module)?.unregister_async().await?)
+}
+
+/// Re-reads the size of an AIO bdev's file and tells open descriptors if it changed
+/// (`bdev_aio_rescan`).
+pub fn rescan(name: &str) -> Result<(), Error> {
+    let b = find(name, AIO)?;
+    let ops = b.ops::<bdev::FileBdev>().ok_or_else(|| Error::NotFound {
+        name: name.to_string(),
+        module: AIO,
+    })?;
+    let size = file::size_of(&ops.file, ops.blockdev)
+        .map_err(|e| Error::InvalidOpts(format!("{}: {e}", ops.filename)))?;
+    let n = size / b.block_len() as u64;
+    if n != b.num_blocks() {
+        b.notify_blockcnt_change(n)?;
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NameParams {
+    name: String,
+}
+
+/// The AIO module.
+#[derive(Debug, Default)]
+pub struct AioModule;
+
+impl BdevModule for AioModule {
+    fn name(&self) -> &'static str {
+        AIO
+    }
+    fn register_methods(&self, m: &mut Methods) {
+        m.register_sync("bdev_aio_create", |p| {
+            let o: AioOpts = parse_params("bdev_aio_create", p)?;
+            Ok(Value::String(create_aio(o)?.name().to_string()))
+        });
+        m.register("bdev_aio_delete", |p| {
+            Box::pin(async move {
+                let d: NameParams = parse_params("bdev_aio_delete", p)?;
+                delete(&d.name, AIO).await?;
+                Ok(Value::Bool(true))
+            })
+        });
+        m.register_sync("bdev_aio_rescan", |p| {
+            let d: NameParams = parse_params("bdev_aio_rescan", p)?;
+            rescan(&d.name)?;
+            Ok(Value::Bool(true))
+        });
+    }
+}
+
+/// The io_uring module.
+#[derive(Debug, Default)]
+pub struct UringModule;
+
+impl BdevModule for UringModule {
+    fn name(&self) -> &'static str {
+        URING
+    }
+    fn register_methods(&self, m: &mut Methods) {
+        m.register_sync("bdev_uring_create", |p| {
+            let o: UringOpts = parse_params("bdev_uring_create", p)?;
+            Ok(Value::String(create_uring(o)?.name().to_string()))
+        });
+        m.register("bdev_uring_delete", |p| {
+            Box::pin(async move {
+                let d: NameParams = parse_params("bdev_uring_delete", p)?;
+                delete(&d.name, URING).await?;
+                Ok(Value::Bool(true))
+            })
+        });
+    }
+}
+
+/// Adds both modules to the current application and their methods to `m`.
+pub fn register(m: &mut Methods) -> bdev_core::Result<()> {
+    m.add_module(Arc::new(AioModule))?;
+    m.add_module(Arc::new(UringModule))
+}
+
+#[cfg(test)]
+mod tests;
