@@ -296,7 +296,17 @@ mod tests {
             iov_len: buf.len(),
         };
         // SAFETY: `buf` and `iov` outlive the loop below, which waits for the completion.
-        unsafe { a.push(Op::Readv { iov: &iov, cnt: 1, offset: 4096 }, 42) }.unwrap();
+        unsafe {
+            a.push(
+                Op::Readv {
+                    iov: &iov,
+                    cnt: 1,
+                    offset: 4096,
+                },
+                42,
+            )
+        }
+        .unwrap();
         assert_eq!(a.submit().unwrap(), 1);
         let mut got = None;
         for _ in 0..1_000_000 {
