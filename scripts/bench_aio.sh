@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Issue 4's figures: 4 KiB randread, qd 32, one job, O_DIRECT, our uring and aio bdevs
+# (bdevperf, one core) against fio's io_uring and libaio engines on the same target, N
+# interleaved runs of T seconds each, medians and ratios. Targets: a 1 GiB file on the
+# root file system, and (as root) a loop device over a 1 GiB file in tmpfs (/dev/shm).
+#   N=3 T=10 scripts/bench_aio.sh
+# Installs fio from Debian's packages if it is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${N:-3}
+T=${T:-10}
+command -v fio >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fio >/dev/null; }
+cargo build --release -q --bin bdevperf
+BP=$PWD/target/release/bdevperf
+mkdir -p target/aio
+FILE=$PWD/target/aio/bench-1g.img
+if [[ ! -s $FILE ]]; then
+  fio --name=fill --filename="$FILE" --rw=write --bs=1M --size=1G --direct=1 --ioengine=psync >/dev/null
+fi
+targets=("$FILE")
+LOOPDEV=
+if [[ $(id -u) == 0 ]]; then
+  SHM=/dev/shm/bdev-bench-1g.img
+  [[ -s $SHM ]] || dd if=/dev/urandom of=$SHM bs=1M count=1024 status=none
+  LOOPDEV=$(losetup --find --show "$SHM")
+  targets+=("$LOOPDEV")
+  trap 'losetup -d $LOOPDEV; rm -f $SHM' EXIT
+fi
+fio_run() { # engine target -> "iops cpu%"
+  fio --name=r --filename="$2" --ioengine="$1" --direct=1 --rw=randread --bs=4k --iodepth=32 \
+      --numjobs=1 --time_based --runtime="$T" --output-format=json 2>/dev/null |
+    python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]; print(j["read"]["iops"], j["usr_cpu"]+j["sys_cpu"])'
+}
+bp_run() { # method target -> iops
+  local cfg=target/aio/bench.json
+  echo "{\"subsystems\":[{\"subsystem\":\"bdev\",\"config\":[{\"method\":\"$1\",\"params\":{\"name\":\"B0\",\"filename\":\"$2\"}}]}]}" > $cfg
+  $BP -c $cfg -q 32 -o 4096 -w randread -t "$T" -m 0x1 | grep -a Total | tail -1 | awk -F: '{print $2}' | awk '{print $1}'
+}
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
+for tgt in "${targets[@]}"; do
+  declare -A runs=() cpu=()
+  for i in $(seq "$N"); do
+    for k in fio_io_uring fio_libaio bdev_uring bdev_aio; do
+      case $k in
+        fio_io_uring) read -r v c < <(fio_run io_uring "$tgt"); cpu[$k]="${cpu[$k]:-} $c" ;;
+        fio_libaio) read -r v c < <(fio_run libaio "$tgt"); cpu[$k]="${cpu[$k]:-} $c" ;;
+        bdev_uring) v=$(bp_run bdev_uring_create "$tgt") ;;
+        bdev_aio) v=$(bp_run bdev_aio_create "$tgt") ;;
+      esac
+      runs[$k]="${runs[$k]:-} $v"
+      echo "run $i $tgt $k $v" >&2
+    done
+  done
+  echo "### $tgt"
+  declare -A med=()
+  for k in fio_io_uring fio_libaio bdev_uring bdev_aio; do
+    med[$k]=$(echo "${runs[$k]}" | median)
+    extra=""
+    if [[ -n ${cpu[$k]:-} ]]; then
+      c=$(echo "${cpu[$k]}" | median)
+      extra=" (fio CPU ${c}% of a core: $(awk -v a="${med[$k]}" -v c="$c" 'BEGIN{printf "%.0f", a/(c/100)}') IOPS per core)"
+    else
+      extra=" (one reactor core: ${med[$k]} IOPS per core)"
+    fi
+    printf '| %s | %.0f | %s |%s\n' "$k" "${med[$k]}" "$(echo ${runs[$k]} | awk '{for(i=1;i<=NF;i++) printf "%.1fk ", $i/1e3}')" "$extra"
+  done
+  echo "bdev_uring / fio io_uring: $(awk -v a="${med[bdev_uring]}" -v b="${med[fio_io_uring]}" 'BEGIN{printf "%.3f", a/b}')"
+  echo "bdev_aio / fio libaio: $(awk -v a="${med[bdev_aio]}" -v b="${med[fio_libaio]}" 'BEGIN{printf "%.3f", a/b}')"
+done
