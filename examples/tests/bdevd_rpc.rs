@@ -456,3 +456,84 @@ fn virtual_bdevs_qos_and_histograms_over_rpc() {
         -19
     );
 }
+
+#[test]
+fn aio_and_uring_bdevs_over_rpc() {
+    let d = start("aio", None);
+    let mut c = Client::new(&d);
+    let img = tmp("aio-rpc.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let img = img.to_str().unwrap().to_string();
+    let r = c.call(
+        "bdev_aio_create",
+        json!({"name": "A1", "filename": img, "block_size": 4096, "fallocate": true}),
+    );
+    assert_eq!(r["result"], "A1", "{r}");
+    let r = c.call("bdev_uring_create", json!({"name": "U1", "filename": img}));
+    assert_eq!(r["result"], "U1", "{r}");
+    let b = c.call("bdev_get_bdevs", json!({"name": "A1"}));
+    assert_eq!(
+        (
+            b["result"][0]["block_size"].as_u64(),
+            b["result"][0]["num_blocks"].as_u64()
+        ),
+        (Some(4096), Some(256)),
+        "{b}"
+    );
+    assert_eq!(b["result"][0]["supported_io_types"]["unmap"], true);
+    // Bad targets and params: errors with a message, the daemon keeps serving.
+    let r = c.call(
+        "bdev_aio_create",
+        json!({"name": "A2", "filename": "/nonexistent.img"}),
+    );
+    assert!(
+        code(&r) < 0
+            && r["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("/nonexistent.img"),
+        "{r}"
+    );
+    assert_eq!(
+        code(&c.call("bdev_aio_create", json!({"name": "A3"}))),
+        -32602
+    );
+    assert_eq!(
+        code(&c.call("bdev_uring_create", json!({"name": "U1", "filename": img}))),
+        -17
+    );
+    // The file grows; rescan picks it up.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_len(2 << 20)
+        .unwrap();
+    assert_eq!(
+        c.call("bdev_aio_rescan", json!({"name": "A1"}))["result"],
+        true
+    );
+    let b = c.call("bdev_get_bdevs", json!({"name": "A1"}));
+    assert_eq!(b["result"][0]["num_blocks"], 512);
+    assert_eq!(code(&c.call("bdev_aio_rescan", json!({"name": "U1"}))), -19);
+    let saved = c.call("save_config", Value::Null).to_string();
+    assert!(
+        saved.contains("bdev_aio_create") && saved.contains("bdev_uring_create"),
+        "{saved}"
+    );
+    assert_eq!(
+        c.call("bdev_aio_delete", json!({"name": "A1"}))["result"],
+        true
+    );
+    assert_eq!(
+        c.call("bdev_uring_delete", json!({"name": "U1"}))["result"],
+        true
+    );
+    assert_eq!(
+        code(&c.call("bdev_uring_delete", json!({"name": "U1"}))),
+        -19
+    );
+}
