@@ -30,11 +30,22 @@ impl Uring {
         sqpoll_idle_ms: Option<u32>,
         fixed_file: bool,
     ) -> io::Result<Uring> {
-        let mut b = IoUring::builder();
-        if let Some(idle) = sqpoll_idle_ms {
-            b.setup_sqpoll(idle);
-        }
-        let ring = b.build(entries.next_power_of_two().max(8))?;
+        let entries = entries.next_power_of_two().max(8);
+        let build = |coop: bool| {
+            let mut b = IoUring::builder();
+            if let Some(idle) = sqpoll_idle_ms {
+                b.setup_sqpoll(idle);
+            }
+            if coop && sqpoll_idle_ms.is_none() {
+                // One thread submits and reaps: completions need no interrupt of it; the
+                // kernel flags pending work, which the next poll's enter runs (5.19+).
+                b.setup_coop_taskrun()
+                    .setup_taskrun_flag()
+                    .setup_single_issuer();
+            }
+            b.build(entries)
+        };
+        let ring = build(true).or_else(|_| build(false))?;
         if fixed_file {
             ring.submitter().register_files(&[file.as_raw_fd()])?;
         }
@@ -89,6 +100,10 @@ impl Engine for Uring {
 
     fn submit(&mut self) -> io::Result<usize> {
         if self.queued == 0 {
+            // Completions waiting for this thread to enter the kernel (COOP_TASKRUN).
+            if self.inflight > 0 && self.ring.submission().taskrun() {
+                self.ring.submit()?;
+            }
             return Ok(0);
         }
         let n = self.ring.submit()?;
