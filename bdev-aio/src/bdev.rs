@@ -27,6 +27,8 @@ pub enum EngineKind {
     Uring {
         /// Start an SQPOLL kernel thread idling this many ms.
         sqpoll_idle_ms: Option<u32>,
+        /// Pin the SQPOLL thread to this CPU.
+        sqpoll_cpu: Option<u32>,
         /// Register the file with the ring.
         fixed_file: bool,
     },
@@ -172,10 +174,16 @@ impl BdevOps for FileBdev {
             ),
             EngineKind::Uring {
                 sqpoll_idle_ms,
+                sqpoll_cpu,
                 fixed_file,
             } => Box::new(
-                crate::uring::Uring::new(self.file.clone(), DEPTH, *sqpoll_idle_ms, *fixed_file)
-                    .map_err(|e| bdev_core::Error::invalid("io_uring_setup", e.to_string()))?,
+                crate::uring::Uring::new(
+                    self.file.clone(),
+                    DEPTH,
+                    sqpoll_idle_ms.map(|i| (i, *sqpoll_cpu)),
+                    *fixed_file,
+                )
+                .map_err(|e| bdev_core::Error::invalid("io_uring_setup", e.to_string()))?,
             ),
         };
         let inner = Rc::new(ChanInner {

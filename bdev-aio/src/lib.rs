@@ -3,7 +3,7 @@
 //!
 //! SPDK's methods: `bdev_aio_create {name, filename, block_size, readonly, fallocate}`,
 //! `bdev_aio_delete`, `bdev_aio_rescan`, `bdev_uring_create {name, filename, block_size}`
-//! (plus `sqpoll_idle_ms` and `fixed_file`, ours), `bdev_uring_delete`.
+//! (plus `sqpoll_idle_ms`, `sqpoll_cpu` and `fixed_file`, ours), `bdev_uring_delete`.
 //!
 //! Each channel (thread) has its own engine and a poller: operations are pushed at
 //! submission, handed to the kernel once per poll, and reaped by the poller (from the
@@ -101,6 +101,10 @@ pub struct UringOpts {
     /// Ours: an SQPOLL kernel thread submits, idling this many ms (no syscall per batch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sqpoll_idle_ms: Option<u32>,
+    /// Ours: the CPU the SQPOLL thread runs on. Give it a core the reactors don't busy-poll:
+    /// sharing one, it only runs when the scheduler preempts the reactor (milliseconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sqpoll_cpu: Option<u32>,
     /// Ours: register the file with each ring.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub fixed_file: bool,
@@ -168,8 +172,12 @@ pub fn create_aio(o: AioOpts) -> Result<core_bdev::Bdev, Error> {
 /// Creates an io_uring bdev (`bdev_uring_create`). Unmap and write_zeroes are offered.
 pub fn create_uring(o: UringOpts) -> Result<core_bdev::Bdev, Error> {
     let config = serde_json::to_value(&o).map_err(|e| Error::InvalidOpts(e.to_string()))?;
+    if o.sqpoll_cpu.is_some() && o.sqpoll_idle_ms.is_none() {
+        return Err(Error::InvalidOpts("sqpoll_cpu needs sqpoll_idle_ms".into()));
+    }
     let kind = EngineKind::Uring {
         sqpoll_idle_ms: o.sqpoll_idle_ms,
+        sqpoll_cpu: o.sqpoll_cpu,
         fixed_file: o.fixed_file,
     };
     create_inner(

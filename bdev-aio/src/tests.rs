@@ -47,6 +47,7 @@ fn uring(name: &str, filename: &str) -> UringOpts {
         block_size: 0,
         uuid: None,
         sqpoll_idle_ms: None,
+        sqpoll_cpu: None,
         fixed_file: false,
     }
 }
@@ -157,6 +158,7 @@ fn conformance_on_malloc_and_on_files_through_both_engines() {
         crate::create_uring(o).unwrap();
         let mut o = uring("cus", &file("cus.img", 4 << 20));
         o.sqpoll_idle_ms = Some(10);
+        o.sqpoll_cpu = Some(0);
         o.block_size = 4096;
         crate::create_uring(o).unwrap();
     });

@@ -22,21 +22,24 @@ pub struct Uring {
 }
 
 impl Uring {
-    /// A ring of `entries` entries on `file`; `sqpoll_idle_ms` starts an SQPOLL thread,
-    /// `fixed_file` registers the file with the ring.
+    /// A ring of `entries` entries on `file`; `sqpoll` (idle ms, CPU) starts an SQPOLL
+    /// thread, `fixed_file` registers the file with the ring.
     pub fn new(
         file: Arc<File>,
         entries: u32,
-        sqpoll_idle_ms: Option<u32>,
+        sqpoll: Option<(u32, Option<u32>)>,
         fixed_file: bool,
     ) -> io::Result<Uring> {
         let entries = entries.next_power_of_two().max(8);
         let build = |coop: bool| {
             let mut b = IoUring::builder();
-            if let Some(idle) = sqpoll_idle_ms {
+            if let Some((idle, cpu)) = sqpoll {
                 b.setup_sqpoll(idle);
+                if let Some(cpu) = cpu {
+                    b.setup_sqpoll_cpu(cpu);
+                }
             }
-            if coop && sqpoll_idle_ms.is_none() {
+            if coop && sqpoll.is_none() {
                 // One thread submits and reaps: completions need no interrupt of it; the
                 // kernel flags pending work, which the next poll's enter runs (5.19+).
                 b.setup_coop_taskrun()
