@@ -90,7 +90,7 @@ impl Qos {
         for (i, v) in new.iter().enumerate() {
             let Some(v) = *v else { continue };
             let per_sec = if i == 0 {
-                let r = v.div_ceil(1000) * 1000;
+                let r = v.div_ceil(1000).saturating_mul(1000);
                 if r != v {
                     tracing::warn!("QoS: rw_ios_per_sec {v} rounded up to {r}, a multiple of 1000");
                 }
@@ -139,7 +139,8 @@ impl Qos {
             }
             // Debt carries over; unspent budget does not.
             let r = self.remaining[i].load(Ordering::Relaxed).min(0);
-            self.remaining[i].store(r + q * n.min(MAX_CATCH_UP) as i64, Ordering::Relaxed);
+            let add = q.saturating_mul(n.min(MAX_CATCH_UP) as i64);
+            self.remaining[i].store(r.saturating_add(add), Ordering::Relaxed);
         }
     }
 

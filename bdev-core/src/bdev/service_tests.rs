@@ -286,6 +286,24 @@ fn nomem_from_the_module_is_retried_not_reported() {
     assert_eq!(seen.lock().unwrap().len(), 3 + 5);
 }
 
+/// One read through `d` on `ch`, polled to completion; whether it succeeded.
+fn ok_read(h: &Harness, d: &Desc, ch: &BdevChannel) -> bool {
+    let r = Rc::new(Cell::new(None));
+    let r2 = r.clone();
+    h.run_on(0, || {
+        d.read_blocks(ch, DmaBuf::new(512, 8).unwrap(), 0, 1)
+            .submit(move |c| r2.set(Some(c.is_success())))
+    });
+    for _ in 0..100 {
+        h.poll_threads();
+        if r.get().is_some() {
+            break;
+        }
+        h.advance_time_us(100);
+    }
+    r.get() == Some(true)
+}
+
 #[test]
 fn qos_holds_io_to_the_iops_limit_per_timeslice() {
     let h = Harness::new(1);
@@ -331,6 +349,21 @@ fn qos_holds_io_to_the_iops_limit_per_timeslice() {
     assert_eq!(done.get(), 10);
     assert!(!b.qos_limits().any());
     assert_eq!(seen.lock().unwrap().len(), 10);
+    // Absurd limits are taken, not a panic.
+    h.block_on(0, {
+        let b = b.clone();
+        async move {
+            b.set_qos_limits([Some(u64::MAX), Some(u64::MAX), None, None])
+                .await
+                .unwrap()
+        }
+    });
+    assert!(b.qos_limits().any());
+    for _ in 0..3 {
+        h.advance_time_us(5000);
+        let ok = ok_read(&h, &d, &ch);
+        assert!(ok);
+    }
 }
 
 #[test]
