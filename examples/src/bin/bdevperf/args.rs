@@ -178,6 +178,9 @@ struct Cli {
     plot: Option<PathBuf>,
 }
 
+/// The longest run accepted (a year), so that microsecond arithmetic can't overflow.
+pub const MAX_TIME_S: u64 = 365 * 24 * 3600;
+
 /// Checked parameters.
 #[derive(Clone, Debug)]
 pub struct Params {
@@ -225,8 +228,8 @@ impl Params {
                 }
                 "time_in_sec" => {
                     p.time_s = num()?;
-                    if p.time_s == 0 {
-                        return Err("time_in_sec must be at least 1".into());
+                    if p.time_s == 0 || p.time_s > MAX_TIME_S {
+                        return Err(format!("time_in_sec must be 1 to {MAX_TIME_S}"));
                     }
                 }
                 "workload_type" => {
@@ -291,8 +294,8 @@ pub fn parse() -> Result<Parsed, String> {
     }
     let workload = Workload::parse(cli.workload.as_deref().ok_or("missing -w (workload)")?)?;
     let time_s = cli.time.ok_or("missing -t (run time in seconds)")?;
-    if time_s == 0 {
-        return Err("run time (-t) must be at least 1 second".into());
+    if time_s == 0 || time_s > MAX_TIME_S {
+        return Err(format!("run time (-t) must be 1 to {MAX_TIME_S} seconds"));
     }
     if workload.is_mixed() {
         match cli.rw_mix_read {
@@ -309,8 +312,8 @@ pub fn parse() -> Result<Parsed, String> {
         .parse()
         .map_err(|e: bdev_core::Error| e.to_string())?;
     cores.check_available().map_err(|e| e.to_string())?;
-    if cli.show_period == Some(0) {
-        return Err("-S must be at least 1 second".into());
+    if cli.show_period.is_some_and(|s| s == 0 || s > MAX_TIME_S) {
+        return Err(format!("-S must be 1 to {MAX_TIME_S} seconds"));
     }
     let _ = cli.per_core;
     Ok(Parsed::Run(Params {
