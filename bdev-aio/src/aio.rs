@@ -158,13 +158,17 @@ impl Engine for Aio {
             ..Default::default()
         };
         match op {
-            Op::Readv { iov, cnt, offset } => {
+            Op::Readv {
+                iov, cnt, offset, ..
+            } => {
                 cb.opcode = IOCB_CMD_PREADV;
                 cb.buf = iov as u64;
                 cb.nbytes = cnt as u64;
                 cb.offset = offset as i64;
             }
-            Op::Writev { iov, cnt, offset } => {
+            Op::Writev {
+                iov, cnt, offset, ..
+            } => {
                 cb.opcode = IOCB_CMD_PWRITEV;
                 cb.buf = iov as u64;
                 cb.nbytes = cnt as u64;
@@ -302,6 +306,7 @@ mod tests {
                     iov: &iov,
                     cnt: 1,
                     offset: 4096,
+                    buf: None,
                 },
                 42,
             )

@@ -31,6 +31,8 @@ pub enum EngineKind {
         sqpoll_cpu: Option<u32>,
         /// Register the file with the ring.
         fixed_file: bool,
+        /// Registered-buffer slots per ring (0: none).
+        registered_buffers: u16,
     },
 }
 
@@ -48,6 +50,8 @@ pub(crate) struct FileBdev {
     pub(crate) fallocate: bool,
     /// The create call's params, for save_config.
     pub(crate) config: Value,
+    /// I/Os done with registered buffers by channels already closed.
+    pub(crate) fixed_ios: Arc<std::sync::atomic::AtomicU64>,
 }
 
 struct ChanInner {
@@ -58,6 +62,7 @@ struct ChanInner {
 
 pub(crate) struct FileChannel {
     inner: Rc<ChanInner>,
+    fixed_total: Arc<std::sync::atomic::AtomicU64>,
     _poller: Poller,
 }
 
@@ -74,6 +79,8 @@ impl Drop for FileChannel {
             }
             spins += 1;
         }
+        self.fixed_total
+            .fetch_add(eng.fixed_ios(), std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -176,12 +183,14 @@ impl BdevOps for FileBdev {
                 sqpoll_idle_ms,
                 sqpoll_cpu,
                 fixed_file,
+                registered_buffers,
             } => Box::new(
                 crate::uring::Uring::new(
                     self.file.clone(),
                     DEPTH,
                     sqpoll_idle_ms.map(|i| (i, *sqpoll_cpu)),
                     *fixed_file,
+                    *registered_buffers,
                 )
                 .map_err(|e| bdev_core::Error::invalid("io_uring_setup", e.to_string()))?,
             ),
@@ -195,6 +204,7 @@ impl BdevOps for FileBdev {
         let poller = Poller::register(self.module, move || i2.poll())?;
         Ok(FileChannel {
             inner,
+            fixed_total: self.fixed_ios.clone(),
             _poller: poller,
         })
     }
@@ -220,11 +230,13 @@ impl BdevOps for FileBdev {
                     iov: Iov::as_iovecs(io.iovs()),
                     cnt: io.iovs().len() as u32,
                     offset: io.offset_bytes(),
+                    buf: io.data_buffer(),
                 },
                 IoType::Write => Op::Writev {
                     iov: Iov::as_iovecs(io.iovs()),
                     cnt: io.iovs().len() as u32,
                     offset: io.offset_bytes(),
+                    buf: io.data_buffer(),
                 },
                 _ => Op::Fsync,
             };
@@ -277,6 +289,10 @@ impl BdevOps for FileBdev {
 
     fn dump_info_json(&self) -> Option<Value> {
         let mut o = serde_json::json!({"filename": self.filename});
+        if self.module == crate::URING {
+            o["fixed_buffer_ios"] =
+                Value::from(self.fixed_ios.load(std::sync::atomic::Ordering::Relaxed));
+        }
         if self.module == crate::AIO {
             o["block_size_override"] =
                 Value::Bool(self.config["block_size"].as_u64().unwrap_or(0) != 0);

@@ -16,6 +16,8 @@ pub enum Op {
         cnt: u32,
         /// Byte offset.
         offset: u64,
+        /// The caller buffer holding the one segment, if so: (id, start, length).
+        buf: Option<(u64, *mut u8, usize)>,
     },
     /// Write from the segments at a byte offset.
     Writev {
@@ -25,6 +27,8 @@ pub enum Op {
         cnt: u32,
         /// Byte offset.
         offset: u64,
+        /// The caller buffer holding the one segment, if so: (id, start, length).
+        buf: Option<(u64, *mut u8, usize)>,
     },
     /// fdatasync.
     Fsync,
@@ -49,6 +53,11 @@ pub trait Engine {
     /// Waits (blocking) until at least one pushed operation has finished, or none is in
     /// flight; used only when a channel closes with I/O in the kernel.
     fn wait_one(&mut self) -> io::Result<()>;
+
+    /// Operations sent with registered (fixed) buffers so far.
+    fn fixed_ios(&self) -> u64 {
+        0
+    }
 
     /// Operations pushed and not reaped yet.
     fn in_flight(&self) -> usize;

@@ -3,7 +3,7 @@
 //!
 //! SPDK's methods: `bdev_aio_create {name, filename, block_size, readonly, fallocate}`,
 //! `bdev_aio_delete`, `bdev_aio_rescan`, `bdev_uring_create {name, filename, block_size}`
-//! (plus `sqpoll_idle_ms`, `sqpoll_cpu` and `fixed_file`, ours), `bdev_uring_delete`.
+//! (plus `sqpoll_idle_ms`, `sqpoll_cpu`, `fixed_file` and `registered_buffers`, ours), `bdev_uring_delete`.
 //!
 //! Each channel (thread) has its own engine and a poller: operations are pushed at
 //! submission, handed to the kernel once per poll, and reaped by the poller (from the
@@ -108,6 +108,14 @@ pub struct UringOpts {
     /// Ours: register the file with each ring.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub fixed_file: bool,
+    /// Ours: registered-buffer slots per ring (0: none); caller buffers are registered on
+    /// first use and then read and written as fixed buffers.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub registered_buffers: u16,
+}
+
+fn is_zero(v: &u16) -> bool {
+    *v == 0
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -149,6 +157,7 @@ fn create_inner(
         readonly,
         fallocate,
         config,
+        fixed_ios: Default::default(),
     });
     Ok(core_bdev::register(props, ops)?)
 }
@@ -179,6 +188,7 @@ pub fn create_uring(o: UringOpts) -> Result<core_bdev::Bdev, Error> {
         sqpoll_idle_ms: o.sqpoll_idle_ms,
         sqpoll_cpu: o.sqpoll_cpu,
         fixed_file: o.fixed_file,
+        registered_buffers: o.registered_buffers,
     };
     create_inner(
         URING,

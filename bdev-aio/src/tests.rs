@@ -49,6 +49,7 @@ fn uring(name: &str, filename: &str) -> UringOpts {
         sqpoll_idle_ms: None,
         sqpoll_cpu: None,
         fixed_file: false,
+        registered_buffers: 0,
     }
 }
 
@@ -156,15 +157,23 @@ fn conformance_on_malloc_and_on_files_through_both_engines() {
         let mut o = uring("cuf", &file("cuf.img", 4 << 20));
         o.fixed_file = true;
         crate::create_uring(o).unwrap();
+        let mut o = uring("cur", &file("cur.img", 4 << 20));
+        o.registered_buffers = 2;
+        crate::create_uring(o).unwrap();
         let mut o = uring("cus", &file("cus.img", 4 << 20));
         o.sqpoll_idle_ms = Some(10);
         o.sqpoll_cpu = Some(0);
         o.block_size = 4096;
         crate::create_uring(o).unwrap();
     });
-    for name in ["cm", "ca", "cu", "cuf", "cus"] {
+    for name in ["cm", "ca", "cu", "cuf", "cur", "cus"] {
         conformance(&h, name);
     }
+    // The registered-buffer ring sent single-buffer I/O as fixed-buffer operations (with
+    // 2 slots for the suite's many buffers, slots were recycled along the way).
+    let info = h.run_on(0, || get_by_name("cur").unwrap().dump_info_json().unwrap());
+    let fixed = info["uring"]["fixed_buffer_ios"].as_u64().unwrap();
+    assert!(fixed >= 8, "{info}");
     assert_eq!(
         h.run_on(0, || get_by_name("cus").unwrap().block_len()),
         4096

@@ -1,8 +1,18 @@
 //! The io_uring engine (the io-uring crate): one ring per channel. Submissions are batched
 //! per poll; completions are read from the completion ring in user space, no syscall per
-//! I/O. Options: SQPOLL (a kernel thread submits; no syscall at all while it is awake) and
-//! a registered file.
+//! I/O. Options: SQPOLL (a kernel thread submits; no syscall at all while it is awake), a
+//! registered file, and registered buffers.
+//!
+//! **Registered buffers**: a sparse table of N slots per ring. The first I/O on a caller
+//! buffer (a `DmaBuf`, known by its process-unique id) registers the whole buffer in a free
+//! slot (one syscall), and that I/O and every later one on the same buffer go as
+//! `READ_FIXED` / `WRITE_FIXED`: the kernel skips pinning and mapping its pages per I/O.
+//! Slots are reused in clock order, never while an I/O uses them. A buffer freed while
+//! registered stays pinned by the kernel until its slot is reused; no operation ever names
+//! a stale slot, since ids are never reused. I/O on several segments, or on a buffer whose
+//! slot can't be had, goes as plain readv/writev.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -19,6 +29,21 @@ pub struct Uring {
     fixed: bool,
     queued: usize,
     inflight: usize,
+    reg: Option<RegTable>,
+    /// I/Os sent as fixed-buffer operations.
+    fixed_ios: u64,
+}
+
+/// The registered-buffer slots of a ring.
+struct RegTable {
+    /// Buffer id per slot.
+    ids: Vec<Option<u64>>,
+    /// I/Os in flight per slot.
+    busy: Vec<u32>,
+    slot_of: HashMap<u64, u16>,
+    /// In-flight fixed I/Os: user data to slot.
+    ud_slot: HashMap<u64, u16>,
+    hand: usize,
 }
 
 impl Uring {
@@ -29,6 +54,7 @@ impl Uring {
         entries: u32,
         sqpoll: Option<(u32, Option<u32>)>,
         fixed_file: bool,
+        registered_buffers: u16,
     ) -> io::Result<Uring> {
         let entries = entries.next_power_of_two().max(8);
         let build = |coop: bool| {
@@ -52,13 +78,61 @@ impl Uring {
         if fixed_file {
             ring.submitter().register_files(&[file.as_raw_fd()])?;
         }
+        let reg = if registered_buffers > 0 {
+            ring.submitter()
+                .register_buffers_sparse(registered_buffers as u32)?;
+            let n = registered_buffers as usize;
+            Some(RegTable {
+                ids: vec![None; n],
+                busy: vec![0; n],
+                slot_of: HashMap::with_capacity(n),
+                ud_slot: HashMap::new(),
+                hand: 0,
+            })
+        } else {
+            None
+        };
         Ok(Uring {
             ring,
             file,
             fixed: fixed_file,
             queued: 0,
             inflight: 0,
+            reg,
+            fixed_ios: 0,
         })
+    }
+
+    /// The slot holding buffer (id, start, len), registering it if need be; `None` when no
+    /// slot is free of I/O or the kernel refuses.
+    fn slot_for(&mut self, id: u64, base: *mut u8, len: usize) -> Option<u16> {
+        let t = self.reg.as_mut()?;
+        if let Some(&s) = t.slot_of.get(&id) {
+            return Some(s);
+        }
+        let n = t.ids.len();
+        let victim = (0..n).map(|k| (t.hand + k) % n).find(|&k| t.busy[k] == 0)?;
+        t.hand = (victim + 1) % n;
+        let iov = libc::iovec {
+            iov_base: base.cast(),
+            iov_len: len,
+        };
+        // SAFETY: (base, len) is a live caller buffer held by the I/O being pushed; the
+        // kernel pins its pages. The slot is free of I/O; a stale registration it held is
+        // only ever named by its old buffer's id, which never comes back.
+        let r = unsafe {
+            self.ring
+                .submitter()
+                .register_buffers_update(victim as u32, &[iov], None)
+        };
+        if r.is_err() {
+            return None;
+        }
+        if let Some(old) = t.ids[victim].replace(id) {
+            t.slot_of.remove(&old);
+        }
+        t.slot_of.insert(id, victim as u16);
+        Some(victim as u16)
     }
 
     fn entry(&self, op: Op) -> squeue::Entry {
@@ -72,12 +146,12 @@ impl Uring {
             };
         }
         match op {
-            Op::Readv { iov, cnt, offset } => {
-                with_fd!(|fd| opcode::Readv::new(fd, iov, cnt).offset(offset).build())
-            }
-            Op::Writev { iov, cnt, offset } => {
-                with_fd!(|fd| opcode::Writev::new(fd, iov, cnt).offset(offset).build())
-            }
+            Op::Readv {
+                iov, cnt, offset, ..
+            } => with_fd!(|fd| opcode::Readv::new(fd, iov, cnt).offset(offset).build()),
+            Op::Writev {
+                iov, cnt, offset, ..
+            } => with_fd!(|fd| opcode::Writev::new(fd, iov, cnt).offset(offset).build()),
             Op::Fsync => with_fd!(|fd| opcode::Fsync::new(fd)
                 .flags(types::FsyncFlags::DATASYNC)
                 .build()),
@@ -87,7 +161,54 @@ impl Uring {
 
 impl Engine for Uring {
     unsafe fn push(&mut self, op: Op, user_data: u64) -> io::Result<()> {
-        let e = self.entry(op).user_data(user_data);
+        // A single-segment I/O on a known buffer goes as a fixed-buffer operation.
+        let fixed = match op {
+            Op::Readv {
+                iov,
+                cnt: 1,
+                offset,
+                buf: Some((id, base, len)),
+            }
+            | Op::Writev {
+                iov,
+                cnt: 1,
+                offset,
+                buf: Some((id, base, len)),
+            } if self.reg.is_some() => {
+                // SAFETY: the caller passes `cnt` valid segments (this function's contract).
+                let seg = unsafe { iov.read() };
+                let read = matches!(op, Op::Readv { .. });
+                self.slot_for(id, base, len).map(|slot| {
+                    let (p, l) = (seg.iov_base.cast::<u8>(), seg.iov_len as u32);
+                    let fd = self.file.as_raw_fd();
+                    let e = match (read, self.fixed) {
+                        (true, true) => opcode::ReadFixed::new(types::Fixed(0), p, l, slot)
+                            .offset(offset)
+                            .build(),
+                        (true, false) => opcode::ReadFixed::new(types::Fd(fd), p, l, slot)
+                            .offset(offset)
+                            .build(),
+                        (false, true) => {
+                            opcode::WriteFixed::new(types::Fixed(0), p.cast_const(), l, slot)
+                                .offset(offset)
+                                .build()
+                        }
+                        (false, false) => {
+                            opcode::WriteFixed::new(types::Fd(fd), p.cast_const(), l, slot)
+                                .offset(offset)
+                                .build()
+                        }
+                    };
+                    (e, slot)
+                })
+            }
+            _ => None,
+        };
+        let (e, slot) = match fixed {
+            Some((e, slot)) => (e, Some(slot)),
+            None => (self.entry(op), None),
+        };
+        let e = e.user_data(user_data);
         // SAFETY: the caller keeps the op's segments valid until it is reaped (this
         // function's contract); the entry names nothing else.
         let r = unsafe { self.ring.submission().push(&e) };
@@ -95,6 +216,11 @@ impl Engine for Uring {
             Ok(()) => {
                 self.queued += 1;
                 self.inflight += 1;
+                if let (Some(slot), Some(t)) = (slot, self.reg.as_mut()) {
+                    t.busy[slot as usize] += 1;
+                    t.ud_slot.insert(user_data, slot);
+                    self.fixed_ios += 1;
+                }
                 Ok(())
             }
             Err(_) => Err(io::Error::from_raw_os_error(libc::EAGAIN)),
@@ -117,6 +243,11 @@ impl Engine for Uring {
     fn reap(&mut self, f: &mut dyn FnMut(u64, i64)) -> usize {
         let mut n = 0;
         for c in self.ring.completion() {
+            if let Some(t) = self.reg.as_mut() {
+                if let Some(s) = t.ud_slot.remove(&c.user_data()) {
+                    t.busy[s as usize] -= 1;
+                }
+            }
             f(c.user_data(), c.result() as i64);
             n += 1;
         }
@@ -133,6 +264,10 @@ impl Engine for Uring {
 
     fn in_flight(&self) -> usize {
         self.inflight
+    }
+
+    fn fixed_ios(&self) -> u64 {
+        self.fixed_ios
     }
 
     fn fd(&self) -> RawFd {

@@ -99,7 +99,12 @@ impl Drop for Alloc {
 pub struct DmaBuf {
     mem: Alloc,
     len: usize,
+    id: u64,
 }
+
+/// Ids of buffers: unique in the process, never reused (an engine may key kernel
+/// registrations on them).
+static NEXT_BUF_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 // SAFETY: DmaBuf owns its allocation exclusively, like Vec<u8>; nothing else refers to it
 // while the DmaBuf exists outside an I/O, so moving it between threads is sound.
@@ -113,6 +118,7 @@ impl DmaBuf {
         Ok(DmaBuf {
             mem: Alloc::zeroed(len, align)?,
             len,
+            id: NEXT_BUF_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })
     }
 
@@ -139,6 +145,11 @@ impl DmaBuf {
     /// Start address (for alignment checks and diagnostics).
     pub fn addr(&self) -> usize {
         self.mem.ptr.as_ptr() as usize
+    }
+
+    /// The buffer's id: unique in the process, never reused.
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     pub(crate) fn iov(&self, len: usize) -> Iov {

@@ -199,6 +199,19 @@ impl BdevIo {
         &self.c().iovs
     }
 
+    /// The one caller buffer the I/O's data lies in, when it is so (a read or write of one
+    /// `DmaBuf`, neither split nor bounced): its id, start and length. An engine can key
+    /// kernel registrations of the buffer on the id (io_uring's fixed buffers).
+    pub fn data_buffer(&self) -> Option<(u64, *mut u8, usize)> {
+        let c = self.c();
+        match (&c.payload, c.iovs.as_slice()) {
+            (Payload::Buf(b), [v]) if v.base() as usize == b.addr() => {
+                Some((b.id(), b.addr() as *mut u8, b.len()))
+            }
+            _ => None,
+        }
+    }
+
     /// When the I/O was submitted, in the thread's ticks.
     pub fn submit_tick(&self) -> u64 {
         self.c().submit_tick
