@@ -98,9 +98,13 @@ impl Drop for Alloc {
 /// An owned, aligned, zero-initialised I/O buffer.
 pub struct DmaBuf {
     mem: Alloc,
-    len: usize,
+    /// The buffer's id, with [`EMPTY`] set for a zero-length buffer (whose allocation is
+    /// one byte). The length is the allocation's: no field of its own, so that a `DmaBuf`
+    /// (and every payload that moves one through an I/O) stays four words.
     id: u64,
 }
+
+const EMPTY: u64 = 1 << 63;
 
 /// Ids of buffers: unique in the process, never reused (an engine may key kernel
 /// registrations on them).
@@ -115,10 +119,10 @@ unsafe impl Sync for DmaBuf {}
 impl DmaBuf {
     /// Allocates `len` zeroed bytes aligned to `align` (a power of two).
     pub fn new(len: usize, align: usize) -> Result<DmaBuf> {
+        let id = NEXT_BUF_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(DmaBuf {
             mem: Alloc::zeroed(len, align)?,
-            len,
-            id: NEXT_BUF_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            id: if len == 0 { id | EMPTY } else { id },
         })
     }
 
@@ -128,13 +132,17 @@ impl DmaBuf {
     }
 
     /// Length in bytes.
+    #[inline]
     pub fn len(&self) -> usize {
-        self.len
+        // The allocation's size, masked to 0 for an empty buffer (branch-free: it is on
+        // every I/O's path).
+        let empty = (self.id >> 63) as usize;
+        self.mem.layout.size() & empty.wrapping_sub(1)
     }
 
     /// Whether the buffer is empty.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 
     /// The alignment the buffer was allocated with.
@@ -149,13 +157,13 @@ impl DmaBuf {
 
     /// The buffer's id: unique in the process, never reused.
     pub fn id(&self) -> u64 {
-        self.id
+        self.id & !EMPTY
     }
 
     pub(crate) fn iov(&self, len: usize) -> Iov {
         Iov {
             base: self.mem.ptr.as_ptr(),
-            len: len.min(self.len),
+            len: len.min(self.len()),
         }
     }
 }
@@ -165,14 +173,14 @@ impl Deref for DmaBuf {
     fn deref(&self) -> &[u8] {
         // SAFETY: the allocation holds `len` initialised (zeroed at allocation) bytes owned by
         // self; while outside an I/O nothing else writes them.
-        unsafe { std::slice::from_raw_parts(self.mem.ptr.as_ptr(), self.len) }
+        unsafe { std::slice::from_raw_parts(self.mem.ptr.as_ptr(), self.len()) }
     }
 }
 
 impl DerefMut for DmaBuf {
     fn deref_mut(&mut self) -> &mut [u8] {
         // SAFETY: as for Deref, and &mut self guarantees exclusive access.
-        unsafe { std::slice::from_raw_parts_mut(self.mem.ptr.as_ptr(), self.len) }
+        unsafe { std::slice::from_raw_parts_mut(self.mem.ptr.as_ptr(), self.len()) }
     }
 }
 
@@ -181,7 +189,7 @@ impl fmt::Debug for DmaBuf {
         write!(
             f,
             "DmaBuf({} bytes @ {:#x}, align {})",
-            self.len,
+            self.len(),
             self.addr(),
             self.align()
         )

@@ -194,6 +194,7 @@ pub enum Payload {
 
 impl Payload {
     /// Total bytes.
+    #[inline]
     pub fn len(&self) -> usize {
         match self {
             Payload::None => 0,
@@ -208,6 +209,7 @@ impl Payload {
     }
 
     /// Appends segments covering the first `need` bytes.
+    #[inline]
     pub(crate) fn push_iovs(&self, iovs: &mut Vec<Iov>, need: usize) {
         match self {
             Payload::None => {}
@@ -331,15 +333,19 @@ impl IoPayload for () {
 }
 
 impl IoPayload for Payload {
+    #[inline]
     fn into_payload(self) -> Payload {
         self
     }
+    #[inline]
     fn from_payload(p: Payload) -> Self {
         p
     }
+    #[inline]
     fn data_len(&self) -> usize {
         self.len()
     }
+    #[inline]
     fn segments(&self) -> usize {
         match self {
             Payload::None => 0,
@@ -347,6 +353,7 @@ impl IoPayload for Payload {
             Payload::Bufs(v) => v.len(),
         }
     }
+    #[inline]
     fn misaligned(&self, mask: usize) -> bool {
         match self {
             Payload::None => false,
@@ -354,6 +361,7 @@ impl IoPayload for Payload {
             Payload::Bufs(v) => v.misaligned(mask),
         }
     }
+    #[inline]
     fn push_iovs(&self, iovs: &mut Vec<Iov>, need: usize) {
         Payload::push_iovs(self, iovs, need)
     }
