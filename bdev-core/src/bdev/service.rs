@@ -74,7 +74,7 @@ pub(crate) fn start(ctx: Box<IoCtx>) {
         && ctx
             .iovs
             .iter()
-            .any(|v| v.base() as usize & b.align_mask != 0)
+            .any(|v| (v.base() as usize | v.len()) & b.align_mask != 0)
     {
         let len = (num * b.block_len as u64) as usize;
         let mut bounce = match DmaBuf::new(len, b.align_mask + 1) {
@@ -322,9 +322,10 @@ pub(crate) fn needs_service(
         && (num > b.max_rw
             || iovs.len() > b.max_segs
             || (b.boundary != 0 && offset % b.boundary + num > b.boundary)
-            || iovs
-                .iter()
-                .any(|v| v.base() as usize & b.align_mask != 0 || v.len() > b.max_seg_bytes))
+            || iovs.iter().any(|v| {
+                // Alignment holds for each segment's start and length (O_DIRECT's rule).
+                (v.base() as usize | v.len()) & b.align_mask != 0 || v.len() > b.max_seg_bytes
+            }))
 }
 
 /// Takes everything waiting for resources on `ch` (a reset aborts them).
