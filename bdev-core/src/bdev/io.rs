@@ -420,15 +420,7 @@ fn finish(mut ctx: Box<IoCtx>) {
         // A forwarded I/O completed at the lower bdev: account it there and step back
         // up to the upper bdev's view.
         if let Some(ch) = ctx.ch.replace(f.ch) {
-            ch.outstanding.set(ch.outstanding.get() - 1);
-            let ticks = ch.tctx.now.get().saturating_sub(ctx.submit_tick);
-            let bytes = ctx.num_blocks * ctx.block_len as u64;
-            ch.stats
-                .record(ctx.io_type, bytes, ticks, ctx.status.is_success());
-            ch.tally(ctx.io_type, ticks);
-            if ch.nomem_len.get() > 0 {
-                service::nomem_retry(&ch);
-            }
+            account(&ch, &ctx, ctx.status, true);
         }
         ctx.offset_blocks = f.offset_blocks;
         if let Some(cb) = f.has_cb.then(|| ctx.cbs.pop()).flatten() {
@@ -444,30 +436,39 @@ fn finish(mut ctx: Box<IoCtx>) {
     let parent = ctx.parent.take();
     let status = ctx.status;
     ctx.iovs.clear();
-    ch.outstanding.set(ch.outstanding.get() - 1);
-    let tctx = &ch.tctx;
-    let ticks = tctx.now.get().saturating_sub(ctx.submit_tick);
-    let bytes = ctx.num_blocks * ctx.block_len as u64;
     if ctx.track != NOT_TRACKED {
         super::timeout::untrack(&ch, ctx.track);
         ctx.track = NOT_TRACKED;
     }
     ctx.desc_id = 0;
-    if !ctx.internal {
-        ch.stats
-            .record(ctx.io_type, bytes, ticks, status.is_success());
-        ch.tally(ctx.io_type, ticks);
-    }
+    // A piece of a serviced I/O isn't counted: its parent counts once for all pieces.
+    account(&ch, &ctx, status, !ctx.internal);
     ctx.internal = false;
+    let tctx = &ch.tctx;
     tctx.free(ctx);
-    if ch.nomem_len.get() > 0 {
-        service::nomem_retry(&ch);
-    }
     if let Some(cb) = cb {
         cb.call(status, payload, parent);
     }
     if tctx.waiting.get() > 0 {
         tctx.retry_waiters();
+    }
+}
+
+/// Accounts a completed I/O on the channel of the level it completes at: outstanding,
+/// and (`stats`) statistics and histogram; then lets what waits for resources on the
+/// channel try again.
+#[inline(always)]
+fn account(ch: &IoChannel<ChanCtx>, ctx: &IoCtx, status: IoStatus, stats: bool) {
+    ch.outstanding.set(ch.outstanding.get() - 1);
+    if stats {
+        let ticks = ch.tctx.now.get().saturating_sub(ctx.submit_tick);
+        let bytes = ctx.num_blocks * ctx.block_len as u64;
+        ch.stats
+            .record(ctx.io_type, bytes, ticks, status.is_success());
+        ch.tally(ctx.io_type, ticks);
+    }
+    if ch.nomem_len.get() > 0 {
+        service::nomem_retry(ch);
     }
 }
 
