@@ -34,6 +34,8 @@ pub struct Uring {
     fixed_ios: u64,
 }
 
+const NO_SLOT: u16 = u16::MAX;
+
 /// The registered-buffer slots of a ring.
 struct RegTable {
     /// Buffer id per slot.
@@ -41,8 +43,9 @@ struct RegTable {
     /// I/Os in flight per slot.
     busy: Vec<u32>,
     slot_of: HashMap<u64, u16>,
-    /// In-flight fixed I/Os: user data to slot.
-    ud_slot: HashMap<u64, u16>,
+    /// Slot of each in-flight fixed I/O, indexed by user data (the bdev's small slab keys),
+    /// [`NO_SLOT`] otherwise: no hashing per I/O.
+    ud_slot: Vec<u16>,
     hand: usize,
 }
 
@@ -86,7 +89,7 @@ impl Uring {
                 ids: vec![None; n],
                 busy: vec![0; n],
                 slot_of: HashMap::with_capacity(n),
-                ud_slot: HashMap::new(),
+                ud_slot: Vec::new(),
                 hand: 0,
             })
         } else {
@@ -218,7 +221,11 @@ impl Engine for Uring {
                 self.inflight += 1;
                 if let (Some(slot), Some(t)) = (slot, self.reg.as_mut()) {
                     t.busy[slot as usize] += 1;
-                    t.ud_slot.insert(user_data, slot);
+                    let i = user_data as usize;
+                    if i >= t.ud_slot.len() {
+                        t.ud_slot.resize(i + 1, NO_SLOT);
+                    }
+                    t.ud_slot[i] = slot;
                     self.fixed_ios += 1;
                 }
                 Ok(())
@@ -244,8 +251,11 @@ impl Engine for Uring {
         let mut n = 0;
         for c in self.ring.completion() {
             if let Some(t) = self.reg.as_mut() {
-                if let Some(s) = t.ud_slot.remove(&c.user_data()) {
-                    t.busy[s as usize] -= 1;
+                if let Some(s) = t.ud_slot.get_mut(c.user_data() as usize) {
+                    if *s != NO_SLOT {
+                        t.busy[*s as usize] -= 1;
+                        *s = NO_SLOT;
+                    }
                 }
             }
             f(c.user_data(), c.result() as i64);
