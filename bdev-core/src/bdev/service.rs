@@ -329,7 +329,6 @@ pub(crate) fn needs_service(
 }
 
 /// Takes everything waiting for resources on `ch` (a reset aborts them).
-#[allow(dead_code)]
 pub(crate) fn nomem_take(ch: &ChanCtx) -> VecDeque<Box<IoCtx>> {
     ch.nomem_len.set(0);
     std::mem::take(&mut *ch.nomem.borrow_mut())
