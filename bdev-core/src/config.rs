@@ -201,16 +201,19 @@ impl Methods {
                 }))
             })
         });
-        m.register_sync("bdev_wait_for_examine", |p| {
-            if p.as_ref()
-                .is_some_and(|v| !v.is_null() && v.as_object().is_none_or(|o| !o.is_empty()))
-            {
-                return Err(Error::invalid(
-                    "params",
-                    "bdev_wait_for_examine takes no parameters",
-                ));
-            }
-            Ok(Value::Bool(true))
+        m.register("bdev_wait_for_examine", |p| {
+            Box::pin(async move {
+                if p.as_ref()
+                    .is_some_and(|v| !v.is_null() && v.as_object().is_none_or(|o| !o.is_empty()))
+                {
+                    return Err(Error::invalid(
+                        "params",
+                        "bdev_wait_for_examine takes no parameters",
+                    ));
+                }
+                crate::module::wait_for_examine().await;
+                Ok(Value::Bool(true))
+            })
         });
         m
     }
@@ -380,6 +383,9 @@ impl ConfigFile {
                     })?;
             }
         }
+        // A config written by hand may lack the final bdev_wait_for_examine: the bdevs it
+        // builds through examine (RAIDs from their superblocks) are there all the same.
+        crate::module::wait_for_examine().await;
         Ok(())
     }
 }

@@ -123,6 +123,15 @@ pub enum Error {
     /// A JSON config could not be loaded.
     #[error("{0}")]
     Config(String),
+    /// A module's error as the JSON-RPC edge should show it: SPDK's code (a negative
+    /// errno) and message.
+    #[error("{message}")]
+    Rpc {
+        /// The JSON-RPC error code.
+        code: i32,
+        /// The message.
+        message: String,
+    },
 }
 
 impl Error {
@@ -146,6 +155,7 @@ impl Error {
             Error::InvalidParam { .. } => -libc::EINVAL,
             Error::NoMem { .. } => -libc::ENOMEM,
             Error::Config(_) => -libc::EINVAL,
+            Error::Rpc { code, .. } => *code,
         }
     }
 

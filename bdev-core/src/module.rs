@@ -12,8 +12,9 @@
 //! - calls [`BdevModule::fini`] in reverse order once every bdev is unregistered at stop.
 //!
 //! Examine runs synchronously, on the thread that registered the bdev, right after the
-//! registration: by the time `register` returns, every module has seen the bdev. So
-//! `bdev_wait_for_examine` never has anything to wait for.
+//! registration: by the time `register` returns, every module has seen the bdev. A module
+//! whose examine needs I/O (reading a RAID superblock) starts a task and holds an
+//! [`ExamineToken`] until it is done; `bdev_wait_for_examine` waits for those.
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
@@ -25,6 +26,39 @@ use crate::bdev::Bdev;
 use crate::config::Methods;
 use crate::error::Result;
 use crate::thread::current_or;
+
+/// An examine that goes on after [`BdevModule::examine`] returned (a module reading a
+/// superblock, say): `bdev_wait_for_examine` waits until every token is dropped. Get one
+/// with [`examine_started`] inside `examine`, move it into the task, drop it when done.
+#[derive(Debug)]
+pub struct ExamineToken(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for ExamineToken {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// Counts an examine in progress in the current application until the token drops.
+pub fn examine_started() -> Option<ExamineToken> {
+    let rt = crate::thread::with_current(|t| t.runtime().clone())?;
+    let n = rt.bdev.modules.examining.clone();
+    n.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    Some(ExamineToken(n))
+}
+
+/// Waits until no examine is in progress in the current application
+/// (`bdev_wait_for_examine`).
+pub async fn wait_for_examine() {
+    let Some(n) = crate::thread::with_current(|t| t.runtime().bdev.modules.examining.clone())
+    else {
+        return;
+    };
+    // Examines are short (a superblock read): let the thread run them.
+    while n.load(std::sync::atomic::Ordering::Acquire) > 0 {
+        crate::thread::yield_now().await;
+    }
+}
 
 /// A bdev module, as the registry sees it.
 pub trait BdevModule: Send + Sync + 'static {
@@ -57,6 +91,8 @@ pub trait BdevModule: Send + Sync + 'static {
 pub(crate) struct Modules {
     list: std::sync::Mutex<Vec<Arc<dyn BdevModule>>>,
     data: std::sync::Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
+    /// Examines still going on (see [`ExamineToken`]).
+    examining: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Modules {

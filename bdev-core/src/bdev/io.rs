@@ -123,9 +123,15 @@ pub(crate) struct Pending {
     num_blocks: u64,
     payload: Payload,
     /// A child's parent, and where in the parent's data the child's starts.
-    parent: Option<(BdevIo, usize)>,
+    parent: Option<(ParentRef, usize)>,
     cb: IoCallback,
     desc_id: u64,
+}
+
+/// The parent of a child waiting for a context: held by the child, or shared.
+pub(crate) enum ParentRef {
+    Owned(BdevIo),
+    Shared(SharedIo),
 }
 
 /// An I/O in a module's hands. Complete it with [`BdevIo::complete`]; dropping it
@@ -311,6 +317,14 @@ impl BdevIo {
     pub fn forward_and_complete(self, desc: &Desc, ch: &BdevChannel) {
         let o = self.offset_blocks();
         self.forward_in_place(desc, ch, o, None);
+    }
+
+    /// Forwards this I/O to `desc`'s bdev at another offset and completes it with the
+    /// lower bdev's status ([`BdevIo::forward_to`] with no callback): the data path of a
+    /// bdev that maps each I/O onto one block range of one base (a stripe, a partition).
+    #[inline]
+    pub fn forward_to_and_complete(self, desc: &Desc, ch: &BdevChannel, offset_blocks: u64) {
+        self.forward_in_place(desc, ch, offset_blocks, None);
     }
 
     #[inline]
@@ -691,7 +705,7 @@ fn submit_child(
         offset_blocks: offset,
         num_blocks: num,
         payload: Payload::None,
-        parent: Some((parent, data_offset)),
+        parent: Some((ParentRef::Owned(parent), data_offset)),
         cb,
         desc_id: 0,
     });
@@ -719,11 +733,21 @@ pub(crate) fn start(p: Pending, mut ctx: Box<IoCtx>) {
     ctx.desc_id = desc_id;
     let need = (num_blocks * ch.bdev.block_len as u64) as usize;
     match parent {
-        Some((parent, data_offset)) => {
+        Some((ParentRef::Owned(parent), data_offset)) => {
             if io_type.has_data() {
                 dma::push_sub_iovs(&parent.c().iovs, &mut ctx.iovs, data_offset, need);
             }
             ctx.parent = Some(parent);
+        }
+        Some((ParentRef::Shared(parent), data_offset)) => {
+            // The child's callback holds the parent; the segments are copied, as above.
+            let held = parent.0.io.borrow();
+            match held.as_ref().and_then(|p| p.ctx.as_deref()) {
+                Some(p) if io_type.has_data() => {
+                    dma::push_sub_iovs(&p.iovs, &mut ctx.iovs, data_offset, need)
+                }
+                _ => {}
+            }
         }
         None => {
             if io_type.has_data() {
@@ -755,4 +779,164 @@ pub(crate) fn dispatch(
     ctx.ch = Some(ch.clone());
     c.outstanding.set(c.outstanding.get() + 1);
     route(ch, ctx);
+}
+
+/// An I/O shared by several children at once (a mirror's write goes to every member, a
+/// striped unmap to each member it touches): made with [`BdevIo::share`].
+///
+/// Each child ([`SharedIo::submit_child`]) holds the I/O until it completes, and so does
+/// every clone the module keeps; the I/O completes when the last of them lets go, with the
+/// first status given to [`SharedIo::fail`] (success if none was). Its buffers therefore
+/// outlive every child that uses them, whatever order things finish in. Not `Send`: it
+/// lives on the thread the I/O was submitted to.
+#[derive(Clone)]
+pub struct SharedIo(std::rc::Rc<SharedInner>);
+
+pub(crate) struct SharedInner {
+    io: std::cell::RefCell<Option<BdevIo>>,
+    status: std::cell::Cell<IoStatus>,
+    /// Made by [`BdevIo::share_any`]: one success is enough.
+    any: bool,
+    oks: std::cell::Cell<u32>,
+}
+
+impl Drop for SharedInner {
+    fn drop(&mut self) {
+        if let Some(io) = self.io.get_mut().take() {
+            let status = match (self.any, self.oks.get(), self.status.get()) {
+                (true, 0, IoStatus::Success) => IoStatus::Failed,
+                (true, 0, s) => s,
+                (true, _, _) => IoStatus::Success,
+                (false, _, s) => s,
+            };
+            io.complete(status);
+        }
+    }
+}
+
+impl fmt::Debug for SharedIo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.io.try_borrow() {
+            Ok(io) => write!(f, "SharedIo({:?})", io.as_ref()),
+            Err(_) => f.write_str("SharedIo(busy)"),
+        }
+    }
+}
+
+impl BdevIo {
+    /// Makes this I/O shareable among several children (see [`SharedIo`]); it completes
+    /// with the first failure recorded.
+    pub fn share(self) -> SharedIo {
+        self.share_with(false)
+    }
+
+    /// As [`BdevIo::share`], for an I/O that succeeds when any one child does (a mirror's
+    /// write): it completes successfully once [`SharedIo::ok`] was called, else with the
+    /// first failure recorded (failed if none was).
+    pub fn share_any(self) -> SharedIo {
+        self.share_with(true)
+    }
+
+    fn share_with(self, any: bool) -> SharedIo {
+        SharedIo(std::rc::Rc::new(SharedInner {
+            io: std::cell::RefCell::new(Some(self)),
+            status: std::cell::Cell::new(IoStatus::Success),
+            any,
+            oks: std::cell::Cell::new(0),
+        }))
+    }
+}
+
+impl SharedIo {
+    fn with<R>(&self, f: impl FnOnce(&IoCtx) -> R) -> R {
+        let io = self.0.io.borrow();
+        // Present until the last holder lets go, and that is not while `self` lives.
+        f(io.as_ref()
+            .and_then(|b| b.ctx.as_deref())
+            .expect("shared I/O present while held"))
+    }
+
+    /// The I/O type.
+    pub fn io_type(&self) -> IoType {
+        self.with(|c| c.io_type)
+    }
+
+    /// First block.
+    pub fn offset_blocks(&self) -> u64 {
+        self.with(|c| c.offset_blocks)
+    }
+
+    /// Number of blocks.
+    pub fn num_blocks(&self) -> u64 {
+        self.with(|c| c.num_blocks)
+    }
+
+    /// Block size of the bdev, in bytes.
+    pub fn block_len(&self) -> u32 {
+        self.with(|c| c.block_len)
+    }
+
+    /// Records a failure: the I/O completes with the first one recorded.
+    pub fn fail(&self, status: IoStatus) {
+        if self.0.status.get().is_success() {
+            self.0.status.set(status);
+        }
+    }
+
+    /// Records a success (see [`BdevIo::share_any`]).
+    pub fn ok(&self) {
+        self.0.oks.set(self.0.oks.get() + 1);
+    }
+
+    /// The status the I/O would complete with now.
+    pub fn status(&self) -> IoStatus {
+        self.0.status.get()
+    }
+
+    /// Sends a child I/O, as [`BdevIo::submit_child`] does, while the I/O stays shared:
+    /// `io_type` on `num_blocks` blocks at `offset_blocks` of `desc`'s bdev, with this
+    /// I/O's data from `data_offset` bytes on. `cb` runs on this thread with the child's
+    /// status; the child holds the I/O until then. A refused child completes through `cb`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn submit_child(
+        &self,
+        desc: &Desc,
+        ch: &BdevChannel,
+        io_type: IoType,
+        offset_blocks: u64,
+        num_blocks: u64,
+        data_offset: u64,
+        cb: impl FnOnce(IoStatus, SharedIo) + 'static,
+    ) {
+        let me = self.clone();
+        let cb = IoCallback::new(move |status, _| cb(status, me));
+        let c = &*ch.ch;
+        let r = self
+            .with(|p| validate_child(desc, c, io_type, offset_blocks, num_blocks, p, data_offset));
+        if let Err(r) = r {
+            return reject(c, r, Payload::None, None, cb);
+        }
+        let tctx = &c.tctx;
+        let data_offset = data_offset as usize;
+        if tctx.waiting.get() == 0 {
+            if let Some(mut ctx) = tctx.alloc() {
+                if io_type.has_data() {
+                    let need = (num_blocks * c.bdev.block_len as u64) as usize;
+                    self.with(|p| dma::push_sub_iovs(&p.iovs, &mut ctx.iovs, data_offset, need));
+                }
+                ctx.cb = Some(cb);
+                return dispatch(&ch.ch, ctx, io_type, offset_blocks, num_blocks);
+            }
+        }
+        tctx.wait(Pending {
+            ch: ch.ch.clone(),
+            io_type,
+            offset_blocks,
+            num_blocks,
+            payload: Payload::None,
+            parent: Some((ParentRef::Shared(self.clone()), data_offset)),
+            cb,
+            desc_id: 0,
+        });
+    }
 }

@@ -44,7 +44,7 @@ mod types;
 pub use channel::BdevChannel;
 pub use desc::Desc;
 pub use histogram::{BUCKET_SHIFT as HISTOGRAM_BUCKET_SHIFT, Histogram};
-pub use io::BdevIo;
+pub use io::{BdevIo, SharedIo};
 pub use ops::{BdevOps, DestructDone};
 pub use props::BdevProps;
 pub use qos::QosLimits;

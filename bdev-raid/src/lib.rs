@@ -1,0 +1,722 @@
+//! RAID bdevs (SPDK's `bdev_raid`): raid0 (striping), raid1 (mirroring, with degraded mode
+//! and rebuild) and concat, over base bdevs reached only through bdev-core's consumer API
+//! (open, claim, channels), as an application would reach them.
+//!
+//! - **raid0**: strips of `strip_size_kb` dealt round-robin over the members; the array
+//!   sets its optimal I/O boundary to the strip, so the bdev layer splits I/O there and
+//!   each read or write goes to one member, forwarded in place. Flush and unmap go to each
+//!   member the range touches, with the part it holds.
+//! - **concat**: members end to end, each rounded down to whole strips (as SPDK does), the
+//!   boundary at the strip so that no I/O crosses members.
+//! - **raid1**: writes (and flush, unmap) go to every member and succeed when one member
+//!   has the data; a member that fails a write or a read leaves the array, which carries on
+//!   degraded; a failed read goes on to the next member. Reads go to the member with the
+//!   fewest I/Os outstanding on the thread. `bdev_raid_add_base_bdev` puts a new member in
+//!   an empty slot and rebuilds it ([`process`]).
+//! - **superblock** ([`sb`]): SPDK's on-disk layout, at block 0 of every member; with
+//!   `superblock: true` the array's data starts 1 MiB into each member, and the array
+//!   reassembles itself through examine when its members appear.
+//!
+//! Deviations from SPDK v24.09, on purpose:
+//! - a base bdev that does not exist at `bdev_raid_create` is an error (-ENODEV), not a
+//!   slot left waiting: a mistyped name otherwise leaves an array silently `configuring`.
+//!   Arrays with a superblock still assemble from whichever members appear;
+//! - raid1 supports flush and unmap (to every member), also during a rebuild;
+//! - a raid1 read that fails is served by another member, and the failing member leaves
+//!   the array (SPDK writes the good data back and keeps it);
+//! - during a rebuild every write also goes to the new member, wherever it lies; writes
+//!   to the window being copied wait for it (SPDK skips the target above the window).
+
+pub mod process;
+pub mod raid;
+pub mod sb;
+
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+
+use bdev_core::bdev::{Bdev, get_by_name};
+use bdev_core::config::{Methods, parse_params};
+use bdev_core::module::BdevModule;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use raid::{MAX_BASE_BDEVS, Raid, SlotState};
+
+/// What can go wrong configuring a RAID.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Options out of range, or bases that can't form the array.
+    #[error("{0}")]
+    InvalidOpts(String),
+    /// A RAID of this name exists.
+    #[error("raid bdev {0} already exists")]
+    Exists(String),
+    /// No RAID of this name.
+    #[error("raid bdev {0} not found")]
+    NotFound(String),
+    /// A base bdev named in the request does not exist.
+    #[error("base bdev {0} does not exist")]
+    NoBase(String),
+    /// The operation can't run now (a rebuild in progress, no empty slot...).
+    #[error("{0}")]
+    Busy(String),
+    /// Reading or writing a superblock failed.
+    #[error("superblock on {bdev}: {what}")]
+    Superblock {
+        /// The base bdev.
+        bdev: String,
+        /// What went wrong.
+        what: String,
+    },
+    /// The bdev layer refused (claimed base, duplicate name, no thread...).
+    #[error(transparent)]
+    Core(#[from] bdev_core::Error),
+}
+
+impl Error {
+    /// The errno SPDK answers with for the same condition (negative).
+    pub fn errno(&self) -> i32 {
+        match self {
+            Error::InvalidOpts(_) => -libc::EINVAL,
+            Error::Exists(_) => -libc::EEXIST,
+            Error::NotFound(_) | Error::NoBase(_) => -libc::ENODEV,
+            Error::Busy(_) => -libc::EPERM,
+            Error::Superblock { .. } => -libc::EIO,
+            Error::Core(c) => c.errno(),
+        }
+    }
+
+    /// For the RPC edge: SPDK's errno as the code, this error's text as the message.
+    fn at(self, ctx: impl std::fmt::Display) -> bdev_core::Error {
+        bdev_core::Error::Rpc {
+            code: self.errno(),
+            message: format!("{ctx}: {self}"),
+        }
+    }
+}
+
+/// RAID levels (SPDK's names; numbers as in the superblock).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RaidLevel {
+    /// Striping.
+    Raid0,
+    /// Mirroring.
+    Raid1,
+    /// Concatenation.
+    Concat,
+}
+
+impl RaidLevel {
+    /// SPDK's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            RaidLevel::Raid0 => "raid0",
+            RaidLevel::Raid1 => "raid1",
+            RaidLevel::Concat => "concat",
+        }
+    }
+
+    /// The superblock's number for the level.
+    pub fn sb_value(self) -> u32 {
+        match self {
+            RaidLevel::Raid0 => 0,
+            RaidLevel::Raid1 => 1,
+            RaidLevel::Concat => 99,
+        }
+    }
+
+    /// The level of a superblock number.
+    pub fn from_sb(v: u32) -> Option<RaidLevel> {
+        match v {
+            0 => Some(RaidLevel::Raid0),
+            1 => Some(RaidLevel::Raid1),
+            99 => Some(RaidLevel::Concat),
+            _ => None,
+        }
+    }
+
+    /// Fewest base bdevs at creation.
+    fn min_bases(self) -> usize {
+        match self {
+            RaidLevel::Raid1 => 2,
+            RaidLevel::Raid0 | RaidLevel::Concat => 1,
+        }
+    }
+}
+
+impl std::fmt::Display for RaidLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for RaidLevel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "raid0" | "0" => Ok(RaidLevel::Raid0),
+            "raid1" | "1" => Ok(RaidLevel::Raid1),
+            "concat" => Ok(RaidLevel::Concat),
+            _ => Err(format!(
+                "unsupported raid_level '{s}' (raid0, 0, raid1, 1 or concat)"
+            )),
+        }
+    }
+}
+
+impl Serialize for RaidLevel {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for RaidLevel {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A RAID's state, as `bdev_raid_get_bdevs` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RaidState {
+    /// Registered and serving I/O.
+    Online,
+    /// Waiting for base bdevs.
+    Configuring,
+    /// Lost too many members; no bdev.
+    Offline,
+}
+
+impl RaidState {
+    /// SPDK's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            RaidState::Online => "online",
+            RaidState::Configuring => "configuring",
+            RaidState::Offline => "offline",
+        }
+    }
+}
+
+/// Options of `bdev_raid_create` (SPDK's names).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOpts {
+    /// The RAID bdev's name.
+    pub name: String,
+    /// raid0 | 0 | raid1 | 1 | concat.
+    pub raid_level: RaidLevel,
+    /// The members, in slot order.
+    pub base_bdevs: Vec<String>,
+    /// Strip size in KiB: a power of two for raid0 and concat, 0 (absent) for raid1.
+    #[serde(default)]
+    pub strip_size_kb: u32,
+    /// Its UUID (random when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<Uuid>,
+    /// Keep a superblock on the members (the array then reassembles itself).
+    #[serde(default)]
+    pub superblock: bool,
+}
+
+/// Options of `bdev_raid_set_options`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RaidOptions {
+    /// Size of the window a rebuild copies at a time, in KiB.
+    pub process_window_size_kb: u32,
+    /// Cap on a rebuild's bandwidth in MiB/s (0: none).
+    pub process_max_bandwidth_mb_sec: u32,
+}
+
+impl Default for RaidOptions {
+    fn default() -> Self {
+        RaidOptions {
+            process_window_size_kb: 1024,
+            process_max_bandwidth_mb_sec: 0,
+        }
+    }
+}
+
+/// The RAIDs of one application (module state, in [`bdev_core::module::app_data`]).
+#[derive(Default)]
+pub(crate) struct Raids {
+    list: Mutex<Vec<Arc<Raid>>>,
+    opts: Mutex<RaidOptions>,
+}
+
+impl Raids {
+    pub(crate) fn get() -> Result<Arc<Raids>, Error> {
+        bdev_core::module::app_data::<Raids>()
+            .ok_or(Error::Core(bdev_core::Error::NoThread { op: "raid" }))
+    }
+
+    pub(crate) fn all(&self) -> Vec<Arc<Raid>> {
+        self.list.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(crate) fn find(&self, name: &str) -> Option<Arc<Raid>> {
+        self.all().into_iter().find(|r| r.name == name)
+    }
+
+    pub(crate) fn find_uuid(&self, uuid: Uuid) -> Option<Arc<Raid>> {
+        self.all().into_iter().find(|r| r.uuid == uuid)
+    }
+
+    pub(crate) fn add(&self, r: Arc<Raid>) -> Result<(), Error> {
+        let mut l = self.list.lock().unwrap_or_else(|e| e.into_inner());
+        if l.iter().any(|x| x.name == r.name) {
+            return Err(Error::Exists(r.name.clone()));
+        }
+        l.push(r);
+        Ok(())
+    }
+
+    pub(crate) fn remove(&self, r: &Arc<Raid>) {
+        self.list
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|x| !Arc::ptr_eq(x, r));
+    }
+
+    pub(crate) fn opts(&self) -> RaidOptions {
+        self.opts.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Checks a create request before anything is touched.
+fn check(o: &CreateOpts) -> Result<(), Error> {
+    if o.name.is_empty() || o.name.len() >= sb::NAME_SIZE {
+        return Err(Error::InvalidOpts(format!(
+            "raid bdev name must be 1 to {} characters",
+            sb::NAME_SIZE - 1
+        )));
+    }
+    if o.base_bdevs.iter().any(|b| b.is_empty()) {
+        return Err(Error::InvalidOpts(
+            "The base bdev name cannot be empty".into(),
+        ));
+    }
+    let min = o.raid_level.min_bases();
+    if o.base_bdevs.len() < min {
+        return Err(Error::InvalidOpts(format!(
+            "At least {min} base devices required for {}",
+            o.raid_level
+        )));
+    }
+    if o.base_bdevs.len() > MAX_BASE_BDEVS {
+        return Err(Error::InvalidOpts(format!(
+            "at most {MAX_BASE_BDEVS} base bdevs"
+        )));
+    }
+    for (i, b) in o.base_bdevs.iter().enumerate() {
+        if o.base_bdevs[..i].contains(b) {
+            return Err(Error::InvalidOpts(format!("base bdev {b} listed twice")));
+        }
+    }
+    match o.raid_level {
+        RaidLevel::Raid1 if o.strip_size_kb != 0 => Err(Error::InvalidOpts(
+            "Strip size is not supported by raid1".into(),
+        )),
+        RaidLevel::Raid1 => Ok(()),
+        _ if !o.strip_size_kb.is_power_of_two() => Err(Error::InvalidOpts(format!(
+            "Invalid strip size {} (strip_size_kb must be a power of two)",
+            o.strip_size_kb
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Creates a RAID (`bdev_raid_create`): claims every base, writes the superblock if asked,
+/// registers the array's bdev. On any failure, nothing stays claimed or listed.
+pub async fn create(o: CreateOpts) -> Result<String, Error> {
+    check(&o)?;
+    let raids = Raids::get()?;
+    if get_by_name(&o.name).is_some() {
+        return Err(Error::Exists(o.name));
+    }
+    let bases = o
+        .base_bdevs
+        .iter()
+        .map(|n| get_by_name(n).ok_or_else(|| Error::NoBase(n.clone())))
+        .collect::<Result<Vec<Bdev>, Error>>()?;
+    let bl = bases[0].block_len();
+    if let Some(b) = bases.iter().find(|b| b.block_len() != bl) {
+        return Err(Error::InvalidOpts(format!(
+            "Raid bdev '{}' blocklen {bl} differs from base bdev '{}' blocklen {}",
+            o.name,
+            b.name(),
+            b.block_len()
+        )));
+    }
+    if o.raid_level != RaidLevel::Raid1 && (o.strip_size_kb as u64 * 1024) < bl as u64 {
+        return Err(Error::InvalidOpts(
+            "Strip size cannot be smaller than the device block size".into(),
+        ));
+    }
+    if let Some(b) = bases.iter().find(|b| b.claimed_by().is_some()) {
+        return Err(Error::Core(bdev_core::Error::Claimed {
+            name: b.name().to_string(),
+            module: b.claimed_by().unwrap_or_default(),
+        }));
+    }
+    let t = bdev_core::thread::current_or("bdev_raid_create")?;
+    let r = Raid::new(
+        o.name.clone(),
+        o.raid_level,
+        o.strip_size_kb,
+        o.uuid.unwrap_or_else(Uuid::new_v4),
+        o.superblock,
+        bases.len(),
+        t.handle(),
+    );
+    raids.add(r.clone())?;
+    let built = async {
+        for (i, b) in bases.iter().enumerate() {
+            let off = if o.superblock { sb::data_offset(b) } else { 0 };
+            r.attach(i, b, off)?;
+        }
+        r.configure().await
+    }
+    .await;
+    match built {
+        Ok(_) => Ok(o.name),
+        Err(e) => {
+            r.lock().deleting = true;
+            r.close_all();
+            raids.remove(&r);
+            Err(e)
+        }
+    }
+}
+
+/// Deletes a RAID (`bdev_raid_delete`): unregisters its bdev, releases its members. The
+/// superblock stays (as SPDK's): the array reassembles when its members are examined again.
+pub async fn delete(name: &str) -> Result<(), Error> {
+    let raids = Raids::get()?;
+    let r = raids
+        .find(name)
+        .ok_or_else(|| Error::NotFound(name.to_string()))?;
+    let bdev = {
+        let mut st = r.lock();
+        st.deleting = true;
+        if let Some(p) = st.process.as_mut() {
+            p.cancel = true;
+        }
+        st.bdev.clone()
+    };
+    raids.remove(&r);
+    if let Some(b) = bdev {
+        b.unregister_async().await?;
+    }
+    r.close_all();
+    Ok(())
+}
+
+/// `bdev_raid_add_base_bdev`: puts `base` in the first empty slot of `raid`. On an online
+/// raid1 this starts a rebuild of the new member (the call returns once it started).
+pub async fn add_base_bdev(raid: &str, base: &str) -> Result<(), Error> {
+    let raids = Raids::get()?;
+    let r = raids
+        .find(raid)
+        .ok_or_else(|| Error::NotFound(format!("{raid} (not found in config)")))?;
+    let b = get_by_name(base).ok_or_else(|| Error::NoBase(base.to_string()))?;
+    if r.lock().process.is_some() {
+        return Err(Error::Busy(format!("raid bdev '{raid}' is in process")));
+    }
+    if b.claimed_by().is_some() {
+        return Err(Error::Core(bdev_core::Error::Claimed {
+            name: base.to_string(),
+            module: b.claimed_by().unwrap_or_default(),
+        }));
+    }
+    let (slot, online, bl) = {
+        let st = r.lock();
+        let slot = st
+            .slots
+            .iter()
+            .position(|s| s.desc.is_none())
+            .ok_or_else(|| Error::InvalidOpts(format!("raid bdev {raid} has no empty slot")))?;
+        (slot, st.bdev.is_some(), st.block_len)
+    };
+    if bl != 0 && b.block_len() != bl {
+        return Err(Error::InvalidOpts(format!(
+            "Raid bdev '{raid}' blocklen {bl} differs from base bdev '{base}' blocklen {}",
+            b.block_len()
+        )));
+    }
+    // A member of another array keeps its superblock: refuse it.
+    if let Some(found) = sb::read(&b).await {
+        if found.uuid != r.uuid {
+            return Err(Error::Superblock {
+                bdev: base.to_string(),
+                what: "Superblock of a different raid bdev found".into(),
+            });
+        }
+    }
+    let off = {
+        let st = r.lock();
+        let known = st.slots[slot].data_offset;
+        if r.superblock {
+            if known != 0 {
+                known
+            } else {
+                sb::data_offset(&b)
+            }
+        } else {
+            0
+        }
+    };
+    if online && r.level != RaidLevel::Raid1 {
+        return Err(Error::InvalidOpts(format!(
+            "raid bdev {raid} is {}: an online {} has no empty slot to fill",
+            r.level, r.level
+        )));
+    }
+    {
+        let st = r.lock();
+        if online && b.num_blocks() < off + st.raid_size {
+            return Err(Error::InvalidOpts(format!(
+                "base bdev {base} too small for raid bdev {raid}"
+            )));
+        }
+    }
+    r.attach(slot, &b, off)?;
+    if online {
+        r.lock().slots[slot].state = SlotState::Rebuilding;
+        process::start(&r, slot).await
+    } else {
+        let ready = {
+            let st = r.lock();
+            st.slots.iter().all(|s| s.desc.is_some()) && !st.deleting
+        };
+        if ready {
+            r.configure().await?;
+        }
+        Ok(())
+    }
+}
+
+/// `bdev_raid_remove_base_bdev`: takes `base` out of the array it belongs to.
+pub async fn remove_base_bdev(base: &str) -> Result<(), Error> {
+    let raids = Raids::get()?;
+    for r in raids.all() {
+        let slot = r
+            .lock()
+            .slots
+            .iter()
+            .position(|s| s.desc.is_some() && s.name.as_deref() == Some(base));
+        if let Some(slot) = slot {
+            let (tx, rx) = bdev_core::oneshot::channel();
+            r.remove_slot(slot, false, Box::new(move || tx.send(())));
+            let _ = rx.await;
+            return Ok(());
+        }
+    }
+    Err(Error::NotFound(format!(
+        "base bdev {base} (not part of any raid bdev)"
+    )))
+}
+
+/// The `bdev_raid_create` entry that recreates `r` (`save_config`).
+pub(crate) fn config_entry(r: &Raid) -> Value {
+    let st = r.lock();
+    let bases: Vec<String> = st
+        .slots
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            s.name
+                .clone()
+                .filter(|_| s.desc.is_some())
+                .unwrap_or_else(|| format!("removed_base_bdev_{i}"))
+        })
+        .collect();
+    let mut p = json!({
+        "name": r.name,
+        "uuid": r.uuid.to_string(),
+        "raid_level": r.level.name(),
+        "base_bdevs": bases,
+    });
+    if r.strip_size_kb != 0 {
+        p["strip_size_kb"] = json!(r.strip_size_kb);
+    }
+    json!({"method": "bdev_raid_create", "params": p})
+}
+
+/// What `bdev_raid_get_bdevs` and `bdev_get_bdevs` (`driver_specific.raid`) show.
+pub(crate) fn raid_info(r: &Raid) -> Value {
+    let st = r.lock();
+    let (op, disc) = Raid::counts(&st);
+    let bases: Vec<Value> = st
+        .slots
+        .iter()
+        .map(|s| {
+            json!({
+                "name": s.name.as_ref().filter(|_| s.desc.is_some()),
+                "uuid": s.uuid.unwrap_or_default().to_string(),
+                "is_configured": s.desc.is_some(),
+                "data_offset": s.data_offset,
+                "data_size": s.data_size,
+            })
+        })
+        .collect();
+    let mut v = json!({
+        "name": r.name,
+        "uuid": r.uuid.to_string(),
+        "strip_size_kb": r.strip_size_kb,
+        "state": st.state.name(),
+        "raid_level": r.level.name(),
+        "superblock": r.superblock,
+        "num_base_bdevs": st.slots.len(),
+        "num_base_bdevs_discovered": disc,
+        "num_base_bdevs_operational": op,
+        "base_bdevs_list": bases,
+    });
+    if let Some(p) = &st.process {
+        let target = st.slots.get(p.target).and_then(|s| s.name.clone());
+        let percent = if st.raid_size == 0 {
+            0
+        } else {
+            (p.done_blocks as f64 * 100.0 / st.raid_size as f64) as u32
+        };
+        v["process"] = json!({
+            "type": "rebuild",
+            "target": target,
+            "progress": {"blocks": p.done_blocks, "percent": percent},
+        });
+    }
+    v
+}
+
+/// `bdev_raid_get_bdevs`: the RAIDs in `category` (all, online, configuring, offline).
+pub fn get_bdevs(category: &str) -> Result<Vec<Value>, Error> {
+    let want: Option<RaidState> = match category {
+        "all" => None,
+        "online" => Some(RaidState::Online),
+        "configuring" => Some(RaidState::Configuring),
+        "offline" => Some(RaidState::Offline),
+        _ => {
+            return Err(Error::InvalidOpts(format!(
+                "invalid category '{category}' (all, online, configuring or offline)"
+            )));
+        }
+    };
+    Ok(Raids::get()?
+        .all()
+        .iter()
+        .filter(|r| want.is_none_or(|w| r.lock().state == w))
+        .map(|r| raid_info(r))
+        .collect())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NameParams {
+    name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CategoryParams {
+    category: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddBaseParams {
+    base_bdev: String,
+    raid_bdev: String,
+}
+
+/// The raid module.
+#[derive(Debug, Default)]
+pub struct RaidModule;
+
+impl BdevModule for RaidModule {
+    fn name(&self) -> &'static str {
+        raid::MODULE
+    }
+
+    fn register_methods(&self, m: &mut Methods) {
+        m.register("bdev_raid_create", |p| {
+            Box::pin(async move {
+                let o: CreateOpts = parse_params("bdev_raid_create", p)?;
+                let name = o.name.clone();
+                create(o)
+                    .await
+                    .map_err(|e| e.at(format_args!("Failed to create RAID bdev {name}")))?;
+                Ok(Value::Bool(true))
+            })
+        });
+        m.register("bdev_raid_delete", |p| {
+            Box::pin(async move {
+                let d: NameParams = parse_params("bdev_raid_delete", p)?;
+                delete(&d.name)
+                    .await
+                    .map_err(|e| e.at(format_args!("Failed to delete RAID bdev {}", d.name)))?;
+                Ok(Value::Bool(true))
+            })
+        });
+        m.register_sync("bdev_raid_get_bdevs", |p| {
+            let c: CategoryParams = parse_params("bdev_raid_get_bdevs", p)?;
+            let v = get_bdevs(&c.category).map_err(|e| e.at("bdev_raid_get_bdevs"))?;
+            Ok(Value::Array(v))
+        });
+        m.register("bdev_raid_add_base_bdev", |p| {
+            Box::pin(async move {
+                let a: AddBaseParams = parse_params("bdev_raid_add_base_bdev", p)?;
+                add_base_bdev(&a.raid_bdev, &a.base_bdev)
+                    .await
+                    .map_err(|e| {
+                        e.at(format_args!(
+                            "Failed to add base bdev {} to RAID bdev {}",
+                            a.base_bdev, a.raid_bdev
+                        ))
+                    })?;
+                Ok(Value::Bool(true))
+            })
+        });
+        m.register("bdev_raid_remove_base_bdev", |p| {
+            Box::pin(async move {
+                let d: NameParams = parse_params("bdev_raid_remove_base_bdev", p)?;
+                remove_base_bdev(&d.name)
+                    .await
+                    .map_err(|e| e.at("Failed to remove base bdev from raid bdev"))?;
+                Ok(Value::Bool(true))
+            })
+        });
+        m.register_sync("bdev_raid_set_options", |p| {
+            let o: RaidOptions = parse_params("bdev_raid_set_options", p)?;
+            if o.process_window_size_kb == 0 {
+                return Err(bdev_core::Error::invalid(
+                    "process_window_size_kb",
+                    "must be greater than 0",
+                ));
+            }
+            let raids = Raids::get().map_err(|e| e.at("bdev_raid_set_options"))?;
+            *raids.opts.lock().unwrap_or_else(|e| e.into_inner()) = o;
+            Ok(Value::Bool(true))
+        });
+    }
+
+    fn examine(&self, bdev: &Bdev) {
+        sb::examine(bdev);
+    }
+
+    fn config_json(&self) -> Vec<Value> {
+        let o = Raids::get().map(|r| r.opts()).unwrap_or_default();
+        vec![json!({"method": "bdev_raid_set_options", "params": o})]
+    }
+}
+
+/// Adds the raid module to the current application and its methods to `m`.
+pub fn register(m: &mut Methods) -> bdev_core::Result<()> {
+    m.add_module(Arc::new(RaidModule))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,204 @@
+//! Rebuilding a new raid1 member (SPDK's raid "process").
+//!
+//! The new member first joins every channel as written-not-read: from then on each
+//! foreground write goes to it too. The rebuild then copies the array window by window
+//! (`bdev_raid_set_options` `process_window_size_kb`, 1 MiB by default), on the control
+//! thread, from a member in service to the new one. Each window is locked first: every
+//! channel starts holding back writes that touch it, and the lock is taken only once the
+//! writes each channel had in flight before are done (a generation count per channel,
+//! so the data path takes no atomic). So no foreground write can land between the copy's
+//! read and its write and be overwritten with older data. When the last window is copied,
+//! the member becomes readable and the superblock records it.
+//!
+//! A rebuild stops when its target leaves the array or the array goes away; a window that
+//! can't be copied (no member left to read from, the target failing) takes the target out.
+
+use std::sync::Arc;
+
+use bdev_core::bdev::Desc;
+use bdev_core::dma::DmaBuf;
+use bdev_core::thread::{ForEachChannel, IoChannel, IoDevice};
+
+use crate::raid::{Process, Raid, RaidCh, SlotState};
+use crate::{Error, Raids};
+
+/// Runs `visit` on every channel of `dev` and waits for the end.
+async fn for_each(
+    dev: &IoDevice<RaidCh>,
+    visit: impl Fn(&IoChannel<RaidCh>, ForEachChannel) + Send + Sync + 'static,
+) -> Result<(), Error> {
+    let (tx, rx) = bdev_core::oneshot::channel();
+    dev.for_each_channel(visit, move |r| tx.send(r))?;
+    Ok(rx.await.unwrap_or(Err(bdev_core::Error::Stopping))?)
+}
+
+/// Starts rebuilding `slot` (attached, in state Rebuilding) of the online array `r`;
+/// returns once every channel writes to it and the copy has started.
+pub(crate) async fn start(r: &Arc<Raid>, slot: usize) -> Result<(), Error> {
+    let (dev, desc, off) = {
+        let st = r.lock();
+        let s = &st.slots[slot];
+        match (&st.dev, &s.desc) {
+            (Some(dev), Some(d)) => (dev.clone(), d.clone(), s.data_offset),
+            _ => {
+                return Err(Error::InvalidOpts(format!(
+                    "raid bdev {} is not online",
+                    r.name
+                )));
+            }
+        }
+    };
+    {
+        let d = desc.clone();
+        for_each(&dev, move |ch, next| {
+            ch.add_member(slot, &d, off);
+            next.next(Ok(()));
+        })
+        .await?;
+    }
+    r.lock().process = Some(Process {
+        target: slot,
+        done_blocks: 0,
+        cancel: false,
+    });
+    tracing::info!(raid = %r.name, target = ?desc.bdev().name(), "Started rebuild on raid bdev");
+    let r2 = r.clone();
+    bdev_core::thread::spawn_local(async move {
+        let res = run(&r2, &dev, slot).await;
+        finish(&r2, &dev, slot, res).await;
+    })?;
+    Ok(())
+}
+
+/// Copies the array onto `slot`, window by window.
+async fn run(r: &Arc<Raid>, dev: &IoDevice<RaidCh>, slot: usize) -> Result<(), Error> {
+    let opts = Raids::get()?.opts();
+    let (size, bl, align) = {
+        let st = r.lock();
+        let align = st.slots[slot]
+            .desc
+            .as_ref()
+            .map(|d| d.bdev().buf_align())
+            .unwrap_or(1);
+        (st.raid_size, st.block_len as u64, align)
+    };
+    let win = ((opts.process_window_size_kb as u64 * 1024) / bl).max(1);
+    let mut buf = DmaBuf::new((win * bl) as usize, align.max(4096))?;
+    let start = std::time::Instant::now();
+    let mut off = 0;
+    while off < size {
+        if r.lock().process.as_ref().is_none_or(|p| p.cancel) {
+            return Err(Error::Busy("rebuild cancelled".into()));
+        }
+        let end = (off + win).min(size);
+        for_each(dev, move |ch, next| {
+            RaidCh::set_window(ch, (off, end), next)
+        })
+        .await?;
+        buf = copy(r, slot, off, end - off, buf).await?;
+        if let Some(p) = r.lock().process.as_mut() {
+            p.done_blocks = end;
+        }
+        off = end;
+        if opts.process_max_bandwidth_mb_sec != 0 {
+            // Hold the average under the cap.
+            let due = (off * bl) as f64 / (opts.process_max_bandwidth_mb_sec as f64 * 1048576.0);
+            let ahead = due - start.elapsed().as_secs_f64();
+            if ahead > 0.0 {
+                bdev_core::thread::sleep_us((ahead * 1e6) as u64).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Copies `n` blocks at array block `off` from a member in service to `slot`.
+async fn copy(
+    r: &Arc<Raid>,
+    slot: usize,
+    off: u64,
+    n: u64,
+    mut buf: DmaBuf,
+) -> Result<DmaBuf, Error> {
+    let (sources, target) = {
+        let st = r.lock();
+        let sources: Vec<(Arc<Desc>, u64)> = st
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| *i != slot && s.state == SlotState::Configured)
+            .filter_map(|(_, s)| s.desc.clone().map(|d| (d, s.data_offset)))
+            .collect();
+        let t = &st.slots[slot];
+        (sources, t.desc.clone().map(|d| (d, t.data_offset)))
+    };
+    let Some((tdesc, toff)) = target else {
+        return Err(Error::Busy("rebuild target gone".into()));
+    };
+    let mut read = false;
+    for (d, doff) in &sources {
+        let ch = d.get_io_channel()?;
+        match d.read_blocks(&ch, buf, doff + off, n).await {
+            Ok(b) => {
+                buf = b;
+                read = true;
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(raid = %r.name, base = %d.bdev().name(), status = %e.status,
+                    "rebuild read failed; trying another member");
+                buf = e.payload;
+            }
+        }
+    }
+    if !read {
+        return Err(Error::InvalidOpts(format!(
+            "no member of raid bdev {} could be read at block {off}",
+            r.name
+        )));
+    }
+    let ch = tdesc.get_io_channel()?;
+    match tdesc.write_blocks(&ch, buf, toff + off, n).await {
+        Ok(b) => Ok(b),
+        Err(e) => Err(Error::Superblock {
+            bdev: tdesc.bdev().name().to_string(),
+            what: format!("rebuild write at block {off} failed: {}", e.status),
+        }),
+    }
+}
+
+/// Ends a rebuild: unlocks the window; on success the member becomes readable and the
+/// superblock says so, on failure the target leaves the array.
+async fn finish(r: &Arc<Raid>, dev: &IoDevice<RaidCh>, slot: usize, res: Result<(), Error>) {
+    if let Err(e) = for_each(dev, |ch, next| RaidCh::set_window(ch, (0, 0), next)).await {
+        tracing::warn!(raid = %r.name, "rebuild: unlocking: {e}");
+    }
+    match res {
+        Ok(()) => {
+            let ok = for_each(dev, move |ch, next| {
+                ch.member_readable(slot);
+                next.next(Ok(()));
+            })
+            .await;
+            {
+                let mut st = r.lock();
+                st.process = None;
+                if ok.is_ok() && st.slots[slot].desc.is_some() {
+                    st.slots[slot].state = SlotState::Configured;
+                }
+            }
+            tracing::info!(raid = %r.name, "Finished rebuild on raid bdev");
+            if r.superblock {
+                crate::sb::spawn_update(r);
+            }
+        }
+        Err(e) => {
+            r.lock().process = None;
+            tracing::error!(raid = %r.name, "Finished rebuild on raid bdev: {e}");
+            let present = r.lock().slots[slot].desc.is_some();
+            if present {
+                r.remove_slot(slot, true, Box::new(|| {}));
+            }
+        }
+    }
+}

@@ -1,0 +1,590 @@
+//! RAIDs over malloc (and error-injection, passthru) bdevs, on the deterministic harness.
+
+use std::rc::Rc;
+
+use bdev_core::bdev::{Desc, IoType, get_by_name};
+use bdev_core::config::Methods;
+use bdev_core::dma::DmaBuf;
+use bdev_core::testing::Harness;
+use serde_json::{Value, json};
+
+/// A harness (two threads) whose thread 0 knows malloc, the small vbdevs and raid.
+fn harness() -> (Harness, Rc<Methods>) {
+    let h = Harness::new(2);
+    let m = h.run_on(0, || {
+        let mut m = Methods::new();
+        bdev_malloc::register(&mut m).unwrap();
+        bdev_vbdev::register(&mut m).unwrap();
+        crate::register(&mut m).unwrap();
+        m
+    });
+    (h, Rc::new(m))
+}
+
+fn call(h: &Harness, m: &Rc<Methods>, method: &str, params: Value) -> Result<Value, String> {
+    let (m, method) = (m.clone(), method.to_string());
+    h.block_on(0, async move {
+        m.call(&method, Some(params))
+            .await
+            .map_err(|e| format!("{} (code {})", e, e.errno()))
+    })
+}
+
+fn malloc(h: &Harness, m: &Rc<Methods>, name: &str, blocks: u64, bs: u32) {
+    call(
+        h,
+        m,
+        "bdev_malloc_create",
+        json!({"name": name, "num_blocks": blocks, "block_size": bs}),
+    )
+    .unwrap();
+}
+
+fn pattern(len: usize, seed: u64) -> DmaBuf {
+    let mut b = DmaBuf::page_aligned(len).unwrap();
+    for (i, x) in b.iter_mut().enumerate() {
+        *x = ((i as u64).wrapping_mul(31) ^ seed.wrapping_mul(0x9e37)) as u8;
+    }
+    b
+}
+
+fn write(h: &Harness, t: usize, name: &str, lba: u64, n: u64, seed: u64) -> Result<(), String> {
+    let name = name.to_string();
+    h.block_on(t, async move {
+        let d = Desc::open(&name, true, |_| {}).map_err(|e| e.to_string())?;
+        let bl = d.bdev().block_len() as u64;
+        let ch = d.get_io_channel().map_err(|e| e.to_string())?;
+        d.write_blocks(&ch, pattern((n * bl) as usize, seed), lba, n)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.status.to_string())
+    })
+}
+
+fn read(h: &Harness, t: usize, name: &str, lba: u64, n: u64) -> Result<DmaBuf, String> {
+    let name = name.to_string();
+    h.block_on(t, async move {
+        let d = Desc::open(&name, false, |_| {}).map_err(|e| e.to_string())?;
+        let bl = d.bdev().block_len() as u64;
+        let ch = d.get_io_channel().map_err(|e| e.to_string())?;
+        d.read_blocks(
+            &ch,
+            DmaBuf::page_aligned((n * bl) as usize).unwrap(),
+            lba,
+            n,
+        )
+        .await
+        .map_err(|e| e.status.to_string())
+    })
+}
+
+fn raids(h: &Harness, m: &Rc<Methods>, category: &str) -> Vec<Value> {
+    match call(h, m, "bdev_raid_get_bdevs", json!({ "category": category })).unwrap() {
+        Value::Array(v) => v,
+        v => panic!("not an array: {v}"),
+    }
+}
+
+#[test]
+fn raid0_ranges_match_a_block_by_block_walk() {
+    for (shift, nm) in [(0u32, 1u64), (2, 2), (3, 3), (4, 5)] {
+        let mask = (1u64 << shift) - 1;
+        for off in 0..70u64 {
+            for n in 1..90u64 {
+                let mut want: Vec<Option<(u64, u64)>> = vec![None; nm as usize];
+                for lba in off..off + n {
+                    let strip = lba >> shift;
+                    let i = (strip % nm) as usize;
+                    let mlba = ((strip / nm) << shift) | (lba & mask);
+                    want[i] = Some(match want[i] {
+                        None => (mlba, mlba + 1),
+                        Some((s, e)) => {
+                            assert_eq!(e, mlba, "not contiguous");
+                            (s, e + 1)
+                        }
+                    });
+                }
+                let got = crate::raid::raid0_ranges(off, n, shift, mask, nm);
+                let want: Vec<(usize, u64, u64)> = want
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, r)| r.map(|(s, e)| (i, s, e)))
+                    .collect();
+                assert_eq!(got, want, "off {off} n {n} shift {shift} members {nm}");
+            }
+        }
+    }
+}
+
+#[test]
+fn raid0_stripes_over_its_members() {
+    let (h, m) = harness();
+    malloc(&h, &m, "M0", 1024, 512);
+    malloc(&h, &m, "M1", 1000, 512);
+    let r = call(
+        &h,
+        &m,
+        "bdev_raid_create",
+        json!({"name": "R0", "raid_level": "0", "base_bdevs": ["M0", "M1"], "strip_size_kb": 4}),
+    )
+    .unwrap();
+    assert_eq!(r, json!(true));
+    let b = h.run_on(0, || get_by_name("R0").unwrap());
+    // 1000 blocks rounded down to strips of 8: 125 strips each.
+    assert_eq!(b.num_blocks(), 2 * 1000);
+    assert_eq!(b.props().optimal_io_boundary, 8);
+    assert!(b.io_type_supported(IoType::Unmap) && b.io_type_supported(IoType::Flush));
+    assert_eq!(
+        h.run_on(0, || get_by_name("M0").unwrap().claimed_by()),
+        Some("raid".into())
+    );
+    // A write across four strips, from the second thread.
+    write(&h, 1, "R0", 4, 28, 7).unwrap();
+    let back = read(&h, 0, "R0", 4, 28).unwrap();
+    assert_eq!(&back[..], &pattern(28 * 512, 7)[..]);
+    // Strip 0 (blocks 0..8) on M0 at 0, strip 1 on M1 at 0, strip 2 on M0 at 8.
+    let want = pattern(28 * 512, 7);
+    let m0 = read(&h, 0, "M0", 4, 12).unwrap();
+    assert_eq!(&m0[..4 * 512], &want[..4 * 512]);
+    assert_eq!(&m0[4 * 512..12 * 512], &want[12 * 512..20 * 512]);
+    let m1 = read(&h, 0, "M1", 0, 8).unwrap();
+    assert_eq!(&m1[..], &want[4 * 512..12 * 512]);
+    // Unmap across members, flush, reset all complete.
+    h.block_on(0, async {
+        let d = Desc::open("R0", true, |_| {}).unwrap();
+        let ch = d.get_io_channel().unwrap();
+        d.unmap_blocks(&ch, 3, 40).await.unwrap();
+        d.flush_blocks(&ch, 0, 2000).await.unwrap();
+        d.reset(&ch).await.unwrap();
+    });
+    let zeroed = read(&h, 0, "R0", 3, 40).unwrap();
+    assert!(
+        zeroed.iter().all(|&x| x == 0),
+        "unmapped malloc reads zeroes"
+    );
+    let info = raids(&h, &m, "online");
+    assert_eq!(info.len(), 1);
+    assert_eq!(info[0]["raid_level"], "raid0");
+    assert_eq!(info[0]["strip_size_kb"], 4);
+    assert_eq!(info[0]["num_base_bdevs_operational"], 2);
+    assert_eq!(info[0]["base_bdevs_list"][1]["name"], "M1");
+    // Deleting releases the members.
+    call(&h, &m, "bdev_raid_delete", json!({"name": "R0"})).unwrap();
+    h.run_on(0, || {
+        assert!(get_by_name("R0").is_none());
+        assert!(get_by_name("M0").unwrap().claimed_by().is_none());
+    });
+    assert!(raids(&h, &m, "all").is_empty());
+    let e = call(&h, &m, "bdev_raid_delete", json!({"name": "R0"})).unwrap_err();
+    assert!(e.contains("not found") && e.contains("code -19"), "{e}");
+}
+
+#[test]
+fn concat_lays_members_end_to_end() {
+    let (h, m) = harness();
+    malloc(&h, &m, "A", 100, 512);
+    malloc(&h, &m, "B", 37, 512);
+    call(
+        &h,
+        &m,
+        "bdev_raid_create",
+        json!({"name": "C", "raid_level": "concat", "base_bdevs": ["A", "B"], "strip_size_kb": 2}),
+    )
+    .unwrap();
+    // Strips of 4 blocks: A gives 100, B gives 36.
+    assert_eq!(h.run_on(0, || get_by_name("C").unwrap().num_blocks()), 136);
+    write(&h, 0, "C", 96, 8, 3).unwrap();
+    let want = pattern(8 * 512, 3);
+    assert_eq!(&read(&h, 0, "A", 96, 4).unwrap()[..], &want[..4 * 512]);
+    assert_eq!(&read(&h, 0, "B", 0, 4).unwrap()[..], &want[4 * 512..]);
+    assert_eq!(&read(&h, 1, "C", 96, 8).unwrap()[..], &want[..]);
+    assert!(write(&h, 0, "C", 133, 4, 1).is_err(), "past the end");
+}
+
+#[test]
+fn bad_requests_get_clear_errors_and_leave_nothing_behind() {
+    let (h, m) = harness();
+    malloc(&h, &m, "M0", 256, 512);
+    malloc(&h, &m, "M1", 256, 512);
+    malloc(&h, &m, "K0", 64, 4096);
+    let cases = [
+        (
+            json!({"name": "R", "raid_level": "raid0", "base_bdevs": ["M0", "M1"], "strip_size_kb": 3}),
+            "Invalid strip size 3",
+            -22,
+        ),
+        (
+            json!({"name": "R", "raid_level": "raid0", "base_bdevs": ["M0", "M1"]}),
+            "Invalid strip size 0",
+            -22,
+        ),
+        (
+            json!({"name": "R", "raid_level": "raid1", "base_bdevs": ["M0", "M1"], "strip_size_kb": 64}),
+            "Strip size is not supported by raid1",
+            -22,
+        ),
+        (
+            json!({"name": "R", "raid_level": "raid1", "base_bdevs": ["M0"]}),
+            "At least 2 base devices required for raid1",
+            -22,
+        ),
+        (
+            json!({"name": "R", "raid_level": "raid0", "base_bdevs": ["M0", "nope"], "strip_size_kb": 4}),
+            "base bdev nope does not exist",
+            -19,
+        ),
+        (
+            json!({"name": "R", "raid_level": "raid0", "base_bdevs": ["M0", "K0"], "strip_size_kb": 4}),
+            "blocklen 512 differs from base bdev 'K0' blocklen 4096",
+            -22,
+        ),
+        (
+            json!({"name": "R", "raid_level": "raid5", "base_bdevs": ["M0", "M1"]}),
+            "unsupported raid_level",
+            -32602,
+        ),
+        (
+            json!({"name": "R", "raid_level": "raid0", "base_bdevs": ["M0", "M0"], "strip_size_kb": 4}),
+            "listed twice",
+            -22,
+        ),
+    ];
+    for (params, msg, code) in cases {
+        let e = call(&h, &m, "bdev_raid_create", params.clone()).unwrap_err();
+        assert!(e.contains(msg), "{params}: {e}");
+        if code != -32602 {
+            assert!(e.contains(&format!("code {code}")), "{params}: {e}");
+            assert!(e.starts_with("Failed to create RAID bdev R"), "{e}");
+        }
+        h.run_on(0, || {
+            assert!(get_by_name("R").is_none());
+            assert!(get_by_name("M0").unwrap().claimed_by().is_none());
+        });
+    }
+    // A base claimed by another module.
+    call(
+        &h,
+        &m,
+        "bdev_passthru_create",
+        json!({"base_bdev_name": "M1", "name": "P1"}),
+    )
+    .unwrap();
+    let e = call(
+        &h,
+        &m,
+        "bdev_raid_create",
+        json!({"name": "R", "raid_level": "raid1", "base_bdevs": ["M0", "M1"]}),
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("already claimed") && e.contains("code -1"),
+        "{e}"
+    );
+    assert!(raids(&h, &m, "all").is_empty());
+    h.run_on(0, || {
+        assert!(get_by_name("M0").unwrap().claimed_by().is_none())
+    });
+    // A base already in a raid.
+    call(
+        &h,
+        &m,
+        "bdev_raid_create",
+        json!({"name": "R", "raid_level": "raid1", "base_bdevs": ["M0", "P1"]}),
+    )
+    .unwrap();
+    let e = call(
+        &h,
+        &m,
+        "bdev_raid_create",
+        json!({"name": "R2", "raid_level": "concat", "base_bdevs": ["M0"], "strip_size_kb": 4}),
+    )
+    .unwrap_err();
+    assert!(e.contains("already claimed by module raid"), "{e}");
+    let e = call(
+        &h,
+        &m,
+        "bdev_raid_get_bdevs",
+        json!({"category": "sideways"}),
+    )
+    .unwrap_err();
+    assert!(e.contains("invalid category"), "{e}");
+}
+
+/// raid1 over two error bdevs (over malloc) and a spare malloc.
+fn mirror(h: &Harness, m: &Rc<Methods>, superblock: bool) {
+    for n in ["M0", "M1", "M2"] {
+        malloc(h, m, n, 8192, 512);
+    }
+    for b in ["M0", "M1"] {
+        call(h, m, "bdev_error_create", json!({ "base_name": b })).unwrap();
+    }
+    call(
+        h,
+        m,
+        "bdev_raid_create",
+        json!({"name": "R1", "raid_level": "raid1", "base_bdevs": ["EE_M0", "EE_M1"], "superblock": superblock}),
+    )
+    .unwrap();
+}
+
+#[test]
+fn raid1_mirrors_survives_a_failing_member_and_rebuilds_a_new_one() {
+    let (h, m) = harness();
+    mirror(&h, &m, false);
+    let size = h.run_on(0, || get_by_name("R1").unwrap().num_blocks());
+    assert_eq!(size, 8192);
+    assert!(h.run_on(0, || {
+        get_by_name("R1").unwrap().io_type_supported(IoType::Unmap)
+    }));
+    for i in 0..16 {
+        write(&h, i % 2, "R1", i as u64 * 64, 64, i as u64).unwrap();
+    }
+    // Both members hold the data.
+    for b in ["M0", "M1"] {
+        assert_eq!(
+            &read(&h, 0, b, 64, 64).unwrap()[..],
+            &pattern(64 * 512, 1)[..]
+        );
+    }
+    // Reads are spread: both members served some.
+    for i in 0..8 {
+        read(&h, 0, "R1", i * 64, 64).unwrap();
+    }
+    // Writes to EE_M0 fail from now on: the write still succeeds (M1 has it), and M0
+    // leaves the array.
+    call(
+        &h,
+        &m,
+        "bdev_error_inject_error",
+        json!({"name": "EE_M0", "io_type": "write", "error_type": "failure", "num": 1000}),
+    )
+    .unwrap();
+    write(&h, 1, "R1", 1024, 64, 99).unwrap();
+    h.poll_threads();
+    let info = &raids(&h, &m, "online")[0];
+    assert_eq!(info["num_base_bdevs_operational"], 1, "{info}");
+    assert_eq!(info["base_bdevs_list"][0]["is_configured"], false, "{info}");
+    h.run_on(0, || {
+        assert!(get_by_name("EE_M0").unwrap().claimed_by().is_none())
+    });
+    // Degraded, it keeps serving every block.
+    for i in 0..16u64 {
+        let seed = if i == 16 { 99 } else { i };
+        let back = read(&h, i as usize % 2, "R1", i * 64, 64).unwrap();
+        assert_eq!(&back[..], &pattern(64 * 512, seed)[..], "block {}", i * 64);
+    }
+    // A new member: rebuilt, then readable alone.
+    call(
+        &h,
+        &m,
+        "bdev_raid_add_base_bdev",
+        json!({"raid_bdev": "R1", "base_bdev": "M2"}),
+    )
+    .unwrap();
+    h.poll_threads();
+    let info = &raids(&h, &m, "online")[0];
+    assert_eq!(info["num_base_bdevs_operational"], 2, "{info}");
+    assert!(info.get("process").is_none(), "{info}");
+    assert_eq!(info["base_bdevs_list"][0]["name"], "M2");
+    write(&h, 0, "R1", 2048, 64, 1234).unwrap();
+    call(&h, &m, "bdev_raid_delete", json!({"name": "R1"})).unwrap();
+    for i in 0..16u64 {
+        let back = read(&h, 0, "M2", i * 64, 64).unwrap();
+        assert_eq!(
+            &back[..],
+            &pattern(64 * 512, i)[..],
+            "rebuilt block {}",
+            i * 64
+        );
+    }
+    assert_eq!(
+        &read(&h, 0, "M2", 2048, 64).unwrap()[..],
+        &pattern(64 * 512, 1234)[..]
+    );
+    let e = call(
+        &h,
+        &m,
+        "bdev_raid_add_base_bdev",
+        json!({"raid_bdev": "R1", "base_bdev": "M0"}),
+    )
+    .unwrap_err();
+    assert!(e.contains("code -19"), "{e}");
+}
+
+#[test]
+fn raid1_read_failure_goes_to_the_other_member() {
+    let (h, m) = harness();
+    mirror(&h, &m, false);
+    write(&h, 0, "R1", 0, 64, 5).unwrap();
+    // Reads go to the first member when both are idle (ties go to the lowest slot).
+    call(
+        &h,
+        &m,
+        "bdev_error_inject_error",
+        json!({"name": "EE_M0", "io_type": "read", "error_type": "failure", "num": 1000}),
+    )
+    .unwrap();
+    for _ in 0..4 {
+        assert_eq!(
+            &read(&h, 0, "R1", 0, 64).unwrap()[..],
+            &pattern(64 * 512, 5)[..]
+        );
+    }
+    h.poll_threads();
+    assert_eq!(raids(&h, &m, "online")[0]["num_base_bdevs_operational"], 1);
+}
+
+#[test]
+fn raid1_writes_during_a_rebuild_are_not_lost() {
+    let (h, m) = harness();
+    mirror(&h, &m, false);
+    call(
+        &h,
+        &m,
+        "bdev_raid_set_options",
+        json!({"process_window_size_kb": 64}),
+    )
+    .unwrap();
+    for i in 0..64u64 {
+        write(&h, 0, "R1", i * 64, 64, i).unwrap();
+    }
+    call(
+        &h,
+        &m,
+        "bdev_raid_remove_base_bdev",
+        json!({"name": "EE_M1"}),
+    )
+    .unwrap();
+    assert_eq!(raids(&h, &m, "online")[0]["num_base_bdevs_operational"], 1);
+    // Start the rebuild, then write while it runs: the harness interleaves the rebuild's
+    // windows with these writes, one poll at a time.
+    let m2 = m.clone();
+    h.run_on(0, move || {
+        bdev_core::thread::spawn_local(async move {
+            m2.call(
+                "bdev_raid_add_base_bdev",
+                Some(json!({"raid_bdev": "R1", "base_bdev": "M2"})),
+            )
+            .await
+            .unwrap();
+        })
+        .unwrap();
+    });
+    let d = h.run_on(1, || Rc::new(Desc::open("R1", true, |_| {}).unwrap()));
+    let ch = h.run_on(1, || Rc::new(d.get_io_channel().unwrap()));
+    let mut seen_progress = false;
+    for round in 0..64u64 {
+        let lba = ((round * 37) % 64) * 64;
+        let (d2, ch2) = (d.clone(), ch.clone());
+        h.run_on(1, move || {
+            d2.write_blocks(&ch2, pattern(64 * 512, 1000 + round), lba, 64)
+                .submit(|c| assert!(c.is_success()));
+        });
+        for _ in 0..3 {
+            h.poll_thread(0);
+            h.poll_thread(1);
+        }
+        seen_progress |= raids(&h, &m, "online")[0].get("process").is_some();
+    }
+    h.poll_threads();
+    assert!(seen_progress, "the rebuild ran alongside the writes");
+    drop(ch);
+    h.run_on(1, move || drop(d));
+    assert!(raids(&h, &m, "online")[0].get("process").is_none());
+    let mut last = std::collections::HashMap::new();
+    for round in 0..64u64 {
+        last.insert(((round * 37) % 64) * 64, 1000 + round);
+    }
+    call(&h, &m, "bdev_raid_delete", json!({"name": "R1"})).unwrap();
+    for i in 0..64u64 {
+        let seed = *last.get(&(i * 64)).unwrap_or(&i);
+        let back = read(&h, 0, "M2", i * 64, 64).unwrap();
+        assert_eq!(&back[..], &pattern(64 * 512, seed)[..], "block {}", i * 64);
+        let src = read(&h, 0, "M0", i * 64, 64).unwrap();
+        assert_eq!(&src[..], &back[..]);
+    }
+}
+
+#[test]
+fn superblock_reassembles_the_array_when_its_members_return() {
+    let (h, m) = harness();
+    malloc(&h, &m, "M0", 8192, 512);
+    malloc(&h, &m, "M1", 8192, 512);
+    let u0 = "11111111-2222-3333-4444-555555555555";
+    let u1 = "11111111-2222-3333-4444-666666666666";
+    let pts = [("M0", "P0", u0), ("M1", "P1", u1)];
+    for (b, n, u) in pts {
+        call(
+            &h,
+            &m,
+            "bdev_passthru_create",
+            json!({"base_bdev_name": b, "name": n, "uuid": u}),
+        )
+        .unwrap();
+    }
+    call(
+        &h,
+        &m,
+        "bdev_raid_create",
+        json!({"name": "S1", "raid_level": "raid1", "base_bdevs": ["P0", "P1"], "superblock": true,
+               "uuid": "aaaaaaaa-2222-3333-4444-555555555555"}),
+    )
+    .unwrap();
+    let info = &raids(&h, &m, "online")[0];
+    assert_eq!(info["superblock"], true);
+    assert_eq!(info["base_bdevs_list"][0]["data_offset"], 2048);
+    assert_eq!(
+        h.run_on(0, || get_by_name("S1").unwrap().num_blocks()),
+        8192 - 2048
+    );
+    write(&h, 0, "S1", 10, 16, 77).unwrap();
+    // The data sits after the superblock on each member.
+    assert_eq!(
+        &read(&h, 0, "M1", 2058, 16).unwrap()[..],
+        &pattern(16 * 512, 77)[..]
+    );
+    let sb = read(&h, 0, "M0", 0, 1).unwrap();
+    let parsed = crate::sb::Superblock::decode(&sb).unwrap();
+    assert_eq!(parsed.name, "S1");
+    assert_eq!(parsed.bases[1].uuid.to_string(), u1);
+    // save_config has no raid entry: the superblock is the config.
+    let saved = h.block_on(0, async { bdev_core::config::save_config() });
+    assert!(!saved.to_string().contains("bdev_raid_create"), "{saved}");
+    // Gone (as after a restart), then the members come back one by one.
+    call(&h, &m, "bdev_raid_delete", json!({"name": "S1"})).unwrap();
+    for (_, n, _) in pts {
+        call(&h, &m, "bdev_passthru_delete", json!({ "name": n })).unwrap();
+    }
+    call(
+        &h,
+        &m,
+        "bdev_passthru_create",
+        json!({"base_bdev_name": "M0", "name": "P0", "uuid": u0}),
+    )
+    .unwrap();
+    call(&h, &m, "bdev_wait_for_examine", json!({})).unwrap();
+    let info = &raids(&h, &m, "configuring")[0];
+    assert_eq!(info["num_base_bdevs_discovered"], 1, "{info}");
+    call(
+        &h,
+        &m,
+        "bdev_passthru_create",
+        json!({"base_bdev_name": "M1", "name": "P1", "uuid": u1}),
+    )
+    .unwrap();
+    call(&h, &m, "bdev_wait_for_examine", json!({})).unwrap();
+    let info = &raids(&h, &m, "online")[0];
+    assert_eq!(info["name"], "S1");
+    assert_eq!(info["uuid"], "aaaaaaaa-2222-3333-4444-555555555555");
+    assert_eq!(
+        &read(&h, 1, "S1", 10, 16).unwrap()[..],
+        &pattern(16 * 512, 77)[..]
+    );
+    // A member of this array can't join another.
+    malloc(&h, &m, "M9", 8192, 512);
+    call(&h, &m, "bdev_raid_remove_base_bdev", json!({"name": "P1"})).unwrap();
+    let info = &raids(&h, &m, "online")[0];
+    assert_eq!(info["num_base_bdevs_operational"], 1);
+    let e = call(&h, &m, "bdev_raid_remove_base_bdev", json!({"name": "P1"})).unwrap_err();
+    assert!(e.contains("code -19"), "{e}");
+}
