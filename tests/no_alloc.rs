@@ -54,7 +54,22 @@ const MEASURED: u64 = 1_000_000;
 /// allocations made during the measured million I/Os that follow the warm-up.
 fn allocations_in_steady_state(bdev: &str, awaited: bool) -> u64 {
     let h = Harness::new(1);
-    if bdev.starts_with("null") {
+    if let Some(level) = bdev.strip_prefix("raid_") {
+        // A raid over two null bdevs.
+        for m in ["n0", "n1"] {
+            null::create(NullOpts::new(m, 1 << 20, 4096)).unwrap();
+        }
+        let o = bdev_raid::CreateOpts {
+            name: bdev.into(),
+            raid_level: level.parse().unwrap(),
+            base_bdevs: vec!["n0".into(), "n1".into()],
+            strip_size_kb: if level == "raid1" { 0 } else { 64 },
+            uuid: None,
+            superblock: false,
+        };
+        h.block_on(0, async move { bdev_raid::create(o).await.map(|_| ()) })
+            .unwrap();
+    } else if bdev.starts_with("null") {
         null::create(NullOpts::new(bdev, 1 << 20, 4096)).unwrap();
     } else {
         malloc::create(MallocOpts::new(bdev, 8192, 4096)).unwrap();
@@ -98,4 +113,15 @@ fn malloc_bdev_callbacks_allocate_nothing_per_io() {
 fn async_io_allocates_nothing_per_io() {
     let n = allocations_in_steady_state("null_async", true);
     assert_eq!(n, 0, "{n} heap allocations during {MEASURED} awaited I/Os");
+}
+
+#[test]
+fn raid_stripes_and_mirrors_allocate_nothing_per_io() {
+    for level in ["raid_raid0", "raid_raid1"] {
+        let n = allocations_in_steady_state(level, false);
+        assert_eq!(
+            n, 0,
+            "{n} heap allocations during {MEASURED} reads and writes on {level}"
+        );
+    }
 }

@@ -237,6 +237,8 @@ pub(crate) struct ThreadCtx {
     cells: RefCell<Vec<Rc<AsyncCell>>>,
     /// Timeout pollers of the descriptors opened on this thread, by descriptor id.
     pub(crate) timeouts: RefCell<HashMap<u64, crate::thread::Poller>>,
+    /// Shared-I/O states kept for reuse (see `SharedIo`).
+    pub(crate) shared: RefCell<Vec<Rc<super::io::SharedInner>>>,
 }
 
 impl ThreadCtx {
@@ -275,6 +277,7 @@ impl ThreadCtx {
             events: RefCell::new(HashMap::new()),
             cells: RefCell::new(Vec::new()),
             timeouts: RefCell::new(HashMap::new()),
+            shared: RefCell::new(Vec::new()),
         }))
     }
 

@@ -741,7 +741,7 @@ pub(crate) fn start(p: Pending, mut ctx: Box<IoCtx>) {
         }
         Some((ParentRef::Shared(parent), data_offset)) => {
             // The child's callback holds the parent; the segments are copied, as above.
-            let held = parent.0.io.borrow();
+            let held = parent.inner().io.borrow();
             match held.as_ref().and_then(|p| p.ctx.as_deref()) {
                 Some(p) if io_type.has_data() => {
                     dma::push_sub_iovs(&p.iovs, &mut ctx.iovs, data_offset, need)
@@ -789,36 +789,63 @@ pub(crate) fn dispatch(
 /// first status given to [`SharedIo::fail`] (success if none was). Its buffers therefore
 /// outlive every child that uses them, whatever order things finish in. Not `Send`: it
 /// lives on the thread the I/O was submitted to.
-#[derive(Clone)]
-pub struct SharedIo(std::rc::Rc<SharedInner>);
+pub struct SharedIo(Option<std::rc::Rc<SharedInner>>);
 
 pub(crate) struct SharedInner {
     io: std::cell::RefCell<Option<BdevIo>>,
     status: std::cell::Cell<IoStatus>,
     /// Made by [`BdevIo::share_any`]: one success is enough.
-    any: bool,
+    any: std::cell::Cell<bool>,
     oks: std::cell::Cell<u32>,
 }
 
-impl Drop for SharedInner {
+/// Shared-I/O states a thread keeps for reuse, so that sharing allocates nothing in the
+/// steady state.
+const SHARED_POOL: usize = 1024;
+
+impl Clone for SharedIo {
+    #[inline]
+    fn clone(&self) -> Self {
+        SharedIo(self.0.clone())
+    }
+}
+
+impl Drop for SharedIo {
     fn drop(&mut self) {
-        if let Some(io) = self.io.get_mut().take() {
-            let status = match (self.any, self.oks.get(), self.status.get()) {
-                (true, 0, IoStatus::Success) => IoStatus::Failed,
-                (true, 0, s) => s,
-                (true, _, _) => IoStatus::Success,
-                (false, _, s) => s,
-            };
-            io.complete(status);
+        let Some(rc) = self.0.take() else { return };
+        if std::rc::Rc::strong_count(&rc) != 1 {
+            return;
+        }
+        // The last holder: complete the I/O, then keep the state for the next one.
+        let Some(io) = rc.io.borrow_mut().take() else {
+            return;
+        };
+        let tctx = io
+            .ctx
+            .as_ref()
+            .and_then(|c| c.ch.as_ref())
+            .map(|ch| ch.tctx.clone());
+        let status = match (rc.any.get(), rc.oks.get(), rc.status.get()) {
+            (true, 0, IoStatus::Success) => IoStatus::Failed,
+            (true, 0, s) => s,
+            (true, _, _) => IoStatus::Success,
+            (false, _, s) => s,
+        };
+        io.complete(status);
+        if let Some(t) = tctx {
+            let mut pool = t.shared.borrow_mut();
+            if pool.len() < SHARED_POOL {
+                pool.push(rc);
+            }
         }
     }
 }
 
 impl fmt::Debug for SharedIo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0.io.try_borrow() {
-            Ok(io) => write!(f, "SharedIo({:?})", io.as_ref()),
-            Err(_) => f.write_str("SharedIo(busy)"),
+        match self.0.as_ref().map(|i| i.io.try_borrow()) {
+            Some(Ok(io)) => write!(f, "SharedIo({:?})", io.as_ref()),
+            _ => f.write_str("SharedIo(busy)"),
         }
     }
 }
@@ -838,18 +865,38 @@ impl BdevIo {
     }
 
     fn share_with(self, any: bool) -> SharedIo {
-        SharedIo(std::rc::Rc::new(SharedInner {
-            io: std::cell::RefCell::new(Some(self)),
-            status: std::cell::Cell::new(IoStatus::Success),
-            any,
-            oks: std::cell::Cell::new(0),
-        }))
+        let tctx = self.c().ch.as_ref().map(|ch| ch.tctx.clone());
+        let reused = tctx.and_then(|t| t.shared.borrow_mut().pop());
+        let rc = match reused {
+            Some(rc) => {
+                *rc.io.borrow_mut() = Some(self);
+                rc.status.set(IoStatus::Success);
+                rc.any.set(any);
+                rc.oks.set(0);
+                rc
+            }
+            None => std::rc::Rc::new(SharedInner {
+                io: std::cell::RefCell::new(Some(self)),
+                status: std::cell::Cell::new(IoStatus::Success),
+                any: std::cell::Cell::new(any),
+                oks: std::cell::Cell::new(0),
+            }),
+        };
+        SharedIo(Some(rc))
     }
 }
 
 impl SharedIo {
+    #[inline]
+    fn inner(&self) -> &SharedInner {
+        // Present until drop.
+        self.0
+            .as_deref()
+            .expect("shared I/O state present while held")
+    }
+
     fn with<R>(&self, f: impl FnOnce(&IoCtx) -> R) -> R {
-        let io = self.0.io.borrow();
+        let io = self.inner().io.borrow();
         // Present until the last holder lets go, and that is not while `self` lives.
         f(io.as_ref()
             .and_then(|b| b.ctx.as_deref())
@@ -878,19 +925,21 @@ impl SharedIo {
 
     /// Records a failure: the I/O completes with the first one recorded.
     pub fn fail(&self, status: IoStatus) {
-        if self.0.status.get().is_success() {
-            self.0.status.set(status);
+        let st = &self.inner().status;
+        if st.get().is_success() {
+            st.set(status);
         }
     }
 
     /// Records a success (see [`BdevIo::share_any`]).
     pub fn ok(&self) {
-        self.0.oks.set(self.0.oks.get() + 1);
+        let oks = &self.inner().oks;
+        oks.set(oks.get() + 1);
     }
 
     /// The status the I/O would complete with now.
     pub fn status(&self) -> IoStatus {
-        self.0.status.get()
+        self.inner().status.get()
     }
 
     /// Sends a child I/O, as [`BdevIo::submit_child`] does, while the I/O stays shared:

@@ -321,11 +321,24 @@ pub(crate) fn needs_service(
     io_type.has_data()
         && (num > b.max_rw
             || iovs.len() > b.max_segs
-            || (b.boundary != 0 && offset % b.boundary + num > b.boundary)
+            || (b.boundary != 0 && crosses(offset, num, b.boundary))
             || iovs.iter().any(|v| {
                 // Alignment holds for each segment's start and length (O_DIRECT's rule).
                 (v.base() as usize | v.len()) & b.align_mask != 0 || v.len() > b.max_seg_bytes
             }))
+}
+
+/// Whether blocks `offset..offset + num` cross a multiple of `boundary` (not 0). A power
+/// of two, as boundaries mostly are (RAID strips), takes a mask instead of a division: at
+/// ten million I/Os a second per core, a 64-bit division is a tenth of the budget.
+#[inline(always)]
+fn crosses(offset: u64, num: u64, boundary: u64) -> bool {
+    let within = if boundary.is_power_of_two() {
+        offset & (boundary - 1)
+    } else {
+        offset % boundary
+    };
+    within + num > boundary
 }
 
 /// Takes everything waiting for resources on `ch` (a reset aborts them).
