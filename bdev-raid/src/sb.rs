@@ -306,6 +306,44 @@ pub(crate) fn spawn_update(r: &Arc<Raid>) {
     }
 }
 
+/// Takes the members, offsets and sizes of a configuring array from `sb`: only members the
+/// superblock lists as configured are waited for; one attached that it no longer lists
+/// is let go.
+fn apply(st: &mut Ctl, sb: &Superblock) {
+    st.seq = sb.seq_number;
+    st.raid_size = sb.raid_size;
+    for (i, s) in st.slots.iter_mut().enumerate() {
+        let e = sb.bases.iter().find(|e| e.slot as usize == i);
+        let Some(e) = e else {
+            *s = Slot::missing();
+            continue;
+        };
+        s.data_offset = e.data_offset;
+        s.data_size = e.data_size;
+        if e.state == BaseState::Configured {
+            if s.uuid != Some(e.uuid) {
+                s.desc = None;
+                s.name = None;
+            }
+            s.uuid = Some(e.uuid);
+        } else {
+            if s.desc.take().is_some() {
+                tracing::info!(
+                    slot = i,
+                    "member left the array in a newer superblock; released"
+                );
+            }
+            s.uuid = None;
+            s.name = None;
+            s.state = if e.state == BaseState::Failed {
+                SlotState::Failed
+            } else {
+                SlotState::Missing
+            };
+        }
+    }
+}
+
 /// Reads the superblock of `bdev`, if it has a valid one.
 pub(crate) async fn read(bdev: &Bdev) -> Option<Superblock> {
     let desc = Desc::open(bdev.name(), false, |_| {}).ok()?;
@@ -387,28 +425,23 @@ async fn assemble(bdev: &Bdev, sb: Superblock) -> Result<(), Error> {
             );
             {
                 let mut st = r.lock();
-                st.seq = sb.seq_number;
-                st.raid_size = sb.raid_size;
                 st.block_len = sb.block_size;
-                for e in &sb.bases {
-                    let Some(s) = st.slots.get_mut(e.slot as usize) else {
-                        continue;
-                    };
-                    s.data_offset = e.data_offset;
-                    s.data_size = e.data_size;
-                    // Only members in service are waited for.
-                    if e.state == BaseState::Configured {
-                        s.uuid = Some(e.uuid);
-                    } else if e.state == BaseState::Failed {
-                        s.state = SlotState::Failed;
-                    }
-                }
+                apply(&mut st, &sb);
             }
             raids.add(r.clone())?;
             tracing::info!(raid = %sb.name, "raid bdev found in superblock, configuring");
             r
         }
     };
+    {
+        // A newer superblock (the members that stayed in the array wrote it after one
+        // failed) decides who belongs; an older one (on a member that left) decides
+        // nothing.
+        let mut st = r.lock();
+        if st.state == crate::RaidState::Configuring && sb.seq_number > st.seq {
+            apply(&mut st, &sb);
+        }
+    }
     let (state, expected) = {
         let st = r.lock();
         let slot = entry.slot as usize;
@@ -424,9 +457,6 @@ async fn assemble(bdev: &Bdev, sb: Superblock) -> Result<(), Error> {
                 "Bdev is not an active member of raid bdev. Ignoring.");
         }
         return Ok(());
-    }
-    if sb.seq_number > r.lock().seq {
-        r.lock().seq = sb.seq_number;
     }
     r.attach(entry.slot as usize, bdev, entry.data_offset)?;
     {

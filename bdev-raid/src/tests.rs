@@ -587,4 +587,31 @@ fn superblock_reassembles_the_array_when_its_members_return() {
     assert_eq!(info["num_base_bdevs_operational"], 1);
     let e = call(&h, &m, "bdev_raid_remove_base_bdev", json!({"name": "P1"})).unwrap_err();
     assert!(e.contains("code -19"), "{e}");
+    // P1 left; only P0's superblock says so. Back from a restart with P1 examined first
+    // (its stale superblock lists both), the newer one on P0 wins: online, without P1.
+    write(&h, 0, "S1", 10, 16, 78).unwrap();
+    call(&h, &m, "bdev_raid_delete", json!({"name": "S1"})).unwrap();
+    for (_, n, _) in pts {
+        call(&h, &m, "bdev_passthru_delete", json!({ "name": n })).unwrap();
+    }
+    for (b, n, u) in pts.iter().rev() {
+        call(
+            &h,
+            &m,
+            "bdev_passthru_create",
+            json!({"base_bdev_name": b, "name": n, "uuid": u}),
+        )
+        .unwrap();
+        call(&h, &m, "bdev_wait_for_examine", json!({})).unwrap();
+    }
+    let info = &raids(&h, &m, "online")[0];
+    assert_eq!(info["num_base_bdevs_operational"], 1, "{info}");
+    assert_eq!(info["base_bdevs_list"][0]["name"], "P0", "{info}");
+    h.run_on(0, || {
+        assert!(get_by_name("P1").unwrap().claimed_by().is_none())
+    });
+    assert_eq!(
+        &read(&h, 0, "S1", 10, 16).unwrap()[..],
+        &pattern(16 * 512, 78)[..]
+    );
 }
