@@ -320,7 +320,14 @@ pub fn save_config() -> Value {
         }
     }
     config.push(serde_json::json!({"method": "bdev_wait_for_examine"}));
-    serde_json::json!({"subsystems": [{"subsystem": "bdev", "config": config}]})
+    let mut subsystems = Vec::new();
+    let accel = crate::module::accel_config_json();
+    if !accel.is_empty() {
+        // Before the bdevs that use them, as SPDK orders its subsystems.
+        subsystems.push(serde_json::json!({"subsystem": "accel", "config": accel}));
+    }
+    subsystems.push(serde_json::json!({"subsystem": "bdev", "config": config}));
+    serde_json::json!({ "subsystems": subsystems })
 }
 
 /// Deserialises a method's params into its typed options, with a message naming the
@@ -358,9 +365,29 @@ impl ConfigFile {
         Ok(Some(o))
     }
 
-    /// Runs every method of the `bdev` subsystem, in order, on the current thread.
+    /// Runs every method of the `bdev` subsystem, in order, on the current thread; of the
+    /// `accel` subsystem, the methods this application has (crypto keys), skipping the
+    /// others with a warning (SPDK's accel options mean nothing here).
     pub async fn load(&self, methods: &Methods) -> Result<()> {
         for s in &self.subsystems {
+            if s.subsystem == "accel" {
+                for (i, c) in s.config.iter().flatten().enumerate() {
+                    if !methods.contains(&c.method) {
+                        tracing::warn!(method = %c.method, "config: accel method not supported, skipped");
+                        continue;
+                    }
+                    methods
+                        .call(&c.method, c.params.clone())
+                        .await
+                        .map_err(|e| {
+                            Error::Config(format!(
+                                "subsystem accel, method {} (index {i}): {e}",
+                                c.method
+                            ))
+                        })?;
+                }
+                continue;
+            }
             if s.subsystem != "bdev" {
                 tracing::warn!(subsystem = %s.subsystem, "config: subsystem not supported, skipped");
                 continue;

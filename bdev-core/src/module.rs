@@ -84,6 +84,12 @@ pub trait BdevModule: Send + Sync + 'static {
     fn config_json(&self) -> Vec<Value> {
         Vec::new()
     }
+
+    /// Entries of SPDK's `accel` subsystem this module owns (crypto keys), which
+    /// `save_config` writes before the `bdev` subsystem.
+    fn accel_config_json(&self) -> Vec<Value> {
+        Vec::new()
+    }
 }
 
 /// The modules of one application, in the order they were added.
@@ -159,6 +165,15 @@ pub(crate) fn examine(bdev: &Bdev) {
         }
         m.examine(bdev);
     }
+}
+
+/// The modules' `accel` subsystem entries, in module order.
+pub(crate) fn accel_config_json() -> Vec<Value> {
+    crate::thread::with_current(|t| t.runtime().bdev.modules.snapshot())
+        .unwrap_or_default()
+        .iter()
+        .flat_map(|m| m.accel_config_json())
+        .collect()
 }
 
 /// The modules' own config entries, in module order.

@@ -20,7 +20,13 @@
 //! Deviations from SPDK v24.09, on purpose:
 //! - a base bdev that does not exist at `bdev_raid_create` is an error (-ENODEV), not a
 //!   slot left waiting: a mistyped name otherwise leaves an array silently `configuring`.
-//!   Arrays with a superblock still assemble from whichever members appear;
+//!   Arrays with a superblock still assemble from whichever members appear, and SPDK's
+//!   placeholder for an empty slot (`removed_base_bdev_<n>`, what `save_config` writes for
+//!   a degraded raid1) creates the raid1 degraded;
+//! - a strip must be a power-of-two number of blocks (SPDK's mapping assumes it, but a
+//!   1536-byte block would break it silently);
+//! - a member that reappears while its online array runs degraded is left alone (SPDK
+//!   re-adds it and rebuilds it): `bdev_raid_add_base_bdev` does that when asked;
 //! - raid1 supports flush and unmap (to every member), also during a rebuild;
 //! - a raid1 read that fails is served by another member, and the failing member leaves
 //!   the array (SPDK writes the good data back and keeps it);
@@ -62,6 +68,9 @@ pub enum Error {
     /// The operation can't run now (a rebuild in progress, no empty slot...).
     #[error("{0}")]
     Busy(String),
+    /// A base bdev carries the superblock of another array.
+    #[error("Superblock of a different raid bdev found on bdev {0}")]
+    ForeignSuperblock(String),
     /// Reading or writing a superblock failed.
     #[error("superblock on {bdev}: {what}")]
     Superblock {
@@ -80,7 +89,7 @@ impl Error {
     pub fn errno(&self) -> i32 {
         match self {
             Error::InvalidOpts(_) => -libc::EINVAL,
-            Error::Exists(_) => -libc::EEXIST,
+            Error::Exists(_) | Error::ForeignSuperblock(_) => -libc::EEXIST,
             Error::NotFound(_) | Error::NoBase(_) => -libc::ENODEV,
             Error::Busy(_) => -libc::EPERM,
             Error::Superblock { .. } => -libc::EIO,
@@ -330,21 +339,40 @@ fn check(o: &CreateOpts) -> Result<(), Error> {
     }
 }
 
+/// The name SPDK's `save_config` gives an empty slot of a degraded array.
+const REMOVED: &str = "removed_base_bdev_";
+
 /// Creates a RAID (`bdev_raid_create`): claims every base, writes the superblock if asked,
-/// registers the array's bdev. On any failure, nothing stays claimed or listed.
+/// registers the array's bdev. On any failure, nothing stays claimed or listed. A base
+/// named `removed_base_bdev_<n>` (how a degraded raid1 is saved) is an empty slot.
 pub async fn create(o: CreateOpts) -> Result<String, Error> {
     check(&o)?;
     let raids = Raids::get()?;
-    if get_by_name(&o.name).is_some() {
+    if get_by_name(&o.name).is_some() || raids.find(&o.name).is_some() {
         return Err(Error::Exists(o.name));
     }
     let bases = o
         .base_bdevs
         .iter()
-        .map(|n| get_by_name(n).ok_or_else(|| Error::NoBase(n.clone())))
-        .collect::<Result<Vec<Bdev>, Error>>()?;
-    let bl = bases[0].block_len();
-    if let Some(b) = bases.iter().find(|b| b.block_len() != bl) {
+        .map(|n| {
+            if n.starts_with(REMOVED) {
+                return Ok(None);
+            }
+            get_by_name(n)
+                .map(Some)
+                .ok_or_else(|| Error::NoBase(n.clone()))
+        })
+        .collect::<Result<Vec<Option<Bdev>>, Error>>()?;
+    let present: Vec<&Bdev> = bases.iter().flatten().collect();
+    let empty = bases.len() - present.len();
+    if empty > 0 && (o.raid_level != RaidLevel::Raid1 || present.is_empty()) {
+        return Err(Error::InvalidOpts(format!(
+            "{} needs every base bdev present ({empty} missing)",
+            o.raid_level
+        )));
+    }
+    let bl = present[0].block_len();
+    if let Some(b) = present.iter().find(|b| b.block_len() != bl) {
         return Err(Error::InvalidOpts(format!(
             "Raid bdev '{}' blocklen {bl} differs from base bdev '{}' blocklen {}",
             o.name,
@@ -352,16 +380,31 @@ pub async fn create(o: CreateOpts) -> Result<String, Error> {
             b.block_len()
         )));
     }
-    if o.raid_level != RaidLevel::Raid1 && (o.strip_size_kb as u64 * 1024) < bl as u64 {
-        return Err(Error::InvalidOpts(
-            "Strip size cannot be smaller than the device block size".into(),
-        ));
+    if o.raid_level != RaidLevel::Raid1 {
+        let strip = o.strip_size_kb as u64 * 1024;
+        if strip < bl as u64 {
+            return Err(Error::InvalidOpts(
+                "Strip size cannot be smaller than the device block size".into(),
+            ));
+        }
+        if strip % bl as u64 != 0 || !(strip / bl as u64).is_power_of_two() {
+            return Err(Error::InvalidOpts(format!(
+                "strip of {} KiB is not a power-of-two number of {bl}-byte blocks",
+                o.strip_size_kb
+            )));
+        }
     }
-    if let Some(b) = bases.iter().find(|b| b.claimed_by().is_some()) {
+    if let Some(b) = present.iter().find(|b| b.claimed_by().is_some()) {
         return Err(Error::Core(bdev_core::Error::Claimed {
             name: b.name().to_string(),
             module: b.claimed_by().unwrap_or_default(),
         }));
+    }
+    // A base that belongs to another array (its superblock says so) is not taken.
+    for b in &present {
+        if sb::read(b).await.is_some() {
+            return Err(Error::ForeignSuperblock(b.name().to_string()));
+        }
     }
     let t = bdev_core::thread::current_or("bdev_raid_create")?;
     let r = Raid::new(
@@ -376,8 +419,10 @@ pub async fn create(o: CreateOpts) -> Result<String, Error> {
     raids.add(r.clone())?;
     let built = async {
         for (i, b) in bases.iter().enumerate() {
-            let off = if o.superblock { sb::data_offset(b) } else { 0 };
-            r.attach(i, b, off)?;
+            if let Some(b) = b {
+                let off = if o.superblock { sb::data_offset(b) } else { 0 };
+                r.attach(i, b, off, SlotState::Configured)?;
+            }
         }
         r.configure().await
     }
@@ -416,88 +461,140 @@ pub async fn delete(name: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// `bdev_raid_add_base_bdev`: puts `base` in the first empty slot of `raid`. On an online
-/// raid1 this starts a rebuild of the new member (the call returns once it started).
+/// `bdev_raid_add_base_bdev`: adds `base` to `raid`. An online raid1 takes it in an empty
+/// slot and rebuilds it (the call returns once the rebuild started); an array still
+/// assembling from its superblock takes it only in the slot that waits for its UUID; an
+/// offline array takes nothing. One such operation at a time per array.
 pub async fn add_base_bdev(raid: &str, base: &str) -> Result<(), Error> {
     let raids = Raids::get()?;
     let r = raids
         .find(raid)
         .ok_or_else(|| Error::NotFound(format!("{raid} (not found in config)")))?;
     let b = get_by_name(base).ok_or_else(|| Error::NoBase(base.to_string()))?;
-    if r.lock().process.is_some() {
-        return Err(Error::Busy(format!("raid bdev '{raid}' is in process")));
-    }
-    if b.claimed_by().is_some() {
+    if let Some(m) = b.claimed_by() {
         return Err(Error::Core(bdev_core::Error::Claimed {
             name: base.to_string(),
-            module: b.claimed_by().unwrap_or_default(),
+            module: m,
         }));
     }
-    let (slot, online, bl) = {
-        let st = r.lock();
-        let slot = st
-            .slots
-            .iter()
-            .position(|s| s.desc.is_none())
-            .ok_or_else(|| Error::InvalidOpts(format!("raid bdev {raid} has no empty slot")))?;
-        (slot, st.bdev.is_some(), st.block_len)
-    };
-    if bl != 0 && b.block_len() != bl {
-        return Err(Error::InvalidOpts(format!(
-            "Raid bdev '{raid}' blocklen {bl} differs from base bdev '{base}' blocklen {}",
-            b.block_len()
-        )));
-    }
-    // A member of another array keeps its superblock: refuse it.
-    if let Some(found) = sb::read(&b).await {
-        if found.uuid != r.uuid {
-            return Err(Error::Superblock {
-                bdev: base.to_string(),
-                what: "Superblock of a different raid bdev found".into(),
-            });
+    // Reserve the slot before anything awaits.
+    let (slot, online, off) = {
+        let mut st = r.lock();
+        if st.busy || st.process.is_some() {
+            return Err(Error::Busy(format!("raid bdev '{raid}' is in process")));
         }
-    }
-    let off = {
-        let st = r.lock();
-        let known = st.slots[slot].data_offset;
-        if r.superblock {
-            if known != 0 {
-                known
-            } else {
-                sb::data_offset(&b)
+        if st.deleting {
+            return Err(Error::NotFound(raid.to_string()));
+        }
+        if st.block_len != 0 && b.block_len() != st.block_len {
+            return Err(Error::InvalidOpts(format!(
+                "Raid bdev '{raid}' blocklen {} differs from base bdev '{base}' blocklen {}",
+                st.block_len,
+                b.block_len()
+            )));
+        }
+        let (slot, online) = match st.state {
+            RaidState::Offline => {
+                return Err(Error::InvalidOpts(format!(
+                    "raid bdev {raid} is offline: delete it and create it anew"
+                )));
             }
-        } else {
-            0
-        }
-    };
-    if online && r.level != RaidLevel::Raid1 {
-        return Err(Error::InvalidOpts(format!(
-            "raid bdev {raid} is {}: an online {} has no empty slot to fill",
-            r.level, r.level
-        )));
-    }
-    {
-        let st = r.lock();
+            RaidState::Configuring => {
+                let slot = st
+                    .slots
+                    .iter()
+                    .position(|s| s.desc.is_none() && s.uuid == Some(b.uuid()))
+                    .ok_or_else(|| {
+                        Error::InvalidOpts(format!(
+                            "base bdev {base} is not a member raid bdev {raid} waits for"
+                        ))
+                    })?;
+                (slot, false)
+            }
+            RaidState::Online => {
+                if r.level != RaidLevel::Raid1 {
+                    return Err(Error::InvalidOpts(format!(
+                        "raid bdev {raid} is an online {}: no empty slot to fill",
+                        r.level
+                    )));
+                }
+                let slot = st
+                    .slots
+                    .iter()
+                    .position(|s| s.desc.is_none())
+                    .ok_or_else(|| {
+                        Error::InvalidOpts(format!("raid bdev {raid} has no empty slot"))
+                    })?;
+                if let Some(rb) = &st.bdev {
+                    for t in [
+                        bdev_core::bdev::IoType::Unmap,
+                        bdev_core::bdev::IoType::Flush,
+                    ] {
+                        if rb.io_type_supported(t) && !b.io_type_supported(t) {
+                            return Err(Error::InvalidOpts(format!(
+                                "base bdev {base} does not support {t}, which raid bdev {raid} offers"
+                            )));
+                        }
+                    }
+                }
+                (slot, true)
+            }
+        };
+        let known = st.slots[slot].data_offset;
+        let off = match (r.superblock, known) {
+            (false, _) => 0,
+            (true, 0) => sb::data_offset(&b),
+            (true, k) => k,
+        };
         if online && b.num_blocks() < off + st.raid_size {
             return Err(Error::InvalidOpts(format!(
                 "base bdev {base} too small for raid bdev {raid}"
             )));
         }
-    }
-    r.attach(slot, &b, off)?;
-    if online {
-        r.lock().slots[slot].state = SlotState::Rebuilding;
-        process::start(&r, slot).await
-    } else {
-        let ready = {
-            let st = r.lock();
-            st.slots.iter().all(|s| s.desc.is_some()) && !st.deleting
-        };
-        if ready {
-            r.configure().await?;
+        st.busy = true;
+        (slot, online, off)
+    };
+    let res = async {
+        // A member of another array keeps its superblock: refuse it.
+        if let Some(found) = sb::read(&b).await {
+            if found.uuid != r.uuid {
+                return Err(Error::ForeignSuperblock(base.to_string()));
+            }
+        }
+        if r.lock().deleting {
+            return Err(Error::NotFound(raid.to_string()));
+        }
+        if !online {
+            r.attach(slot, &b, off, SlotState::Configured)?;
+            let ready = {
+                let st = r.lock();
+                st.slots
+                    .iter()
+                    .all(|s| s.uuid.is_none() || s.desc.is_some())
+            };
+            if ready {
+                r.configure().await?;
+            }
+            return Ok(());
+        }
+        r.attach(slot, &b, off, SlotState::Rebuilding)?;
+        r.lock().process = Some(raid::Process {
+            target: slot,
+            done_blocks: 0,
+            cancel: false,
+        });
+        if let Err(e) = process::start(&r, slot).await {
+            r.lock().process = None;
+            let (tx, rx) = bdev_core::oneshot::channel();
+            r.remove_slot(slot, false, Box::new(move || tx.send(())));
+            let _ = rx.await;
+            return Err(e);
         }
         Ok(())
     }
+    .await;
+    r.lock().busy = false;
+    res
 }
 
 /// `bdev_raid_remove_base_bdev`: takes `base` out of the array it belongs to.
@@ -532,7 +629,7 @@ pub(crate) fn config_entry(r: &Raid) -> Value {
             s.name
                 .clone()
                 .filter(|_| s.desc.is_some())
-                .unwrap_or_else(|| format!("removed_base_bdev_{i}"))
+                .unwrap_or_else(|| format!("{REMOVED}{i}"))
         })
         .collect();
     let mut p = json!({

@@ -19,7 +19,7 @@ use bdev_core::bdev::Desc;
 use bdev_core::dma::DmaBuf;
 use bdev_core::thread::{ForEachChannel, IoChannel, IoDevice};
 
-use crate::raid::{Process, Raid, RaidCh, SlotState};
+use crate::raid::{Raid, RaidCh, SlotState};
 use crate::{Error, Raids};
 
 /// Runs `visit` on every channel of `dev` and waits for the end.
@@ -32,8 +32,8 @@ async fn for_each(
     Ok(rx.await.unwrap_or(Err(bdev_core::Error::Stopping))?)
 }
 
-/// Starts rebuilding `slot` (attached, in state Rebuilding) of the online array `r`;
-/// returns once every channel writes to it and the copy has started.
+/// Starts rebuilding `slot` (attached, in state Rebuilding, with `process` set) of the
+/// online array `r`; returns once every channel writes to it and the copy has started.
 pub(crate) async fn start(r: &Arc<Raid>, slot: usize) -> Result<(), Error> {
     let (dev, desc, off) = {
         let st = r.lock();
@@ -51,16 +51,11 @@ pub(crate) async fn start(r: &Arc<Raid>, slot: usize) -> Result<(), Error> {
     {
         let d = desc.clone();
         for_each(&dev, move |ch, next| {
-            ch.add_member(slot, &d, off);
-            next.next(Ok(()));
+            let r = ch.add_member(slot, &d, off);
+            next.next(r);
         })
         .await?;
     }
-    r.lock().process = Some(Process {
-        target: slot,
-        done_blocks: 0,
-        cancel: false,
-    });
     tracing::info!(raid = %r.name, target = ?desc.bdev().name(), "Started rebuild on raid bdev");
     let r2 = r.clone();
     bdev_core::thread::spawn_local(async move {
@@ -105,11 +100,19 @@ async fn run(r: &Arc<Raid>, dev: &IoDevice<RaidCh>, slot: usize) -> Result<(), E
             let due = (off * bl) as f64 / (opts.process_max_bandwidth_mb_sec as f64 * 1048576.0);
             let ahead = due - start.elapsed().as_secs_f64();
             if ahead > 0.0 {
+                // Foreground writes are not held back while the rebuild waits.
+                lock(r, dev, (0, 0)).await?;
                 bdev_core::thread::sleep_us((ahead * 1e6) as u64).await?;
             }
         }
     }
     Ok(())
+}
+
+/// Locks window `w` (empty: unlocks) on every channel, and for channels created meanwhile.
+async fn lock(r: &Arc<Raid>, dev: &IoDevice<RaidCh>, w: (u64, u64)) -> Result<(), Error> {
+    r.lock().window = w;
+    for_each(dev, move |ch, next| RaidCh::set_window(ch, w, next)).await
 }
 
 /// Copies `n` blocks at array block `off` from a member in service to `slot`.
@@ -170,22 +173,26 @@ async fn copy(
 /// Ends a rebuild: unlocks the window; on success the member becomes readable and the
 /// superblock says so, on failure the target leaves the array.
 async fn finish(r: &Arc<Raid>, dev: &IoDevice<RaidCh>, slot: usize, res: Result<(), Error>) {
-    if let Err(e) = for_each(dev, |ch, next| RaidCh::set_window(ch, (0, 0), next)).await {
+    if let Err(e) = lock(r, dev, (0, 0)).await {
         tracing::warn!(raid = %r.name, "rebuild: unlocking: {e}");
     }
     match res {
         Ok(()) => {
-            let ok = for_each(dev, move |ch, next| {
-                ch.member_readable(slot);
-                next.next(Ok(()));
-            })
-            .await;
+            // Readable for channels created from now on, then for the existing ones.
             {
                 let mut st = r.lock();
                 st.process = None;
-                if ok.is_ok() && st.slots[slot].desc.is_some() {
+                if st.slots[slot].desc.is_some() {
                     st.slots[slot].state = SlotState::Configured;
                 }
+            }
+            if let Err(e) = for_each(dev, move |ch, next| {
+                ch.member_readable(slot);
+                next.next(Ok(()));
+            })
+            .await
+            {
+                tracing::warn!(raid = %r.name, "rebuild: making the member readable: {e}");
             }
             tracing::info!(raid = %r.name, "Finished rebuild on raid bdev");
             if r.superblock {

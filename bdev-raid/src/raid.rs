@@ -101,6 +101,15 @@ pub(crate) struct Ctl {
     pub(crate) process: Option<Process>,
     /// bdev_raid_delete was called: nothing may bring it back online.
     pub(crate) deleting: bool,
+    /// The window a rebuild has locked (empty: none), which a channel created meanwhile
+    /// starts with.
+    pub(crate) window: (u64, u64),
+    /// A control operation that awaits (adding a member) is under way: others wait their
+    /// turn (refused, as SPDK refuses a second one while a process runs).
+    pub(crate) busy: bool,
+    /// Superblock writes: one at a time, the latest state last.
+    pub(crate) sb_writing: bool,
+    pub(crate) sb_dirty: bool,
     /// The bdev is being unregistered because the array lost too many members: the
     /// remaining ones stay claimed (the array is listed offline until deleted).
     pub(crate) lost_members: bool,
@@ -149,6 +158,10 @@ impl Raid {
                 process: None,
                 deleting: false,
                 lost_members: false,
+                window: (0, 0),
+                busy: false,
+                sb_writing: false,
+                sb_dirty: false,
             }),
         })
     }
@@ -170,8 +183,16 @@ impl Raid {
         (self.strip_size_kb as u64 * 1024) / block_len as u64
     }
 
-    /// Attaches `base` to `slot`: opens it, claims it, watches for its removal.
-    pub(crate) fn attach(&self, slot: usize, base: &Bdev, data_offset: u64) -> Result<(), Error> {
+    /// Attaches `base` to `slot` in `state` (Configured, or Rebuilding for a new member of
+    /// an online array: written, never read, from the first channel on): opens it, claims
+    /// it, watches for its removal.
+    pub(crate) fn attach(
+        &self,
+        slot: usize,
+        base: &Bdev,
+        data_offset: u64,
+        state: SlotState,
+    ) -> Result<(), Error> {
         let weak = self.me.clone();
         let base_name = base.name().to_string();
         let desc = Desc::open(base.name(), true, move |ev| {
@@ -197,22 +218,27 @@ impl Raid {
         s.data_offset = data_offset;
         s.data_size = base.num_blocks() - data_offset;
         s.desc = Some(Arc::new(desc));
-        s.state = SlotState::Configured;
+        s.state = state;
         if st.block_len == 0 {
             st.block_len = base.block_len();
         }
         Ok(())
     }
 
-    /// Number of slots with a member in service, and with one at all.
+    /// Number of slots with a member in service (a rebuild target counts, as in SPDK's
+    /// `num_base_bdevs_operational`), and with one at all.
     pub(crate) fn counts(st: &Ctl) -> (usize, usize) {
-        let op = st
-            .slots
-            .iter()
-            .filter(|s| s.desc.is_some() && s.state == SlotState::Configured)
-            .count();
+        let op = st.slots.iter().filter(|s| s.present()).count();
         let disc = st.slots.iter().filter(|s| s.desc.is_some()).count();
         (op, disc)
+    }
+
+    /// Members that hold all the data (not a rebuild target).
+    pub(crate) fn readable(st: &Ctl) -> usize {
+        st.slots
+            .iter()
+            .filter(|s| s.desc.is_some() && s.state == SlotState::Configured)
+            .count()
     }
 
     /// Brings the array online: registers its io_device and bdev over the members
@@ -279,9 +305,16 @@ impl Raid {
                     (at, Layout::Concat { starts })
                 }
             };
-            // An array assembled from a superblock keeps the size it was created with.
+            // An array assembled from a superblock keeps the size it was created with; its
+            // members must still hold it (SPDK fails the same way).
             let num_blocks = if st.raid_size != 0 {
-                st.raid_size.min(num_blocks)
+                if num_blocks < st.raid_size {
+                    return Err(Error::InvalidOpts(format!(
+                        "raid {}: members hold {num_blocks} blocks, the superblock says {}",
+                        self.name, st.raid_size
+                    )));
+                }
+                st.raid_size
             } else {
                 num_blocks
             };
@@ -313,6 +346,15 @@ impl Raid {
         };
         if let Some(sb) = sb {
             crate::sb::write_all(self, sb).await?;
+            // Things may have changed while the superblock was written.
+            let st = self.lock();
+            let present = st.slots.iter().filter(|s| s.desc.is_some()).count();
+            if st.deleting || st.bdev.is_some() || present < self.min_operational(st.slots.len()) {
+                return Err(Error::Busy(format!(
+                    "raid {} changed while its superblock was written",
+                    self.name
+                )));
+            }
         }
         let weak = self.me.clone();
         let dev = IoDevice::register(format!("raid:{}", self.name), move || {
@@ -397,7 +439,7 @@ impl Raid {
             if let Some(p) = st.process.as_mut() {
                 p.cancel |= p.target == slot;
             }
-            let (op, _) = Self::counts(&st);
+            let op = Self::readable(&st);
             let keep = st.bdev.is_some() && op >= self.min_operational(n) && op > 0;
             tracing::warn!(raid = %self.name, slot, failed, operational = op,
                 "base bdev removed from raid{}", if keep { " (degraded)" } else { "" });
@@ -571,7 +613,7 @@ impl RaidCh {
         Ok(RaidCh {
             raid: r.clone(),
             members: RefCell::new(members),
-            window: Cell::new((0, 0)),
+            window: Cell::new(st.window),
             waiting: RefCell::new(VecDeque::new()),
             writes: [Cell::new(0), Cell::new(0)],
             epoch: Cell::new(0),
@@ -622,14 +664,13 @@ impl RaidCh {
 /// Visits for the rebuild (each runs on a channel's thread).
 impl RaidCh {
     /// Adds the member of `slot`, written but not read.
-    pub(crate) fn add_member(&self, slot: usize, desc: &Arc<Desc>, data_offset: u64) {
-        let ch = match desc.get_io_channel() {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(raid = %self.raid.name, "channel to a new member: {e}");
-                return;
-            }
-        };
+    pub(crate) fn add_member(
+        &self,
+        slot: usize,
+        desc: &Arc<Desc>,
+        data_offset: u64,
+    ) -> bdev_core::Result<()> {
+        let ch = desc.get_io_channel()?;
         if let Some(m) = self.members.borrow_mut().get_mut(slot) {
             *m = Some(Member {
                 desc: desc.clone(),
@@ -639,6 +680,7 @@ impl RaidCh {
                 failed: Cell::new(false),
             });
         }
+        Ok(())
     }
 
     /// Moves the locked window to `w` (empty: none): writes waiting for the old window go
@@ -776,7 +818,7 @@ fn raid1_read(ch: &IoChannel<RaidCh>, io: BdevIo, tried: u64) {
     let lba = m.data_offset + io.offset_blocks();
     let ch2 = ch.clone();
     io.forward_to(&m.desc, &m.ch, lba, move |status, io| {
-        if status.is_success() || matches!(status, IoStatus::Rejected(_)) {
+        if status.is_success() {
             return io.complete(status);
         }
         ch2.member_failed(i, status);

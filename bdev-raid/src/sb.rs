@@ -258,7 +258,8 @@ pub(crate) fn build(r: &Raid, st: &Ctl) -> Superblock {
     }
 }
 
-/// Writes `sb` at block 0 of every member in the array (present or being rebuilt).
+/// Writes `sb` at block 0 of every member in the array (present or being rebuilt); a
+/// member whose write fails does not keep the others from being written.
 pub(crate) async fn write_all(r: &Raid, sb: Superblock) -> Result<(), Error> {
     let descs: Vec<Arc<Desc>> = r
         .lock()
@@ -267,6 +268,7 @@ pub(crate) async fn write_all(r: &Raid, sb: Superblock) -> Result<(), Error> {
         .filter_map(|s: &Slot| s.desc.clone())
         .collect();
     let bytes = sb.encode();
+    let mut first_err = None;
     for d in descs {
         let b = d.bdev();
         let bl = b.block_len() as usize;
@@ -276,32 +278,54 @@ pub(crate) async fn write_all(r: &Raid, sb: Superblock) -> Result<(), Error> {
         buf[..bytes.len()].copy_from_slice(&bytes);
         let ch = d.get_io_channel()?;
         if let Err(e) = d.write_blocks(&ch, buf, 0, (len / bl) as u64).await {
-            return Err(Error::Superblock {
+            tracing::error!(raid = %r.name, base = %b.name(), status = %e.status, "superblock write failed");
+            first_err.get_or_insert(Error::Superblock {
                 bdev: b.name().to_string(),
                 what: format!("write failed: {}", e.status),
             });
         }
     }
-    Ok(())
+    first_err.map_or(Ok(()), Err)
 }
 
-/// Rewrites the superblock of `r` in the background (after a member change).
+/// Rewrites the superblock of `r` in the background (after a member change). One writer
+/// at a time per array, and it always ends with the latest state: a change made while a
+/// write is under way is written after it, so an older superblock never lands last.
 pub(crate) fn spawn_update(r: &Arc<Raid>) {
-    let r = r.clone();
+    {
+        let mut st = r.lock();
+        if st.sb_writing {
+            st.sb_dirty = true;
+            return;
+        }
+        st.sb_writing = true;
+    }
+    let r2 = r.clone();
     let task = async move {
-        let sb = {
+        let r = r2;
+        loop {
+            let sb = {
+                let mut st = r.lock();
+                st.sb_dirty = false;
+                if st.deleting {
+                    st.sb_writing = false;
+                    return;
+                }
+                st.seq += 1;
+                build(&r, &st)
+            };
+            if let Err(e) = write_all(&r, sb).await {
+                tracing::error!(raid = %r.name, "updating the superblock: {e}");
+            }
             let mut st = r.lock();
-            if st.deleting {
+            if !st.sb_dirty {
+                st.sb_writing = false;
                 return;
             }
-            st.seq += 1;
-            build(&r, &st)
-        };
-        if let Err(e) = write_all(&r, sb).await {
-            tracing::error!(raid = %r.name, "updating the superblock: {e}");
         }
     };
     if let Err(e) = bdev_core::thread::spawn_local(task) {
+        r.lock().sb_writing = false;
         tracing::error!("raid superblock update: {e}");
     }
 }
@@ -398,6 +422,36 @@ pub(crate) fn examine(bdev: &Bdev) {
     }
 }
 
+/// What `bdev_raid_create` would refuse, refused from a superblock too (its bytes come
+/// from a disk: anything may be there).
+fn check_geometry(sb: &Superblock) -> Result<(), Error> {
+    let bad = |what: String| {
+        Err(Error::InvalidOpts(format!(
+            "superblock of raid {}: {what}",
+            sb.name
+        )))
+    };
+    let n = sb.num_base_bdevs as usize;
+    if n == 0 || n > crate::raid::MAX_BASE_BDEVS {
+        return bad(format!(
+            "{n} base bdevs (1 to {})",
+            crate::raid::MAX_BASE_BDEVS
+        ));
+    }
+    if sb.block_size == 0 || sb.raid_size == 0 {
+        return bad("zero block size or raid size".into());
+    }
+    let strip_bytes = sb.strip_size as u64 * sb.block_size as u64;
+    match sb.level {
+        RaidLevel::Raid1 if sb.strip_size != 0 => bad("raid1 with a strip size".into()),
+        RaidLevel::Raid1 => Ok(()),
+        _ if !sb.strip_size.is_power_of_two() || strip_bytes % 1024 != 0 => {
+            bad(format!("strip of {} blocks", sb.strip_size))
+        }
+        _ => Ok(()),
+    }
+}
+
 async fn assemble(bdev: &Bdev, sb: Superblock) -> Result<(), Error> {
     if sb.block_size != bdev.block_len() || sb.uuid.is_nil() {
         return Ok(());
@@ -412,6 +466,7 @@ async fn assemble(bdev: &Bdev, sb: Superblock) -> Result<(), Error> {
             if entry.state != BaseState::Configured {
                 return Ok(());
             }
+            check_geometry(&sb)?;
             let strip_kb = (sb.strip_size as u64 * sb.block_size as u64 / 1024) as u32;
             let t = bdev_core::thread::current_or("raid examine")?;
             let r = Raid::new(
@@ -458,7 +513,12 @@ async fn assemble(bdev: &Bdev, sb: Superblock) -> Result<(), Error> {
         }
         return Ok(());
     }
-    r.attach(entry.slot as usize, bdev, entry.data_offset)?;
+    r.attach(
+        entry.slot as usize,
+        bdev,
+        entry.data_offset,
+        SlotState::Configured,
+    )?;
     {
         let mut st = r.lock();
         let s = &mut st.slots[entry.slot as usize];

@@ -615,3 +615,97 @@ fn superblock_reassembles_the_array_when_its_members_return() {
         &pattern(16 * 512, 78)[..]
     );
 }
+
+#[test]
+fn odd_strips_foreign_superblocks_and_degraded_configs() {
+    let (h, m) = harness();
+    malloc(&h, &m, "O0", 4096, 1536);
+    malloc(&h, &m, "O1", 4096, 1536);
+    let e = call(
+        &h,
+        &m,
+        "bdev_raid_create",
+        json!({"name": "R", "raid_level": "raid0", "base_bdevs": ["O0", "O1"], "strip_size_kb": 64}),
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("not a power-of-two number of 1536-byte blocks"),
+        "{e}"
+    );
+    // A base that carries another array's superblock is refused (-EEXIST).
+    malloc(&h, &m, "M0", 8192, 512);
+    malloc(&h, &m, "M1", 8192, 512);
+    malloc(&h, &m, "M2", 8192, 512);
+    call(
+        &h,
+        &m,
+        "bdev_raid_create",
+        json!({"name": "S", "raid_level": "raid1", "base_bdevs": ["M0", "M1"], "superblock": true}),
+    )
+    .unwrap();
+    call(&h, &m, "bdev_raid_delete", json!({"name": "S"})).unwrap();
+    let e = call(
+        &h,
+        &m,
+        "bdev_raid_create",
+        json!({"name": "T", "raid_level": "raid1", "base_bdevs": ["M2", "M1"]}),
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("Superblock of a different raid bdev found on bdev M1"),
+        "{e}"
+    );
+    assert!(e.contains("code -17"), "{e}");
+    // A degraded raid1 saves an empty slot and loads back degraded.
+    call(
+        &h,
+        &m,
+        "bdev_raid_create",
+        json!({"name": "D", "raid_level": "raid1", "base_bdevs": ["M2", "O0"]}),
+    )
+    .unwrap_err();
+    malloc(&h, &m, "M3", 8192, 512);
+    call(
+        &h,
+        &m,
+        "bdev_raid_create",
+        json!({"name": "D", "raid_level": "raid1", "base_bdevs": ["M2", "M3"]}),
+    )
+    .unwrap();
+    call(&h, &m, "bdev_raid_remove_base_bdev", json!({"name": "M3"})).unwrap();
+    let saved = h.block_on(0, async { bdev_core::config::save_config() });
+    let entry = saved["subsystems"][0]["config"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["method"] == "bdev_raid_create")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        entry["params"]["base_bdevs"],
+        json!(["M2", "removed_base_bdev_1"])
+    );
+    call(&h, &m, "bdev_raid_delete", json!({"name": "D"})).unwrap();
+    call(&h, &m, "bdev_raid_create", entry["params"].clone()).unwrap();
+    let info = raids(&h, &m, "online");
+    assert_eq!(info[0]["num_base_bdevs_operational"], 1, "{info:?}");
+    // The empty slot takes a new member, rebuilt.
+    call(
+        &h,
+        &m,
+        "bdev_raid_add_base_bdev",
+        json!({"raid_bdev": "D", "base_bdev": "M3"}),
+    )
+    .unwrap();
+    h.poll_threads();
+    assert_eq!(raids(&h, &m, "online")[0]["num_base_bdevs_operational"], 2);
+    // A raid0 can't have an empty slot.
+    let e = call(
+        &h,
+        &m,
+        "bdev_raid_create",
+        json!({"name": "Z", "raid_level": "raid0", "base_bdevs": ["O1", "removed_base_bdev_1"], "strip_size_kb": 4}),
+    )
+    .unwrap_err();
+    assert!(e.contains("needs every base bdev present"), "{e}");
+}

@@ -62,7 +62,7 @@ struct DeleteParams {
 }
 
 /// A configured virtual bdev, as its module remembers it.
-pub(crate) trait VbdevConfig: Clone + Send + Sync + 'static {
+pub trait VbdevConfig: Clone + Send + Sync + 'static {
     /// The virtual bdev's name.
     fn name(&self) -> String;
     /// Its base bdev's name.
@@ -71,7 +71,7 @@ pub(crate) trait VbdevConfig: Clone + Send + Sync + 'static {
 
 /// One module's configured bdevs in one application, built or waiting for their base.
 /// Lives in [`bdev_core::module::app_data`], never in a process global.
-pub(crate) struct Configs<C>(Mutex<Vec<C>>);
+pub struct Configs<C>(Mutex<Vec<C>>);
 
 impl<C> Default for Configs<C> {
     fn default() -> Self {
@@ -81,7 +81,7 @@ impl<C> Default for Configs<C> {
 
 impl<C: VbdevConfig> Configs<C> {
     /// The current application's.
-    pub(crate) fn get() -> Result<Arc<Self>, Error> {
+    pub fn get() -> Result<Arc<Self>, Error> {
         bdev_core::module::app_data::<Self>().ok_or(Error::Core(bdev_core::Error::NoThread {
             op: "virtual bdev config",
         }))
@@ -92,12 +92,12 @@ impl<C: VbdevConfig> Configs<C> {
     }
 
     /// Every config, in creation order.
-    pub(crate) fn all(&self) -> Vec<C> {
+    pub fn all(&self) -> Vec<C> {
         self.lock().clone()
     }
 
     /// Forgets `name`'s config; whether there was one.
-    pub(crate) fn remove(&self, name: &str) -> bool {
+    pub fn remove(&self, name: &str) -> bool {
         let mut l = self.lock();
         let n = l.len();
         l.retain(|c| c.name() != name);
@@ -107,7 +107,7 @@ impl<C: VbdevConfig> Configs<C> {
     /// Records `c`, builds it now if its base exists (else at the base's examine), and
     /// returns its name. A build that fails forgets the config (SPDK keeps it, so that a
     /// corrected retry then fails with "exists"; we would rather it succeeded).
-    pub(crate) fn create(
+    pub fn create(
         &self,
         c: C,
         build: impl FnOnce(&C, &Bdev) -> Result<Bdev, Error>,
@@ -140,7 +140,7 @@ impl<C: VbdevConfig> Configs<C> {
     }
 
     /// The examine hook: builds every config waiting for `base`.
-    pub(crate) fn examine(&self, base: &Bdev, build: impl Fn(&C, &Bdev) -> Result<Bdev, Error>) {
+    pub fn examine(&self, base: &Bdev, build: impl Fn(&C, &Bdev) -> Result<Bdev, Error>) {
         let waiting: Vec<C> = self
             .lock()
             .iter()
@@ -158,7 +158,7 @@ impl<C: VbdevConfig> Configs<C> {
     }
 
     /// Forgets `name`'s config and unregisters the bdev, if built; returns once it is gone.
-    pub(crate) async fn delete(&self, name: &str, module: &'static str) -> Result<(), Error> {
+    pub async fn delete(&self, name: &str, module: &'static str) -> Result<(), Error> {
         let had_config = self.remove(name);
         match get_by_name(name).filter(|b| b.module_name() == module) {
             Some(b) => Ok(b.unregister_async().await?),
@@ -173,7 +173,7 @@ impl<C: VbdevConfig> Configs<C> {
 
 /// Opens `base` and takes the exclusive-write claim for `module`; when the base goes
 /// away, the bdev `name` of `module` is unregistered (the event runs on this thread).
-pub(crate) fn open_base(base: &Bdev, module: &'static str, name: &str) -> Result<Desc, Error> {
+pub fn open_base(base: &Bdev, module: &'static str, name: &str) -> Result<Desc, Error> {
     let me = name.to_string();
     let desc = Desc::open(base.name(), false, move |ev| {
         if ev == BdevEvent::Remove {
@@ -191,12 +191,7 @@ pub(crate) fn open_base(base: &Bdev, module: &'static str, name: &str) -> Result
 }
 
 /// Properties of a bdev that looks like `base`: same geometry, alignment and limits.
-pub(crate) fn props_like(
-    base: &Bdev,
-    name: &str,
-    product: &str,
-    uuid: Option<uuid::Uuid>,
-) -> BdevProps {
+pub fn props_like(base: &Bdev, name: &str, product: &str, uuid: Option<uuid::Uuid>) -> BdevProps {
     let bp = base.props();
     let mut p = BdevProps::new(name, base.block_len(), base.num_blocks())
         .product_name(product)
@@ -215,15 +210,16 @@ pub(crate) fn props_like(
 
 /// The base descriptor a virtual bdev holds until its destruct, and this thread's channel
 /// to the base (what each of its channels needs).
-pub(crate) struct BaseLink(Mutex<Option<Arc<Desc>>>);
+pub struct BaseLink(Mutex<Option<Arc<Desc>>>);
 
 impl BaseLink {
-    pub(crate) fn new(desc: Desc) -> Self {
+    /// Holds `desc` (claimed) until [`BaseLink::close`].
+    pub fn new(desc: Desc) -> Self {
         BaseLink(Mutex::new(Some(Arc::new(desc))))
     }
 
     /// The descriptor and a channel to the base on the current thread.
-    pub(crate) fn channel(&self, name: &str) -> bdev_core::Result<(Arc<Desc>, BdevChannel)> {
+    pub fn channel(&self, name: &str) -> bdev_core::Result<(Arc<Desc>, BdevChannel)> {
         let desc = self
             .0
             .lock()
@@ -237,7 +233,7 @@ impl BaseLink {
     }
 
     /// Lets go of the base (at destruct: no channel is left).
-    pub(crate) fn close(&self) {
+    pub fn close(&self) {
         drop(self.0.lock().unwrap_or_else(|e| e.into_inner()).take());
     }
 }

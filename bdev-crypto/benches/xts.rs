@@ -1,0 +1,50 @@
+//! The raw throughput of the AES-XTS implementation the crypto bdev uses (RustCrypto's
+//! `aes` + `xts-mode`), on 4 KiB sectors, one core: the bound the crypto bdev's 4 KiB
+//! reads and writes are measured against (docs/benchmarks.md, with `openssl speed -evp
+//! aes-128-xts` beside it).
+//!
+//! `cargo bench -p bdev-crypto --bench xts`
+
+#![allow(missing_docs)] // criterion_group! generates undocumented items
+
+use aes::cipher::KeyInit;
+use aes::{Aes128, Aes256};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use xts_mode::{Xts128, get_tweak_default};
+
+fn xts(c: &mut Criterion) {
+    let mut g = c.benchmark_group("aes_xts_4k");
+    g.throughput(Throughput::Bytes(4096));
+    let mut buf = vec![0x5au8; 4096];
+    let x128 = Xts128::new(
+        Aes128::new_from_slice(&[1u8; 16]).unwrap(),
+        Aes128::new_from_slice(&[2u8; 16]).unwrap(),
+    );
+    let x256 = Xts128::new(
+        Aes256::new_from_slice(&[1u8; 32]).unwrap(),
+        Aes256::new_from_slice(&[2u8; 32]).unwrap(),
+    );
+    let mut lba = 0u128;
+    g.bench_function("encrypt_aes128", |b| {
+        b.iter(|| {
+            lba += 1;
+            x128.encrypt_sector(&mut buf, get_tweak_default(lba));
+        })
+    });
+    g.bench_function("decrypt_aes128", |b| {
+        b.iter(|| {
+            lba += 1;
+            x128.decrypt_sector(&mut buf, get_tweak_default(lba));
+        })
+    });
+    g.bench_function("encrypt_aes256", |b| {
+        b.iter(|| {
+            lba += 1;
+            x256.encrypt_sector(&mut buf, get_tweak_default(lba));
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, xts);
+criterion_main!(benches);
