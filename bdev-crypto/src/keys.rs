@@ -11,11 +11,11 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use aes::cipher::consts::U16;
 use aes::cipher::generic_array::GenericArray;
-use aes::cipher::{BlockDecrypt, BlockEncrypt, KeyInit};
-use aes::{Aes128, Aes256};
+use aes::cipher::{BlockDecrypt, BlockEncrypt, BlockSizeUser, KeyInit};
+use aes::{Aes128, Aes256, Block};
 use serde::{Deserialize, Serialize};
-use xts_mode::{Xts128, get_tweak_default};
 use zeroize::Zeroizing;
 
 use crate::Error;
@@ -66,12 +66,80 @@ impl std::fmt::Debug for KeyOpts {
     }
 }
 
+/// AES-XTS (IEEE 1619) over the `aes` crate's block cipher, for sectors of whole 16-byte
+/// blocks. The mode only: the AES rounds are the crate's (AES-NI/VAES). Blocks go through
+/// the cipher eight at a time, which lets AES-NI pipeline them: the `xts-mode` crate
+/// ciphers one block at a time, four to five times slower on this machine.
+pub struct Xts<C> {
+    data: C,
+    tweak: C,
+}
+
+/// Blocks ciphered at once.
+const BATCH: usize = 8;
+
+/// The tweak of the next block: multiplication by x in GF(2^128), little-endian.
+#[inline(always)]
+fn next_tweak(t: u128) -> u128 {
+    (t << 1) ^ (((t >> 127) as u128) * 0x87)
+}
+
+impl<C: BlockEncrypt + BlockDecrypt + BlockSizeUser<BlockSize = U16>> Xts<C> {
+    /// A cipher from its data key and tweak key.
+    pub fn new(data: C, tweak: C) -> Self {
+        Xts { data, tweak }
+    }
+
+    fn first_tweak(&self, lba: u64) -> u128 {
+        let mut t = Block::from(lba_tweak(lba));
+        self.tweak.encrypt_block(&mut t);
+        u128::from_le_bytes(t.into())
+    }
+
+    /// Runs `f` (encrypt or decrypt) over the sector's blocks, each XORed with its tweak
+    /// before and after, `BATCH` at a time.
+    #[inline(always)]
+    fn run(&self, sector: &mut [u8], lba: u64, f: impl Fn(&C, &mut [Block])) {
+        debug_assert!(sector.len() % 16 == 0);
+        let mut t = self.first_tweak(lba);
+        let mut tweaks = [0u128; BATCH];
+        let mut blocks = [Block::default(); BATCH];
+        for chunk in sector.chunks_mut(16 * BATCH) {
+            let n = chunk.len() / 16;
+            for i in 0..n {
+                tweaks[i] = t;
+                t = next_tweak(t);
+                let mut b = [0u8; 16];
+                b.copy_from_slice(&chunk[i * 16..i * 16 + 16]);
+                blocks[i] = Block::from((u128::from_le_bytes(b) ^ tweaks[i]).to_le_bytes());
+            }
+            f(&self.data, &mut blocks[..n]);
+            for i in 0..n {
+                let mut b = [0u8; 16];
+                b.copy_from_slice(&blocks[i]);
+                let x = u128::from_le_bytes(b) ^ tweaks[i];
+                chunk[i * 16..i * 16 + 16].copy_from_slice(&x.to_le_bytes());
+            }
+        }
+    }
+
+    /// Encrypts a sector (whole 16-byte blocks) in place; `lba` makes the tweak.
+    pub fn encrypt_sector(&self, sector: &mut [u8], lba: u64) {
+        self.run(sector, lba, |c, b| c.encrypt_blocks(b));
+    }
+
+    /// Decrypts a sector in place.
+    pub fn decrypt_sector(&self, sector: &mut [u8], lba: u64) {
+        self.run(sector, lba, |c, b| c.decrypt_blocks(b));
+    }
+}
+
 /// The cipher of a key, keyed: encrypts and decrypts one logical block given its LBA.
 pub enum Engine {
     /// AES-128-XTS (two 128-bit keys).
-    Xts128(Box<Xts128<Aes128>>),
+    Xts128(Box<Xts<Aes128>>),
     /// AES-256-XTS (two 256-bit keys).
-    Xts256(Box<Xts128<Aes256>>),
+    Xts256(Box<Xts<Aes256>>),
     /// AES-128-CBC.
     Cbc128(Box<Aes128>),
     /// AES-256-CBC.
@@ -81,7 +149,7 @@ pub enum Engine {
 /// SPDK's SIMPLE_LBA tweak (and our CBC IV): the LBA as a 128-bit little-endian number.
 #[inline]
 fn lba_tweak(lba: u64) -> [u8; 16] {
-    get_tweak_default(lba as u128)
+    (lba as u128).to_le_bytes()
 }
 
 fn cbc_encrypt<C: BlockEncrypt>(c: &C, block: &mut [u8], iv: [u8; 16]) {
@@ -112,24 +180,22 @@ impl Engine {
     /// Encrypts one logical block (a multiple of 16 bytes) in place.
     #[inline]
     pub fn encrypt(&self, block: &mut [u8], lba: u64) {
-        let t = lba_tweak(lba);
         match self {
-            Engine::Xts128(x) => x.encrypt_sector(block, t),
-            Engine::Xts256(x) => x.encrypt_sector(block, t),
-            Engine::Cbc128(c) => cbc_encrypt(&**c, block, t),
-            Engine::Cbc256(c) => cbc_encrypt(&**c, block, t),
+            Engine::Xts128(x) => x.encrypt_sector(block, lba),
+            Engine::Xts256(x) => x.encrypt_sector(block, lba),
+            Engine::Cbc128(c) => cbc_encrypt(&**c, block, lba_tweak(lba)),
+            Engine::Cbc256(c) => cbc_encrypt(&**c, block, lba_tweak(lba)),
         }
     }
 
     /// Decrypts one logical block in place.
     #[inline]
     pub fn decrypt(&self, block: &mut [u8], lba: u64) {
-        let t = lba_tweak(lba);
         match self {
-            Engine::Xts128(x) => x.decrypt_sector(block, t),
-            Engine::Xts256(x) => x.decrypt_sector(block, t),
-            Engine::Cbc128(c) => cbc_decrypt(&**c, block, t),
-            Engine::Cbc256(c) => cbc_decrypt(&**c, block, t),
+            Engine::Xts128(x) => x.decrypt_sector(block, lba),
+            Engine::Xts256(x) => x.decrypt_sector(block, lba),
+            Engine::Cbc128(c) => cbc_decrypt(&**c, block, lba_tweak(lba)),
+            Engine::Cbc256(c) => cbc_decrypt(&**c, block, lba_tweak(lba)),
         }
     }
 
@@ -150,11 +216,11 @@ impl Engine {
                     return bad("key and key2 must differ".into());
                 }
                 match key.len() {
-                    16 => Ok(Engine::Xts128(Box::new(Xts128::new(
+                    16 => Ok(Engine::Xts128(Box::new(Xts::new(
                         Aes128::new_from_slice(key).map_err(|_| Error::InvalidKey("key".into()))?,
                         Aes128::new_from_slice(k2).map_err(|_| Error::InvalidKey("key2".into()))?,
                     )))),
-                    32 => Ok(Engine::Xts256(Box::new(Xts128::new(
+                    32 => Ok(Engine::Xts256(Box::new(Xts::new(
                         Aes256::new_from_slice(key).map_err(|_| Error::InvalidKey("key".into()))?,
                         Aes256::new_from_slice(k2).map_err(|_| Error::InvalidKey("key2".into()))?,
                     )))),
@@ -321,5 +387,51 @@ impl Keys {
     /// Every key, by name.
     pub fn all(&self) -> Vec<Arc<CryptoKey>> {
         self.lock().values().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xts_mode::{Xts128, get_tweak_default};
+
+    #[test]
+    fn our_xts_matches_the_xts_mode_crate() {
+        let k = |b: u8, n: usize| {
+            (0..n)
+                .map(|i| b.wrapping_add((i as u8).wrapping_mul(17)))
+                .collect::<Vec<u8>>()
+        };
+        for len in [16usize, 32, 144, 512, 4096, 8192] {
+            for lba in [0u64, 1, 7, 1 << 40, u64::MAX] {
+                let data: Vec<u8> = (0..len).map(|i| (i * 31 + len) as u8).collect();
+                let ours = Xts::new(
+                    Aes128::new_from_slice(&k(1, 16)).unwrap(),
+                    Aes128::new_from_slice(&k(2, 16)).unwrap(),
+                );
+                let theirs = Xts128::new(
+                    Aes128::new_from_slice(&k(1, 16)).unwrap(),
+                    Aes128::new_from_slice(&k(2, 16)).unwrap(),
+                );
+                let (mut a, mut b) = (data.clone(), data.clone());
+                ours.encrypt_sector(&mut a, lba);
+                theirs.encrypt_sector(&mut b, get_tweak_default(lba as u128));
+                assert_eq!(a, b, "aes128 len {len} lba {lba}");
+                ours.decrypt_sector(&mut a, lba);
+                assert_eq!(a, data);
+                let ours = Xts::new(
+                    Aes256::new_from_slice(&k(3, 32)).unwrap(),
+                    Aes256::new_from_slice(&k(4, 32)).unwrap(),
+                );
+                let theirs = Xts128::new(
+                    Aes256::new_from_slice(&k(3, 32)).unwrap(),
+                    Aes256::new_from_slice(&k(4, 32)).unwrap(),
+                );
+                let (mut a, mut b) = (data.clone(), data.clone());
+                ours.encrypt_sector(&mut a, lba);
+                theirs.encrypt_sector(&mut b, get_tweak_default(lba as u128));
+                assert_eq!(a, b, "aes256 len {len} lba {lba}");
+            }
+        }
     }
 }
