@@ -81,7 +81,7 @@ const BATCH: usize = 8;
 /// The tweak of the next block: multiplication by x in GF(2^128), little-endian.
 #[inline(always)]
 fn next_tweak(t: u128) -> u128 {
-    (t << 1) ^ (((t >> 127) as u128) * 0x87)
+    (t << 1) ^ ((t >> 127) * 0x87)
 }
 
 impl<C: BlockEncrypt + BlockDecrypt + BlockSizeUser<BlockSize = U16>> Xts<C> {
