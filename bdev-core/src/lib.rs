@@ -40,5 +40,6 @@ pub mod oneshot;
 mod runtime;
 pub mod testing;
 pub mod thread;
+pub mod vbdev;
 
 pub use error::{Error, Result};

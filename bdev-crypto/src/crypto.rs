@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use bdev_core::bdev::{self, Bdev, BdevChannel, BdevIo, BdevOps, Desc, DestructDone, IoType};
 use bdev_core::dma::DmaBuf;
-use bdev_vbdev::{BaseLink, Configs, VbdevConfig};
+use bdev_core::vbdev::{BaseLink, Configs, VbdevConfig};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -237,19 +237,17 @@ fn decrypt(ch: &Chan, io: &mut BdevIo) {
 }
 
 /// Opens and claims `base`, registers the crypto bdev on it.
-fn build(opts: &CryptoOpts, base: &Bdev) -> Result<Bdev, bdev_vbdev::Error> {
-    let key = Keys::get()
-        .and_then(|k| k.find(&opts.key_name))
-        .map_err(|e| bdev_vbdev::Error::InvalidOpts(e.to_string()))?;
+fn build(opts: &CryptoOpts, base: &Bdev) -> Result<Bdev, Error> {
+    let key = Keys::get().and_then(|k| k.find(&opts.key_name))?;
     if base.block_len() % 16 != 0 {
-        return Err(bdev_vbdev::Error::InvalidOpts(format!(
+        return Err(Error::InvalidKey(format!(
             "base bdev {} has {}-byte blocks: a multiple of 16 is needed",
             base.name(),
             base.block_len()
         )));
     }
-    let desc = bdev_vbdev::open_base(base, MODULE, &opts.name)?;
-    let props = bdev_vbdev::props_like(base, &opts.name, "crypto", opts.uuid);
+    let desc = bdev_core::vbdev::open_base(base, MODULE, &opts.name)?;
+    let props = bdev_core::vbdev::props_like(base, &opts.name, "crypto", opts.uuid);
     let ops = Arc::new(Crypto {
         opts: opts.clone(),
         key,
@@ -263,7 +261,7 @@ fn build(opts: &CryptoOpts, base: &Bdev) -> Result<Bdev, bdev_vbdev::Error> {
 /// later (the bdev appears when it does).
 pub fn create(opts: CryptoOpts) -> Result<String, Error> {
     Keys::get()?.find(&opts.key_name)?;
-    Ok(Configs::<CryptoOpts>::get()?.create(opts, build)?)
+    Configs::<CryptoOpts>::get()?.create(opts, build)
 }
 
 /// The examine hook: builds every configured crypto bdev waiting for `base`.

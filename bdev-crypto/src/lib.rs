@@ -34,9 +34,6 @@ pub enum Error {
     /// The key is used by a crypto bdev.
     #[error("key {0} is in use by a crypto bdev")]
     KeyInUse(String),
-    /// Creating or deleting the bdev failed.
-    #[error(transparent)]
-    Vbdev(#[from] bdev_vbdev::Error),
     /// The bdev layer refused.
     #[error(transparent)]
     Core(#[from] bdev_core::Error),
@@ -49,13 +46,6 @@ impl From<Error> for bdev_core::Error {
             Error::KeyExists(_) => -libc::EEXIST,
             Error::NoKey(_) => -libc::ENOENT,
             Error::KeyInUse(_) => -libc::EBUSY,
-            Error::Vbdev(v) => match v {
-                bdev_vbdev::Error::InvalidOpts(_) => -libc::EINVAL,
-                bdev_vbdev::Error::Exists(_) => -libc::EEXIST,
-                bdev_vbdev::Error::NotFound { .. } => -libc::ENODEV,
-                bdev_vbdev::Error::Core(c) => c.errno(),
-                _ => -libc::EINVAL,
-            },
             Error::Core(c) => c.errno(),
         };
         bdev_core::Error::Rpc {

@@ -26,7 +26,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::{BaseLink, Configs, Error, VbdevConfig};
+use bdev_core::vbdev::{BaseLink, Configs, VbdevConfig};
+
+use crate::Error;
 
 /// The module's name.
 pub const MODULE: &str = "delay";
@@ -243,8 +245,8 @@ impl BdevOps for DelayBdev {
 
 /// Opens and claims `base`, registers the delay bdev on it.
 fn build(opts: &DelayOpts, base: &Bdev) -> Result<Bdev, Error> {
-    let desc = crate::open_base(base, MODULE, &opts.name)?;
-    let props = crate::props_like(base, &opts.name, "delay", opts.uuid);
+    let desc = bdev_core::vbdev::open_base(base, MODULE, &opts.name)?;
+    let props = bdev_core::vbdev::props_like(base, &opts.name, "delay", opts.uuid);
     let ops = Arc::new(DelayBdev {
         name: opts.name.clone(),
         base_name: opts.base_bdev_name.clone(),
@@ -298,7 +300,7 @@ pub fn update_latency(o: UpdateLatencyOpts) -> Result<(), Error> {
 /// Deletes a delay bdev (`bdev_delay_delete`): forgets its config and returns once the
 /// bdev is unregistered.
 pub async fn delete(name: &str) -> Result<(), Error> {
-    Configs::<DelayOpts>::get()?.delete(name, MODULE).await
+    Ok(Configs::<DelayOpts>::get()?.delete(name, MODULE).await?)
 }
 
 /// The delay module (`bdev_delay_create`, `bdev_delay_delete`, `bdev_delay_update_latency`).

@@ -20,7 +20,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::{BaseLink, Configs, DeleteParams, Error, VbdevConfig};
+use bdev_core::vbdev::{BaseLink, Configs, VbdevConfig};
+
+use crate::{DeleteParams, Error};
 
 /// The module's name.
 pub const MODULE: &str = "error";
@@ -272,8 +274,8 @@ pub fn name_for(base: &str) -> String {
 /// Opens and claims `base`, registers `EE_<base>` on it.
 fn build(opts: &ErrorOpts, base: &Bdev) -> Result<Bdev, Error> {
     let name = opts.name();
-    let desc = crate::open_base(base, MODULE, &name)?;
-    let props = crate::props_like(base, &name, "Error Injection Disk", opts.uuid);
+    let desc = bdev_core::vbdev::open_base(base, MODULE, &name)?;
+    let props = bdev_core::vbdev::props_like(base, &name, "Error Injection Disk", opts.uuid);
     let ops = Arc::new(ErrorBdev {
         name,
         base: base.clone(),
@@ -292,7 +294,7 @@ pub fn create(opts: ErrorOpts) -> Result<String, Error> {
 
 /// Deletes an error bdev (`bdev_error_delete`).
 pub async fn delete(name: &str) -> Result<(), Error> {
-    Configs::<ErrorOpts>::get()?.delete(name, MODULE).await
+    Ok(Configs::<ErrorOpts>::get()?.delete(name, MODULE).await?)
 }
 
 /// Arms (or, with `io_type: clear`, disarms) error injection (`bdev_error_inject_error`).

@@ -7,14 +7,14 @@
 //!
 //! 1. **Configuration** ([`PassthruOpts`]): typed options with SPDK's parameter names; the
 //!    RPC glue ([`crate::PassthruModule`]) only deserialises them and calls [`create`].
-//! 2. **Waiting for the base**: `create` records the config first ([`crate::Configs`], the
+//! 2. **Waiting for the base**: `create` records the config first ([`bdev_core::vbdev::Configs`], the
 //!    module's state in this application); if the base does not exist yet, the module's
 //!    `examine` builds the bdev when the base registers, as SPDK does, so a config may name
 //!    a bdev that comes later.
 //! 3. **Claiming the base**: open it and take the exclusive-write claim, so that nobody
-//!    else writes underneath us ([`crate::open_base`]).
+//!    else writes underneath us ([`bdev_core::vbdev::open_base`]).
 //! 4. **Registering** a bdev that looks like the base: same geometry, alignment, limits and
-//!    I/O types ([`crate::props_like`], `io_type_supported`).
+//!    I/O types ([`bdev_core::vbdev::props_like`], `io_type_supported`).
 //! 5. **Per-thread channels**: each thread's channel holds that thread's channel to the
 //!    base; the data path takes no lock and allocates nothing.
 //! 6. **Forwarding I/O**: the incoming I/O goes down to the base in place, with its buffers;
@@ -33,7 +33,9 @@ use bdev_core::bdev::{self, Bdev, BdevChannel, BdevIo, BdevOps, Desc, DestructDo
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{BaseLink, Configs, Error, VbdevConfig};
+use bdev_core::vbdev::{BaseLink, Configs, VbdevConfig};
+
+use crate::Error;
 
 /// The module's name, which also names its claims.
 pub const MODULE: &str = "passthru";
@@ -121,8 +123,8 @@ impl BdevOps for Passthru {
 
 /// Opens and claims `base`, registers the passthru bdev on it.
 fn build(opts: &PassthruOpts, base: &Bdev) -> Result<Bdev, Error> {
-    let desc = crate::open_base(base, MODULE, &opts.name)?;
-    let props = crate::props_like(base, &opts.name, "passthru", opts.uuid);
+    let desc = bdev_core::vbdev::open_base(base, MODULE, &opts.name)?;
+    let props = bdev_core::vbdev::props_like(base, &opts.name, "passthru", opts.uuid);
     let ops = Arc::new(Passthru {
         opts: opts.clone(),
         base: base.clone(),
@@ -148,5 +150,5 @@ pub(crate) fn examine(base: &Bdev) {
 /// Deletes a passthru bdev (`bdev_passthru_delete`): forgets its config and returns once
 /// the bdev is unregistered.
 pub async fn delete(name: &str) -> Result<(), Error> {
-    Configs::<PassthruOpts>::get()?.delete(name, MODULE).await
+    Ok(Configs::<PassthruOpts>::get()?.delete(name, MODULE).await?)
 }
