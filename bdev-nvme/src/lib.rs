@@ -8,3 +8,4 @@
 
 pub mod spec;
 pub mod tcp;
+pub mod transport;

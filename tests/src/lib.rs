@@ -1,6 +1,8 @@
 //! Helpers shared by the cross-crate tests (the tests themselves are the `[[test]]`
 //! targets of this package). The README's example is compiled and run here.
 
+pub mod vm;
+
 #[doc = include_str!("../../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;

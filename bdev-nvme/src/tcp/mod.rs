@@ -1,3 +1,6 @@
-//! The NVMe/TCP transport: PDUs ([`pdu`]); the connection and queue pair come next.
+//! The NVMe/TCP transport: PDUs ([`pdu`]) and queue pairs ([`qpair`]).
 
 pub mod pdu;
+pub mod qpair;
+
+pub use qpair::TcpQpair;

@@ -848,3 +848,16 @@ mod tests {
         }
     }
 }
+
+/// The encoder, for tests that play the controller.
+#[cfg(test)]
+pub(crate) fn tests_encode(
+    out: &mut Vec<u8>,
+    pdu_type: u8,
+    extra_flags: u8,
+    hdr_rest: &[u8],
+    data: &[u8],
+    dg: Digests,
+) {
+    encode(out, pdu_type, extra_flags, hdr_rest, data, dg, 0);
+}

@@ -1,0 +1,652 @@
+//! An NVMe/TCP queue pair: one non-blocking connection, polled by its thread.
+//!
+//! Sending appends PDUs to one buffer that `poll` writes out (several commands per
+//! `write`); receiving reads what the socket has into one buffer and parses whole PDUs
+//! from it. Commands are slots indexed by command ID. Writes up to the in-capsule limit
+//! travel in the capsule; larger ones wait for the controller's R2Ts and go out as
+//! H2CData PDUs of at most `maxh2cdata` bytes. Reads arrive as C2HData PDUs copied into
+//! the command's buffer at their offset; a last C2HData with the SUCCESS flag completes
+//! the command without a response capsule.
+//!
+//! Anything inconsistent from the peer (a bad PDU, data for an unknown command or out of
+//! the command's range, an R2T for a read) ends the connection: what is outstanding
+//! completes as aborted, and the owner reconnects.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use super::pdu::{self, Digests, Parsed, RxPdu, flags};
+use crate::spec::{SglDescriptor, Sqe, Status, sc, sct, sgl};
+use crate::transport::{Completion, Payload, QueuePair, SubmitError};
+
+/// Most data one C2HData PDU may carry here (the receive buffer grows to hold one).
+const MAX_C2H_DATA: u32 = 4 << 20;
+/// Receive buffer to start with.
+const RX_INITIAL: usize = 64 << 10;
+
+#[derive(Debug)]
+enum State {
+    /// ICReq sent, waiting for ICResp.
+    Handshake,
+    Ready,
+    Failed(String),
+}
+
+#[derive(Default)]
+struct Slot {
+    busy: bool,
+    token: u64,
+    payload: Payload,
+}
+
+/// A queue pair over NVMe/TCP.
+pub struct TcpQpair {
+    qid: u16,
+    sock: TcpStream,
+    state: State,
+    want: Digests,
+    dg: Digests,
+    cpda: u8,
+    maxh2cdata: u32,
+    /// Largest write carried in the capsule (0: none).
+    icd_max: usize,
+    tx: Vec<u8>,
+    tx_off: usize,
+    rx: Vec<u8>,
+    rx_len: usize,
+    slots: Vec<Slot>,
+    free: Vec<u16>,
+    outstanding: usize,
+}
+
+impl std::fmt::Debug for TcpQpair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TcpQpair(qid {}, {:?})", self.qid, self.state)
+    }
+}
+
+fn aborted() -> Status {
+    Status::new(sct::GENERIC, sc::ABORTED_SQ_DELETION)
+}
+
+impl TcpQpair {
+    /// Connects to `addr` (waiting up to `timeout`) and sends ICReq asking for `digests`;
+    /// the pair is usable once [`TcpQpair::is_ready`] (keep polling until then). `depth`
+    /// commands may be outstanding; writes up to `icd_max` bytes travel in the capsule.
+    pub fn connect(
+        addr: SocketAddr,
+        qid: u16,
+        depth: u16,
+        digests: Digests,
+        icd_max: usize,
+        timeout: Duration,
+    ) -> Result<TcpQpair, String> {
+        let sock = TcpStream::connect_timeout(&addr, timeout)
+            .map_err(|e| format!("connecting to {addr}: {e}"))?;
+        sock.set_nodelay(true)
+            .and_then(|_| sock.set_nonblocking(true))
+            .map_err(|e| format!("socket options: {e}"))?;
+        let depth = depth.max(1);
+        let mut q = TcpQpair {
+            qid,
+            sock,
+            state: State::Handshake,
+            want: digests,
+            dg: Digests::default(),
+            cpda: 0,
+            maxh2cdata: 0,
+            icd_max,
+            tx: Vec::with_capacity(64 << 10),
+            tx_off: 0,
+            rx: vec![0; RX_INITIAL],
+            rx_len: 0,
+            slots: (0..depth).map(|_| Slot::default()).collect(),
+            free: (0..depth).rev().collect(),
+            outstanding: 0,
+        };
+        pdu::encode_ic_req(&mut q.tx, digests, 0);
+        Ok(q)
+    }
+
+    /// Whether ICResp came back and commands may be submitted.
+    pub fn is_ready(&self) -> bool {
+        matches!(self.state, State::Ready)
+    }
+
+    /// Why the connection failed, if it did.
+    pub fn failure(&self) -> Option<&str> {
+        match &self.state {
+            State::Failed(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// The digests negotiated.
+    pub fn digests(&self) -> Digests {
+        self.dg
+    }
+
+    /// Sets the in-capsule write limit (from Identify Controller's IOCCSZ).
+    pub fn set_icd_max(&mut self, n: usize) {
+        self.icd_max = n;
+    }
+
+    fn fail(&mut self, why: String) {
+        if !matches!(self.state, State::Failed(_)) {
+            tracing::warn!(qid = self.qid, "NVMe/TCP connection ends: {why}");
+            let _ = self.sock.shutdown(std::net::Shutdown::Both);
+            self.state = State::Failed(why);
+        }
+    }
+
+    fn complete(
+        &mut self,
+        cid: u16,
+        status: Status,
+        dw0: u32,
+        dw1: u32,
+        out: &mut Vec<Completion>,
+    ) {
+        let Some(s) = self.slots.get_mut(cid as usize) else {
+            return;
+        };
+        if !s.busy {
+            return;
+        }
+        s.busy = false;
+        self.outstanding -= 1;
+        self.free.push(cid);
+        out.push(Completion {
+            token: s.token,
+            status,
+            dw0,
+            dw1,
+            payload: std::mem::take(&mut s.payload),
+        });
+    }
+
+    /// Writes what is queued, as far as the socket takes it.
+    fn flush(&mut self) -> Result<(), String> {
+        while self.tx_off < self.tx.len() {
+            match self.sock.write(&self.tx[self.tx_off..]) {
+                Ok(0) => return Err("connection closed while sending".into()),
+                Ok(n) => self.tx_off += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("send: {e}")),
+            }
+        }
+        if self.tx_off == self.tx.len() {
+            self.tx.clear();
+            self.tx_off = 0;
+        }
+        Ok(())
+    }
+
+    /// Reads what the socket has and handles every whole PDU.
+    fn receive(&mut self, out: &mut Vec<Completion>) -> Result<(), String> {
+        loop {
+            if self.rx_len == self.rx.len() {
+                // Full and no whole PDU in it: parse below says how much is needed.
+                break;
+            }
+            match self.sock.read(&mut self.rx[self.rx_len..]) {
+                Ok(0) => return Err("connection closed by the controller".into()),
+                Ok(n) => self.rx_len += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("receive: {e}")),
+            }
+        }
+        // The buffer leaves `self` while PDUs borrowing it are handled.
+        let mut rx = std::mem::take(&mut self.rx);
+        let r = self.handle(&mut rx, out);
+        self.rx = rx;
+        let start = r?;
+        self.rx.copy_within(start..self.rx_len, 0);
+        self.rx_len -= start;
+        Ok(())
+    }
+
+    /// Handles every whole PDU in `rx[..rx_len]`; returns the bytes consumed.
+    fn handle(&mut self, rx: &mut Vec<u8>, out: &mut Vec<Completion>) -> Result<usize, String> {
+        let mut start = 0;
+        let dg = if self.is_ready() {
+            self.dg
+        } else {
+            Digests::default()
+        };
+        while start < self.rx_len {
+            let parsed = pdu::parse(&rx[start..self.rx_len], dg, MAX_C2H_DATA)
+                .map_err(|e| format!("bad PDU from the controller: {e}"))?;
+            match parsed {
+                Parsed::NeedMore(n) => {
+                    if n > rx.len() {
+                        // Room for the whole PDU (bounded by the parser's limits).
+                        rx.resize(n, 0);
+                    }
+                    break;
+                }
+                Parsed::Pdu { pdu, len } => {
+                    let action = match pdu {
+                        RxPdu::C2HData { hdr, data } => {
+                            self.c2h_data(hdr.cccid.get(), hdr.datao.get(), hdr.ch.flags, data)?
+                        }
+                        RxPdu::IcResp(r) => {
+                            if !matches!(self.state, State::Handshake) {
+                                return Err("ICResp after the handshake".into());
+                            }
+                            let got = Digests::from_bits(r.dgst);
+                            if (got.header && !self.want.header) || (got.data && !self.want.data) {
+                                return Err(format!(
+                                    "controller enabled digests {:#x} not asked for",
+                                    r.dgst
+                                ));
+                            }
+                            self.dg = got;
+                            self.cpda = r.cpda;
+                            self.maxh2cdata = r.maxh2cdata.get();
+                            self.state = State::Ready;
+                            None
+                        }
+                        RxPdu::CapsuleResp(c) => {
+                            Some((c.cid.get(), c.status(), c.dw0.get(), c.dw1.get()))
+                        }
+                        RxPdu::R2t(r) => {
+                            self.r2t(r.cccid.get(), r.ttag.get(), r.r2to.get(), r.r2tl.get())?;
+                            None
+                        }
+                        RxPdu::C2HTermReq { fes, fei } => {
+                            return Err(format!(
+                                "controller terminated the connection (fes {fes:#x}, fei {fei:#x})"
+                            ));
+                        }
+                    };
+                    if let Some((cid, status, dw0, dw1)) = action {
+                        if !self.slots.get(cid as usize).is_some_and(|s| s.busy) {
+                            return Err(format!("response for unknown command {cid}"));
+                        }
+                        self.complete(cid, status, dw0, dw1, out);
+                    }
+                    start += len;
+                }
+            }
+        }
+        Ok(start)
+    }
+
+    /// Read data for `cid` at `datao`; returns a completion when the PDU says success.
+    fn c2h_data(
+        &mut self,
+        cid: u16,
+        datao: u32,
+        fl: u8,
+        data: &[u8],
+    ) -> Result<Option<(u16, Status, u32, u32)>, String> {
+        let s = self
+            .slots
+            .get_mut(cid as usize)
+            .filter(|s| s.busy)
+            .ok_or_else(|| format!("C2HData for unknown command {cid}"))?;
+        let Payload::In(buf, n) = &mut s.payload else {
+            return Err(format!("C2HData for command {cid}, which reads nothing"));
+        };
+        let (start, end) = (datao as usize, datao as usize + data.len());
+        if end > *n || end > buf.len() {
+            return Err(format!(
+                "C2HData for command {cid} at {start}..{end}, past its {n} bytes"
+            ));
+        }
+        buf[start..end].copy_from_slice(data);
+        if fl & flags::DATA_SUCCESS != 0 {
+            if fl & flags::DATA_LAST == 0 {
+                return Err("C2HData SUCCESS without LAST".into());
+            }
+            return Ok(Some((cid, Status::default(), 0, 0)));
+        }
+        Ok(None)
+    }
+
+    /// The controller asks for `len` bytes of `cid`'s data from `off`: send them in
+    /// H2CData PDUs of at most `maxh2cdata`.
+    fn r2t(&mut self, cid: u16, ttag: u16, off: u32, len: u32) -> Result<(), String> {
+        let (dg, cpda, max) = (self.dg, self.cpda, self.maxh2cdata.max(4096) as usize);
+        let s = self
+            .slots
+            .get(cid as usize)
+            .filter(|s| s.busy)
+            .ok_or_else(|| format!("R2T for unknown command {cid}"))?;
+        let Payload::Out(buf, n) = &s.payload else {
+            return Err(format!("R2T for command {cid}, which writes nothing"));
+        };
+        let (start, end) = (off as usize, off as usize + len as usize);
+        if end > *n || end > buf.len() {
+            return Err(format!(
+                "R2T for command {cid} at {start}..{end}, past its {n} bytes"
+            ));
+        }
+        let mut at = start;
+        while at < end {
+            let k = (end - at).min(max);
+            pdu::encode_h2c_data(
+                &mut self.tx,
+                cid,
+                ttag,
+                at as u32,
+                &buf[at..at + k],
+                at + k == end,
+                dg,
+                cpda,
+            );
+            at += k;
+        }
+        Ok(())
+    }
+}
+
+impl QueuePair for TcpQpair {
+    fn qid(&self) -> u16 {
+        self.qid
+    }
+
+    fn submit(&mut self, mut sqe: Sqe, payload: Payload, token: u64) -> Result<(), SubmitError> {
+        match &self.state {
+            State::Ready => {}
+            State::Handshake => return Err(SubmitError::Disconnected("handshake not done".into())),
+            State::Failed(m) => return Err(SubmitError::Disconnected(m.clone())),
+        }
+        let n = payload.len();
+        if let Payload::In(b, n) | Payload::Out(b, n) = &payload {
+            if *n > b.len() || *n > u32::MAX as usize {
+                return Err(SubmitError::Invalid(format!(
+                    "{n} bytes of data in a {}-byte buffer",
+                    b.len()
+                )));
+            }
+        }
+        let Some(cid) = self.free.pop() else {
+            return Err(SubmitError::Full(sqe, payload));
+        };
+        sqe.cid = cid.into();
+        let in_capsule = matches!(payload, Payload::Out(..)) && n > 0 && n <= self.icd_max;
+        let id = if in_capsule {
+            sgl::DATA_BLOCK_OFFSET
+        } else {
+            sgl::TRANSPORT_DATA_BLOCK
+        };
+        sqe.set_sgl(SglDescriptor::new(id, 0, n as u32));
+        let data: &[u8] = match (&payload, in_capsule) {
+            (Payload::Out(b, n), true) => &b[..*n],
+            _ => &[],
+        };
+        pdu::encode_capsule_cmd(&mut self.tx, &sqe, data, self.dg, self.cpda);
+        let s = &mut self.slots[cid as usize];
+        s.busy = true;
+        s.token = token;
+        s.payload = payload;
+        self.outstanding += 1;
+        Ok(())
+    }
+
+    fn poll(&mut self, out: &mut Vec<Completion>) -> Result<usize, String> {
+        let before = out.len();
+        if !matches!(self.state, State::Failed(_)) {
+            let r = self
+                .flush()
+                .and_then(|_| self.receive(out))
+                .and_then(|_| self.flush());
+            if let Err(e) = r {
+                if e.starts_with("bad PDU") {
+                    // Tell the controller why, as the specification asks (best effort).
+                    let mut t = Vec::new();
+                    pdu::encode_h2c_term_req(&mut t, pdu::fes::INVALID_HEADER_FIELD, 0, &[]);
+                    let _ = self.sock.write(&t);
+                }
+                self.fail(e);
+            }
+        }
+        if let State::Failed(m) = &self.state {
+            let m = m.clone();
+            for cid in 0..self.slots.len() as u16 {
+                self.complete(cid, aborted(), 0, 0, out);
+            }
+            if out.len() == before {
+                return Err(m);
+            }
+        }
+        Ok(out.len() - before)
+    }
+
+    fn outstanding(&self) -> usize {
+        self.outstanding
+    }
+
+    fn disconnect(&mut self, why: &str) {
+        self.fail(why.to_string());
+    }
+}
+
+impl TcpQpair {
+    /// The bytes of the command last queued (for tests).
+    #[cfg(test)]
+    fn queued(&self) -> &[u8] {
+        &self.tx[self.tx_off..]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{Cqe, nvm};
+    use bdev_core::dma::DmaBuf;
+    use std::net::TcpListener;
+    use zerocopy::little_endian::{U16, U32};
+    use zerocopy::{FromZeros, IntoBytes};
+
+    /// A scripted controller on a local socket: answers ICReq, then whatever `script`
+    /// writes for each capsule it reads.
+    fn peer(script: impl FnOnce(&mut TcpStream) + Send + 'static) -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut icreq = [0u8; 128];
+            s.read_exact(&mut icreq).unwrap();
+            let mut r = pdu::IcResp::new_zeroed();
+            r.ch = pdu::CommonHeader {
+                pdu_type: pdu::pdu_type::IC_RESP,
+                flags: 0,
+                hlen: 128,
+                pdo: 0,
+                plen: U32::new(128),
+            };
+            r.maxh2cdata = U32::new(8192);
+            r.dgst = icreq[11];
+            s.write_all(r.as_bytes()).unwrap();
+            script(&mut s);
+        });
+        addr
+    }
+
+    fn drive(q: &mut TcpQpair, want: usize) -> Vec<Completion> {
+        let mut out = Vec::new();
+        let t = std::time::Instant::now();
+        while out.len() < want {
+            let _ = q.poll(&mut out);
+            assert!(t.elapsed() < Duration::from_secs(5), "no completion: {q:?}");
+            std::thread::yield_now();
+        }
+        out
+    }
+
+    fn ready(addr: SocketAddr, dg: Digests) -> TcpQpair {
+        let mut q = TcpQpair::connect(addr, 1, 8, dg, 4096, Duration::from_secs(2)).unwrap();
+        let mut out = Vec::new();
+        let t = std::time::Instant::now();
+        while !q.is_ready() {
+            q.poll(&mut out).unwrap();
+            assert!(t.elapsed() < Duration::from_secs(5));
+        }
+        q
+    }
+
+    fn read_capsule(s: &mut TcpStream, dg: Digests) -> (Sqe, Vec<u8>) {
+        let mut ch = [0u8; 8];
+        s.read_exact(&mut ch).unwrap();
+        let plen = u32::from_le_bytes([ch[4], ch[5], ch[6], ch[7]]) as usize;
+        let mut rest = vec![0u8; plen - 8];
+        s.read_exact(&mut rest).unwrap();
+        let mut all = ch.to_vec();
+        all.extend_from_slice(&rest);
+        let sqe = zerocopy::FromBytes::read_from_bytes(&all[8..72]).unwrap();
+        let pdo = ch[3] as usize;
+        let data = if pdo == 0 {
+            Vec::new()
+        } else {
+            all[pdo..plen - if dg.data { 4 } else { 0 }].to_vec()
+        };
+        (sqe, data)
+    }
+
+    #[test]
+    fn reads_and_writes_against_a_scripted_controller() {
+        let dg = Digests {
+            header: true,
+            data: true,
+        };
+        let addr = peer(move |s| {
+            // 1: a read of 6000 bytes, sent as two C2HData, the last with SUCCESS.
+            let (sqe, _) = read_capsule(s, dg);
+            assert_eq!(sqe.opc, nvm::READ);
+            assert_eq!(sqe.sgl().id, sgl::TRANSPORT_DATA_BLOCK);
+            let cid = sqe.cid.get();
+            for (off, len, last) in [(0usize, 4096usize, false), (4096, 1904, true)] {
+                let data: Vec<u8> = (off..off + len).map(|i| i as u8).collect();
+                let h = pdu::DataHeader {
+                    cccid: U16::new(cid),
+                    datao: U32::new(off as u32),
+                    datal: U32::new(len as u32),
+                    ..Default::default()
+                };
+                let mut v = Vec::new();
+                let fl = if last {
+                    flags::DATA_LAST | flags::DATA_SUCCESS
+                } else {
+                    0
+                };
+                super::pdu::tests_encode(
+                    &mut v,
+                    pdu::pdu_type::C2H_DATA,
+                    fl,
+                    &h.as_bytes()[8..],
+                    &data,
+                    dg,
+                );
+                s.write_all(&v).unwrap();
+            }
+            // 2: a small write, in the capsule.
+            let (sqe, data) = read_capsule(s, dg);
+            assert_eq!((sqe.sgl().id, data.len()), (sgl::DATA_BLOCK_OFFSET, 512));
+            assert!(data.iter().all(|&b| b == 0x11));
+            let mut c = Cqe::new_zeroed();
+            c.cid = sqe.cid;
+            let mut v = Vec::new();
+            super::pdu::tests_encode(
+                &mut v,
+                pdu::pdu_type::CAPSULE_RESP,
+                0,
+                c.as_bytes(),
+                &[],
+                dg,
+            );
+            s.write_all(&v).unwrap();
+            // 3: a 10000-byte write: R2T for all of it, read the H2CData, respond.
+            let (sqe, data) = read_capsule(s, dg);
+            assert!(data.is_empty());
+            let r = pdu::R2t {
+                cccid: sqe.cid,
+                ttag: U16::new(9),
+                r2to: U32::new(0),
+                r2tl: U32::new(10000),
+                ..Default::default()
+            };
+            let mut v = Vec::new();
+            super::pdu::tests_encode(&mut v, pdu::pdu_type::R2T, 0, &r.as_bytes()[8..], &[], dg);
+            s.write_all(&v).unwrap();
+            let mut got = 0;
+            while got < 10000 {
+                let mut ch = [0u8; 8];
+                s.read_exact(&mut ch).unwrap();
+                assert_eq!(ch[0], pdu::pdu_type::H2C_DATA);
+                let plen = u32::from_le_bytes([ch[4], ch[5], ch[6], ch[7]]) as usize;
+                let mut rest = vec![0u8; plen - 8];
+                s.read_exact(&mut rest).unwrap();
+                let datal = u32::from_le_bytes([rest[8], rest[9], rest[10], rest[11]]) as usize;
+                assert!(datal <= 8192, "maxh2cdata respected");
+                got += datal;
+            }
+            let mut c = Cqe::new_zeroed();
+            c.cid = sqe.cid;
+            let mut v = Vec::new();
+            super::pdu::tests_encode(
+                &mut v,
+                pdu::pdu_type::CAPSULE_RESP,
+                0,
+                c.as_bytes(),
+                &[],
+                dg,
+            );
+            s.write_all(&v).unwrap();
+            // 4: garbage.
+            s.write_all(&[0xee; 64]).unwrap();
+            std::thread::sleep(Duration::from_millis(200));
+        });
+        let mut q = ready(addr, dg);
+        assert_eq!(q.digests(), dg);
+        let buf = DmaBuf::new(8192, 4096).unwrap();
+        q.submit(
+            crate::spec::rw(0, nvm::READ, 1, 0, 12),
+            Payload::In(buf, 6000),
+            41,
+        )
+        .unwrap();
+        let c = drive(&mut q, 1);
+        assert_eq!((c[0].token, c[0].status), (41, Status::default()));
+        let b = c.into_iter().next().unwrap().payload.into_buf().unwrap();
+        assert!((0..6000).all(|i| b[i] == i as u8));
+        let mut w = DmaBuf::new(512, 512).unwrap();
+        w.fill(0x11);
+        q.submit(
+            crate::spec::rw(0, nvm::WRITE, 1, 0, 1),
+            Payload::Out(w, 512),
+            42,
+        )
+        .unwrap();
+        assert!(!q.queued().is_empty());
+        assert_eq!(drive(&mut q, 1)[0].token, 42);
+        let w = DmaBuf::new(10000, 4096).unwrap();
+        q.submit(
+            crate::spec::rw(0, nvm::WRITE, 1, 0, 20),
+            Payload::Out(w, 10000),
+            43,
+        )
+        .unwrap();
+        assert_eq!(drive(&mut q, 1)[0].token, 43);
+        // The garbage ends the connection: a command in flight completes aborted.
+        let r = DmaBuf::new(512, 512).unwrap();
+        q.submit(
+            crate::spec::rw(0, nvm::READ, 1, 0, 1),
+            Payload::In(r, 512),
+            44,
+        )
+        .unwrap();
+        let c = drive(&mut q, 1);
+        assert_eq!((c[0].token, c[0].status), (44, aborted()));
+        assert!(q.failure().is_some_and(|m| m.contains("bad PDU")), "{q:?}");
+        assert!(matches!(
+            q.submit(Sqe::default(), Payload::None, 0),
+            Err(SubmitError::Disconnected(_))
+        ));
+    }
+}
