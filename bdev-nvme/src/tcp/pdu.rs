@@ -651,6 +651,19 @@ pub fn encode_h2c_term_req(out: &mut Vec<u8>, fes: u16, fei: u32, offending: &[u
     out.extend_from_slice(&offending[..n]);
 }
 
+/// The encoder, for tests that play the controller.
+#[cfg(test)]
+pub(crate) fn tests_encode(
+    out: &mut Vec<u8>,
+    pdu_type: u8,
+    extra_flags: u8,
+    hdr_rest: &[u8],
+    data: &[u8],
+    dg: Digests,
+) {
+    encode(out, pdu_type, extra_flags, hdr_rest, data, dg, 0);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -847,17 +860,4 @@ mod tests {
             let _ = parse(&p, dg, rng.u32(0..8192));
         }
     }
-}
-
-/// The encoder, for tests that play the controller.
-#[cfg(test)]
-pub(crate) fn tests_encode(
-    out: &mut Vec<u8>,
-    pdu_type: u8,
-    extra_flags: u8,
-    hdr_rest: &[u8],
-    data: &[u8],
-    dg: Digests,
-) {
-    encode(out, pdu_type, extra_flags, hdr_rest, data, dg, 0);
 }
