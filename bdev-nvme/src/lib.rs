@@ -6,6 +6,7 @@
 //! compile-time size checks and offset tests, and the NVMe/TCP PDU encoder and parser
 //! (the parser is what faces the network: it never panics, and it is fuzzed).
 
+pub mod ctrlr;
 pub mod spec;
 pub mod tcp;
 pub mod transport;

@@ -1,0 +1,139 @@
+//! The NVMe/TCP initiator against a real, independent peer: the Linux kernel's NVMe-oF
+//! target (nvmet-tcp) in a QEMU guest (`scripts/vm`). Skips with the reason where QEMU
+//! cannot run.
+
+use std::time::Duration;
+
+use bdev_core::dma::DmaBuf;
+use bdev_core::testing::Harness;
+use bdev_nvme::ctrlr::{ConnectOpts, Controller, DISCOVERY_NQN, Error};
+use bdev_nvme::spec::{self, get_str, nvm};
+use bdev_nvme::tcp::pdu::Digests;
+use bdev_nvme::transport::Payload;
+use bdev_tests::vm;
+
+const HOSTNQN: &str = "nqn.2014-08.org.nvmexpress:uuid:5e1f0c1e-0000-4000-8000-00000000b0d1";
+
+fn opts(addr: std::net::SocketAddr, subnqn: &str, digests: Digests) -> ConnectOpts {
+    ConnectOpts {
+        addr,
+        subnqn: subnqn.into(),
+        hostnqn: HOSTNQN.into(),
+        hostid: [0x5e; 16],
+        digests,
+        kato_ms: 0,
+        timeout: Duration::from_secs(20),
+    }
+}
+
+fn pattern(len: usize, seed: u8) -> DmaBuf {
+    let mut b = DmaBuf::new(len, 4096).unwrap();
+    for (i, x) in b.iter_mut().enumerate() {
+        *x = (i as u8).wrapping_mul(29).wrapping_add(seed);
+    }
+    b
+}
+
+#[test]
+fn attach_identify_discover_and_move_data_against_the_kernel_target() {
+    if let Some(why) = vm::skip_reason() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let target = vm::start_tcp_target().expect("nvmet-tcp guest");
+    let (io, disc) = (target.io_addr(), target.discovery_addr());
+    let h = Harness::new(1);
+    for dg in [
+        Digests::default(),
+        Digests {
+            header: true,
+            data: true,
+        },
+    ] {
+        let r: Result<(), Error> = h.block_on_real(0, Duration::from_secs(180), async move {
+            let mut c = Controller::connect(opts(io, vm::SUBNQN, dg)).await?;
+            assert_eq!(get_str(&c.id.mn), "Linux");
+            assert_eq!(get_str(&c.id.subnqn), vm::SUBNQN);
+            assert_eq!(c.admin.qpair().digests(), dg);
+            assert_eq!(c.active_namespaces().await?, vec![vm::NS1_ID, vm::NS2_ID]);
+            for (nsid, blocks, bs) in [
+                (vm::NS1_ID, vm::NS1_BLOCKS, vm::NS1_BLOCK_SIZE),
+                (vm::NS2_ID, vm::NS2_BLOCKS, vm::NS2_BLOCK_SIZE),
+            ] {
+                let ns = c.identify_ns(nsid).await?;
+                assert_eq!(
+                    (ns.nsze.get(), ns.block_size()),
+                    (blocks, Some(bs)),
+                    "ns {nsid}"
+                );
+            }
+            assert!(c.set_num_queues(2).await? >= 1);
+            let mut q = c.connect_io_queue(1, 32).await?;
+            // A small write (in the capsule when the target allows), a large one (R2T),
+            // then both read back.
+            for (lba, len, seed) in [(10u64, 512usize, 1u8), (64, 256 << 10, 2)] {
+                let nlb = (len / 4096).max(1) as u32;
+                let len = nlb as usize * 4096;
+                let w = pattern(len, seed);
+                q.cmd(
+                    "write",
+                    spec::rw(0, nvm::WRITE, vm::NS2_ID, lba, nlb),
+                    Payload::Out(w, len),
+                )
+                .await?;
+                let r = DmaBuf::new(len, 4096)?;
+                let c = q
+                    .cmd(
+                        "read",
+                        spec::rw(0, nvm::READ, vm::NS2_ID, lba, nlb),
+                        Payload::In(r, len),
+                    )
+                    .await?;
+                let back = c.payload.into_buf().unwrap();
+                assert!(back[..] == pattern(len, seed)[..], "data back at {lba}");
+            }
+            // Out of range: the target's status, not a hang.
+            let r = DmaBuf::new(4096, 4096)?;
+            let e = q
+                .cmd(
+                    "read",
+                    spec::rw(0, nvm::READ, vm::NS2_ID, vm::NS2_BLOCKS, 1),
+                    Payload::In(r, 4096),
+                )
+                .await
+                .unwrap_err();
+            assert!(matches!(e, Error::Command { .. }), "{e}");
+            // The discovery controller lists the subsystem.
+            let mut d = Controller::connect(opts(disc, DISCOVERY_NQN, Digests::default())).await?;
+            let log = d.discovery_log().await?;
+            assert!(
+                log.iter().any(|e| get_str(&e.subnqn) == vm::SUBNQN),
+                "{} entries",
+                log.len()
+            );
+            // A wrong subsystem NQN is refused with a clear error.
+            let e = Controller::connect(opts(io, "nqn.2024-01.io.vmlab:nope", dg))
+                .await
+                .unwrap_err();
+            assert!(e.to_string().contains("refused the connection"), "{e}");
+            Ok(())
+        });
+        if let Err(e) = r {
+            panic!(
+                "digests {dg:?}: {e}\n--- guest console ---\n{}",
+                target.console_log()
+            );
+        }
+    }
+    // Nobody listening: a clear error, quickly.
+    let e = h.block_on_real(0, Duration::from_secs(30), async {
+        let mut o = opts(
+            "127.0.0.1:1".parse().unwrap(),
+            vm::SUBNQN,
+            Digests::default(),
+        );
+        o.timeout = Duration::from_secs(2);
+        Controller::connect(o).await.unwrap_err()
+    });
+    assert!(e.to_string().contains("connecting to 127.0.0.1:1"), "{e}");
+}
