@@ -6,7 +6,98 @@
 //! compile-time size checks and offset tests, and the NVMe/TCP PDU encoder and parser
 //! (the parser is what faces the network: it never panics, and it is fuzzed).
 
+pub mod bdev;
 pub mod ctrlr;
 pub mod spec;
 pub mod tcp;
 pub mod transport;
+
+use std::sync::Arc;
+
+use bdev_core::config::{Methods, parse_params};
+use bdev_core::module::BdevModule;
+use serde_json::Value;
+
+impl ctrlr::Error {
+    /// For the RPC edge: an errno as SPDK's code, with this error's text.
+    fn rpc(self, what: &str) -> bdev_core::Error {
+        let code = match &self {
+            ctrlr::Error::Protocol(_) => -libc::EINVAL,
+            ctrlr::Error::Core(c) => c.errno(),
+            _ => -libc::EIO,
+        };
+        bdev_core::Error::Rpc {
+            code,
+            message: format!("{what}: {self}"),
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NameParams {
+    name: String,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct OptName {
+    #[serde(default)]
+    name: Option<String>,
+}
+
+/// The NVMe module.
+#[derive(Debug, Default)]
+pub struct NvmeModule;
+
+impl BdevModule for NvmeModule {
+    fn name(&self) -> &'static str {
+        bdev::MODULE
+    }
+
+    fn register_methods(&self, m: &mut Methods) {
+        m.register("bdev_nvme_attach_controller", |p| {
+            Box::pin(async move {
+                let o: bdev::AttachOpts = parse_params("bdev_nvme_attach_controller", p)?;
+                let name = o.name.clone();
+                let names = bdev::attach(o)
+                    .await
+                    .map_err(|e| e.rpc(&format!("Unable to attach controller {name}")))?;
+                Ok(Value::Array(names.into_iter().map(Value::String).collect()))
+            })
+        });
+        m.register("bdev_nvme_detach_controller", |p| {
+            Box::pin(async move {
+                let d: NameParams = parse_params("bdev_nvme_detach_controller", p)?;
+                bdev::detach(&d.name).await.map_err(|e| match e {
+                    ctrlr::Error::Protocol(m) => bdev_core::Error::Rpc {
+                        code: -libc::ENODEV,
+                        message: m,
+                    },
+                    e => e.rpc("bdev_nvme_detach_controller"),
+                })?;
+                Ok(Value::Bool(true))
+            })
+        });
+        m.register_sync("bdev_nvme_get_controllers", |p| {
+            let o: OptName = match p {
+                None | Some(Value::Null) => OptName::default(),
+                p => parse_params("bdev_nvme_get_controllers", p)?,
+            };
+            let list = bdev::controllers(o.name.as_deref())
+                .map_err(|e| e.rpc("bdev_nvme_get_controllers"))?;
+            if o.name.is_some() && list.is_empty() {
+                return Err(bdev_core::Error::Rpc {
+                    code: -libc::ENODEV,
+                    message: "Controller not found".into(),
+                });
+            }
+            Ok(Value::Array(list))
+        });
+    }
+}
+
+/// Adds the NVMe module to the current application and its methods to `m`.
+pub fn register(m: &mut Methods) -> bdev_core::Result<()> {
+    m.add_module(Arc::new(NvmeModule))
+}

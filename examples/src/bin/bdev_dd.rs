@@ -159,6 +159,7 @@ async fn dd(cli: Cli) -> Result<u64, String> {
         bdev_aio::register(&mut m).map_err(|e| e.to_string())?;
         bdev_raid::register(&mut m).map_err(|e| e.to_string())?;
         bdev_crypto::register(&mut m).map_err(|e| e.to_string())?;
+        bdev_nvme::register(&mut m).map_err(|e| e.to_string())?;
         ConfigFile::read(path)
             .map_err(|e| e.to_string())?
             .load(&m)

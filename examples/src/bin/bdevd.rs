@@ -56,6 +56,7 @@ fn methods(stop: Arc<AtomicBool>) -> Result<Rc<Methods>, String> {
     bdev_aio::register(&mut m).map_err(|e| e.to_string())?;
     bdev_raid::register(&mut m).map_err(|e| e.to_string())?;
     bdev_crypto::register(&mut m).map_err(|e| e.to_string())?;
+    bdev_nvme::register(&mut m).map_err(|e| e.to_string())?;
     m.register_sync("spdk_get_version", |_| {
         Ok(json!({
             "version": format!("bdev-rs v{} (SPDK v24.09 RPC)", env!("CARGO_PKG_VERSION")),

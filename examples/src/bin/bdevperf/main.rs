@@ -72,6 +72,7 @@ async fn run(
     bdev_aio::register(&mut methods).map_err(|e| e.to_string())?;
     bdev_raid::register(&mut methods).map_err(|e| e.to_string())?;
     bdev_crypto::register(&mut methods).map_err(|e| e.to_string())?;
+    bdev_nvme::register(&mut methods).map_err(|e| e.to_string())?;
     match &config {
         Some(c) => c.load(&methods).await.map_err(|e| e.to_string())?,
         None => {

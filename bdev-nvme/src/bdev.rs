@@ -1,0 +1,665 @@
+//! The bdev glue: `bdev_nvme_attach_controller` connects a controller and registers one
+//! bdev per active namespace, named `<name>n<nsid>`; each thread's channel (one per
+//! controller, shared by its namespaces) holds that thread's own I/O queue pair, polled
+//! by the channel's poller.
+//!
+//! A channel's queue pair connects in the background when the channel is created; I/O
+//! submitted meanwhile waits in the channel and goes out once it is up. Data goes
+//! through buffers from the channel's pool (power-of-two size classes, kept): reads are
+//! copied out to the caller's buffers on completion, writes copied in before sending,
+//! since the TCP transport copies to and from the socket anyway.
+//!
+//! Still to come (issue 7): keep-alive and asynchronous events on a timed admin poller,
+//! reconnection after a lost connection with SPDK's three timeouts, reset, discovery RPCs.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bdev_core::bdev::{self, Bdev, BdevIo, BdevOps, BdevProps, DestructDone, IoStatus, IoType};
+use bdev_core::dma::DmaBuf;
+use bdev_core::thread::{IoChannel, IoDevice, PollStatus, Poller};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::ctrlr::{ConnectOpts, Controller, Error};
+use crate::spec::{self, IdentifyNamespace, nvm, oncs};
+use crate::tcp::TcpQpair;
+use crate::tcp::pdu::Digests;
+use crate::transport::{Completion, Payload, QueuePair, SubmitError};
+
+/// The module's name.
+pub const MODULE: &str = "nvme";
+
+/// Params of `bdev_nvme_attach_controller` (SPDK's names; TCP only for now).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachOpts {
+    /// Controller name; its bdevs are `<name>n<nsid>`.
+    pub name: String,
+    /// Transport: "tcp" (any case).
+    pub trtype: String,
+    /// Target address.
+    pub traddr: String,
+    /// Address family: "ipv4" or "ipv6".
+    #[serde(default)]
+    pub adrfam: Option<String>,
+    /// Target port.
+    #[serde(default)]
+    pub trsvcid: Option<String>,
+    /// Subsystem NQN.
+    #[serde(default)]
+    pub subnqn: Option<String>,
+    /// Host NQN (a UUID-based one when absent).
+    #[serde(default)]
+    pub hostnqn: Option<String>,
+    /// Header digest.
+    #[serde(default)]
+    pub hdgst: bool,
+    /// Data digest.
+    #[serde(default)]
+    pub ddgst: bool,
+    /// Seconds to keep trying to reconnect before removing the controller.
+    #[serde(default)]
+    pub ctrlr_loss_timeout_sec: Option<i64>,
+    /// Seconds between reconnection attempts.
+    #[serde(default)]
+    pub reconnect_delay_sec: Option<u64>,
+    /// Seconds after which I/O waiting for a reconnection fails.
+    #[serde(default)]
+    pub fast_io_fail_timeout_sec: Option<u64>,
+}
+
+/// An attached controller.
+pub(crate) struct NvmeCtrlr {
+    pub(crate) opts: AttachOpts,
+    connect: ConnectOpts,
+    cntlid: u16,
+    icd_max: usize,
+    admin: Mutex<Option<Controller>>,
+    dev: IoDevice<Chan>,
+    /// I/O queue IDs in use (index = qid), up to what the controller granted.
+    qids: Mutex<Vec<bool>>,
+    last_qid: std::sync::atomic::AtomicU16,
+    pub(crate) bdevs: Mutex<Vec<Bdev>>,
+}
+
+impl NvmeCtrlr {
+    /// A free I/O queue ID, the one after the last taken first: a queue just released
+    /// may still be known to the target until its connection's teardown reaches it, and
+    /// connecting its ID again then fails (command sequence error).
+    fn take_qid(&self) -> Result<u16, Error> {
+        let mut q = self.qids.lock().unwrap_or_else(|e| e.into_inner());
+        let n = q.len().saturating_sub(1);
+        let last = self.last_qid.load(std::sync::atomic::Ordering::Relaxed) as usize;
+        let i = (0..n)
+            .map(|k| 1 + (last + k) % n.max(1))
+            .find(|&i| !q[i])
+            .ok_or_else(|| {
+                Error::Protocol(format!(
+                    "controller {}: every I/O queue the controller granted is in use",
+                    self.opts.name
+                ))
+            })?;
+        q[i] = true;
+        self.last_qid
+            .store(i as u16, std::sync::atomic::Ordering::Relaxed);
+        Ok(i as u16)
+    }
+
+    fn release_qid(&self, qid: u16) {
+        if let Some(x) = self
+            .qids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(qid as usize)
+        {
+            *x = false;
+        }
+    }
+}
+
+/// The controllers of one application.
+#[derive(Default)]
+pub(crate) struct Ctrlrs(Mutex<Vec<Arc<NvmeCtrlr>>>);
+
+impl Ctrlrs {
+    pub(crate) fn get() -> Result<Arc<Ctrlrs>, Error> {
+        bdev_core::module::app_data::<Ctrlrs>()
+            .ok_or(Error::Core(bdev_core::Error::NoThread { op: "nvme" }))
+    }
+    pub(crate) fn all(&self) -> Vec<Arc<NvmeCtrlr>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// One namespace's bdev.
+struct NsBdev {
+    ctrlr: Arc<NvmeCtrlr>,
+    nsid: u32,
+    oncs: u16,
+}
+
+/// Buffers by size class (powers of two from 4 KiB).
+#[derive(Default)]
+struct Pool(RefCell<Vec<Vec<DmaBuf>>>);
+
+impl Pool {
+    fn take(&self, len: usize) -> Result<DmaBuf, bdev_core::Error> {
+        let c = (len.max(4096).next_power_of_two().trailing_zeros() - 12) as usize;
+        let mut p = self.0.borrow_mut();
+        if p.len() <= c {
+            p.resize_with(c + 1, Vec::new);
+        }
+        match p[c].pop() {
+            Some(b) => Ok(b),
+            None => DmaBuf::new(4096 << c, 4096),
+        }
+    }
+    fn give(&self, b: DmaBuf) {
+        if !b.len().is_power_of_two() || b.len() < 4096 {
+            return;
+        }
+        let c = (b.len().trailing_zeros() - 12) as usize;
+        let mut p = self.0.borrow_mut();
+        if p.len() <= c {
+            p.resize_with(c + 1, Vec::new);
+        }
+        if p[c].len() < 256 {
+            p[c].push(b);
+        }
+    }
+}
+
+/// A thread's channel to a controller: its state, and the poller that drives it (the
+/// poller holds the state, not the channel, so dropping the channel stops both).
+pub(crate) struct Chan {
+    st: Rc<ChanState>,
+    _poller: Poller,
+}
+
+impl Chan {
+    fn new(c: &Arc<NvmeCtrlr>) -> bdev_core::Result<Chan> {
+        let st = Rc::new(ChanState::new(c));
+        let s2 = st.clone();
+        let poller = Poller::register(format!("nvme:{}", c.opts.name), move || s2.poll())?;
+        ChanState::connect(&st);
+        Ok(Chan {
+            st,
+            _poller: poller,
+        })
+    }
+}
+
+/// What a thread's channel holds.
+pub(crate) struct ChanState {
+    ctrlr: std::sync::Weak<NvmeCtrlr>,
+    /// The I/O queue ID this channel's queue pair uses (0: none yet).
+    qid: Cell<u16>,
+    qpair: RefCell<Option<TcpQpair>>,
+    /// Waiting for the queue pair (connecting) or for a free command slot.
+    waiting: RefCell<VecDeque<(u32, BdevIo)>>,
+    inflight: RefCell<slab::Slab<BdevIo>>,
+    done: RefCell<Vec<Completion>>,
+    pool: Pool,
+    connecting: Cell<bool>,
+}
+
+impl Drop for ChanState {
+    fn drop(&mut self) {
+        if let Some(q) = self.qpair.get_mut().as_mut() {
+            q.disconnect("channel released");
+        }
+        if let Some(c) = self.ctrlr.upgrade() {
+            c.release_qid(self.qid.get());
+        }
+    }
+}
+
+fn status_of(s: spec::Status) -> IoStatus {
+    if s.is_success() {
+        IoStatus::Success
+    } else {
+        IoStatus::NvmeError {
+            sct: s.sct(),
+            sc: s.sc(),
+        }
+    }
+}
+
+impl ChanState {
+    fn new(c: &Arc<NvmeCtrlr>) -> ChanState {
+        ChanState {
+            ctrlr: Arc::downgrade(c),
+            qid: Cell::new(0),
+            qpair: RefCell::new(None),
+            waiting: RefCell::new(VecDeque::new()),
+            inflight: RefCell::new(slab::Slab::new()),
+            done: RefCell::new(Vec::new()),
+            pool: Pool::default(),
+            connecting: Cell::new(false),
+        }
+    }
+
+    /// Connects this thread's queue pair in the background (once).
+    fn connect(ch: &Rc<ChanState>) {
+        if ch.connecting.replace(true) {
+            return;
+        }
+        let Some(c) = ch.ctrlr.upgrade() else { return };
+        let ch2 = ch.clone();
+        let r = bdev_core::thread::spawn_local(async move {
+            let q = async {
+                let qid = match ch2.qid.get() {
+                    0 => c.take_qid()?,
+                    q => q,
+                };
+                ch2.qid.set(qid);
+                let mut q = crate::ctrlr::Queue::open(&c.connect, qid, 128, c.icd_max).await?;
+                q.fabrics_connect(&c.connect, c.cntlid, 128).await?;
+                Ok::<_, Error>(q.into_qpair())
+            }
+            .await;
+            match q {
+                Ok(q) => {
+                    *ch2.qpair.borrow_mut() = Some(q);
+                    ch2.kick();
+                }
+                Err(e) => {
+                    tracing::error!(ctrlr = %c.opts.name, "I/O queue: {e}");
+                    // Nothing to send on: fail what waits.
+                    let w: Vec<_> = ch2.waiting.borrow_mut().drain(..).collect();
+                    for (_, io) in w {
+                        io.complete(IoStatus::Failed);
+                    }
+                }
+            }
+            ch2.connecting.set(false);
+        });
+        if r.is_err() {
+            ch.connecting.set(false);
+        }
+    }
+
+    /// Sends what waits, as slots allow.
+    fn kick(&self) {
+        loop {
+            let Some((nsid, io)) = self.waiting.borrow_mut().pop_front() else {
+                return;
+            };
+            if let Err((nsid, io)) = self.send(nsid, io) {
+                self.waiting.borrow_mut().push_front((nsid, io));
+                return;
+            }
+        }
+    }
+
+    /// Builds and submits `io`'s command; gives it back if the queue can't take it now.
+    fn send(&self, nsid: u32, io: BdevIo) -> Result<(), (u32, BdevIo)> {
+        let mut qp = self.qpair.borrow_mut();
+        let Some(q) = qp.as_mut() else {
+            return Err((nsid, io));
+        };
+        let (t, lba, n) = (io.io_type(), io.offset_blocks(), io.num_blocks());
+        let len = io.len_bytes() as usize;
+        let (sqe, payload) = match t {
+            IoType::Read | IoType::Write => {
+                let mut buf = match self.pool.take(len) {
+                    Ok(b) => b,
+                    Err(_) => {
+                        io.complete(IoStatus::NoMem);
+                        return Ok(());
+                    }
+                };
+                let opc = if t == IoType::Read {
+                    nvm::READ
+                } else {
+                    nvm::WRITE
+                };
+                let sqe = spec::rw(0, opc, nsid, lba, n as u32);
+                if t == IoType::Write {
+                    let mut at = 0;
+                    io.for_each_segment(|s| {
+                        buf[at..at + s.len()].copy_from_slice(s);
+                        at += s.len();
+                    });
+                    (sqe, Payload::Out(buf, len))
+                } else {
+                    (sqe, Payload::In(buf, len))
+                }
+            }
+            IoType::Flush => (spec::Sqe::new(nvm::FLUSH, 0, nsid), Payload::None),
+            IoType::WriteZeroes => (
+                spec::rw(0, nvm::WRITE_ZEROES, nsid, lba, n as u32),
+                Payload::None,
+            ),
+            IoType::Unmap => {
+                // One deallocate range per 2^32-1 blocks (ranges of 16 bytes).
+                let mut buf = match self.pool.take(4096) {
+                    Ok(b) => b,
+                    Err(_) => {
+                        io.complete(IoStatus::NoMem);
+                        return Ok(());
+                    }
+                };
+                let mut nr = 0usize;
+                let (mut at, end) = (lba, lba + n);
+                while at < end && nr < 256 {
+                    let k = (end - at).min(u32::MAX as u64);
+                    let r = &mut buf[nr * 16..nr * 16 + 16];
+                    r[0..4].fill(0);
+                    r[4..8].copy_from_slice(&(k as u32).to_le_bytes());
+                    r[8..16].copy_from_slice(&at.to_le_bytes());
+                    at += k;
+                    nr += 1;
+                }
+                let mut sqe = spec::Sqe::new(nvm::DATASET_MANAGEMENT, 0, nsid);
+                sqe.cdw10 = ((nr - 1) as u32).into();
+                sqe.cdw11 = (1u32 << 2).into();
+                (sqe, Payload::Out(buf, nr * 16))
+            }
+            _ => {
+                io.complete(IoStatus::Failed);
+                return Ok(());
+            }
+        };
+        let mut inflight = self.inflight.borrow_mut();
+        let slot = inflight.vacant_entry();
+        let token = slot.key() as u64;
+        match q.submit(sqe, payload, token) {
+            Ok(()) => {
+                slot.insert(io);
+                Ok(())
+            }
+            Err(SubmitError::Full(_, p)) => {
+                if let Some(b) = p.into_buf() {
+                    self.pool.give(b);
+                }
+                Err((nsid, io))
+            }
+            Err(e) => {
+                drop(inflight);
+                tracing::warn!("nvme submit: {e}");
+                io.complete(IoStatus::Failed);
+                Ok(())
+            }
+        }
+    }
+
+    /// Polls the queue pair and completes what finished.
+    fn poll(&self) -> PollStatus {
+        let mut done = std::mem::take(&mut *self.done.borrow_mut());
+        let failed = {
+            let mut qp = self.qpair.borrow_mut();
+            match qp.as_mut() {
+                Some(q) => q.poll(&mut done).err(),
+                None => None,
+            }
+        };
+        let busy = !done.is_empty();
+        for c in done.drain(..) {
+            let Some(mut io) = self.inflight.borrow_mut().try_remove(c.token as usize) else {
+                continue;
+            };
+            let status = status_of(c.status);
+            match c.payload {
+                Payload::In(buf, n) => {
+                    if status.is_success() {
+                        let mut at = 0;
+                        io.for_each_segment_mut(|s| {
+                            let k = s.len().min(n - at.min(n));
+                            s[..k].copy_from_slice(&buf[at..at + k]);
+                            at += k;
+                        });
+                    }
+                    self.pool.give(buf);
+                }
+                Payload::Out(buf, _) => self.pool.give(buf),
+                Payload::None => {}
+            }
+            io.complete(status);
+        }
+        *self.done.borrow_mut() = done;
+        if let Some(e) = failed {
+            tracing::error!("nvme I/O queue lost: {e}");
+            *self.qpair.borrow_mut() = None;
+            let w: Vec<_> = self.waiting.borrow_mut().drain(..).collect();
+            for (_, io) in w {
+                io.complete(IoStatus::Failed);
+            }
+        }
+        if !self.waiting.borrow().is_empty() {
+            self.kick();
+        }
+        PollStatus::from(busy)
+    }
+}
+
+impl BdevOps for NsBdev {
+    type Channel = IoChannel<Chan>;
+
+    fn module_name(&self) -> &'static str {
+        MODULE
+    }
+
+    fn create_channel(&self) -> bdev_core::Result<IoChannel<Chan>> {
+        self.ctrlr.dev.get_channel()
+    }
+
+    fn submit_request(&self, ch: &IoChannel<Chan>, io: BdevIo) {
+        let ch = &*ch.st;
+        let waiting = !ch.waiting.borrow().is_empty();
+        if waiting || ch.qpair.borrow().is_none() {
+            if ch.qpair.borrow().is_none() && !ch.connecting.get() {
+                return io.complete(IoStatus::Failed);
+            }
+            ch.waiting.borrow_mut().push_back((self.nsid, io));
+            return;
+        }
+        if let Err(w) = ch.send(self.nsid, io) {
+            ch.waiting.borrow_mut().push_back(w);
+        }
+    }
+
+    fn io_type_supported(&self, t: IoType) -> bool {
+        match t {
+            IoType::Read | IoType::Write | IoType::Flush => true,
+            IoType::Unmap => self.oncs & oncs::DSM != 0,
+            IoType::WriteZeroes => self.oncs & oncs::WRITE_ZEROES != 0,
+            _ => false,
+        }
+    }
+
+    fn destruct(&self, done: DestructDone) {
+        done.complete();
+    }
+
+    fn dump_info_json(&self) -> Option<serde_json::Value> {
+        Some(serde_json::json!({"nvme": [{
+            "trid": trid_json(&self.ctrlr.opts),
+            "ctrlr_data": {"cntlid": self.ctrlr.cntlid},
+            "ns_data": {"id": self.nsid},
+        }]}))
+    }
+}
+
+fn trid_json(o: &AttachOpts) -> serde_json::Value {
+    serde_json::json!({
+        "trtype": "TCP",
+        "adrfam": o.adrfam.clone().unwrap_or_else(|| "IPv4".into()).to_uppercase().replace("IPV", "IPv"),
+        "traddr": o.traddr,
+        "trsvcid": o.trsvcid.clone().unwrap_or_default(),
+        "subnqn": o.subnqn.clone().unwrap_or_default(),
+    })
+}
+
+fn resolve(o: &AttachOpts) -> Result<SocketAddr, Error> {
+    if !o.trtype.eq_ignore_ascii_case("tcp") {
+        return Err(Error::Protocol(format!(
+            "trtype {} not supported (TCP; PCIe and RDMA to come)",
+            o.trtype
+        )));
+    }
+    let port = o.trsvcid.as_deref().unwrap_or("4420");
+    let port: u16 = port
+        .parse()
+        .map_err(|_| Error::Protocol(format!("trsvcid '{port}' is not a port number")))?;
+    (o.traddr.as_str(), port)
+        .to_socket_addrs()
+        .map_err(|e| Error::Transport(format!("traddr {}: {e}", o.traddr)))?
+        .next()
+        .ok_or_else(|| Error::Transport(format!("traddr {}: no address", o.traddr)))
+}
+
+/// `bdev_nvme_attach_controller`: connects, identifies, registers a bdev per namespace;
+/// returns the bdev names.
+pub async fn attach(o: AttachOpts) -> Result<Vec<String>, Error> {
+    let ctrlrs = Ctrlrs::get()?;
+    if o.name.is_empty() {
+        return Err(Error::Protocol("controller name must not be empty".into()));
+    }
+    if ctrlrs.all().iter().any(|c| c.opts.name == o.name) {
+        return Err(Error::Protocol(format!(
+            "A controller named {} already exists",
+            o.name
+        )));
+    }
+    let addr = resolve(&o)?;
+    let subnqn = o
+        .subnqn
+        .clone()
+        .ok_or_else(|| Error::Protocol("subnqn is required".into()))?;
+    let host_uuid = Uuid::new_v4();
+    let connect = ConnectOpts {
+        addr,
+        subnqn,
+        hostnqn: o
+            .hostnqn
+            .clone()
+            .unwrap_or_else(|| format!("nqn.2014-08.org.nvmexpress:uuid:{host_uuid}")),
+        hostid: *host_uuid.as_bytes(),
+        digests: Digests {
+            header: o.hdgst,
+            data: o.ddgst,
+        },
+        kato_ms: 0,
+        timeout: Duration::from_secs(10),
+    };
+    let mut c = Controller::connect(connect.clone()).await?;
+    let granted = c.set_num_queues(64).await?;
+    let nsids = c.active_namespaces().await?;
+    let mut namespaces: Vec<(u32, Box<IdentifyNamespace>)> = Vec::new();
+    for nsid in nsids {
+        namespaces.push((nsid, c.identify_ns(nsid).await?));
+    }
+    let oncs_v = c.id.oncs.get();
+    let vwc = c.id.vwc & 1 != 0;
+    let mdts = c.id.mdts;
+    let ctrlr = Arc::new_cyclic(|me: &std::sync::Weak<NvmeCtrlr>| {
+        let me = me.clone();
+        NvmeCtrlr {
+            opts: o.clone(),
+            cntlid: c.cntlid,
+            icd_max: c.icd_max(),
+            connect,
+            admin: Mutex::new(None),
+            dev: IoDevice::register(format!("nvme:{}", o.name), move || {
+                let c = me.upgrade().ok_or(bdev_core::Error::BdevRemoving {
+                    name: "nvme".into(),
+                })?;
+                Chan::new(&c)
+            }),
+            bdevs: Mutex::new(Vec::new()),
+            qids: Mutex::new(vec![false; granted as usize + 1]),
+            last_qid: std::sync::atomic::AtomicU16::new(0),
+        }
+    });
+    *ctrlr.admin.lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
+    let mut names = Vec::new();
+    for (nsid, ns) in namespaces {
+        let Some(bs) = ns.block_size() else {
+            tracing::warn!(nsid, "namespace with an unusable format skipped");
+            continue;
+        };
+        let name = format!("{}n{nsid}", o.name);
+        let uuid = (ns.nguid != [0; 16]).then(|| Uuid::from_bytes(ns.nguid));
+        let mut props = BdevProps::new(&name, bs, ns.nsze.get())
+            .product_name("NVMe disk")
+            .uuid(uuid)
+            .write_cache(vwc);
+        if mdts != 0 {
+            // MDTS in units of the minimum page (4 KiB here).
+            let max = ((4096u64 << mdts.min(20)) / bs as u64).min(u32::MAX as u64) as u32;
+            props = props.max_rw_size(max);
+        }
+        let ops = Arc::new(NsBdev {
+            ctrlr: ctrlr.clone(),
+            nsid,
+            oncs: oncs_v,
+        });
+        match bdev::register(props, ops) {
+            Ok(b) => {
+                ctrlr
+                    .bdevs
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(b);
+                names.push(name);
+            }
+            Err(e) => tracing::error!(bdev = %name, "registering: {e}"),
+        }
+    }
+    ctrlrs
+        .0
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(ctrlr);
+    Ok(names)
+}
+
+/// `bdev_nvme_detach_controller`: removes the controller's bdevs and disconnects.
+pub async fn detach(name: &str) -> Result<(), Error> {
+    let ctrlrs = Ctrlrs::get()?;
+    let c = {
+        let mut l = ctrlrs.0.lock().unwrap_or_else(|e| e.into_inner());
+        let i = l
+            .iter()
+            .position(|c| c.opts.name == name)
+            .ok_or_else(|| Error::Protocol(format!("controller {name} not found")))?;
+        l.remove(i)
+    };
+    let bdevs: Vec<Bdev> = std::mem::take(&mut *c.bdevs.lock().unwrap_or_else(|e| e.into_inner()));
+    for b in bdevs {
+        if let Err(e) = b.unregister_async().await {
+            tracing::warn!(bdev = %b.name(), "detach: {e}");
+        }
+    }
+    if let Some(mut a) = c.admin.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        a.admin.qpair().disconnect("detached");
+    }
+    let _ = c.dev.unregister(|| {});
+    Ok(())
+}
+
+/// `bdev_nvme_get_controllers`.
+pub fn controllers(name: Option<&str>) -> Result<Vec<serde_json::Value>, Error> {
+    Ok(Ctrlrs::get()?
+        .all()
+        .iter()
+        .filter(|c| name.is_none_or(|n| n == c.opts.name))
+        .map(|c| {
+            serde_json::json!({
+                "name": c.opts.name,
+                "ctrlrs": [{
+                    "state": "enabled",
+                    "trid": trid_json(&c.opts),
+                    "cntlid": c.cntlid,
+                    "host": {"nqn": c.connect.hostnqn, "addr": "", "svcid": ""},
+                }],
+            })
+        })
+        .collect())
+}

@@ -1,0 +1,111 @@
+//! bdevperf verify over NVMe/TCP against the Linux kernel's target in a QEMU guest
+//! (`scripts/vm`), without and with digests; attach errors over the daemon's RPC.
+//! Skips with the reason where QEMU cannot run.
+
+use std::process::Command;
+
+use bdev_tests::vm;
+use serde_json::json;
+
+fn config(name: &str, target: &vm::TcpTarget, hdgst: bool, ddgst: bool) -> std::path::PathBuf {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("nvme-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    let cfg = json!({"subsystems": [{"subsystem": "bdev", "config": [
+        {"method": "bdev_nvme_attach_controller", "params": {
+            "name": "N0", "trtype": "tcp", "adrfam": "ipv4", "traddr": "127.0.0.1",
+            "trsvcid": target.port.to_string(), "subnqn": vm::SUBNQN,
+            "hdgst": hdgst, "ddgst": ddgst}}]}]});
+    std::fs::write(&p, cfg.to_string()).unwrap();
+    p
+}
+
+#[test]
+fn verify_over_nvme_tcp_with_and_without_digests() {
+    if let Some(why) = vm::skip_reason() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let target = vm::start_tcp_target().expect("nvmet-tcp guest");
+    for (hd, dd) in [(false, false), (true, true)] {
+        let cfg = config(&format!("n{hd}{dd}.json"), &target, hd, dd);
+        let o = Command::new(env!("CARGO_BIN_EXE_bdevperf"))
+            .args([
+                "-c",
+                cfg.to_str().unwrap(),
+                "-T",
+                "N0n2",
+                "-q",
+                "8",
+                "-o",
+                "4096",
+            ])
+            .args(["-w", "verify", "-t", "20"])
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        let out =
+            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+        assert!(
+            o.status.success(),
+            "digests {hd}/{dd}: {out}\n{}",
+            target.console_log()
+        );
+        assert!(out.contains("Job: N0n2 "), "{out}");
+        assert!(
+            !out.contains("miscompare") && !out.contains("panicked"),
+            "{out}"
+        );
+        let total = out
+            .lines()
+            .find(|l| l.trim_start().starts_with("Total"))
+            .unwrap();
+        let cols: Vec<&str> = total
+            .split(':')
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        let (iops, fails): (f64, f64) = (cols[0].parse().unwrap(), cols[2].parse().unwrap());
+        assert!(iops > 0.0 && fails == 0.0, "digests {hd}/{dd}: {out}");
+        eprintln!("verify over NVMe/TCP, digests {hd}/{dd}: {total}");
+    }
+    // A wrong subnqn and an unreachable port fail the attach with a clear error.
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    for (port, subnqn, want) in [
+        (
+            target.port.to_string(),
+            "nqn.2024-01.io.vmlab:nope",
+            "refused the connection",
+        ),
+        ("1".to_string(), vm::SUBNQN, "connecting to 127.0.0.1:1"),
+    ] {
+        let p = dir.join(format!("bad-{}.json", std::process::id()));
+        let cfg = json!({"subsystems": [{"subsystem": "bdev", "config": [
+            {"method": "bdev_nvme_attach_controller", "params": {
+                "name": "N1", "trtype": "TCP", "traddr": "127.0.0.1", "trsvcid": port,
+                "subnqn": subnqn}}]}]});
+        std::fs::write(&p, cfg.to_string()).unwrap();
+        let o = Command::new(env!("CARGO_BIN_EXE_bdevperf"))
+            .args([
+                "-c",
+                p.to_str().unwrap(),
+                "-q",
+                "1",
+                "-o",
+                "4096",
+                "-w",
+                "read",
+                "-t",
+                "1",
+            ])
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        let out =
+            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && out.contains(want), "{out}");
+        assert!(!out.contains("panicked"), "{out}");
+    }
+}
