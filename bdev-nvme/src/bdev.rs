@@ -17,11 +17,11 @@ use std::collections::VecDeque;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bdev_core::bdev::{self, Bdev, BdevIo, BdevOps, BdevProps, DestructDone, IoStatus, IoType};
 use bdev_core::dma::DmaBuf;
-use bdev_core::thread::{IoChannel, IoDevice, PollStatus, Poller};
+use bdev_core::thread::{IoChannel, IoDevice, PollStatus, Poller, ThreadHandle};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -85,6 +85,72 @@ pub(crate) struct NvmeCtrlr {
     qids: Mutex<Vec<bool>>,
     last_qid: std::sync::atomic::AtomicU16,
     pub(crate) bdevs: Mutex<Vec<Bdev>>,
+    /// The thread that attached it: reconnection and removal run there.
+    ctl_thread: ThreadHandle,
+    state: Mutex<CtrlState>,
+    timeouts: Timeouts,
+}
+
+/// Where a controller stands after a lost connection (SPDK's reconnect logic).
+#[derive(Debug, Default)]
+struct CtrlState {
+    /// The controller ID queues connect to (a reconnection may get a new one).
+    cntlid: u16,
+    /// Bumped at every successful reconnection: a channel whose queue pair connected
+    /// under an older generation reconnects.
+    generation: u64,
+    /// Since when the controller has been unreachable.
+    failed_at: Option<Instant>,
+    reconnecting: bool,
+    /// Gone after ctrlr_loss_timeout_sec: everything fails.
+    removed: bool,
+}
+
+/// SPDK's three timeouts, checked at attach as SPDK checks them.
+#[derive(Clone, Copy, Debug)]
+struct Timeouts {
+    /// -1: reconnect forever; 0: one attempt, then remove.
+    ctrlr_loss_sec: i64,
+    reconnect_delay_sec: u64,
+    /// 0: I/O waits as long as the controller may come back.
+    fast_io_fail_sec: u64,
+}
+
+impl Timeouts {
+    fn from(o: &AttachOpts) -> Result<Timeouts, Error> {
+        let t = Timeouts {
+            ctrlr_loss_sec: o.ctrlr_loss_timeout_sec.unwrap_or(0),
+            reconnect_delay_sec: o.reconnect_delay_sec.unwrap_or(0),
+            fast_io_fail_sec: o.fast_io_fail_timeout_sec.unwrap_or(0),
+        };
+        let bad = |m: &str| Err(Error::Protocol(m.to_string()));
+        match t.ctrlr_loss_sec {
+            l if l < -1 => bad("ctrlr_loss_timeout_sec must be -1 or more"),
+            0 if t.reconnect_delay_sec != 0 || t.fast_io_fail_sec != 0 => bad(
+                "reconnect_delay_sec and fast_io_fail_timeout_sec must be 0 when ctrlr_loss_timeout_sec is 0",
+            ),
+            0 => Ok(t),
+            l => {
+                if t.reconnect_delay_sec == 0 {
+                    return bad(
+                        "reconnect_delay_sec must be non-zero when ctrlr_loss_timeout_sec is not 0",
+                    );
+                }
+                if l > 0 && t.reconnect_delay_sec > l as u64 {
+                    return bad("reconnect_delay_sec must not exceed ctrlr_loss_timeout_sec");
+                }
+                if t.fast_io_fail_sec != 0
+                    && (t.fast_io_fail_sec < t.reconnect_delay_sec
+                        || (l > 0 && t.fast_io_fail_sec > l as u64))
+                {
+                    return bad(
+                        "fast_io_fail_timeout_sec must lie between reconnect_delay_sec and ctrlr_loss_timeout_sec",
+                    );
+                }
+                Ok(t)
+            }
+        }
+    }
 }
 
 impl NvmeCtrlr {
@@ -119,6 +185,115 @@ impl NvmeCtrlr {
         {
             *x = false;
         }
+    }
+}
+
+impl NvmeCtrlr {
+    fn st(&self) -> std::sync::MutexGuard<'_, CtrlState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A queue pair of generation `generation` was lost: reconnect the controller (on
+    /// its thread), once per loss.
+    fn report_failure(self: &Arc<Self>, generation: u64) {
+        let me = self.clone();
+        let sent = self.ctl_thread.send_msg(move || {
+            {
+                let mut st = me.st();
+                if st.removed || st.reconnecting || st.generation != generation {
+                    return;
+                }
+                st.reconnecting = true;
+                st.failed_at.get_or_insert_with(Instant::now);
+            }
+            if let Some(a) = me.admin.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                a.admin.qpair().disconnect("reconnecting the controller");
+            }
+            let me2 = me.clone();
+            if bdev_core::thread::spawn_local(async move { me2.reconnect().await }).is_err() {
+                me.st().reconnecting = false;
+            }
+        });
+        if let Err(e) = sent {
+            tracing::warn!(ctrlr = %self.opts.name, "reconnect: {e}");
+        }
+    }
+
+    /// Reconnects the admin queue every reconnect_delay_sec until it works or
+    /// ctrlr_loss_timeout_sec passes; then the controller and its bdevs are removed.
+    async fn reconnect(self: Arc<Self>) {
+        let t = self.timeouts;
+        let mut attempt = 0u32;
+        loop {
+            let since = self.st().failed_at.map(|f| f.elapsed()).unwrap_or_default();
+            let lost = match t.ctrlr_loss_sec {
+                -1 => false,
+                0 => attempt > 0,
+                l => since > Duration::from_secs(l as u64),
+            };
+            if lost || self.st().removed {
+                tracing::error!(ctrlr = %self.opts.name, "controller lost for good: removing it and its bdevs");
+                self.remove().await;
+                return;
+            }
+            if attempt > 0 {
+                let d = t.reconnect_delay_sec.max(1) * 1_000_000;
+                if bdev_core::thread::sleep_us(d).await.is_err() {
+                    return;
+                }
+            }
+            attempt += 1;
+            let mut o = self.connect.clone();
+            o.timeout = Duration::from_secs(t.reconnect_delay_sec.clamp(1, 10));
+            match Controller::connect(o).await {
+                Ok(mut c) => {
+                    if let Err(e) = c.set_num_queues(64).await {
+                        tracing::warn!(ctrlr = %self.opts.name, "reconnect: {e}");
+                        continue;
+                    }
+                    let cntlid = c.cntlid;
+                    *self.admin.lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
+                    let mut st = self.st();
+                    st.cntlid = cntlid;
+                    st.generation += 1;
+                    st.failed_at = None;
+                    st.reconnecting = false;
+                    tracing::warn!(ctrlr = %self.opts.name, attempt, "controller reconnected");
+                    return;
+                }
+                Err(e) => tracing::warn!(ctrlr = %self.opts.name, attempt, "reconnect failed: {e}"),
+            }
+        }
+    }
+
+    /// Removes the controller: its bdevs are unregistered (their users see them go).
+    async fn remove(&self) {
+        self.st().removed = true;
+        if let Ok(ctrlrs) = Ctrlrs::get() {
+            ctrlrs
+                .0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|c| c.opts.name != self.opts.name);
+        }
+        let bdevs: Vec<Bdev> =
+            std::mem::take(&mut *self.bdevs.lock().unwrap_or_else(|e| e.into_inner()));
+        for b in bdevs {
+            if let Err(e) = b.unregister_async().await {
+                tracing::warn!(bdev = %b.name(), "removing: {e}");
+            }
+        }
+        self.admin.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    /// Whether I/O waiting for a reconnection should fail now.
+    fn fail_io(&self) -> bool {
+        let st = self.st();
+        st.removed
+            || (self.timeouts.fast_io_fail_sec != 0
+                && st.failed_at.is_some_and(|f| {
+                    f.elapsed() > Duration::from_secs(self.timeouts.fast_io_fail_sec)
+                }))
     }
 }
 
@@ -184,6 +359,7 @@ pub(crate) struct Chan {
 impl Chan {
     fn new(c: &Arc<NvmeCtrlr>) -> bdev_core::Result<Chan> {
         let st = Rc::new(ChanState::new(c));
+        *st.me.borrow_mut() = Rc::downgrade(&st);
         let s2 = st.clone();
         let poller = Poller::register(format!("nvme:{}", c.opts.name), move || s2.poll())?;
         ChanState::connect(&st);
@@ -199,10 +375,17 @@ pub(crate) struct ChanState {
     ctrlr: std::sync::Weak<NvmeCtrlr>,
     /// The I/O queue ID this channel's queue pair uses (0: none yet).
     qid: Cell<u16>,
+    /// The controller generation the queue pair connected under.
+    generation: Cell<u64>,
+    /// The queue pair was lost: connect again only once the controller has
+    /// reconnected (a later generation).
+    lost: Cell<bool>,
+    /// Itself, to start a reconnection from the poller.
+    me: RefCell<std::rc::Weak<ChanState>>,
     qpair: RefCell<Option<TcpQpair>>,
     /// Waiting for the queue pair (connecting) or for a free command slot.
     waiting: RefCell<VecDeque<(u32, BdevIo)>>,
-    inflight: RefCell<slab::Slab<BdevIo>>,
+    inflight: RefCell<slab::Slab<(u32, BdevIo)>>,
     done: RefCell<Vec<Completion>>,
     pool: Pool,
     connecting: Cell<bool>,
@@ -235,6 +418,9 @@ impl ChanState {
         ChanState {
             ctrlr: Arc::downgrade(c),
             qid: Cell::new(0),
+            generation: Cell::new(0),
+            lost: Cell::new(false),
+            me: RefCell::new(std::rc::Weak::new()),
             qpair: RefCell::new(None),
             waiting: RefCell::new(VecDeque::new()),
             inflight: RefCell::new(slab::Slab::new()),
@@ -252,6 +438,10 @@ impl ChanState {
         let Some(c) = ch.ctrlr.upgrade() else { return };
         let ch2 = ch.clone();
         let r = bdev_core::thread::spawn_local(async move {
+            let (cntlid, generation) = {
+                let st = c.st();
+                (st.cntlid, st.generation)
+            };
             let q = async {
                 let qid = match ch2.qid.get() {
                     0 => c.take_qid()?,
@@ -259,22 +449,23 @@ impl ChanState {
                 };
                 ch2.qid.set(qid);
                 let mut q = crate::ctrlr::Queue::open(&c.connect, qid, 128, c.icd_max).await?;
-                q.fabrics_connect(&c.connect, c.cntlid, 128).await?;
+                q.fabrics_connect(&c.connect, cntlid, 128).await?;
                 Ok::<_, Error>(q.into_qpair())
             }
             .await;
             match q {
                 Ok(q) => {
+                    ch2.generation.set(generation);
+                    ch2.lost.set(false);
                     *ch2.qpair.borrow_mut() = Some(q);
                     ch2.kick();
                 }
                 Err(e) => {
                     tracing::error!(ctrlr = %c.opts.name, "I/O queue: {e}");
-                    // Nothing to send on: fail what waits.
-                    let w: Vec<_> = ch2.waiting.borrow_mut().drain(..).collect();
-                    for (_, io) in w {
-                        io.complete(IoStatus::Failed);
-                    }
+                    // The controller reconnects (or goes); what waits stays queued.
+                    ch2.generation.set(generation);
+                    ch2.lost.set(true);
+                    c.report_failure(generation);
                 }
             }
             ch2.connecting.set(false);
@@ -371,7 +562,7 @@ impl ChanState {
         let token = slot.key() as u64;
         match q.submit(sqe, payload, token) {
             Ok(()) => {
-                slot.insert(io);
+                slot.insert((nsid, io));
                 Ok(())
             }
             Err(SubmitError::Full(_, p)) => {
@@ -389,7 +580,10 @@ impl ChanState {
         }
     }
 
-    /// Polls the queue pair and completes what finished.
+    /// Polls the queue pair and completes what finished. A lost connection puts what
+    /// was in flight back in the waiting queue (resent after the reconnection) and asks
+    /// the controller to reconnect; with no queue pair, it reconnects once the
+    /// controller has, or fails what waits once fast_io_fail_timeout_sec has passed.
     fn poll(&self) -> PollStatus {
         let mut done = std::mem::take(&mut *self.done.borrow_mut());
         let failed = {
@@ -400,10 +594,14 @@ impl ChanState {
             }
         };
         let busy = !done.is_empty();
+        let mut retry = Vec::new();
         for c in done.drain(..) {
-            let Some(mut io) = self.inflight.borrow_mut().try_remove(c.token as usize) else {
+            let Some((nsid, mut io)) = self.inflight.borrow_mut().try_remove(c.token as usize)
+            else {
                 continue;
             };
+            let transport_abort = failed.is_some()
+                && c.status == crate::spec::Status::new(0, crate::spec::sc::ABORTED_SQ_DELETION);
             let status = status_of(c.status);
             match c.payload {
                 Payload::In(buf, n) => {
@@ -420,21 +618,65 @@ impl ChanState {
                 Payload::Out(buf, _) => self.pool.give(buf),
                 Payload::None => {}
             }
-            io.complete(status);
+            if transport_abort {
+                retry.push((nsid, io));
+            } else {
+                io.complete(status);
+            }
         }
         *self.done.borrow_mut() = done;
         if let Some(e) = failed {
-            tracing::error!("nvme I/O queue lost: {e}");
+            tracing::warn!("nvme I/O queue lost: {e}");
             *self.qpair.borrow_mut() = None;
-            let w: Vec<_> = self.waiting.borrow_mut().drain(..).collect();
-            for (_, io) in w {
-                io.complete(IoStatus::Failed);
+            self.lost.set(true);
+            {
+                let mut w = self.waiting.borrow_mut();
+                for r in retry.into_iter().rev() {
+                    w.push_front(r);
+                }
+            }
+            if let Some(c) = self.ctrlr.upgrade() {
+                c.report_failure(self.generation.get());
             }
         }
-        if !self.waiting.borrow().is_empty() {
+        if self.qpair.borrow().is_none() {
+            self.idle_without_qpair();
+        } else if !self.waiting.borrow().is_empty() {
             self.kick();
         }
         PollStatus::from(busy)
+    }
+
+    /// No queue pair: reconnect when the controller is back, fail waiting I/O when the
+    /// controller is gone or fast_io_fail_timeout_sec has passed.
+    fn idle_without_qpair(&self) {
+        if self.connecting.get() {
+            return;
+        }
+        let Some(c) = self.ctrlr.upgrade() else {
+            return self.fail_waiting();
+        };
+        if c.fail_io() {
+            return self.fail_waiting();
+        }
+        let ready = {
+            let st = c.st();
+            !st.reconnecting
+                && st.failed_at.is_none()
+                && (!self.lost.get() || st.generation > self.generation.get())
+        };
+        if ready && !self.waiting.borrow().is_empty() {
+            if let Some(me) = self.me.borrow().upgrade() {
+                ChanState::connect(&me);
+            }
+        }
+    }
+
+    fn fail_waiting(&self) {
+        let w: Vec<_> = self.waiting.borrow_mut().drain(..).collect();
+        for (_, io) in w {
+            io.complete(IoStatus::Failed);
+        }
     }
 }
 
@@ -453,9 +695,10 @@ impl BdevOps for NsBdev {
         let ch = &*ch.st;
         let waiting = !ch.waiting.borrow().is_empty();
         if waiting || ch.qpair.borrow().is_none() {
-            if ch.qpair.borrow().is_none() && !ch.connecting.get() {
+            if ch.qpair.borrow().is_none() && self.ctrlr.fail_io() {
                 return io.complete(IoStatus::Failed);
             }
+            // Sent once the queue pair is (re)connected.
             ch.waiting.borrow_mut().push_back((self.nsid, io));
             return;
         }
@@ -527,6 +770,8 @@ pub async fn attach(o: AttachOpts) -> Result<Vec<String>, Error> {
             o.name
         )));
     }
+    let timeouts = Timeouts::from(&o)?;
+    let ctl_thread = bdev_core::thread::current_or("bdev_nvme_attach_controller")?.handle();
     let addr = resolve(&o)?;
     let subnqn = o
         .subnqn
@@ -575,6 +820,12 @@ pub async fn attach(o: AttachOpts) -> Result<Vec<String>, Error> {
             bdevs: Mutex::new(Vec::new()),
             qids: Mutex::new(vec![false; granted as usize + 1]),
             last_qid: std::sync::atomic::AtomicU16::new(0),
+            ctl_thread,
+            state: Mutex::new(CtrlState {
+                cntlid: c.cntlid,
+                ..Default::default()
+            }),
+            timeouts,
         }
     });
     *ctrlr.admin.lock().unwrap_or_else(|e| e.into_inner()) = Some(c);

@@ -180,10 +180,19 @@ impl Queue {
             )
             .await
             .map_err(|e| match e {
+                // Connect Invalid Parameters / Invalid Host (command specific).
+                Error::Command { status, .. }
+                    if status.sct() == 1 && matches!(status.sc(), 0x82 | 0x84) =>
+                {
+                    Error::Protocol(format!(
+                        "subsystem {} refused the connection of queue {qid} ({status}): \
+                         wrong subnqn, or our host NQN {} not allowed",
+                        o.subnqn, o.hostnqn
+                    ))
+                }
                 Error::Command { status, .. } => Error::Protocol(format!(
-                    "subsystem {} refused the connection of queue {qid} ({status}): \
-                     wrong subnqn, or our host NQN {} not allowed",
-                    o.subnqn, o.hostnqn
+                    "subsystem {} refused the connection of queue {qid} ({status})",
+                    o.subnqn
                 )),
                 e => e,
             })?;

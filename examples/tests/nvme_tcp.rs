@@ -8,17 +8,54 @@ use bdev_tests::vm;
 use serde_json::json;
 
 fn config(name: &str, target: &vm::TcpTarget, hdgst: bool, ddgst: bool) -> std::path::PathBuf {
+    config_with(name, target, json!({"hdgst": hdgst, "ddgst": ddgst}))
+}
+
+fn config_with(name: &str, target: &vm::TcpTarget, extra: serde_json::Value) -> std::path::PathBuf {
     let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("nvme-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let p = dir.join(name);
+    let mut params = json!({
+        "name": "N0", "trtype": "tcp", "adrfam": "ipv4", "traddr": "127.0.0.1",
+        "trsvcid": target.port.to_string(), "subnqn": vm::SUBNQN});
+    for (k, v) in extra.as_object().unwrap() {
+        params[k] = v.clone();
+    }
     let cfg = json!({"subsystems": [{"subsystem": "bdev", "config": [
-        {"method": "bdev_nvme_attach_controller", "params": {
-            "name": "N0", "trtype": "tcp", "adrfam": "ipv4", "traddr": "127.0.0.1",
-            "trsvcid": target.port.to_string(), "subnqn": vm::SUBNQN,
-            "hdgst": hdgst, "ddgst": ddgst}}]}]});
+        {"method": "bdev_nvme_attach_controller", "params": params}]}]});
     std::fs::write(&p, cfg.to_string()).unwrap();
     p
+}
+
+/// Runs bdevperf verify on N0n2 for `secs` in the background.
+fn spawn_verify(cfg: &std::path::Path, secs: &str) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_bdevperf"))
+        .args([
+            "-c",
+            cfg.to_str().unwrap(),
+            "-T",
+            "N0n2",
+            "-q",
+            "8",
+            "-o",
+            "4096",
+        ])
+        .args(["-w", "verify", "-t", secs])
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Kills every TCP connection to `port` on this host (as root): what a network cut
+/// looks like to the initiator.
+fn cut(port: u16) -> bool {
+    Command::new("ss")
+        .args(["-K", "dst", "127.0.0.1", "dport", "=", &format!(":{port}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 #[test]
@@ -71,6 +108,48 @@ fn verify_over_nvme_tcp_with_and_without_digests() {
         assert!(iops > 0.0 && fails == 0.0, "digests {hd}/{dd}: {out}");
         eprintln!("verify over NVMe/TCP, digests {hd}/{dd}: {total}");
     }
+    // Connections cut twice during verify: the controller reconnects, the I/O in flight
+    // is sent again, verify passes.
+    let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+    });
+    if root {
+        let cfg = config_with(
+            "reconnect.json",
+            &target,
+            json!({
+            "ctrlr_loss_timeout_sec": 30, "reconnect_delay_sec": 1}),
+        );
+        let child = spawn_verify(&cfg, "16");
+        for _ in 0..2 {
+            std::thread::sleep(std::time::Duration::from_secs(5));
+            assert!(cut(target.port), "ss -K failed");
+        }
+        let o = child.wait_with_output().unwrap();
+        let out =
+            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "after cuts: {out}");
+        assert!(out.contains("controller reconnected"), "{out}");
+        assert!(
+            !out.contains("miscompare") && !out.contains("panicked"),
+            "{out}"
+        );
+        let total = out
+            .lines()
+            .find(|l| l.trim_start().starts_with("Total"))
+            .unwrap();
+        let cols: Vec<&str> = total
+            .split(':')
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        assert_eq!(cols[2].parse::<f64>().unwrap(), 0.0, "no failed I/O: {out}");
+        eprintln!("verify with two connection cuts: {total}");
+    } else {
+        eprintln!("SKIPPED connection cuts: ss -K needs root");
+    }
     // A wrong subnqn and an unreachable port fail the attach with a clear error.
     let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     for (port, subnqn, want) in [
@@ -108,4 +187,26 @@ fn verify_over_nvme_tcp_with_and_without_digests() {
         assert!(!o.status.success() && out.contains(want), "{out}");
         assert!(!out.contains("panicked"), "{out}");
     }
+    // The target gone for longer than ctrlr_loss_timeout_sec: the controller and its
+    // bdev go, bdevperf reports the failure and exits, long before its 60 s.
+    let cfg = config_with(
+        "loss.json",
+        &target,
+        json!({
+        "ctrlr_loss_timeout_sec": 3, "reconnect_delay_sec": 1}),
+    );
+    let child = spawn_verify(&cfg, "60");
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let mut target = target;
+    target.stop().expect("stop the guest");
+    let started = std::time::Instant::now();
+    let o = child.wait_with_output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "bdevperf did not end: {out}"
+    );
+    assert!(out.contains("controller lost for good"), "{out}");
+    assert!(!out.contains("panicked"), "{out}");
+    eprintln!("target gone: bdevperf ended after {:?}", started.elapsed());
 }

@@ -407,13 +407,13 @@ impl QueuePair for TcpQpair {
             }
         }
         if let State::Failed(m) = &self.state {
+            // Everything outstanding completes aborted (appended to `out`), and the
+            // caller hears of the failure.
             let m = m.clone();
             for cid in 0..self.slots.len() as u16 {
                 self.complete(cid, aborted(), 0, 0, out);
             }
-            if out.len() == before {
-                return Err(m);
-            }
+            return Err(m);
         }
         Ok(out.len() - before)
     }
