@@ -73,6 +73,58 @@ pub struct AttachOpts {
     pub fast_io_fail_timeout_sec: Option<u64>,
 }
 
+/// Options of `bdev_nvme_set_options` that this driver uses (SPDK's names and defaults);
+/// SPDK's other options are accepted and ignored, with a warning, so that SPDK's saved
+/// configs load.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NvmeOptions {
+    /// Keep-alive timeout of the admin queue, in milliseconds (0: none).
+    pub keep_alive_timeout_ms: u32,
+    /// Default `ctrlr_loss_timeout_sec` of attached controllers.
+    pub ctrlr_loss_timeout_sec: i64,
+    /// Default `reconnect_delay_sec`.
+    pub reconnect_delay_sec: u64,
+    /// Default `fast_io_fail_timeout_sec`.
+    pub fast_io_fail_timeout_sec: u64,
+    /// Everything else SPDK has (ignored).
+    #[serde(flatten, skip_serializing)]
+    pub other: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Default for NvmeOptions {
+    fn default() -> Self {
+        NvmeOptions {
+            keep_alive_timeout_ms: 10_000,
+            ctrlr_loss_timeout_sec: 0,
+            reconnect_delay_sec: 0,
+            fast_io_fail_timeout_sec: 0,
+            other: serde_json::Map::new(),
+        }
+    }
+}
+
+/// The current application's options.
+#[derive(Default)]
+pub(crate) struct OptionsCell(pub(crate) Mutex<NvmeOptions>);
+
+/// `bdev_nvme_set_options`.
+pub fn set_options(o: NvmeOptions) -> Result<(), Error> {
+    for k in o.other.keys() {
+        tracing::warn!(option = %k, "bdev_nvme_set_options: option not used here, ignored");
+    }
+    let cell = bdev_core::module::app_data::<OptionsCell>()
+        .ok_or(Error::Core(bdev_core::Error::NoThread { op: "nvme" }))?;
+    *cell.0.lock().unwrap_or_else(|e| e.into_inner()) = o;
+    Ok(())
+}
+
+pub(crate) fn options() -> NvmeOptions {
+    bdev_core::module::app_data::<OptionsCell>()
+        .map(|c| c.0.lock().unwrap_or_else(|e| e.into_inner()).clone())
+        .unwrap_or_default()
+}
+
 /// An attached controller.
 pub(crate) struct NvmeCtrlr {
     pub(crate) opts: AttachOpts,
@@ -118,10 +170,13 @@ struct Timeouts {
 
 impl Timeouts {
     fn from(o: &AttachOpts) -> Result<Timeouts, Error> {
+        let g = options();
         let t = Timeouts {
-            ctrlr_loss_sec: o.ctrlr_loss_timeout_sec.unwrap_or(0),
-            reconnect_delay_sec: o.reconnect_delay_sec.unwrap_or(0),
-            fast_io_fail_sec: o.fast_io_fail_timeout_sec.unwrap_or(0),
+            ctrlr_loss_sec: o.ctrlr_loss_timeout_sec.unwrap_or(g.ctrlr_loss_timeout_sec),
+            reconnect_delay_sec: o.reconnect_delay_sec.unwrap_or(g.reconnect_delay_sec),
+            fast_io_fail_sec: o
+                .fast_io_fail_timeout_sec
+                .unwrap_or(g.fast_io_fail_timeout_sec),
         };
         let bad = |m: &str| Err(Error::Protocol(m.to_string()));
         match t.ctrlr_loss_sec {
@@ -269,6 +324,7 @@ impl NvmeCtrlr {
     /// Removes the controller: its bdevs are unregistered (their users see them go).
     async fn remove(&self) {
         self.st().removed = true;
+        self.stop_admin_poller();
         if let Ok(ctrlrs) = Ctrlrs::get() {
             ctrlrs
                 .0
@@ -294,6 +350,106 @@ impl NvmeCtrlr {
                 && st.failed_at.is_some_and(|f| {
                     f.elapsed() > Duration::from_secs(self.timeouts.fast_io_fail_sec)
                 }))
+    }
+}
+
+/// The token of keep-alive commands on the admin queue.
+const KEEP_ALIVE_TOKEN: u64 = u64::MAX;
+
+/// The admin poller's state (on the controller's thread).
+struct AdminPoll {
+    last_sent: Instant,
+    /// A keep-alive in flight since then.
+    outstanding: Option<Instant>,
+    out: Vec<Completion>,
+}
+
+/// Admin pollers by controller name, on the thread that owns them.
+#[derive(Default)]
+struct AdminPollers(RefCell<std::collections::HashMap<String, Poller>>);
+
+impl NvmeCtrlr {
+    /// Starts the admin poller on this (the controller's) thread: it polls the admin
+    /// queue, sends Keep Alive every half KATO, and reports the controller lost when the
+    /// connection fails or a keep-alive goes unanswered for a whole KATO.
+    fn start_admin_poller(self: &Arc<Self>) -> Result<(), Error> {
+        let me = self.clone();
+        let mut ap = AdminPoll {
+            last_sent: Instant::now(),
+            outstanding: None,
+            out: Vec::new(),
+        };
+        let p = Poller::register_us(
+            format!("nvme_admin:{}", self.opts.name),
+            100_000,
+            move || me.admin_tick(&mut ap),
+        )?;
+        let t = bdev_core::thread::current_or("nvme admin poller")?;
+        t.local::<AdminPollers>()
+            .0
+            .borrow_mut()
+            .insert(self.opts.name.clone(), p);
+        Ok(())
+    }
+
+    fn stop_admin_poller(&self) {
+        if let Some(t) = bdev_core::thread::current() {
+            if let Some(p) = t.get_local::<AdminPollers>() {
+                p.0.borrow_mut().remove(&self.opts.name);
+            }
+        }
+    }
+
+    fn admin_tick(self: &Arc<Self>, ap: &mut AdminPoll) -> PollStatus {
+        let (generation, busy) = {
+            let st = self.st();
+            (st.generation, st.reconnecting || st.removed)
+        };
+        if busy {
+            ap.outstanding = None;
+            return PollStatus::Idle;
+        }
+        let kato = Duration::from_millis(self.connect.kato_ms as u64);
+        let Ok(mut g) = self.admin.try_lock() else {
+            return PollStatus::Idle;
+        };
+        let Some(c) = g.as_mut() else {
+            return PollStatus::Idle;
+        };
+        let q = c.admin.qpair();
+        let mut lost = q.poll(&mut ap.out).err();
+        for done in ap.out.drain(..) {
+            if done.token == KEEP_ALIVE_TOKEN {
+                ap.outstanding = None;
+            }
+        }
+        if lost.is_none() && !kato.is_zero() {
+            match ap.outstanding {
+                Some(t) if t.elapsed() > kato => {
+                    lost = Some("keep alive unanswered".into());
+                    q.disconnect("keep alive unanswered");
+                }
+                Some(_) => {}
+                None if ap.last_sent.elapsed() >= kato / 2 => {
+                    let sqe = spec::Sqe::new(spec::admin::KEEP_ALIVE, 0, 0);
+                    match q.submit(sqe, Payload::None, KEEP_ALIVE_TOKEN) {
+                        Ok(()) => {
+                            ap.last_sent = Instant::now();
+                            ap.outstanding = Some(ap.last_sent);
+                        }
+                        Err(e) => lost = Some(e.to_string()),
+                    }
+                }
+                None => {}
+            }
+        }
+        drop(g);
+        if let Some(e) = lost {
+            tracing::warn!(ctrlr = %self.opts.name, "admin queue lost: {e}");
+            ap.outstanding = None;
+            self.report_failure(generation);
+        }
+        PollStatus::Idle
     }
 }
 
@@ -790,7 +946,7 @@ pub async fn attach(o: AttachOpts) -> Result<Vec<String>, Error> {
             header: o.hdgst,
             data: o.ddgst,
         },
-        kato_ms: 0,
+        kato_ms: options().keep_alive_timeout_ms,
         timeout: Duration::from_secs(10),
     };
     let mut c = Controller::connect(connect.clone()).await?;
@@ -863,6 +1019,9 @@ pub async fn attach(o: AttachOpts) -> Result<Vec<String>, Error> {
             Err(e) => tracing::error!(bdev = %name, "registering: {e}"),
         }
     }
+    if let Err(e) = ctrlr.start_admin_poller() {
+        tracing::error!(ctrlr = %o.name, "admin poller: {e}");
+    }
     ctrlrs
         .0
         .lock()
@@ -882,6 +1041,8 @@ pub async fn detach(name: &str) -> Result<(), Error> {
             .ok_or_else(|| Error::Protocol(format!("controller {name} not found")))?;
         l.remove(i)
     };
+    c.st().removed = true;
+    c.stop_admin_poller();
     let bdevs: Vec<Bdev> = std::mem::take(&mut *c.bdevs.lock().unwrap_or_else(|e| e.into_inner()));
     for b in bdevs {
         if let Err(e) = b.unregister_async().await {
@@ -913,4 +1074,78 @@ pub fn controllers(name: Option<&str>) -> Result<Vec<serde_json::Value>, Error> 
             })
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(loss: Option<i64>, delay: Option<u64>, fio: Option<u64>) -> AttachOpts {
+        AttachOpts {
+            name: "N".into(),
+            trtype: "tcp".into(),
+            traddr: "127.0.0.1".into(),
+            adrfam: None,
+            trsvcid: Some("4420".into()),
+            subnqn: Some("nqn.x".into()),
+            hostnqn: None,
+            hdgst: false,
+            ddgst: false,
+            ctrlr_loss_timeout_sec: loss,
+            reconnect_delay_sec: delay,
+            fast_io_fail_timeout_sec: fio,
+        }
+    }
+
+    #[test]
+    fn timeouts_are_checked_as_spdk_checks_them() {
+        for (loss, delay, fio, ok) in [
+            (None, None, None, true),
+            (Some(0), Some(1), None, false),
+            (Some(0), None, Some(1), false),
+            (Some(-1), Some(2), None, true),
+            (Some(-1), None, None, false),
+            (Some(-2), Some(1), None, false),
+            (Some(10), Some(2), Some(5), true),
+            (Some(10), Some(0), None, false),
+            (Some(10), Some(20), None, false),
+            (Some(10), Some(5), Some(2), false),
+            (Some(10), Some(5), Some(11), false),
+        ] {
+            let r = Timeouts::from(&opts(loss, delay, fio));
+            assert_eq!(r.is_ok(), ok, "{loss:?} {delay:?} {fio:?}: {r:?}");
+        }
+    }
+
+    #[test]
+    fn addresses_and_transports_are_checked() {
+        let mut o = opts(None, None, None);
+        assert!(resolve(&o).is_ok());
+        o.trtype = "rdma".into();
+        assert!(
+            resolve(&o)
+                .unwrap_err()
+                .to_string()
+                .contains("not supported")
+        );
+        o.trtype = "TCP".into();
+        o.trsvcid = Some("port".into());
+        assert!(
+            resolve(&o)
+                .unwrap_err()
+                .to_string()
+                .contains("not a port number")
+        );
+    }
+
+    #[test]
+    fn spdk_options_load_and_unknown_ones_are_kept_aside() {
+        let o: NvmeOptions = serde_json::from_value(serde_json::json!({
+            "keep_alive_timeout_ms": 5000, "action_on_timeout": "none", "bdev_retry_count": 3}))
+        .unwrap();
+        assert_eq!(o.keep_alive_timeout_ms, 5000);
+        assert_eq!(o.other.len(), 2);
+        let back = serde_json::to_value(&o).unwrap();
+        assert!(back.get("action_on_timeout").is_none());
+    }
 }

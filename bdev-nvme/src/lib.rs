@@ -79,6 +79,11 @@ impl BdevModule for NvmeModule {
                 Ok(Value::Bool(true))
             })
         });
+        m.register_sync("bdev_nvme_set_options", |p| {
+            let o: bdev::NvmeOptions = parse_params("bdev_nvme_set_options", p)?;
+            bdev::set_options(o).map_err(|e| e.rpc("bdev_nvme_set_options"))?;
+            Ok(Value::Bool(true))
+        });
         m.register_sync("bdev_nvme_get_controllers", |p| {
             let o: OptName = match p {
                 None | Some(Value::Null) => OptName::default(),
@@ -94,6 +99,16 @@ impl BdevModule for NvmeModule {
             }
             Ok(Value::Array(list))
         });
+    }
+
+    fn config_json(&self) -> Vec<Value> {
+        vec![Self::options_json()]
+    }
+}
+
+impl NvmeModule {
+    fn options_json() -> Value {
+        serde_json::json!({"method": "bdev_nvme_set_options", "params": bdev::options()})
     }
 }
 

@@ -106,6 +106,11 @@ fn verify_over_nvme_tcp_with_and_without_digests() {
             .collect();
         let (iops, fails): (f64, f64) = (cols[0].parse().unwrap(), cols[2].parse().unwrap());
         assert!(iops > 0.0 && fails == 0.0, "digests {hd}/{dd}: {out}");
+        // 20 s is twice the keep-alive timeout: keep-alives kept the controller.
+        assert!(
+            !out.contains("lost") && !out.contains("reconnected"),
+            "{out}"
+        );
         eprintln!("verify over NVMe/TCP, digests {hd}/{dd}: {total}");
     }
     // Connections cut twice during verify: the controller reconnects, the I/O in flight
