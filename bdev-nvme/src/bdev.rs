@@ -9,8 +9,9 @@
 //! copied out to the caller's buffers on completion, writes copied in before sending,
 //! since the TCP transport copies to and from the socket anyway.
 //!
-//! Still to come (issue 7): keep-alive and asynchronous events on a timed admin poller,
-//! reconnection after a lost connection with SPDK's three timeouts, reset, discovery RPCs.
+//! The controller's thread runs a timed admin poller: keep-alive, asynchronous events
+//! (namespaces added, removed, resized), and the reconnection after a lost connection
+//! with SPDK's three timeouts. Still to come (issue 7): abort, reset, discovery RPCs.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -141,6 +142,10 @@ pub(crate) struct NvmeCtrlr {
     ctl_thread: ThreadHandle,
     state: Mutex<CtrlState>,
     timeouts: Timeouts,
+    /// From Identify Controller: optional commands, volatile write cache, MDTS.
+    oncs: u16,
+    vwc: bool,
+    mdts: u8,
 }
 
 /// Where a controller stands after a lost connection (SPDK's reconnect logic).
@@ -355,12 +360,18 @@ impl NvmeCtrlr {
 
 /// The token of keep-alive commands on the admin queue.
 const KEEP_ALIVE_TOKEN: u64 = u64::MAX;
+/// The token of asynchronous event requests.
+const AER_TOKEN: u64 = u64::MAX - 1;
+/// Asynchronous event requests kept outstanding.
+const AERS: u32 = 4;
 
 /// The admin poller's state (on the controller's thread).
 struct AdminPoll {
     last_sent: Instant,
     /// A keep-alive in flight since then.
     outstanding: Option<Instant>,
+    /// Asynchronous event requests outstanding.
+    aers: u32,
     out: Vec<Completion>,
 }
 
@@ -377,6 +388,7 @@ impl NvmeCtrlr {
         let mut ap = AdminPoll {
             last_sent: Instant::now(),
             outstanding: None,
+            aers: 0,
             out: Vec::new(),
         };
         let p = Poller::register_us(
@@ -407,6 +419,7 @@ impl NvmeCtrlr {
         };
         if busy {
             ap.outstanding = None;
+            ap.aers = 0;
             return PollStatus::Idle;
         }
         let kato = Duration::from_millis(self.connect.kato_ms as u64);
@@ -416,11 +429,29 @@ impl NvmeCtrlr {
         let Some(c) = g.as_mut() else {
             return PollStatus::Idle;
         };
+        let aerl = (c.id.aerl as u32 + 1).min(AERS);
         let q = c.admin.qpair();
         let mut lost = q.poll(&mut ap.out).err();
+        let mut rescan = false;
         for done in ap.out.drain(..) {
             if done.token == KEEP_ALIVE_TOKEN {
                 ap.outstanding = None;
+            } else if done.token == AER_TOKEN {
+                ap.aers = ap.aers.saturating_sub(1);
+                // Notice (type 2), namespace attribute changed (info 0).
+                let (ty, info) = (done.dw0 & 7, (done.dw0 >> 8) & 0xff);
+                if done.status.is_success() {
+                    tracing::info!(ctrlr = %self.opts.name, ty, info, "asynchronous event");
+                    rescan |= ty == 2 && info == 0;
+                }
+            }
+        }
+        while lost.is_none() && !rescan && ap.aers < aerl {
+            let sqe = spec::Sqe::new(spec::admin::ASYNC_EVENT_REQUEST, 0, 0);
+            match q.submit(sqe, Payload::None, AER_TOKEN) {
+                Ok(()) => ap.aers += 1,
+                Err(SubmitError::Full(..)) => break,
+                Err(e) => lost = Some(e.to_string()),
             }
         }
         if lost.is_none() && !kato.is_zero() {
@@ -444,12 +475,127 @@ impl NvmeCtrlr {
             }
         }
         drop(g);
+        if rescan && lost.is_none() {
+            // The controller leaves the mutex while the rescan's commands run: this
+            // poller idles meanwhile, and re-arms the event requests afterwards.
+            ap.aers = 0;
+            ap.outstanding = None;
+            let me = self.clone();
+            if let Err(e) = bdev_core::thread::spawn_local(async move { me.rescan().await }) {
+                tracing::warn!("nvme rescan: {e}");
+            }
+        }
         if let Some(e) = lost {
             tracing::warn!(ctrlr = %self.opts.name, "admin queue lost: {e}");
             ap.outstanding = None;
             self.report_failure(generation);
         }
         PollStatus::Idle
+    }
+}
+
+impl NvmeCtrlr {
+    /// Registers the bdev of namespace `nsid`; its name, or None (logged) when it can't.
+    fn register_ns(self: &Arc<Self>, nsid: u32, ns: &IdentifyNamespace) -> Option<String> {
+        let Some(bs) = ns.block_size() else {
+            tracing::warn!(nsid, "namespace with an unusable format skipped");
+            return None;
+        };
+        let name = format!("{}n{nsid}", self.opts.name);
+        let uuid = (ns.nguid != [0; 16]).then(|| Uuid::from_bytes(ns.nguid));
+        let mut props = BdevProps::new(&name, bs, ns.nsze.get())
+            .product_name("NVMe disk")
+            .uuid(uuid)
+            .write_cache(self.vwc);
+        if self.mdts != 0 {
+            // MDTS in units of the minimum page (4 KiB here).
+            let max = ((4096u64 << self.mdts.min(20)) / bs as u64).min(u32::MAX as u64) as u32;
+            props = props.max_rw_size(max);
+        }
+        let ops = Arc::new(NsBdev {
+            ctrlr: self.clone(),
+            nsid,
+            oncs: self.oncs,
+        });
+        match bdev::register(props, ops) {
+            Ok(b) => {
+                self.bdevs.lock().unwrap_or_else(|e| e.into_inner()).push(b);
+                Some(name)
+            }
+            Err(e) => {
+                tracing::error!(bdev = %name, "registering: {e}");
+                None
+            }
+        }
+    }
+
+    /// After a namespace change event: reads (and so clears) the changed namespace list,
+    /// then adds a bdev for each new namespace, removes those of namespaces gone, and
+    /// resizes those whose size changed.
+    async fn rescan(self: Arc<Self>) {
+        let taken = self.admin.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(mut c) = taken else { return };
+        let r = async {
+            let buf = bdev_core::dma::DmaBuf::new(4096, 4096)?;
+            c.admin
+                .cmd(
+                    "Get Log Page Changed Namespaces",
+                    spec::get_log_page(0, spec::lid::CHANGED_NS_LIST, 0, 4096, 0),
+                    Payload::In(buf, 4096),
+                )
+                .await?;
+            let active = c.active_namespaces().await?;
+            let prefix = format!("{}n", self.opts.name);
+            let current: Vec<(u32, Bdev)> = self
+                .bdevs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .filter_map(|b| {
+                    b.name()
+                        .strip_prefix(&prefix)
+                        .and_then(|n| n.parse().ok())
+                        .map(|n| (n, b.clone()))
+                })
+                .collect();
+            for (nsid, b) in &current {
+                if !active.contains(nsid) {
+                    tracing::info!(bdev = %b.name(), "namespace removed");
+                    self.bdevs
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .retain(|x| x.name() != b.name());
+                    if let Err(e) = b.unregister_async().await {
+                        tracing::warn!(bdev = %b.name(), "{e}");
+                    }
+                } else {
+                    let ns = c.identify_ns(*nsid).await?;
+                    if ns.nsze.get() != b.num_blocks() {
+                        tracing::info!(bdev = %b.name(), blocks = ns.nsze.get(), "namespace resized");
+                        if let Err(e) = b.notify_blockcnt_change(ns.nsze.get()) {
+                            tracing::warn!(bdev = %b.name(), "{e}");
+                        }
+                    }
+                }
+            }
+            for nsid in active {
+                if !current.iter().any(|(n, _)| *n == nsid) {
+                    let ns = c.identify_ns(nsid).await?;
+                    if let Some(name) = self.register_ns(nsid, &ns) {
+                        tracing::info!(bdev = %name, "namespace added");
+                    }
+                }
+            }
+            Ok::<(), Error>(())
+        }
+        .await;
+        if let Err(e) = r {
+            tracing::warn!(ctrlr = %self.opts.name, "namespace rescan: {e}");
+        }
+        let mut g = self.admin.lock().unwrap_or_else(|e| e.into_inner());
+        if g.is_none() && !self.st().removed {
+            *g = Some(c);
+        }
     }
 }
 
@@ -982,41 +1128,16 @@ pub async fn attach(o: AttachOpts) -> Result<Vec<String>, Error> {
                 ..Default::default()
             }),
             timeouts,
+            oncs: oncs_v,
+            vwc,
+            mdts,
         }
     });
     *ctrlr.admin.lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
     let mut names = Vec::new();
     for (nsid, ns) in namespaces {
-        let Some(bs) = ns.block_size() else {
-            tracing::warn!(nsid, "namespace with an unusable format skipped");
-            continue;
-        };
-        let name = format!("{}n{nsid}", o.name);
-        let uuid = (ns.nguid != [0; 16]).then(|| Uuid::from_bytes(ns.nguid));
-        let mut props = BdevProps::new(&name, bs, ns.nsze.get())
-            .product_name("NVMe disk")
-            .uuid(uuid)
-            .write_cache(vwc);
-        if mdts != 0 {
-            // MDTS in units of the minimum page (4 KiB here).
-            let max = ((4096u64 << mdts.min(20)) / bs as u64).min(u32::MAX as u64) as u32;
-            props = props.max_rw_size(max);
-        }
-        let ops = Arc::new(NsBdev {
-            ctrlr: ctrlr.clone(),
-            nsid,
-            oncs: oncs_v,
-        });
-        match bdev::register(props, ops) {
-            Ok(b) => {
-                ctrlr
-                    .bdevs
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(b);
-                names.push(name);
-            }
-            Err(e) => tracing::error!(bdev = %name, "registering: {e}"),
+        if let Some(n) = ctrlr.register_ns(nsid, &ns) {
+            names.push(n);
         }
     }
     if let Err(e) = ctrlr.start_admin_poller() {

@@ -192,6 +192,9 @@ fn verify_over_nvme_tcp_with_and_without_digests() {
         assert!(!o.status.success() && out.contains(want), "{out}");
         assert!(!out.contains("panicked"), "{out}");
     }
+    // Namespaces added and removed at the target: asynchronous events bring the bdev
+    // and take it away, in the daemon.
+    namespace_events(&target);
     // The target gone for longer than ctrlr_loss_timeout_sec: the controller and its
     // bdev go, bdevperf reports the failure and exits, long before its 60 s.
     let cfg = config_with(
@@ -214,4 +217,97 @@ fn verify_over_nvme_tcp_with_and_without_digests() {
     assert!(out.contains("controller lost for good"), "{out}");
     assert!(!out.contains("panicked"), "{out}");
     eprintln!("target gone: bdevperf ended after {:?}", started.elapsed());
+}
+
+/// One JSON-RPC call to the daemon at `sock`.
+fn rpc(sock: &std::path::Path, method: &str, params: serde_json::Value) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let mut req = json!({"jsonrpc": "2.0", "method": method, "id": 1});
+    if !params.is_null() {
+        req["params"] = params;
+    }
+    s.write_all(req.to_string().as_bytes()).unwrap();
+    let mut buf = Vec::new();
+    loop {
+        let mut chunk = [0u8; 65536];
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "daemon closed the connection");
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(Ok(v)) = serde_json::Deserializer::from_slice(&buf)
+            .into_iter::<serde_json::Value>()
+            .next()
+        {
+            return v;
+        }
+    }
+}
+
+fn bdev_names(sock: &std::path::Path) -> Vec<String> {
+    rpc(sock, "bdev_get_bdevs", serde_json::Value::Null)["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn wait_for(sock: &std::path::Path, what: &str, present: bool) {
+    let t = std::time::Instant::now();
+    while bdev_names(sock).iter().any(|n| n == what) != present {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(20),
+            "{what} present={present} never happened"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+fn namespace_events(target: &vm::TcpTarget) {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let sock = dir.join(format!("nvme-aer-{}.sock", std::process::id()));
+    let mut d = Command::new(env!("CARGO_BIN_EXE_bdevd"))
+        .args(["-r", sock.to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+        assert!(t.elapsed() < std::time::Duration::from_secs(20));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let v = rpc(
+        &sock,
+        "bdev_nvme_attach_controller",
+        json!({
+        "name": "E0", "trtype": "tcp", "traddr": "127.0.0.1",
+        "trsvcid": target.port.to_string(), "subnqn": vm::SUBNQN}),
+    );
+    assert_eq!(v["result"], json!(["E0n1", "E0n2"]), "{v}");
+    let ns = format!(
+        "/sys/kernel/config/nvmet/subsystems/{}/namespaces/3",
+        vm::SUBNQN
+    );
+    target
+        .exec(&format!(
+            "truncate -s 64M /tmp/ns3.img && mkdir -p {ns} && echo /tmp/ns3.img > {ns}/device_path && echo 1 > {ns}/buffered_io && echo 1 > {ns}/enable"
+        ))
+        .expect("add a namespace");
+    wait_for(&sock, "E0n3", true);
+    target
+        .exec(&format!("echo 0 > {ns}/enable && rmdir {ns}"))
+        .expect("remove the namespace");
+    wait_for(&sock, "E0n3", false);
+    let v = rpc(&sock, "bdev_nvme_detach_controller", json!({"name": "E0"}));
+    assert_eq!(v["result"], true, "{v}");
+    assert!(!bdev_names(&sock).iter().any(|n| n.starts_with("E0")));
+    let _ = Command::new("kill")
+        .args(["-TERM", &d.id().to_string()])
+        .status();
+    let st = d.wait().unwrap();
+    assert!(st.success(), "{st:?}");
 }

@@ -122,6 +122,29 @@ impl TcpTarget {
             .unwrap_or_default()
     }
 
+    /// Runs a shell command in the guest (over its serial console, `vmexec.py`); its
+    /// output, or why it failed.
+    pub fn exec(&self, cmd: &str) -> Result<String, String> {
+        let out = Command::new("python3")
+            .arg(scripts_dir().join("vmexec.py"))
+            .arg(&self.name)
+            .arg(cmd)
+            .arg("60")
+            .env("BDEV_VMLAB", lab_dir())
+            .output()
+            .map_err(|e| format!("vmexec: {e}"))?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() {
+            Ok(text)
+        } else {
+            Err(format!(
+                "guest command '{cmd}' failed ({}): {text}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+
     /// Stops the guest now (dropping the target does the same, ignoring errors).
     /// Calling it again does nothing.
     pub fn stop(&mut self) -> Result<(), String> {
