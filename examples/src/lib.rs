@@ -13,6 +13,19 @@ use bdev_core::bdev::BdevOpts;
 use bdev_core::config::ConfigFile;
 use bdev_core::thread;
 
+/// Adds every module this project has (malloc/null, passthru/error/delay, aio/uring, raid,
+/// crypto, nvme) to the current application and their methods to `m`: the one list the
+/// binaries share.
+pub fn register_modules(m: &mut bdev_core::config::Methods) -> Result<(), String> {
+    let e = |e: bdev_core::Error| e.to_string();
+    bdev_malloc::register(m).map_err(e)?;
+    bdev_vbdev::register(m).map_err(e)?;
+    bdev_aio::register(m).map_err(e)?;
+    bdev_raid::register(m).map_err(e)?;
+    bdev_crypto::register(m).map_err(e)?;
+    bdev_nvme::register(m).map_err(e)
+}
+
 /// Prints `name: msg` and exits with 1.
 pub fn fail(name: &str, msg: &str) -> ! {
     eprintln!("{name}: {msg}");

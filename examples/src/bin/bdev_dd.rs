@@ -154,12 +154,7 @@ impl End {
 async fn dd(cli: Cli) -> Result<u64, String> {
     if let Some(path) = &cli.config {
         let mut m = Methods::new();
-        bdev_malloc::register(&mut m).map_err(|e| e.to_string())?;
-        bdev_vbdev::register(&mut m).map_err(|e| e.to_string())?;
-        bdev_aio::register(&mut m).map_err(|e| e.to_string())?;
-        bdev_raid::register(&mut m).map_err(|e| e.to_string())?;
-        bdev_crypto::register(&mut m).map_err(|e| e.to_string())?;
-        bdev_nvme::register(&mut m).map_err(|e| e.to_string())?;
+        bdev_examples::register_modules(&mut m)?;
         ConfigFile::read(path)
             .map_err(|e| e.to_string())?
             .load(&m)

@@ -51,12 +51,7 @@ fn main() {
 /// The methods bdevd serves: the bdev layer's, each module's, and the application's own.
 fn methods(stop: Arc<AtomicBool>) -> Result<Rc<Methods>, String> {
     let mut m = Methods::new();
-    bdev_malloc::register(&mut m).map_err(|e| e.to_string())?;
-    bdev_vbdev::register(&mut m).map_err(|e| e.to_string())?;
-    bdev_aio::register(&mut m).map_err(|e| e.to_string())?;
-    bdev_raid::register(&mut m).map_err(|e| e.to_string())?;
-    bdev_crypto::register(&mut m).map_err(|e| e.to_string())?;
-    bdev_nvme::register(&mut m).map_err(|e| e.to_string())?;
+    bdev_examples::register_modules(&mut m)?;
     m.register_sync("spdk_get_version", |_| {
         Ok(json!({
             "version": format!("bdev-rs v{} (SPDK v24.09 RPC)", env!("CARGO_PKG_VERSION")),

@@ -27,12 +27,7 @@ async fn hello(cli: Cli) -> Result<String, String> {
     match &cli.config {
         Some(path) => {
             let mut m = Methods::new();
-            bdev_malloc::register(&mut m).map_err(|e| e.to_string())?;
-            bdev_vbdev::register(&mut m).map_err(|e| e.to_string())?;
-            bdev_aio::register(&mut m).map_err(|e| e.to_string())?;
-            bdev_raid::register(&mut m).map_err(|e| e.to_string())?;
-            bdev_crypto::register(&mut m).map_err(|e| e.to_string())?;
-            bdev_nvme::register(&mut m).map_err(|e| e.to_string())?;
+            bdev_examples::register_modules(&mut m)?;
             ConfigFile::read(path)
                 .map_err(|e| e.to_string())?
                 .load(&m)

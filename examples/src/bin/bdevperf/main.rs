@@ -67,12 +67,7 @@ async fn run(
     signal: Arc<AtomicBool>,
 ) -> Result<i32, String> {
     let mut methods = Methods::new();
-    bdev_malloc::register(&mut methods).map_err(|e| e.to_string())?;
-    bdev_vbdev::register(&mut methods).map_err(|e| e.to_string())?;
-    bdev_aio::register(&mut methods).map_err(|e| e.to_string())?;
-    bdev_raid::register(&mut methods).map_err(|e| e.to_string())?;
-    bdev_crypto::register(&mut methods).map_err(|e| e.to_string())?;
-    bdev_nvme::register(&mut methods).map_err(|e| e.to_string())?;
+    bdev_examples::register_modules(&mut methods)?;
     match &config {
         Some(c) => c.load(&methods).await.map_err(|e| e.to_string())?,
         None => {
