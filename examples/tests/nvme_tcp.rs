@@ -265,16 +265,28 @@ fn wait_for(sock: &std::path::Path, what: &str, present: bool) {
     }
 }
 
+/// A daemon stopped however the test ends (a failed assertion included).
+struct Daemon(std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn namespace_events(target: &vm::TcpTarget) {
     let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let sock = dir.join(format!("nvme-aer-{}.sock", std::process::id()));
-    let mut d = Command::new(env!("CARGO_BIN_EXE_bdevd"))
-        .args(["-r", sock.to_str().unwrap()])
-        .env_remove("RUST_LOG")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut d = Daemon(
+        Command::new(env!("CARGO_BIN_EXE_bdevd"))
+            .args(["-r", sock.to_str().unwrap()])
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let t = std::time::Instant::now();
     while std::os::unix::net::UnixStream::connect(&sock).is_err() {
         assert!(t.elapsed() < std::time::Duration::from_secs(20));
@@ -306,8 +318,8 @@ fn namespace_events(target: &vm::TcpTarget) {
     assert_eq!(v["result"], true, "{v}");
     assert!(!bdev_names(&sock).iter().any(|n| n.starts_with("E0")));
     let _ = Command::new("kill")
-        .args(["-TERM", &d.id().to_string()])
+        .args(["-TERM", &d.0.id().to_string()])
         .status();
-    let st = d.wait().unwrap();
+    let st = d.0.wait().unwrap();
     assert!(st.success(), "{st:?}");
 }
