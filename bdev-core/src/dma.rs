@@ -451,3 +451,56 @@ mod tests {
         ));
     }
 }
+
+/// Per-thread pool of [`DmaBuf`]s in power-of-two size classes (4 KiB to 64 MiB), for a
+/// module that needs a buffer of its own per I/O (an encrypted write, a transport's
+/// bounce): buffers given back are kept (up to 256 per class) and handed out again, so
+/// the steady state allocates nothing. Larger requests get a buffer of their own size,
+/// not kept. Not `Sync`: one per channel.
+#[derive(Debug)]
+pub struct BufPool {
+    classes: std::cell::RefCell<Vec<Vec<DmaBuf>>>,
+    align: usize,
+}
+
+impl BufPool {
+    const CLASSES: usize = 15;
+    const KEEP: usize = 256;
+
+    /// A pool of buffers aligned to `align` bytes.
+    pub fn new(align: usize) -> BufPool {
+        BufPool {
+            classes: std::cell::RefCell::new((0..Self::CLASSES).map(|_| Vec::new()).collect()),
+            align,
+        }
+    }
+
+    fn class(len: usize) -> usize {
+        (len.max(4096).next_power_of_two().trailing_zeros() - 12) as usize
+    }
+
+    /// A buffer of at least `len` bytes.
+    pub fn take(&self, len: usize) -> Result<DmaBuf> {
+        let c = Self::class(len);
+        if c >= Self::CLASSES {
+            return DmaBuf::new(len, self.align);
+        }
+        if let Some(b) = self.classes.borrow_mut()[c].pop() {
+            return Ok(b);
+        }
+        DmaBuf::new(4096 << c, self.align)
+    }
+
+    /// Gives a buffer back (kept if it came from the pool's classes).
+    pub fn give(&self, b: DmaBuf) {
+        let len = b.len();
+        if !len.is_power_of_two() || len < 4096 {
+            return;
+        }
+        let c = Self::class(len);
+        let mut classes = self.classes.borrow_mut();
+        if c < Self::CLASSES && classes[c].len() < Self::KEEP {
+            classes[c].push(b);
+        }
+    }
+}

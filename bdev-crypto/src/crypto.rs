@@ -22,7 +22,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use bdev_core::bdev::{self, Bdev, BdevChannel, BdevIo, BdevOps, Desc, DestructDone, IoType};
-use bdev_core::dma::DmaBuf;
+use bdev_core::dma::BufPool;
 use bdev_core::vbdev::{BaseLink, Configs, VbdevConfig};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -57,46 +57,6 @@ impl VbdevConfig for CryptoOpts {
     }
 }
 
-/// Buffers for encrypted writes, by size class (powers of two from 4 KiB).
-struct Pool {
-    classes: RefCell<Vec<Vec<DmaBuf>>>,
-    align: usize,
-}
-
-/// Size classes pooled: 4 KiB to 64 MiB; larger writes allocate their buffer.
-const CLASSES: usize = 15;
-/// Buffers kept per class.
-const KEEP: usize = 256;
-
-impl Pool {
-    fn class(len: usize) -> usize {
-        (len.max(4096).next_power_of_two().trailing_zeros() - 12) as usize
-    }
-
-    fn take(&self, len: usize) -> Result<DmaBuf, bdev_core::Error> {
-        let c = Self::class(len);
-        if c < CLASSES {
-            if let Some(b) = self.classes.borrow_mut()[c].pop() {
-                return Ok(b);
-            }
-            return DmaBuf::new(4096 << c, self.align);
-        }
-        DmaBuf::new(len, self.align)
-    }
-
-    fn give(&self, b: DmaBuf) {
-        let len = b.len();
-        if !len.is_power_of_two() {
-            return;
-        }
-        let c = Self::class(len);
-        let mut classes = self.classes.borrow_mut();
-        if c < CLASSES && classes[c].len() < KEEP {
-            classes[c].push(b);
-        }
-    }
-}
-
 /// One crypto bdev: what every thread shares.
 struct Crypto {
     opts: CryptoOpts,
@@ -110,7 +70,7 @@ pub(crate) struct Chan {
     desc: Arc<Desc>,
     base: BdevChannel,
     key: Arc<CryptoKey>,
-    pool: Pool,
+    pool: BufPool,
     /// For reads whose segments split a block: the whole I/O, gathered.
     scratch: RefCell<Vec<u8>>,
 }
@@ -128,10 +88,7 @@ impl BdevOps for Crypto {
             desc,
             base,
             key: self.key.clone(),
-            pool: Pool {
-                classes: RefCell::new((0..CLASSES).map(|_| Vec::new()).collect()),
-                align: self.base.buf_align().max(4096),
-            },
+            pool: BufPool::new(self.base.buf_align().max(4096)),
             scratch: RefCell::new(Vec::new()),
         }))
     }

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bdev_core::bdev::{self, Bdev, BdevIo, BdevOps, BdevProps, DestructDone, IoStatus, IoType};
-use bdev_core::dma::DmaBuf;
+use bdev_core::dma::BufPool;
 use bdev_core::thread::{IoChannel, IoDevice, PollStatus, Poller, ThreadHandle};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -620,37 +620,6 @@ struct NsBdev {
     oncs: u16,
 }
 
-/// Buffers by size class (powers of two from 4 KiB).
-#[derive(Default)]
-struct Pool(RefCell<Vec<Vec<DmaBuf>>>);
-
-impl Pool {
-    fn take(&self, len: usize) -> Result<DmaBuf, bdev_core::Error> {
-        let c = (len.max(4096).next_power_of_two().trailing_zeros() - 12) as usize;
-        let mut p = self.0.borrow_mut();
-        if p.len() <= c {
-            p.resize_with(c + 1, Vec::new);
-        }
-        match p[c].pop() {
-            Some(b) => Ok(b),
-            None => DmaBuf::new(4096 << c, 4096),
-        }
-    }
-    fn give(&self, b: DmaBuf) {
-        if !b.len().is_power_of_two() || b.len() < 4096 {
-            return;
-        }
-        let c = (b.len().trailing_zeros() - 12) as usize;
-        let mut p = self.0.borrow_mut();
-        if p.len() <= c {
-            p.resize_with(c + 1, Vec::new);
-        }
-        if p[c].len() < 256 {
-            p[c].push(b);
-        }
-    }
-}
-
 /// A thread's channel to a controller: its state, and the poller that drives it (the
 /// poller holds the state, not the channel, so dropping the channel stops both).
 pub(crate) struct Chan {
@@ -689,7 +658,7 @@ pub(crate) struct ChanState {
     waiting: RefCell<VecDeque<(u32, BdevIo)>>,
     inflight: RefCell<slab::Slab<(u32, BdevIo)>>,
     done: RefCell<Vec<Completion>>,
-    pool: Pool,
+    pool: BufPool,
     connecting: Cell<bool>,
 }
 
@@ -727,7 +696,7 @@ impl ChanState {
             waiting: RefCell::new(VecDeque::new()),
             inflight: RefCell::new(slab::Slab::new()),
             done: RefCell::new(Vec::new()),
-            pool: Pool::default(),
+            pool: BufPool::new(4096),
             connecting: Cell::new(false),
         }
     }
