@@ -11,7 +11,7 @@
 //!
 //! The controller's thread runs a timed admin poller: keep-alive, asynchronous events
 //! (namespaces added, removed, resized), and the reconnection after a lost connection
-//! with SPDK's three timeouts. Still to come (issue 7): abort, reset, discovery RPCs.
+//! with SPDK's three timeouts; controller resets (a bdev reset, `bdev_nvme_reset_controller`).
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -88,6 +88,11 @@ pub struct NvmeOptions {
     pub reconnect_delay_sec: u64,
     /// Default `fast_io_fail_timeout_sec`.
     pub fast_io_fail_timeout_sec: u64,
+    /// I/O outstanding longer than this (microseconds; 0: never) has timed out.
+    pub timeout_us: u64,
+    /// What a timed-out I/O brings: "none" (a warning), "abort" (an Abort command for
+    /// it; the controller is reset if the Abort fails) or "reset" (the controller).
+    pub action_on_timeout: String,
     /// Everything else SPDK has (ignored).
     #[serde(flatten, skip_serializing)]
     pub other: serde_json::Map<String, serde_json::Value>,
@@ -100,6 +105,8 @@ impl Default for NvmeOptions {
             ctrlr_loss_timeout_sec: 0,
             reconnect_delay_sec: 0,
             fast_io_fail_timeout_sec: 0,
+            timeout_us: 0,
+            action_on_timeout: "none".into(),
             other: serde_json::Map::new(),
         }
     }
@@ -111,6 +118,12 @@ pub(crate) struct OptionsCell(pub(crate) Mutex<NvmeOptions>);
 
 /// `bdev_nvme_set_options`.
 pub fn set_options(o: NvmeOptions) -> Result<(), Error> {
+    if !matches!(o.action_on_timeout.as_str(), "none" | "abort" | "reset") {
+        return Err(Error::Protocol(format!(
+            "action_on_timeout must be none, abort or reset, not {}",
+            o.action_on_timeout
+        )));
+    }
     for k in o.other.keys() {
         tracing::warn!(option = %k, "bdev_nvme_set_options: option not used here, ignored");
     }
@@ -142,10 +155,23 @@ pub(crate) struct NvmeCtrlr {
     ctl_thread: ThreadHandle,
     state: Mutex<CtrlState>,
     timeouts: Timeouts,
+    /// Attached by a discovery service (which saves its own config).
+    from_discovery: bool,
+    /// I/O timeout in ticks (0: none) and what it brings.
+    io_timeout: u64,
+    on_timeout: OnTimeout,
     /// From Identify Controller: optional commands, volatile write cache, MDTS.
     oncs: u16,
     vwc: bool,
     mdts: u8,
+}
+
+/// What an I/O timeout brings (SPDK's `action_on_timeout`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OnTimeout {
+    None,
+    Abort,
+    Reset,
 }
 
 /// Where a controller stands after a lost connection (SPDK's reconnect logic).
@@ -165,7 +191,7 @@ struct CtrlState {
 
 /// SPDK's three timeouts, checked at attach as SPDK checks them.
 #[derive(Clone, Copy, Debug)]
-struct Timeouts {
+pub(crate) struct Timeouts {
     /// -1: reconnect forever; 0: one attempt, then remove.
     ctrlr_loss_sec: i64,
     reconnect_delay_sec: u64,
@@ -303,25 +329,166 @@ impl NvmeCtrlr {
                 }
             }
             attempt += 1;
-            let mut o = self.connect.clone();
-            o.timeout = Duration::from_secs(t.reconnect_delay_sec.clamp(1, 10));
-            match Controller::connect(o).await {
-                Ok(mut c) => {
-                    if let Err(e) = c.set_num_queues(64).await {
-                        tracing::warn!(ctrlr = %self.opts.name, "reconnect: {e}");
-                        continue;
-                    }
-                    let cntlid = c.cntlid;
-                    *self.admin.lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
-                    let mut st = self.st();
-                    st.cntlid = cntlid;
-                    st.generation += 1;
-                    st.failed_at = None;
-                    st.reconnecting = false;
+            let timeout = Duration::from_secs(t.reconnect_delay_sec.clamp(1, 10));
+            match self.connect_again(timeout).await {
+                Ok(()) => {
                     tracing::warn!(ctrlr = %self.opts.name, attempt, "controller reconnected");
+                    self.reconnect_channels();
                     return;
                 }
                 Err(e) => tracing::warn!(ctrlr = %self.opts.name, attempt, "reconnect failed: {e}"),
+            }
+        }
+    }
+
+    /// Connects a new admin queue (a new association: on fabrics, that is what a
+    /// controller reset is) and makes it the controller's; channels see a new
+    /// generation and connect their queue pairs again.
+    async fn connect_again(&self, timeout: Duration) -> Result<(), Error> {
+        let mut o = self.connect.clone();
+        o.timeout = timeout;
+        let mut c = Controller::connect(o).await?;
+        c.set_num_queues(64).await?;
+        let cntlid = c.cntlid;
+        *self.admin.lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
+        let mut st = self.st();
+        st.cntlid = cntlid;
+        st.generation += 1;
+        st.failed_at = None;
+        st.reconnecting = false;
+        Ok(())
+    }
+
+    /// Visits every channel with `f` (on its thread) and waits for the visits to end.
+    async fn each_channel(&self, f: fn(&Rc<ChanState>)) {
+        let (tx, rx) = bdev_core::oneshot::channel();
+        let r = self.dev.for_each_channel(
+            move |ch, next| {
+                f(&ch.st);
+                next.next(Ok(()));
+            },
+            move |_| tx.send(()),
+        );
+        if r.is_ok() {
+            rx.await;
+        }
+    }
+
+    /// After a reconnection: every channel without a queue pair connects one now, so
+    /// that the first I/O does not wait for it.
+    fn reconnect_channels(self: &Arc<Self>) {
+        let me = self.clone();
+        let r = bdev_core::thread::spawn_local(async move {
+            me.each_channel(|st| {
+                if st.qpair.borrow().is_none() {
+                    ChanState::connect(st);
+                }
+            })
+            .await;
+        });
+        if let Err(e) = r {
+            tracing::warn!(ctrlr = %self.opts.name, "reconnecting channels: {e}");
+        }
+    }
+
+    /// Sends an Abort for command `cid` of queue `sqid` on the admin queue (from any
+    /// thread); if the Abort fails, the controller is reset (SPDK's order).
+    fn abort_on_ctl_thread(self: &Arc<Self>, sqid: u16, cid: u16) {
+        let me = self.clone();
+        let sent = self.ctl_thread.send_msg(move || {
+            let mut g = me.admin.lock().unwrap_or_else(|e| e.into_inner());
+            let submitted = g.as_mut().map(|c| {
+                let mut sqe = spec::Sqe::new(spec::admin::ABORT, 0, 0);
+                sqe.cdw10 = (sqid as u32 | (cid as u32) << 16).into();
+                c.admin.qpair().submit(sqe, Payload::None, ABORT_TOKEN)
+            });
+            drop(g);
+            match submitted {
+                Some(Ok(_)) => tracing::info!(ctrlr = %me.opts.name, sqid, cid, "abort sent"),
+                // No admin queue (reconnecting) or a full one: the reset clears it all.
+                _ => {
+                    tracing::warn!(ctrlr = %me.opts.name, sqid, cid, "abort could not be sent: resetting the controller");
+                    drop(me.reset_on_ctl_thread());
+                }
+            }
+        });
+        if let Err(e) = sent {
+            tracing::warn!(ctrlr = %self.opts.name, "abort: {e}");
+        }
+    }
+
+    /// Runs [`NvmeCtrlr::reset`] on the controller's thread, from any thread; the
+    /// receiver gets its outcome (`None` if it could not run).
+    pub(crate) fn reset_on_ctl_thread(
+        self: &Arc<Self>,
+    ) -> bdev_core::oneshot::Receiver<Result<(), String>> {
+        let (tx, rx) = bdev_core::oneshot::channel();
+        let me = self.clone();
+        let sent = self.ctl_thread.send_msg(move || {
+            let r = bdev_core::thread::spawn_local(async move {
+                tx.send(me.reset().await.map_err(|e| e.to_string()));
+            });
+            if let Err(e) = r {
+                tracing::error!("controller reset: {e}");
+            }
+        });
+        if let Err(e) = sent {
+            tracing::error!(ctrlr = %self.opts.name, "controller reset: {e}");
+        }
+        rx
+    }
+
+    /// Resets the controller (a bdev reset, `bdev_nvme_reset_controller`), on the
+    /// controller's thread: every channel drops its queue pair (what was in flight is
+    /// sent again after), the admin queue is disconnected and a new association made;
+    /// then the channels connect again. A reset while a reconnection or another reset
+    /// runs waits for it. A failed reset leaves the controller failed: the reconnection
+    /// logic takes over, with its timeouts.
+    pub(crate) async fn reset(self: Arc<Self>) -> Result<(), Error> {
+        loop {
+            {
+                let mut st = self.st();
+                if st.removed {
+                    return Err(Error::Protocol(format!(
+                        "controller {} has been removed",
+                        self.opts.name
+                    )));
+                }
+                if !st.reconnecting {
+                    st.reconnecting = true;
+                    break;
+                }
+            }
+            bdev_core::thread::sleep_us(10_000).await?;
+        }
+        tracing::info!(ctrlr = %self.opts.name, "resetting the controller");
+        self.each_channel(|st| {
+            if let Some(q) = st.qpair.borrow_mut().as_mut() {
+                q.disconnect("controller reset");
+            }
+            // Collects what was in flight for resending, and lets the queue pair go.
+            st.poll();
+        })
+        .await;
+        if let Some(mut a) = self.admin.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            a.admin.qpair().disconnect("controller reset");
+        }
+        match self.connect_again(self.connect.timeout).await {
+            Ok(()) => {
+                tracing::info!(ctrlr = %self.opts.name, "controller reset done");
+                self.reconnect_channels();
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(ctrlr = %self.opts.name, "controller reset failed: {e}");
+                let generation = {
+                    let mut st = self.st();
+                    st.reconnecting = false;
+                    st.failed_at.get_or_insert_with(Instant::now);
+                    st.generation
+                };
+                self.report_failure(generation);
+                Err(e)
             }
         }
     }
@@ -362,6 +529,8 @@ impl NvmeCtrlr {
 const KEEP_ALIVE_TOKEN: u64 = u64::MAX;
 /// The token of asynchronous event requests.
 const AER_TOKEN: u64 = u64::MAX - 1;
+/// The token of Abort commands.
+const ABORT_TOKEN: u64 = u64::MAX - 2;
 /// Asynchronous event requests kept outstanding.
 const AERS: u32 = 4;
 
@@ -433,9 +602,18 @@ impl NvmeCtrlr {
         let q = c.admin.qpair();
         let mut lost = q.poll(&mut ap.out).err();
         let mut rescan = false;
+        let mut reset = false;
         for done in ap.out.drain(..) {
             if done.token == KEEP_ALIVE_TOKEN {
                 ap.outstanding = None;
+            } else if done.token == ABORT_TOKEN {
+                // Dword 0 bit 0 set: the command was not aborted (it completes itself).
+                if done.status.is_success() {
+                    tracing::info!(ctrlr = %self.opts.name, aborted = done.dw0 & 1 == 0, "abort done");
+                } else {
+                    tracing::warn!(ctrlr = %self.opts.name, status = %done.status, "abort failed: resetting the controller");
+                    reset = true;
+                }
             } else if done.token == AER_TOKEN {
                 ap.aers = ap.aers.saturating_sub(1);
                 // Notice (type 2), namespace attribute changed (info 0).
@@ -449,7 +627,7 @@ impl NvmeCtrlr {
         while lost.is_none() && !rescan && ap.aers < aerl {
             let sqe = spec::Sqe::new(spec::admin::ASYNC_EVENT_REQUEST, 0, 0);
             match q.submit(sqe, Payload::None, AER_TOKEN) {
-                Ok(()) => ap.aers += 1,
+                Ok(_) => ap.aers += 1,
                 Err(SubmitError::Full(..)) => break,
                 Err(e) => lost = Some(e.to_string()),
             }
@@ -464,7 +642,7 @@ impl NvmeCtrlr {
                 None if ap.last_sent.elapsed() >= kato / 2 => {
                     let sqe = spec::Sqe::new(spec::admin::KEEP_ALIVE, 0, 0);
                     match q.submit(sqe, Payload::None, KEEP_ALIVE_TOKEN) {
-                        Ok(()) => {
+                        Ok(_) => {
                             ap.last_sent = Instant::now();
                             ap.outstanding = Some(ap.last_sent);
                         }
@@ -484,6 +662,9 @@ impl NvmeCtrlr {
             if let Err(e) = bdev_core::thread::spawn_local(async move { me.rescan().await }) {
                 tracing::warn!("nvme rescan: {e}");
             }
+        }
+        if reset && lost.is_none() {
+            drop(self.reset_on_ctl_thread());
         }
         if let Some(e) = lost {
             tracing::warn!(ctrlr = %self.opts.name, "admin queue lost: {e}");
@@ -625,6 +806,8 @@ struct NsBdev {
 pub(crate) struct Chan {
     st: Rc<ChanState>,
     _poller: Poller,
+    /// Checks the I/O timeout, when one is set.
+    _timeouts: Option<Poller>,
 }
 
 impl Chan {
@@ -633,12 +816,37 @@ impl Chan {
         *st.me.borrow_mut() = Rc::downgrade(&st);
         let s2 = st.clone();
         let poller = Poller::register(format!("nvme:{}", c.opts.name), move || s2.poll())?;
+        let timeouts = if c.io_timeout != 0 {
+            let s3 = st.clone();
+            let period = (c.io_timeout * 1_000_000 / bdev_core::thread::ticks_hz() / 4)
+                .clamp(1_000, 1_000_000);
+            Some(Poller::register_us(
+                format!("nvme_timeout:{}", c.opts.name),
+                period,
+                move || s3.check_timeouts(),
+            )?)
+        } else {
+            None
+        };
         ChanState::connect(&st);
         Ok(Chan {
             st,
             _poller: poller,
+            _timeouts: timeouts,
         })
     }
+}
+
+/// An I/O sent on the channel's queue pair.
+struct Inflight {
+    nsid: u32,
+    io: BdevIo,
+    /// Its command ID on the queue pair.
+    cid: u16,
+    /// When it was sent (ticks; 0 when no timeout is set).
+    at: u64,
+    /// Its timeout has been acted on.
+    timed_out: bool,
 }
 
 /// What a thread's channel holds.
@@ -656,10 +864,12 @@ pub(crate) struct ChanState {
     qpair: RefCell<Option<TcpQpair>>,
     /// Waiting for the queue pair (connecting) or for a free command slot.
     waiting: RefCell<VecDeque<(u32, BdevIo)>>,
-    inflight: RefCell<slab::Slab<(u32, BdevIo)>>,
+    inflight: RefCell<slab::Slab<Inflight>>,
     done: RefCell<Vec<Completion>>,
     pool: BufPool,
     connecting: Cell<bool>,
+    /// The controller's I/O timeout, in ticks (0: none).
+    io_timeout: u64,
 }
 
 impl Drop for ChanState {
@@ -698,6 +908,7 @@ impl ChanState {
             done: RefCell::new(Vec::new()),
             pool: BufPool::new(4096),
             connecting: Cell::new(false),
+            io_timeout: c.io_timeout,
         }
     }
 
@@ -832,8 +1043,19 @@ impl ChanState {
         let slot = inflight.vacant_entry();
         let token = slot.key() as u64;
         match q.submit(sqe, payload, token) {
-            Ok(()) => {
-                slot.insert((nsid, io));
+            Ok(cid) => {
+                let at = if self.io_timeout != 0 {
+                    bdev_core::thread::now()
+                } else {
+                    0
+                };
+                slot.insert(Inflight {
+                    nsid,
+                    io,
+                    cid,
+                    at,
+                    timed_out: false,
+                });
                 Ok(())
             }
             Err(SubmitError::Full(_, p)) => {
@@ -867,7 +1089,8 @@ impl ChanState {
         let busy = !done.is_empty();
         let mut retry = Vec::new();
         for c in done.drain(..) {
-            let Some((nsid, mut io)) = self.inflight.borrow_mut().try_remove(c.token as usize)
+            let Some(Inflight { nsid, mut io, .. }) =
+                self.inflight.borrow_mut().try_remove(c.token as usize)
             else {
                 continue;
             };
@@ -943,6 +1166,41 @@ impl ChanState {
         }
     }
 
+    /// Acts once on each I/O outstanding longer than the timeout: a warning, an Abort
+    /// for it, or a controller reset (`action_on_timeout`).
+    fn check_timeouts(&self) -> PollStatus {
+        let Some(c) = self.ctrlr.upgrade() else {
+            return PollStatus::Idle;
+        };
+        let now = bdev_core::thread::now();
+        let qid = self.qid.get();
+        let mut late = Vec::new();
+        for (_, f) in self.inflight.borrow_mut().iter_mut() {
+            if !f.timed_out && now.saturating_sub(f.at) > self.io_timeout {
+                f.timed_out = true;
+                late.push((f.cid, f.io.io_type(), f.io.offset_blocks()));
+            }
+        }
+        if late.is_empty() {
+            return PollStatus::Idle;
+        }
+        for &(cid, t, lba) in &late {
+            tracing::warn!(ctrlr = %c.opts.name, qid, cid, io_type = %t, lba, action = ?c.on_timeout, "I/O timed out");
+        }
+        match c.on_timeout {
+            OnTimeout::None => {}
+            // One reset at a time: a reset (or a reconnection) under way covers it.
+            OnTimeout::Reset if !c.st().reconnecting => drop(c.reset_on_ctl_thread()),
+            OnTimeout::Reset => {}
+            OnTimeout::Abort => {
+                for (cid, ..) in late {
+                    c.abort_on_ctl_thread(qid, cid);
+                }
+            }
+        }
+        PollStatus::Busy
+    }
+
     fn fail_waiting(&self) {
         let w: Vec<_> = self.waiting.borrow_mut().drain(..).collect();
         for (_, io) in w {
@@ -963,6 +1221,22 @@ impl BdevOps for NsBdev {
     }
 
     fn submit_request(&self, ch: &IoChannel<Chan>, io: BdevIo) {
+        if io.io_type() == IoType::Reset {
+            // The controller's reset: every namespace's I/O on every channel waits
+            // while it runs, as in SPDK, where a bdev reset resets the controller.
+            let rx = self.ctrlr.reset_on_ctl_thread();
+            let r = bdev_core::thread::spawn_local(async move {
+                let st = match rx.await {
+                    Some(Ok(())) => IoStatus::Success,
+                    _ => IoStatus::Failed,
+                };
+                io.complete(st);
+            });
+            if let Err(e) = r {
+                tracing::error!("nvme reset: {e}");
+            }
+            return;
+        }
         let ch = &*ch.st;
         let waiting = !ch.waiting.borrow().is_empty();
         if waiting || ch.qpair.borrow().is_none() {
@@ -980,7 +1254,7 @@ impl BdevOps for NsBdev {
 
     fn io_type_supported(&self, t: IoType) -> bool {
         match t {
-            IoType::Read | IoType::Write | IoType::Flush => true,
+            IoType::Read | IoType::Write | IoType::Flush | IoType::Reset => true,
             IoType::Unmap => self.oncs & oncs::DSM != 0,
             IoType::WriteZeroes => self.oncs & oncs::WRITE_ZEROES != 0,
             _ => false,
@@ -1000,6 +1274,11 @@ impl BdevOps for NsBdev {
     }
 }
 
+/// The attach's timeouts, checked as SPDK checks them.
+pub(crate) fn check_timeouts(o: &AttachOpts) -> Result<Timeouts, Error> {
+    Timeouts::from(o)
+}
+
 fn trid_json(o: &AttachOpts) -> serde_json::Value {
     serde_json::json!({
         "trtype": "TCP",
@@ -1010,7 +1289,7 @@ fn trid_json(o: &AttachOpts) -> serde_json::Value {
     })
 }
 
-fn resolve(o: &AttachOpts) -> Result<SocketAddr, Error> {
+pub(crate) fn resolve(o: &AttachOpts) -> Result<SocketAddr, Error> {
     if !o.trtype.eq_ignore_ascii_case("tcp") {
         return Err(Error::Protocol(format!(
             "trtype {} not supported (TCP; PCIe and RDMA to come)",
@@ -1031,6 +1310,15 @@ fn resolve(o: &AttachOpts) -> Result<SocketAddr, Error> {
 /// `bdev_nvme_attach_controller`: connects, identifies, registers a bdev per namespace;
 /// returns the bdev names.
 pub async fn attach(o: AttachOpts) -> Result<Vec<String>, Error> {
+    attach_as(o, false).await
+}
+
+/// Attaches a controller listed by a discovery service.
+pub(crate) async fn attach_discovered(o: AttachOpts) -> Result<Vec<String>, Error> {
+    attach_as(o, true).await
+}
+
+async fn attach_as(o: AttachOpts, from_discovery: bool) -> Result<Vec<String>, Error> {
     let ctrlrs = Ctrlrs::get()?;
     if o.name.is_empty() {
         return Err(Error::Protocol("controller name must not be empty".into()));
@@ -1041,7 +1329,14 @@ pub async fn attach(o: AttachOpts) -> Result<Vec<String>, Error> {
             o.name
         )));
     }
-    let timeouts = Timeouts::from(&o)?;
+    let timeouts = check_timeouts(&o)?;
+    let g = options();
+    let timeout_ticks = g.timeout_us * bdev_core::thread::ticks_hz() / 1_000_000;
+    let on_timeout = match g.action_on_timeout.as_str() {
+        "abort" => OnTimeout::Abort,
+        "reset" => OnTimeout::Reset,
+        _ => OnTimeout::None,
+    };
     let ctl_thread = bdev_core::thread::current_or("bdev_nvme_attach_controller")?.handle();
     let addr = resolve(&o)?;
     let subnqn = o
@@ -1097,6 +1392,9 @@ pub async fn attach(o: AttachOpts) -> Result<Vec<String>, Error> {
                 ..Default::default()
             }),
             timeouts,
+            from_discovery,
+            io_timeout: timeout_ticks,
+            on_timeout,
             oncs: oncs_v,
             vwc,
             mdts,
@@ -1146,6 +1444,43 @@ pub async fn detach(name: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// `bdev_nvme_reset_controller`: resets the controller named `name` (whose controller
+/// ID must be `cntlid`, when given).
+pub async fn reset_controller(name: &str, cntlid: Option<u16>) -> Result<(), Error> {
+    let c = Ctrlrs::get()?
+        .all()
+        .into_iter()
+        .find(|c| c.opts.name == name)
+        .ok_or_else(|| Error::Protocol(format!("controller {name} not found")))?;
+    if let Some(id) = cntlid {
+        if c.st().cntlid != id {
+            return Err(Error::Protocol(format!(
+                "controller {name} has no path with cntlid {id}"
+            )));
+        }
+    }
+    match c.reset_on_ctl_thread().await {
+        Some(Ok(())) => Ok(()),
+        Some(Err(e)) => Err(Error::Transport(e)),
+        None => Err(Error::Transport(format!(
+            "controller {name}: reset did not run"
+        ))),
+    }
+}
+
+/// The `bdev_nvme_attach_controller` calls that recreate the controllers attached by
+/// hand (those of a discovery service come back with it).
+pub(crate) fn config_json() -> Vec<serde_json::Value> {
+    let Ok(c) = Ctrlrs::get() else {
+        return Vec::new();
+    };
+    c.all()
+        .iter()
+        .filter(|c| !c.from_discovery)
+        .map(|c| serde_json::json!({"method": "bdev_nvme_attach_controller", "params": c.opts}))
+        .collect()
+}
+
 /// `bdev_nvme_get_controllers`.
 pub fn controllers(name: Option<&str>) -> Result<Vec<serde_json::Value>, Error> {
     Ok(Ctrlrs::get()?
@@ -1158,7 +1493,7 @@ pub fn controllers(name: Option<&str>) -> Result<Vec<serde_json::Value>, Error> 
                 "ctrlrs": [{
                     "state": "enabled",
                     "trid": trid_json(&c.opts),
-                    "cntlid": c.cntlid,
+                    "cntlid": c.st().cntlid,
                     "host": {"nqn": c.connect.hostnqn, "addr": "", "svcid": ""},
                 }],
             })

@@ -44,6 +44,12 @@ pub enum Error {
     /// The controller answered something unusable.
     #[error("{0}")]
     Protocol(String),
+    /// Something of that name or address exists already.
+    #[error("{0}")]
+    Exists(String),
+    /// Nothing of that name.
+    #[error("{0}")]
+    NotFound(String),
     /// Memory for a data buffer.
     #[error(transparent)]
     Core(#[from] bdev_core::Error),
@@ -130,7 +136,7 @@ impl Queue {
         self.token += 1;
         let token = self.token;
         match self.qp.submit(sqe, payload, token) {
-            Ok(()) => {}
+            Ok(_) => {}
             Err(SubmitError::Full(..)) => {
                 return Err(Error::Protocol(format!("{what}: queue full")));
             }
@@ -197,6 +203,14 @@ impl Queue {
                 e => e,
             })?;
         Ok(c.dw0 as u16)
+    }
+
+    /// Polls the queue and hands over every completion not claimed by [`Queue::cmd`]
+    /// (asynchronous event requests, keep-alives sent with the caller's own tokens).
+    pub fn poll_unsolicited(&mut self, out: &mut Vec<Completion>) -> Result<(), Error> {
+        self.qp.poll(&mut self.done).map_err(Error::Transport)?;
+        out.append(&mut self.done);
+        Ok(())
     }
 
     async fn prop_get(&mut self, what: &'static str, ofst: u32, wide: bool) -> Result<u64, Error> {

@@ -8,6 +8,7 @@
 
 pub mod bdev;
 pub mod ctrlr;
+pub mod discovery;
 pub mod spec;
 pub mod tcp;
 pub mod transport;
@@ -23,6 +24,8 @@ impl ctrlr::Error {
     fn rpc(self, what: &str) -> bdev_core::Error {
         let code = match &self {
             ctrlr::Error::Protocol(_) => -libc::EINVAL,
+            ctrlr::Error::Exists(_) => -libc::EEXIST,
+            ctrlr::Error::NotFound(_) => -libc::ENODEV,
             ctrlr::Error::Core(c) => c.errno(),
             _ => -libc::EIO,
         };
@@ -37,6 +40,16 @@ impl ctrlr::Error {
 #[serde(deny_unknown_fields)]
 struct NameParams {
     name: String,
+}
+
+/// `bdev_nvme_reset_controller`'s params (SPDK's `cntlid` picks one path of a
+/// multipath controller; with one path it may only name that one).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResetParams {
+    name: String,
+    #[serde(default)]
+    cntlid: Option<u16>,
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -79,6 +92,43 @@ impl BdevModule for NvmeModule {
                 Ok(Value::Bool(true))
             })
         });
+        m.register("bdev_nvme_reset_controller", |p| {
+            Box::pin(async move {
+                let d: ResetParams = parse_params("bdev_nvme_reset_controller", p)?;
+                bdev::reset_controller(&d.name, d.cntlid)
+                    .await
+                    .map_err(|e| match e {
+                        ctrlr::Error::Protocol(m) => bdev_core::Error::Rpc {
+                            code: -libc::ENODEV,
+                            message: m,
+                        },
+                        e => e.rpc("bdev_nvme_reset_controller"),
+                    })?;
+                Ok(Value::Bool(true))
+            })
+        });
+        m.register("bdev_nvme_start_discovery", |p| {
+            Box::pin(async move {
+                let o: discovery::DiscoveryOpts = parse_params("bdev_nvme_start_discovery", p)?;
+                discovery::start(o)
+                    .await
+                    .map_err(|e| e.rpc("bdev_nvme_start_discovery"))?;
+                Ok(Value::Bool(true))
+            })
+        });
+        m.register("bdev_nvme_stop_discovery", |p| {
+            Box::pin(async move {
+                let d: NameParams = parse_params("bdev_nvme_stop_discovery", p)?;
+                discovery::stop(&d.name)
+                    .await
+                    .map_err(|e| e.rpc("bdev_nvme_stop_discovery"))?;
+                Ok(Value::Bool(true))
+            })
+        });
+        m.register_sync("bdev_nvme_get_discovery_info", |_| {
+            let l = discovery::info().map_err(|e| e.rpc("bdev_nvme_get_discovery_info"))?;
+            Ok(Value::Array(l))
+        });
         m.register_sync("bdev_nvme_set_options", |p| {
             let o: bdev::NvmeOptions = parse_params("bdev_nvme_set_options", p)?;
             bdev::set_options(o).map_err(|e| e.rpc("bdev_nvme_set_options"))?;
@@ -102,7 +152,10 @@ impl BdevModule for NvmeModule {
     }
 
     fn config_json(&self) -> Vec<Value> {
-        vec![Self::options_json()]
+        let mut v = vec![Self::options_json()];
+        v.extend(bdev::config_json());
+        v.extend(discovery::config_json());
+        v
     }
 }
 

@@ -88,8 +88,8 @@ pub trait QueuePair {
     /// The queue ID (0: admin).
     fn qid(&self) -> u16;
     /// Sends `sqe` (its command ID is the transport's to set) with `payload`; `token`
-    /// comes back in the completion.
-    fn submit(&mut self, sqe: Sqe, payload: Payload, token: u64) -> Result<(), SubmitError>;
+    /// comes back in the completion. Returns the command ID given (what an Abort names).
+    fn submit(&mut self, sqe: Sqe, payload: Payload, token: u64) -> Result<u16, SubmitError>;
     /// Moves bytes and appends what completed to `out`; returns how many completed.
     /// A transport failure completes everything outstanding (aborted) and then fails.
     fn poll(&mut self, out: &mut Vec<Completion>) -> Result<usize, String>;

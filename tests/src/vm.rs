@@ -145,6 +145,31 @@ impl TcpTarget {
         }
     }
 
+    /// Freezes the guest (SIGSTOP to QEMU): the target stops answering, its
+    /// connections stay open. [`TcpTarget::resume`] lets it go on.
+    pub fn pause(&self) -> Result<(), String> {
+        self.signal("STOP")
+    }
+
+    /// Lets a paused guest go on (SIGCONT).
+    pub fn resume(&self) -> Result<(), String> {
+        self.signal("CONT")
+    }
+
+    fn signal(&self, sig: &str) -> Result<(), String> {
+        let pid = fs::read_to_string(self.run_dir.join("qemu.pid"))
+            .map_err(|e| format!("qemu.pid: {e}"))?;
+        let st = Command::new("kill")
+            .args([&format!("-{sig}"), pid.trim()])
+            .status()
+            .map_err(|e| format!("kill: {e}"))?;
+        if st.success() {
+            Ok(())
+        } else {
+            Err(format!("kill -{sig} {}: {st}", pid.trim()))
+        }
+    }
+
     /// Stops the guest now (dropping the target does the same, ignoring errors).
     /// Calling it again does nothing.
     pub fn stop(&mut self) -> Result<(), String> {

@@ -350,7 +350,7 @@ impl QueuePair for TcpQpair {
         self.qid
     }
 
-    fn submit(&mut self, mut sqe: Sqe, payload: Payload, token: u64) -> Result<(), SubmitError> {
+    fn submit(&mut self, mut sqe: Sqe, payload: Payload, token: u64) -> Result<u16, SubmitError> {
         match &self.state {
             State::Ready => {}
             State::Handshake => return Err(SubmitError::Disconnected("handshake not done".into())),
@@ -386,7 +386,7 @@ impl QueuePair for TcpQpair {
         s.token = token;
         s.payload = payload;
         self.outstanding += 1;
-        Ok(())
+        Ok(cid)
     }
 
     fn poll(&mut self, out: &mut Vec<Completion>) -> Result<usize, String> {
