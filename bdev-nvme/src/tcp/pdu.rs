@@ -360,6 +360,18 @@ pub enum Parsed<'a> {
     },
 }
 
+impl PduError {
+    /// The Fatal Error Status an H2CTermReq reports for it.
+    pub fn fes(&self) -> u16 {
+        match self {
+            PduError::HeaderDigest => fes::HEADER_DIGEST_ERROR,
+            PduError::Length { plen, max, .. } if plen > max => fes::DATA_TRANSFER_LIMIT_EXCEEDED,
+            PduError::DataLayout { .. } => fes::DATA_TRANSFER_OUT_OF_RANGE,
+            _ => fes::INVALID_HEADER_FIELD,
+        }
+    }
+}
+
 /// Parses the PDU at the start of `buf`. `dg` are the negotiated digests (none before
 /// ICResp); `max_data` bounds the data a C2HData may carry (the receive buffer's size).
 pub fn parse(buf: &[u8], dg: Digests, max_data: u32) -> Result<Parsed<'_>, PduError> {

@@ -55,6 +55,8 @@ pub struct TcpQpair {
     tx_off: usize,
     rx: Vec<u8>,
     rx_len: usize,
+    /// The Fatal Error Status to report when a bad PDU ends the connection.
+    term_fes: u16,
     slots: Vec<Slot>,
     free: Vec<u16>,
     outstanding: usize,
@@ -101,6 +103,7 @@ impl TcpQpair {
             tx_off: 0,
             rx: vec![0; RX_INITIAL],
             rx_len: 0,
+            term_fes: pdu::fes::INVALID_HEADER_FIELD,
             slots: (0..depth).map(|_| Slot::default()).collect(),
             free: (0..depth).rev().collect(),
             outstanding: 0,
@@ -218,8 +221,10 @@ impl TcpQpair {
             Digests::default()
         };
         while start < self.rx_len {
-            let parsed = pdu::parse(&rx[start..self.rx_len], dg, MAX_C2H_DATA)
-                .map_err(|e| format!("bad PDU from the controller: {e}"))?;
+            let parsed = pdu::parse(&rx[start..self.rx_len], dg, MAX_C2H_DATA).map_err(|e| {
+                self.term_fes = e.fes();
+                format!("bad PDU from the controller: {e}")
+            })?;
             match parsed {
                 Parsed::NeedMore(n) => {
                     if n > rx.len() {
@@ -400,7 +405,7 @@ impl QueuePair for TcpQpair {
                 if e.starts_with("bad PDU") {
                     // Tell the controller why, as the specification asks (best effort).
                     let mut t = Vec::new();
-                    pdu::encode_h2c_term_req(&mut t, pdu::fes::INVALID_HEADER_FIELD, 0, &[]);
+                    pdu::encode_h2c_term_req(&mut t, self.term_fes, 0, &[]);
                     let _ = self.sock.write(&t);
                 }
                 self.fail(e);
@@ -648,5 +653,106 @@ mod tests {
             q.submit(Sqe::default(), Payload::None, 0),
             Err(SubmitError::Disconnected(_))
         ));
+    }
+
+    /// A controller that answers the first command with `bad`: the connection ends
+    /// with the reason, the command completes aborted, and the controller receives an
+    /// H2CTermReq with `fes`.
+    fn bad_pdu_ends_the_connection(bad: fn(u16, Digests) -> Vec<u8>, reason: &str, fes: u16) {
+        let dg = Digests {
+            header: true,
+            data: true,
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let addr = peer(move |s| {
+            let (sqe, _) = read_capsule(s, dg);
+            s.write_all(&bad(sqe.cid.get(), dg)).unwrap();
+            let mut got = Vec::new();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let _ = s.read_to_end(&mut got);
+            tx.send(got).unwrap();
+        });
+        let mut q = ready(addr, dg);
+        let buf = DmaBuf::new(4096, 4096).unwrap();
+        q.submit(
+            crate::spec::rw(0, nvm::READ, 1, 0, 8),
+            Payload::In(buf, 4096),
+            7,
+        )
+        .unwrap();
+        let c = drive(&mut q, 1);
+        assert_eq!((c[0].token, c[0].status), (7, aborted()), "{reason}");
+        assert!(
+            q.failure().is_some_and(|m| m.contains(reason)),
+            "{reason}: {q:?}"
+        );
+        drop(q);
+        let got = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert!(got.len() >= 24, "{reason}: no H2CTermReq: {got:?}");
+        assert_eq!(got[0], pdu::pdu_type::H2C_TERM_REQ, "{reason}");
+        assert_eq!(u16::from_le_bytes([got[8], got[9]]), fes, "{reason}");
+    }
+
+    fn resp(cid: u16, dg: Digests) -> Vec<u8> {
+        let mut c = Cqe::new_zeroed();
+        c.cid = U16::new(cid);
+        let mut v = Vec::new();
+        super::pdu::tests_encode(&mut v, pdu::pdu_type::CAPSULE_RESP, 0, c.as_bytes(), &[], dg);
+        v
+    }
+
+    #[test]
+    fn bad_pdus_end_the_connection_with_a_termination_request() {
+        // A response whose header digest is wrong.
+        bad_pdu_ends_the_connection(
+            |cid, dg| {
+                let mut v = resp(cid, dg);
+                v[24] ^= 1;
+                v
+            },
+            "header digest",
+            pdu::fes::HEADER_DIGEST_ERROR,
+        );
+        // Read data whose data digest is wrong.
+        bad_pdu_ends_the_connection(
+            |cid, dg| {
+                let h = pdu::DataHeader {
+                    cccid: U16::new(cid),
+                    datao: U32::new(0),
+                    datal: U32::new(4096),
+                    ..Default::default()
+                };
+                let mut v = Vec::new();
+                super::pdu::tests_encode(
+                    &mut v,
+                    pdu::pdu_type::C2H_DATA,
+                    flags::DATA_LAST | flags::DATA_SUCCESS,
+                    &h.as_bytes()[8..],
+                    &[0x5a; 4096],
+                    dg,
+                );
+                let n = v.len();
+                v[n - 1] ^= 0x80;
+                v
+            },
+            "data digest",
+            pdu::fes::INVALID_HEADER_FIELD,
+        );
+        // A PDU type that does not exist.
+        bad_pdu_ends_the_connection(
+            |_, _| vec![0x55, 0, 8, 0, 8, 0, 0, 0],
+            "bad PDU",
+            pdu::fes::INVALID_HEADER_FIELD,
+        );
+        // A response claiming a length far beyond any PDU's.
+        bad_pdu_ends_the_connection(
+            |cid, dg| {
+                let mut v = resp(cid, dg);
+                v[4..8].copy_from_slice(&(1u32 << 30).to_le_bytes());
+                v
+            },
+            "length",
+            pdu::fes::DATA_TRANSFER_LIMIT_EXCEEDED,
+        );
     }
 }
