@@ -341,6 +341,27 @@ fn namespace_events(target: &vm::TcpTarget) {
         ))
         .expect("add a namespace");
     wait_for(&sock, "E0n3", true);
+    // The namespace grows: the target's size revalidation raises a namespace change,
+    // and the bdev takes the new size.
+    target
+        .exec(&format!(
+            "truncate -s 128M /tmp/ns3.img && echo 1 > {ns}/revalidate_size"
+        ))
+        .expect("grow the namespace");
+    let t = std::time::Instant::now();
+    loop {
+        let v = rpc(&sock, "bdev_get_bdevs", json!({"name": "E0n3"}));
+        let blocks = v["result"][0]["num_blocks"].as_u64().unwrap_or(0)
+            * v["result"][0]["block_size"].as_u64().unwrap_or(0);
+        if blocks == 128 << 20 {
+            break;
+        }
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(20),
+            "E0n3 never grew to 128 MiB: {v}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     target
         .exec(&format!("echo 0 > {ns}/enable && rmdir {ns}"))
         .expect("remove the namespace");

@@ -697,7 +697,14 @@ mod tests {
         let mut c = Cqe::new_zeroed();
         c.cid = U16::new(cid);
         let mut v = Vec::new();
-        super::pdu::tests_encode(&mut v, pdu::pdu_type::CAPSULE_RESP, 0, c.as_bytes(), &[], dg);
+        super::pdu::tests_encode(
+            &mut v,
+            pdu::pdu_type::CAPSULE_RESP,
+            0,
+            c.as_bytes(),
+            &[],
+            dg,
+        );
         v
     }
 
