@@ -514,6 +514,20 @@ impl NvmeCtrlr {
         self.admin.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
+    /// The state `bdev_nvme_get_controllers` reports (SPDK's names).
+    fn state_name(&self) -> &'static str {
+        let st = self.st();
+        if st.removed {
+            "deleting"
+        } else if st.reconnecting {
+            "resetting"
+        } else if st.failed_at.is_some() {
+            "failed"
+        } else {
+            "enabled"
+        }
+    }
+
     /// Whether I/O waiting for a reconnection should fail now.
     fn fail_io(&self) -> bool {
         let st = self.st();
@@ -1491,7 +1505,7 @@ pub fn controllers(name: Option<&str>) -> Result<Vec<serde_json::Value>, Error> 
             serde_json::json!({
                 "name": c.opts.name,
                 "ctrlrs": [{
-                    "state": "enabled",
+                    "state": c.state_name(),
                     "trid": trid_json(&c.opts),
                     "cntlid": c.st().cntlid,
                     "host": {"nqn": c.connect.hostnqn, "addr": "", "svcid": ""},
