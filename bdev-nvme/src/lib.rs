@@ -2,9 +2,12 @@
 //! over VFIO and RDMA follow, behind the same transport trait), the controller state
 //! machine and the bdev glue (one bdev per namespace), as DESIGN.md lays out.
 //!
-//! This first step carries the wire layer: the specification's structures with
-//! compile-time size checks and offset tests, and the NVMe/TCP PDU encoder and parser
-//! (the parser is what faces the network: it never panics, and it is fuzzed).
+//! - [`spec`]: the specification's structures, size-checked at compile time;
+//! - [`tcp`]: NVMe/TCP PDUs (a parser that never panics, fuzzed) and queue pairs;
+//! - [`ctrlr`]: fabrics bring-up (Connect, properties, Identify, queues, discovery log);
+//! - [`bdev`]: `bdev_nvme_attach_controller` and the rest: namespace bdevs, per-thread
+//!   queue pairs, keep-alive, asynchronous events, reconnection, reset, I/O timeouts;
+//! - [`discovery`]: the discovery service.
 
 pub mod bdev;
 pub mod ctrlr;
