@@ -1580,11 +1580,14 @@ mod tests {
     #[test]
     fn spdk_options_load_and_unknown_ones_are_kept_aside() {
         let o: NvmeOptions = serde_json::from_value(serde_json::json!({
-            "keep_alive_timeout_ms": 5000, "action_on_timeout": "none", "bdev_retry_count": 3}))
+            "keep_alive_timeout_ms": 5000, "action_on_timeout": "abort",
+            "transport_retry_count": 4, "bdev_retry_count": 3}))
         .unwrap();
         assert_eq!(o.keep_alive_timeout_ms, 5000);
+        assert_eq!(o.action_on_timeout, "abort");
         assert_eq!(o.other.len(), 2);
         let back = serde_json::to_value(&o).unwrap();
-        assert!(back.get("action_on_timeout").is_none());
+        assert!(back.get("bdev_retry_count").is_none());
+        assert_eq!(back["action_on_timeout"], "abort");
     }
 }
