@@ -1,25 +1,11 @@
 //! bdevd driven over its JSON-RPC socket, as SPDK's rpc.py would: methods, SPDK's error
 //! codes, bad input that leaves the daemon serving, save_config round trips, shutdown.
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
+use bdev_tests::cli::{Daemon, RpcClient};
 use serde_json::{Value, json};
-
-struct Daemon {
-    child: Child,
-    sock: PathBuf,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn tmp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("bdevd-test-{}", std::process::id()));
@@ -37,72 +23,7 @@ fn start(name: &str, config: Option<&Path>) -> Daemon {
     if let Some(c) = config {
         cmd.arg("-c").arg(c);
     }
-    let child = cmd.spawn().unwrap();
-    let t = Instant::now();
-    while UnixStream::connect(&sock).is_err() {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "bdevd did not open {}",
-            sock.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Daemon { child, sock }
-}
-
-struct Client {
-    s: UnixStream,
-    buf: Vec<u8>,
-    id: u64,
-}
-
-impl Client {
-    fn new(d: &Daemon) -> Client {
-        let s = UnixStream::connect(&d.sock).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        Client {
-            s,
-            buf: Vec::new(),
-            id: 0,
-        }
-    }
-
-    /// Sends raw bytes and reads one JSON value back (None if the server closed). A write
-    /// cut short by the server closing (after an oversized request) still reads its answer.
-    fn raw(&mut self, bytes: &[u8]) -> Option<Value> {
-        let _ = self.s.write_all(bytes);
-        loop {
-            let mut it = serde_json::Deserializer::from_slice(&self.buf).into_iter::<Value>();
-            match it.next() {
-                Some(Ok(v)) => {
-                    let used = it.byte_offset();
-                    self.buf.drain(..used);
-                    return Some(v);
-                }
-                Some(Err(e)) if !e.is_eof() => panic!("server sent bad JSON: {e}"),
-                _ => {}
-            }
-            let mut chunk = [0u8; 65536];
-            let n = self.s.read(&mut chunk).unwrap_or(0);
-            if n == 0 {
-                return None;
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    fn call(&mut self, method: &str, params: Value) -> Value {
-        self.id += 1;
-        let mut req = json!({"jsonrpc": "2.0", "method": method, "id": self.id});
-        if !params.is_null() {
-            req["params"] = params;
-        }
-        let v = self
-            .raw(&serde_json::to_vec(&req).unwrap())
-            .expect("an answer");
-        assert_eq!(v["id"], self.id, "{v}");
-        v
-    }
+    Daemon::new(cmd.spawn().unwrap(), sock)
 }
 
 fn code(v: &Value) -> i64 {
@@ -114,7 +35,7 @@ fn code(v: &Value) -> i64 {
 #[test]
 fn methods_errors_and_bad_input() {
     let d = start("methods", None);
-    let mut c = Client::new(&d);
+    let mut c = RpcClient::connect(&d.sock);
     let names = c.call("rpc_get_methods", Value::Null);
     for m in [
         "bdev_malloc_create",
@@ -212,7 +133,7 @@ fn methods_errors_and_bad_input() {
         -32600
     );
     // Garbage: a parse error, and that connection closes...
-    let mut g = Client::new(&d);
+    let mut g = RpcClient::connect(&d.sock);
     assert_eq!(
         code(&g.raw(b"{\"jsonrpc\": \"2.0\", \"method\": }").unwrap()),
         -32700
@@ -222,7 +143,7 @@ fn methods_errors_and_bad_input() {
         "the connection closes after a parse error"
     );
     // ...as does a request over 1 MiB; the daemon keeps serving everyone else.
-    let mut big = Client::new(&d);
+    let mut big = RpcClient::connect(&d.sock);
     let huge = format!(
         "{{\"jsonrpc\":\"2.0\",\"method\":\"bdev_get_bdevs\",\"id\":1,\"params\":{{\"name\":\"{}\"}}}}",
         "x".repeat(2 << 20)
@@ -249,7 +170,7 @@ fn save_config_round_trips_and_shutdown_is_orderly() {
     )
     .unwrap();
     let a = start("save_a", Some(&cfg));
-    let mut ca = Client::new(&a);
+    let mut ca = RpcClient::connect(&a.sock);
     let saved = ca.call("save_config", Value::Null)["result"].clone();
     let bdevs_a = ca.call("bdev_get_bdevs", Value::Null)["result"].clone();
     assert_eq!(
@@ -264,7 +185,7 @@ fn save_config_round_trips_and_shutdown_is_orderly() {
     let saved_path = tmp("saved.json");
     std::fs::write(&saved_path, serde_json::to_vec_pretty(&saved).unwrap()).unwrap();
     let b = start("save_b", Some(&saved_path));
-    let mut cb = Client::new(&b);
+    let mut cb = RpcClient::connect(&b.sock);
     let bdevs_b = cb.call("bdev_get_bdevs", Value::Null)["result"].clone();
     assert_eq!(bdevs_a, bdevs_b, "load, save, load gives the same bdevs");
     assert_eq!(cb.call("save_config", Value::Null)["result"], saved);
@@ -290,13 +211,15 @@ fn a_socket_in_use_is_refused() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("in use"), "{err}");
     // The first daemon still answers.
-    assert!(Client::new(&a).call("spdk_get_version", Value::Null)["result"].is_object());
+    assert!(
+        RpcClient::connect(&a.sock).call("spdk_get_version", Value::Null)["result"].is_object()
+    );
 }
 
 #[test]
 fn virtual_bdevs_qos_and_histograms_over_rpc() {
     let d = start("vbdevs", None);
-    let mut c = Client::new(&d);
+    let mut c = RpcClient::connect(&d.sock);
     let ok = |v: Value| {
         assert!(v.get("error").is_none(), "{v}");
         v["result"].clone()
@@ -460,7 +383,7 @@ fn virtual_bdevs_qos_and_histograms_over_rpc() {
 #[test]
 fn aio_and_uring_bdevs_over_rpc() {
     let d = start("aio", None);
-    let mut c = Client::new(&d);
+    let mut c = RpcClient::connect(&d.sock);
     let img = tmp("aio-rpc.img");
     std::fs::File::create(&img)
         .unwrap()

@@ -4,6 +4,8 @@ use std::io::{Read, Write};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use bdev_tests::cli;
+
 fn bdevperf(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_bdevperf"))
         .args(args)
@@ -32,12 +34,8 @@ fn config(name: &str, body: &str) -> std::path::PathBuf {
 
 /// The `Total` row's IOPS and Fail/s.
 fn total(out: &str) -> (f64, f64) {
-    let line = out
-        .lines()
-        .find(|l| l.trim_start_matches(['\r', ' ']).starts_with("Total"))
-        .expect("Total row");
-    let cols: Vec<&str> = line.split(':').nth(1).unwrap().split_whitespace().collect();
-    (cols[0].parse().unwrap(), cols[2].parse().unwrap())
+    let t = cli::total(out).unwrap_or_else(|| panic!("no Total row: {out}"));
+    (t.iops, t.fails)
 }
 
 /// Completed I/Os of every job row (runtime * IOPS).
@@ -402,7 +400,6 @@ fn sigint_drains_the_jobs_and_prints_the_table() {
 
 #[test]
 fn wait_for_rpc_runs_a_test_per_perform_tests() {
-    use std::os::unix::net::UnixStream;
     let sock = std::env::temp_dir().join(format!("bdevperf-z-{}.sock", std::process::id()));
     let mut child = Command::new(env!("CARGO_BIN_EXE_bdevperf"))
         .args([
@@ -422,24 +419,15 @@ fn wait_for_rpc_runs_a_test_per_perform_tests() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let t = Instant::now();
-    let mut s = loop {
-        if let Ok(s) = UnixStream::connect(&sock) {
-            break s;
-        }
-        assert!(t.elapsed() < Duration::from_secs(20), "no RPC socket");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let v = rpc(&mut s, 1, "perform_tests", serde_json::Value::Null);
+    cli::wait_for_socket(&sock, Duration::from_secs(20));
+    let mut s = cli::RpcClient::connect(&sock);
+    let v = s.call("perform_tests", serde_json::Value::Null);
     let r = &v["result"]["results"][0];
     assert_eq!(r["job"], "Malloc0", "{v}");
     assert_eq!(r["status"], "finished", "{v}");
     assert!(r["iops"].as_f64().unwrap() > 0.0, "{v}");
     // bdevperf.py's parameters override the command line's for that run.
-    let v = rpc(
-        &mut s,
-        2,
+    let v = s.call(
         "perform_tests",
         serde_json::json!({"workload_type": "randread", "io_size": "8k", "queue_depth": 2, "time_in_sec": 1}),
     );
@@ -453,9 +441,7 @@ fn wait_for_rpc_runs_a_test_per_perform_tests() {
         (Some("randread"), Some(8192), Some(2)),
         "{v}"
     );
-    let v = rpc(
-        &mut s,
-        3,
+    let v = s.call(
         "perform_tests",
         serde_json::json!({"workload_type": "sideways"}),
     );
@@ -480,36 +466,8 @@ fn wait_for_rpc_runs_a_test_per_perform_tests() {
     );
 }
 
-/// One JSON-RPC call over `s`, waiting for its answer.
-fn rpc(
-    s: &mut std::os::unix::net::UnixStream,
-    id: u64,
-    method: &str,
-    params: serde_json::Value,
-) -> serde_json::Value {
-    let mut req = serde_json::json!({"jsonrpc": "2.0", "method": method, "id": id});
-    if !params.is_null() {
-        req["params"] = params;
-    }
-    s.write_all(req.to_string().as_bytes()).unwrap();
-    let mut buf = Vec::new();
-    loop {
-        let mut chunk = [0u8; 65536];
-        let n = s.read(&mut chunk).unwrap();
-        assert!(n > 0, "connection closed");
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(Ok(v)) = serde_json::Deserializer::from_slice(&buf)
-            .into_iter::<serde_json::Value>()
-            .next()
-        {
-            return v;
-        }
-    }
-}
-
 #[test]
 fn deleting_the_base_of_a_passthru_under_bdevperf_ends_the_job_cleanly() {
-    use std::os::unix::net::UnixStream;
     let cfg = config(
         "pt_delete",
         r#"{"subsystems":[{"subsystem":"bdev","config":[
@@ -534,42 +492,18 @@ fn deleting_the_base_of_a_passthru_under_bdevperf_ends_the_job_cleanly() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let t = Instant::now();
-    let connect = || loop {
-        if let Ok(s) = UnixStream::connect(&sock) {
-            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-            break s;
-        }
-        assert!(t.elapsed() < Duration::from_secs(20), "no RPC socket");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut run = connect();
-    run.write_all(br#"{"jsonrpc":"2.0","method":"perform_tests","id":1}"#)
-        .unwrap();
+    cli::wait_for_socket(&sock, Duration::from_secs(20));
+    let s2 = sock.clone();
+    let run = std::thread::spawn(move || {
+        cli::RpcClient::connect(&s2).call("perform_tests", serde_json::Value::Null)
+    });
     std::thread::sleep(Duration::from_millis(700));
-    let mut ctl = connect();
-    let v = rpc(
-        &mut ctl,
-        1,
-        "bdev_malloc_delete",
-        serde_json::json!({"name": "Mb"}),
-    );
+    let mut ctl = cli::RpcClient::connect(&sock);
+    let v = ctl.call("bdev_malloc_delete", serde_json::json!({"name": "Mb"}));
     assert_eq!(v["result"], true, "{v}");
     // The run ends long before its 30 s, as a failed run; the process keeps serving.
     let started = Instant::now();
-    let mut buf = Vec::new();
-    let v: serde_json::Value = loop {
-        let mut chunk = [0u8; 65536];
-        let n = run.read(&mut chunk).unwrap();
-        assert!(n > 0, "connection closed");
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(Ok(v)) = serde_json::Deserializer::from_slice(&buf)
-            .into_iter::<serde_json::Value>()
-            .next()
-        {
-            break v;
-        }
-    };
+    let v = run.join().unwrap();
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "the job did not end"
@@ -581,7 +515,7 @@ fn deleting_the_base_of_a_passthru_under_bdevperf_ends_the_job_cleanly() {
             .contains("failed"),
         "{v}"
     );
-    let v = rpc(&mut ctl, 2, "bdev_get_bdevs", serde_json::Value::Null);
+    let v = ctl.call("bdev_get_bdevs", serde_json::Value::Null);
     assert_eq!(
         v["result"],
         serde_json::json!([]),

@@ -254,20 +254,8 @@ fn verify_through_crypto_on_malloc_and_on_raid0() {
             !out.contains("miscompare") && !out.contains("panicked"),
             "{out}"
         );
-        let total = out
-            .lines()
-            .find(|l| l.trim_start().starts_with("Total"))
-            .unwrap();
-        let fails: f64 = total
-            .split(':')
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .nth(2)
-            .unwrap()
-            .parse()
-            .unwrap();
-        assert_eq!(fails, 0.0, "{out}");
+        let total = bdev_tests::cli::total(&out).unwrap_or_else(|| panic!("no Total: {out}"));
+        assert_eq!(total.fails, 0.0, "{out}");
     }
 }
 

@@ -4,6 +4,7 @@
 
 use std::process::Command;
 
+use bdev_tests::cli::{self, Daemon, rpc};
 use bdev_tests::vm;
 use serde_json::json;
 
@@ -123,24 +124,17 @@ fn verify_over_nvme_tcp_with_and_without_digests() {
             !out.contains("miscompare") && !out.contains("panicked"),
             "{out}"
         );
-        let total = out
-            .lines()
-            .find(|l| l.trim_start().starts_with("Total"))
-            .unwrap();
-        let cols: Vec<&str> = total
-            .split(':')
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .collect();
-        let (iops, fails): (f64, f64) = (cols[0].parse().unwrap(), cols[2].parse().unwrap());
-        assert!(iops > 0.0 && fails == 0.0, "digests {hd}/{dd}: {out}");
+        let total = cli::total(&out).unwrap_or_else(|| panic!("no Total: {out}"));
+        assert!(
+            total.iops > 0.0 && total.fails == 0.0,
+            "digests {hd}/{dd}: {out}"
+        );
         // 20 s is twice the keep-alive timeout: keep-alives kept the controller.
         assert!(
             !out.contains("lost") && !out.contains("reconnected"),
             "{out}"
         );
-        eprintln!("verify over NVMe/TCP, digests {hd}/{dd}: {total}");
+        eprintln!("verify over NVMe/TCP, digests {hd}/{dd}: {total:?}");
     }
     // Connections cut twice during verify: the controller reconnects, the I/O in flight
     // is sent again, verify passes.
@@ -169,18 +163,9 @@ fn verify_over_nvme_tcp_with_and_without_digests() {
             !out.contains("miscompare") && !out.contains("panicked"),
             "{out}"
         );
-        let total = out
-            .lines()
-            .find(|l| l.trim_start().starts_with("Total"))
-            .unwrap();
-        let cols: Vec<&str> = total
-            .split(':')
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .collect();
-        assert_eq!(cols[2].parse::<f64>().unwrap(), 0.0, "no failed I/O: {out}");
-        eprintln!("verify with two connection cuts: {total}");
+        let total = cli::total(&out).unwrap_or_else(|| panic!("no Total: {out}"));
+        assert_eq!(total.fails, 0.0, "no failed I/O: {out}");
+        eprintln!("verify with two connection cuts: {total:?}");
     } else {
         eprintln!("SKIPPED connection cuts: ss -K needs root");
     }
@@ -250,32 +235,6 @@ fn verify_over_nvme_tcp_with_and_without_digests() {
     eprintln!("target gone: bdevperf ended after {:?}", started.elapsed());
 }
 
-/// One JSON-RPC call to the daemon at `sock`.
-fn rpc(sock: &std::path::Path, method: &str, params: serde_json::Value) -> serde_json::Value {
-    use std::io::{Read, Write};
-    let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
-        .unwrap();
-    let mut req = json!({"jsonrpc": "2.0", "method": method, "id": 1});
-    if !params.is_null() {
-        req["params"] = params;
-    }
-    s.write_all(req.to_string().as_bytes()).unwrap();
-    let mut buf = Vec::new();
-    loop {
-        let mut chunk = [0u8; 65536];
-        let n = s.read(&mut chunk).unwrap();
-        assert!(n > 0, "daemon closed the connection");
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(Ok(v)) = serde_json::Deserializer::from_slice(&buf)
-            .into_iter::<serde_json::Value>()
-            .next()
-        {
-            return v;
-        }
-    }
-}
-
 fn bdev_names(sock: &std::path::Path) -> Vec<String> {
     rpc(sock, "bdev_get_bdevs", serde_json::Value::Null)["result"]
         .as_array()
@@ -296,20 +255,10 @@ fn wait_for(sock: &std::path::Path, what: &str, present: bool) {
     }
 }
 
-/// A daemon stopped however the test ends (a failed assertion included).
-struct Daemon(std::process::Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn namespace_events(target: &vm::TcpTarget) {
     let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let sock = dir.join(format!("nvme-aer-{}.sock", std::process::id()));
-    let mut d = Daemon(
+    let d = Daemon::new(
         Command::new(env!("CARGO_BIN_EXE_bdevd"))
             .args(["-r", sock.to_str().unwrap()])
             .env_remove("RUST_LOG")
@@ -317,12 +266,8 @@ fn namespace_events(target: &vm::TcpTarget) {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap(),
+        sock.clone(),
     );
-    let t = std::time::Instant::now();
-    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-        assert!(t.elapsed() < std::time::Duration::from_secs(20));
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
     let v = rpc(
         &sock,
         "bdev_nvme_attach_controller",
@@ -369,10 +314,7 @@ fn namespace_events(target: &vm::TcpTarget) {
     let v = rpc(&sock, "bdev_nvme_detach_controller", json!({"name": "E0"}));
     assert_eq!(v["result"], true, "{v}");
     assert!(!bdev_names(&sock).iter().any(|n| n.starts_with("E0")));
-    let _ = Command::new("kill")
-        .args(["-TERM", &d.0.id().to_string()])
-        .status();
-    let st = d.0.wait().unwrap();
+    let st = d.terminate();
     assert!(st.success(), "{st:?}");
 }
 
@@ -385,18 +327,9 @@ fn finish(child: std::process::Child, what: &str) -> (String, f64) {
         !out.contains("miscompare") && !out.contains("panicked"),
         "{what}: {out}"
     );
-    let total = out
-        .lines()
-        .find(|l| l.trim_start().starts_with("Total"))
-        .unwrap_or_else(|| panic!("{what}: no Total row: {out}"));
-    let fails = total
-        .split(':')
-        .nth(1)
-        .and_then(|c| c.split_whitespace().nth(2))
-        .and_then(|f| f.parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("{what}: {total}"));
-    eprintln!("{what}: {total}");
-    (out, fails)
+    let total = cli::total(&out).unwrap_or_else(|| panic!("{what}: no Total row: {out}"));
+    eprintln!("{what}: {total:?}");
+    (out, total.fails)
 }
 
 /// bdevperf's reset workload resets the controller under verify I/O; an I/O timeout
@@ -439,7 +372,7 @@ fn resets_and_timeouts(target: &vm::TcpTarget) {
 fn discovery(target: &vm::TcpTarget) {
     let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let sock = dir.join(format!("nvme-disc-{}.sock", std::process::id()));
-    let mut d = Daemon(
+    let d = Daemon::new(
         Command::new(env!("CARGO_BIN_EXE_bdevd"))
             .args(["-r", sock.to_str().unwrap()])
             .env_remove("RUST_LOG")
@@ -447,12 +380,8 @@ fn discovery(target: &vm::TcpTarget) {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap(),
+        sock.clone(),
     );
-    let t = std::time::Instant::now();
-    while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-        assert!(t.elapsed() < std::time::Duration::from_secs(20));
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
     let params = json!({"name": "D", "trtype": "tcp", "adrfam": "ipv4", "traddr": "127.0.0.1",
         "trsvcid": target.discovery_port.to_string()});
     let v = rpc(&sock, "bdev_nvme_start_discovery", params.clone());
@@ -506,9 +435,6 @@ fn discovery(target: &vm::TcpTarget) {
     assert_eq!(v["result"], json!([]), "{v}");
     let v = rpc(&sock, "bdev_nvme_stop_discovery", json!({"name": "D"}));
     assert_eq!(v["error"]["code"], -19, "{v}");
-    let _ = Command::new("kill")
-        .args(["-TERM", &d.0.id().to_string()])
-        .status();
-    let st = d.0.wait().unwrap();
+    let st = d.terminate();
     assert!(st.success(), "{st:?}");
 }

@@ -71,18 +71,9 @@ fn verify_all(cfg: &Path, names: &[String], secs: &str) {
         assert!(row.contains(n), "{out}");
     }
     // No failed I/O in any job: the Total row's Fail/s is 0.
-    let total = out
-        .lines()
-        .find(|l| l.trim_start().starts_with("Total"))
-        .unwrap_or_else(|| panic!("no Total: {out}"));
-    let cols: Vec<&str> = total
-        .split(':')
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .collect();
-    assert_eq!(cols[2].parse::<f64>().unwrap(), 0.0, "{out}");
-    eprintln!("{total}");
+    let total = bdev_tests::cli::total(&out).unwrap_or_else(|| panic!("no Total: {out}"));
+    assert_eq!(total.fails, 0.0, "{out}");
+    eprintln!("{total:?}");
 }
 
 /// raid0 / raid1 / concat over `base(name, block_size)` entries, strips 4 to 1024 KiB.
