@@ -1458,6 +1458,22 @@ pub async fn detach(name: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// At the application's stop (the bdevs are gone by then): every controller lets go of
+/// its admin poller and connections.
+pub(crate) fn shutdown_all() {
+    let Ok(c) = Ctrlrs::get() else { return };
+    let all: Vec<Arc<NvmeCtrlr>> =
+        std::mem::take(&mut *c.0.lock().unwrap_or_else(|e| e.into_inner()));
+    for c in all {
+        c.st().removed = true;
+        c.stop_admin_poller();
+        if let Some(mut a) = c.admin.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            a.admin.qpair().disconnect("application stopping");
+        }
+        let _ = c.dev.unregister(|| {});
+    }
+}
+
 /// `bdev_nvme_reset_controller`: resets the controller named `name` (whose controller
 /// ID must be `cntlid`, when given).
 pub async fn reset_controller(name: &str, cntlid: Option<u16>) -> Result<(), Error> {

@@ -457,6 +457,15 @@ pub async fn stop(name: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// At the application's stop: every discovery service ends.
+pub(crate) fn stop_all() {
+    if let Ok(svc) = services() {
+        for d in std::mem::take(&mut *svc.0.lock().unwrap_or_else(|e| e.into_inner())) {
+            d.stopped.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
 /// `bdev_nvme_get_discovery_info`.
 pub fn info() -> Result<Vec<serde_json::Value>, Error> {
     Ok(services()?

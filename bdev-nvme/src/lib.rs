@@ -154,6 +154,11 @@ impl BdevModule for NvmeModule {
         });
     }
 
+    fn fini(&self) {
+        discovery::stop_all();
+        bdev::shutdown_all();
+    }
+
     fn config_json(&self) -> Vec<Value> {
         let mut v = vec![Self::options_json()];
         v.extend(bdev::config_json());

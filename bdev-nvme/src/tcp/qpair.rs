@@ -428,7 +428,12 @@ impl QueuePair for TcpQpair {
     }
 
     fn disconnect(&mut self, why: &str) {
-        self.fail(why.to_string());
+        // Asked for (a reset, a detach, a stop): not a warning.
+        if !matches!(self.state, State::Failed(_)) {
+            tracing::debug!(qid = self.qid, "NVMe/TCP connection closed: {why}");
+            let _ = self.sock.shutdown(std::net::Shutdown::Both);
+            self.state = State::Failed(why.to_string());
+        }
     }
 }
 
