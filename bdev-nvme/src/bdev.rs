@@ -4,10 +4,10 @@
 //! by the channel's poller.
 //!
 //! A channel's queue pair connects in the background when the channel is created; I/O
-//! submitted meanwhile waits in the channel and goes out once it is up. Data goes
-//! through buffers from the channel's pool (power-of-two size classes, kept): reads are
-//! copied out to the caller's buffers on completion, writes copied in before sending,
-//! since the TCP transport copies to and from the socket anyway.
+//! submitted meanwhile waits in the channel and goes out once it is up. A read's or
+//! write's data goes straight between the socket buffers and the I/O's own segments
+//! (the command's payload is the `BdevIo` itself, [`Payload::IoIn`]/[`Payload::IoOut`]):
+//! one copy each way, the one TCP needs.
 //!
 //! The controller's thread runs a timed admin poller: keep-alive, asynchronous events
 //! (namespaces added, removed, resized), and the reconnection after a lost connection
@@ -854,7 +854,11 @@ impl Chan {
 /// An I/O sent on the channel's queue pair.
 struct Inflight {
     nsid: u32,
-    io: BdevIo,
+    /// The I/O, unless its command's payload carries it (reads and writes).
+    io: Option<BdevIo>,
+    /// Its type and first block, for the timeout's report.
+    io_type: IoType,
+    lba: u64,
     /// Its command ID on the queue pair.
     cid: u16,
     /// When it was sent (ticks; 0 when no timeout is set).
@@ -875,11 +879,11 @@ pub(crate) struct ChanState {
     lost: Cell<bool>,
     /// Itself, to start a reconnection from the poller.
     me: RefCell<std::rc::Weak<ChanState>>,
-    qpair: RefCell<Option<TcpQpair>>,
+    qpair: RefCell<Option<TcpQpair<BdevIo>>>,
     /// Waiting for the queue pair (connecting) or for a free command slot.
     waiting: RefCell<VecDeque<(u32, BdevIo)>>,
     inflight: RefCell<slab::Slab<Inflight>>,
-    done: RefCell<Vec<Completion>>,
+    done: RefCell<Vec<Completion<BdevIo>>>,
     pool: BufPool,
     connecting: Cell<bool>,
     /// The controller's I/O timeout, in ticks (0: none).
@@ -946,7 +950,7 @@ impl ChanState {
                 ch2.qid.set(qid);
                 let mut q = crate::ctrlr::Queue::open(&c.connect, qid, 128, c.icd_max).await?;
                 q.fabrics_connect(&c.connect, cntlid, 128).await?;
-                Ok::<_, Error>(q.into_qpair())
+                q.into_qpair().into_io().map_err(Error::Protocol)
             }
             .await;
             match q {
@@ -991,38 +995,30 @@ impl ChanState {
             return Err((nsid, io));
         };
         let (t, lba, n) = (io.io_type(), io.offset_blocks(), io.num_blocks());
-        let len = io.len_bytes() as usize;
+        // Reads and writes travel with their payload; other commands' I/O waits in the
+        // in-flight table.
+        let mut held = None;
         let (sqe, payload) = match t {
-            IoType::Read | IoType::Write => {
-                let mut buf = match self.pool.take(len) {
-                    Ok(b) => b,
-                    Err(_) => {
-                        io.complete(IoStatus::NoMem);
-                        return Ok(());
-                    }
-                };
-                let opc = if t == IoType::Read {
-                    nvm::READ
-                } else {
-                    nvm::WRITE
-                };
-                let sqe = spec::rw(0, opc, nsid, lba, n as u32);
-                if t == IoType::Write {
-                    let mut at = 0;
-                    io.for_each_segment(|s| {
-                        buf[at..at + s.len()].copy_from_slice(s);
-                        at += s.len();
-                    });
-                    (sqe, Payload::Out(buf, len))
-                } else {
-                    (sqe, Payload::In(buf, len))
-                }
-            }
-            IoType::Flush => (spec::Sqe::new(nvm::FLUSH, 0, nsid), Payload::None),
-            IoType::WriteZeroes => (
-                spec::rw(0, nvm::WRITE_ZEROES, nsid, lba, n as u32),
-                Payload::None,
+            // The data goes between the socket and the I/O's own buffers.
+            IoType::Read => (
+                spec::rw(0, nvm::READ, nsid, lba, n as u32),
+                Payload::IoIn(io),
             ),
+            IoType::Write => (
+                spec::rw(0, nvm::WRITE, nsid, lba, n as u32),
+                Payload::IoOut(io),
+            ),
+            IoType::Flush => {
+                held = Some(io);
+                (spec::Sqe::new(nvm::FLUSH, 0, nsid), Payload::None)
+            }
+            IoType::WriteZeroes => {
+                held = Some(io);
+                (
+                    spec::rw(0, nvm::WRITE_ZEROES, nsid, lba, n as u32),
+                    Payload::None,
+                )
+            }
             IoType::Unmap => {
                 // One deallocate range per 2^32-1 blocks (ranges of 16 bytes).
                 let mut buf = match self.pool.take(4096) {
@@ -1046,6 +1042,7 @@ impl ChanState {
                 let mut sqe = spec::Sqe::new(nvm::DATASET_MANAGEMENT, 0, nsid);
                 sqe.cdw10 = ((nr - 1) as u32).into();
                 sqe.cdw11 = (1u32 << 2).into();
+                held = Some(io);
                 (sqe, Payload::Out(buf, nr * 16))
             }
             _ => {
@@ -1065,25 +1062,40 @@ impl ChanState {
                 };
                 slot.insert(Inflight {
                     nsid,
-                    io,
+                    io: held,
                     cid,
                     at,
                     timed_out: false,
+                    io_type: t,
+                    lba,
                 });
                 Ok(())
             }
-            Err(SubmitError::Full(_, p)) => {
-                if let Some(b) = p.into_buf() {
-                    self.pool.give(b);
-                }
-                Err((nsid, io))
-            }
-            Err(e) => {
+            Err(SubmitError::Full(_, p)) => match self.take_back(p, held) {
+                Some(io) => Err((nsid, io)),
+                None => Ok(()),
+            },
+            Err(SubmitError::Disconnected(e, p) | SubmitError::Invalid(e, p)) => {
                 drop(inflight);
                 tracing::warn!("nvme submit: {e}");
-                io.complete(IoStatus::Failed);
+                if let Some(io) = self.take_back(p, held) {
+                    io.complete(IoStatus::Failed);
+                }
                 Ok(())
             }
+        }
+    }
+
+    /// The I/O of a command back from its payload (a read or write) or from where it
+    /// was held; a pooled buffer goes back to the pool.
+    fn take_back(&self, p: Payload<BdevIo>, held: Option<BdevIo>) -> Option<BdevIo> {
+        match p {
+            Payload::IoIn(io) | Payload::IoOut(io) => Some(io),
+            Payload::In(b, _) | Payload::Out(b, _) => {
+                self.pool.give(b);
+                held
+            }
+            Payload::None => held,
         }
     }
 
@@ -1103,7 +1115,7 @@ impl ChanState {
         let busy = !done.is_empty();
         let mut retry = Vec::new();
         for c in done.drain(..) {
-            let Some(Inflight { nsid, mut io, .. }) =
+            let Some(Inflight { nsid, io, .. }) =
                 self.inflight.borrow_mut().try_remove(c.token as usize)
             else {
                 continue;
@@ -1111,21 +1123,9 @@ impl ChanState {
             let transport_abort = failed.is_some()
                 && c.status == crate::spec::Status::new(0, crate::spec::sc::ABORTED_SQ_DELETION);
             let status = status_of(c.status);
-            match c.payload {
-                Payload::In(buf, n) => {
-                    if status.is_success() {
-                        let mut at = 0;
-                        io.for_each_segment_mut(|s| {
-                            let k = s.len().min(n - at.min(n));
-                            s[..k].copy_from_slice(&buf[at..at + k]);
-                            at += k;
-                        });
-                    }
-                    self.pool.give(buf);
-                }
-                Payload::Out(buf, _) => self.pool.give(buf),
-                Payload::None => {}
-            }
+            let Some(io) = self.take_back(c.payload, io) else {
+                continue;
+            };
             if transport_abort {
                 retry.push((nsid, io));
             } else {
@@ -1192,7 +1192,7 @@ impl ChanState {
         for (_, f) in self.inflight.borrow_mut().iter_mut() {
             if !f.timed_out && now.saturating_sub(f.at) > self.io_timeout {
                 f.timed_out = true;
-                late.push((f.cid, f.io.io_type(), f.io.offset_blocks()));
+                late.push((f.cid, f.io_type, f.lba));
             }
         }
         if late.is_empty() {

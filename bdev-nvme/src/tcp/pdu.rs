@@ -552,9 +552,34 @@ fn encode(
     dg: Digests,
     cpda: u8,
 ) {
+    encode_with(
+        out,
+        pdu_type,
+        extra_flags,
+        hdr_rest,
+        data.len(),
+        |o| o.extend_from_slice(data),
+        dg,
+        cpda,
+    )
+}
+
+/// [`encode`] with the data appended by `fill` (exactly `data_len` bytes, from wherever
+/// they lie: a caller's scattered buffers go straight into the send buffer).
+#[allow(clippy::too_many_arguments)]
+fn encode_with(
+    out: &mut Vec<u8>,
+    pdu_type: u8,
+    extra_flags: u8,
+    hdr_rest: &[u8],
+    data_len: usize,
+    fill: impl FnOnce(&mut Vec<u8>),
+    dg: Digests,
+    cpda: u8,
+) {
     let hlen = 8 + hdr_rest.len();
     let hd = if dg.header { 4 } else { 0 };
-    let (pdo, dd) = if data.is_empty() {
+    let (pdo, dd) = if data_len == 0 {
         (0usize, 0usize)
     } else {
         // Data starts aligned to the controller's PDU data alignment.
@@ -564,16 +589,16 @@ fn encode(
             if dg.data { 4 } else { 0 },
         )
     };
-    let plen = if data.is_empty() {
+    let plen = if data_len == 0 {
         hlen + hd
     } else {
-        pdo + data.len() + dd
+        pdo + data_len + dd
     };
     let mut fl = extra_flags;
     if dg.header {
         fl |= flags::HDGSTF;
     }
-    if dg.data && !data.is_empty() {
+    if dg.data && data_len != 0 {
         fl |= flags::DDGSTF;
     }
     let start = out.len();
@@ -590,11 +615,14 @@ fn encode(
         let d = digest(&out[start..start + hlen]);
         out.extend_from_slice(&d.to_le_bytes());
     }
-    if !data.is_empty() {
+    if data_len != 0 {
         out.resize(start + pdo, 0);
-        out.extend_from_slice(data);
+        fill(out);
+        // Whatever `fill` did, the PDU is exactly as long as its header says.
+        out.resize(start + pdo + data_len, 0);
         if dg.data {
-            out.extend_from_slice(&digest(data).to_le_bytes());
+            let d = digest(&out[start + pdo..]);
+            out.extend_from_slice(&d.to_le_bytes());
         }
     }
 }
@@ -607,6 +635,60 @@ pub fn encode_capsule_cmd(out: &mut Vec<u8>, sqe: &Sqe, data: &[u8], dg: Digests
         0,
         sqe.as_bytes(),
         data,
+        dg,
+        cpda,
+    );
+}
+
+/// [`encode_capsule_cmd`] with `data_len` bytes of data appended by `fill`.
+pub fn encode_capsule_cmd_with(
+    out: &mut Vec<u8>,
+    sqe: &Sqe,
+    data_len: usize,
+    fill: impl FnOnce(&mut Vec<u8>),
+    dg: Digests,
+    cpda: u8,
+) {
+    encode_with(
+        out,
+        pdu_type::CAPSULE_CMD,
+        0,
+        sqe.as_bytes(),
+        data_len,
+        fill,
+        dg,
+        cpda,
+    );
+}
+
+/// [`encode_h2c_data`] with `data_len` bytes of data appended by `fill`.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_h2c_data_with(
+    out: &mut Vec<u8>,
+    cccid: u16,
+    ttag: u16,
+    datao: u32,
+    data_len: usize,
+    fill: impl FnOnce(&mut Vec<u8>),
+    last: bool,
+    dg: Digests,
+    cpda: u8,
+) {
+    let h = DataHeader {
+        cccid: U16::new(cccid),
+        ttag: U16::new(ttag),
+        datao: U32::new(datao),
+        datal: U32::new(data_len as u32),
+        ..Default::default()
+    };
+    let fl = if last { flags::DATA_LAST } else { 0 };
+    encode_with(
+        out,
+        pdu_type::H2C_DATA,
+        fl,
+        &h.as_bytes()[8..],
+        data_len,
+        fill,
         dg,
         cpda,
     );

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use super::pdu::{self, Digests, Parsed, RxPdu, flags};
 use crate::spec::{SglDescriptor, Sqe, Status, sc, sct, sgl};
-use crate::transport::{Completion, Payload, QueuePair, SubmitError};
+use crate::transport::{Completion, IoData, NoIo, Payload, QueuePair, SubmitError};
 
 /// Most data one C2HData PDU may carry here (the receive buffer grows to hold one).
 const MAX_C2H_DATA: u32 = 4 << 20;
@@ -33,15 +33,25 @@ enum State {
     Failed(String),
 }
 
-#[derive(Default)]
-struct Slot {
+struct Slot<T> {
     busy: bool,
     token: u64,
-    payload: Payload,
+    payload: Payload<T>,
 }
 
-/// A queue pair over NVMe/TCP.
-pub struct TcpQpair {
+impl<T> Default for Slot<T> {
+    fn default() -> Self {
+        Slot {
+            busy: false,
+            token: 0,
+            payload: Payload::None,
+        }
+    }
+}
+
+/// A queue pair over NVMe/TCP, whose commands' data may live in caller buffers of type
+/// `T` (see [`IoData`]).
+pub struct TcpQpair<T: IoData = NoIo> {
     qid: u16,
     sock: TcpStream,
     state: State,
@@ -57,12 +67,12 @@ pub struct TcpQpair {
     rx_len: usize,
     /// The Fatal Error Status to report when a bad PDU ends the connection.
     term_fes: u16,
-    slots: Vec<Slot>,
+    slots: Vec<Slot<T>>,
     free: Vec<u16>,
     outstanding: usize,
 }
 
-impl std::fmt::Debug for TcpQpair {
+impl<T: IoData> std::fmt::Debug for TcpQpair<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "TcpQpair(qid {}, {:?})", self.qid, self.state)
     }
@@ -72,7 +82,7 @@ fn aborted() -> Status {
     Status::new(sct::GENERIC, sc::ABORTED_SQ_DELETION)
 }
 
-impl TcpQpair {
+impl<T: IoData> TcpQpair<T> {
     /// Connects to `addr` (waiting up to `timeout`) and sends ICReq asking for `digests`;
     /// the pair is usable once [`TcpQpair::is_ready`] (keep polling until then). `depth`
     /// commands may be outstanding; writes up to `icd_max` bytes travel in the capsule.
@@ -83,7 +93,7 @@ impl TcpQpair {
         digests: Digests,
         icd_max: usize,
         timeout: Duration,
-    ) -> Result<TcpQpair, String> {
+    ) -> Result<TcpQpair<T>, String> {
         let sock = TcpStream::connect_timeout(&addr, timeout)
             .map_err(|e| format!("connecting to {addr}: {e}"))?;
         sock.set_nodelay(true)
@@ -149,7 +159,7 @@ impl TcpQpair {
         status: Status,
         dw0: u32,
         dw1: u32,
-        out: &mut Vec<Completion>,
+        out: &mut Vec<Completion<T>>,
     ) {
         let Some(s) = self.slots.get_mut(cid as usize) else {
             return;
@@ -188,7 +198,7 @@ impl TcpQpair {
     }
 
     /// Reads what the socket has and handles every whole PDU.
-    fn receive(&mut self, out: &mut Vec<Completion>) -> Result<(), String> {
+    fn receive(&mut self, out: &mut Vec<Completion<T>>) -> Result<(), String> {
         loop {
             if self.rx_len == self.rx.len() {
                 // Full and no whole PDU in it: parse below says how much is needed.
@@ -213,7 +223,7 @@ impl TcpQpair {
     }
 
     /// Handles every whole PDU in `rx[..rx_len]`; returns the bytes consumed.
-    fn handle(&mut self, rx: &mut Vec<u8>, out: &mut Vec<Completion>) -> Result<usize, String> {
+    fn handle(&mut self, rx: &mut Vec<u8>, out: &mut Vec<Completion<T>>) -> Result<usize, String> {
         let mut start = 0;
         let dg = if self.is_ready() {
             self.dg
@@ -294,16 +304,16 @@ impl TcpQpair {
             .get_mut(cid as usize)
             .filter(|s| s.busy)
             .ok_or_else(|| format!("C2HData for unknown command {cid}"))?;
-        let Payload::In(buf, n) = &mut s.payload else {
+        if !s.payload.is_in() {
             return Err(format!("C2HData for command {cid}, which reads nothing"));
-        };
+        }
         let (start, end) = (datao as usize, datao as usize + data.len());
-        if end > *n || end > buf.len() {
+        if !s.payload.write_at(start, data) {
             return Err(format!(
-                "C2HData for command {cid} at {start}..{end}, past its {n} bytes"
+                "C2HData for command {cid} at {start}..{end}, past its {} bytes",
+                s.payload.len()
             ));
         }
-        buf[start..end].copy_from_slice(data);
         if fl & flags::DATA_SUCCESS != 0 {
             if fl & flags::DATA_LAST == 0 {
                 return Err("C2HData SUCCESS without LAST".into());
@@ -322,24 +332,29 @@ impl TcpQpair {
             .get(cid as usize)
             .filter(|s| s.busy)
             .ok_or_else(|| format!("R2T for unknown command {cid}"))?;
-        let Payload::Out(buf, n) = &s.payload else {
+        if !s.payload.is_out() {
             return Err(format!("R2T for command {cid}, which writes nothing"));
-        };
+        }
         let (start, end) = (off as usize, off as usize + len as usize);
-        if end > *n || end > buf.len() {
+        if end > s.payload.len() {
             return Err(format!(
-                "R2T for command {cid} at {start}..{end}, past its {n} bytes"
+                "R2T for command {cid} at {start}..{end}, past its {} bytes",
+                s.payload.len()
             ));
         }
         let mut at = start;
         while at < end {
             let k = (end - at).min(max);
-            pdu::encode_h2c_data(
+            let p = &s.payload;
+            pdu::encode_h2c_data_with(
                 &mut self.tx,
                 cid,
                 ttag,
                 at as u32,
-                &buf[at..at + k],
+                k,
+                |tx| {
+                    p.read_range(at, k, |d| tx.extend_from_slice(d));
+                },
                 at + k == end,
                 dg,
                 cpda,
@@ -350,42 +365,91 @@ impl TcpQpair {
     }
 }
 
-impl QueuePair for TcpQpair {
+impl TcpQpair<NoIo> {
+    /// The same connection, for commands whose data lies in caller buffers of type `U`
+    /// (a control-plane Connect done, the I/O path takes it over). Nothing may be
+    /// outstanding.
+    pub fn into_io<U: IoData>(self) -> Result<TcpQpair<U>, String> {
+        if self.outstanding != 0 {
+            return Err(format!(
+                "queue {}: {} commands outstanding",
+                self.qid, self.outstanding
+            ));
+        }
+        Ok(TcpQpair {
+            qid: self.qid,
+            sock: self.sock,
+            state: self.state,
+            want: self.want,
+            dg: self.dg,
+            cpda: self.cpda,
+            maxh2cdata: self.maxh2cdata,
+            icd_max: self.icd_max,
+            tx: self.tx,
+            tx_off: self.tx_off,
+            rx: self.rx,
+            rx_len: self.rx_len,
+            term_fes: self.term_fes,
+            slots: (0..self.slots.len()).map(|_| Slot::default()).collect(),
+            free: self.free,
+            outstanding: 0,
+        })
+    }
+}
+
+impl<T: IoData> QueuePair<T> for TcpQpair<T> {
     fn qid(&self) -> u16 {
         self.qid
     }
 
-    fn submit(&mut self, mut sqe: Sqe, payload: Payload, token: u64) -> Result<u16, SubmitError> {
+    fn submit(
+        &mut self,
+        mut sqe: Sqe,
+        payload: Payload<T>,
+        token: u64,
+    ) -> Result<u16, SubmitError<T>> {
         match &self.state {
             State::Ready => {}
-            State::Handshake => return Err(SubmitError::Disconnected("handshake not done".into())),
-            State::Failed(m) => return Err(SubmitError::Disconnected(m.clone())),
+            State::Handshake => {
+                return Err(SubmitError::Disconnected(
+                    "handshake not done".into(),
+                    payload,
+                ));
+            }
+            State::Failed(m) => return Err(SubmitError::Disconnected(m.clone(), payload)),
         }
         let n = payload.len();
         if let Payload::In(b, n) | Payload::Out(b, n) = &payload {
-            if *n > b.len() || *n > u32::MAX as usize {
-                return Err(SubmitError::Invalid(format!(
-                    "{n} bytes of data in a {}-byte buffer",
-                    b.len()
-                )));
+            if *n > b.len() {
+                let m = format!("{n} bytes of data in a {}-byte buffer", b.len());
+                return Err(SubmitError::Invalid(m, payload));
             }
+        }
+        if n > u32::MAX as usize {
+            return Err(SubmitError::Invalid(format!("{n} bytes of data"), payload));
         }
         let Some(cid) = self.free.pop() else {
             return Err(SubmitError::Full(sqe, payload));
         };
         sqe.cid = cid.into();
-        let in_capsule = matches!(payload, Payload::Out(..)) && n > 0 && n <= self.icd_max;
+        let in_capsule = payload.is_out() && n > 0 && n <= self.icd_max;
         let id = if in_capsule {
             sgl::DATA_BLOCK_OFFSET
         } else {
             sgl::TRANSPORT_DATA_BLOCK
         };
         sqe.set_sgl(SglDescriptor::new(id, 0, n as u32));
-        let data: &[u8] = match (&payload, in_capsule) {
-            (Payload::Out(b, n), true) => &b[..*n],
-            _ => &[],
-        };
-        pdu::encode_capsule_cmd(&mut self.tx, &sqe, data, self.dg, self.cpda);
+        let len = if in_capsule { n } else { 0 };
+        pdu::encode_capsule_cmd_with(
+            &mut self.tx,
+            &sqe,
+            len,
+            |tx| {
+                payload.read_range(0, len, |d| tx.extend_from_slice(d));
+            },
+            self.dg,
+            self.cpda,
+        );
         let s = &mut self.slots[cid as usize];
         s.busy = true;
         s.token = token;
@@ -394,7 +458,7 @@ impl QueuePair for TcpQpair {
         Ok(cid)
     }
 
-    fn poll(&mut self, out: &mut Vec<Completion>) -> Result<usize, String> {
+    fn poll(&mut self, out: &mut Vec<Completion<T>>) -> Result<usize, String> {
         let before = out.len();
         if !matches!(self.state, State::Failed(_)) {
             let r = self
@@ -437,7 +501,7 @@ impl QueuePair for TcpQpair {
     }
 }
 
-impl TcpQpair {
+impl<T: IoData> TcpQpair<T> {
     /// The bytes of the command last queued (for tests).
     #[cfg(test)]
     fn queued(&self) -> &[u8] {
@@ -656,7 +720,7 @@ mod tests {
         assert!(q.failure().is_some_and(|m| m.contains("bad PDU")), "{q:?}");
         assert!(matches!(
             q.submit(Sqe::default(), Payload::None, 0),
-            Err(SubmitError::Disconnected(_))
+            Err(SubmitError::Disconnected(..))
         ));
     }
 
