@@ -35,8 +35,10 @@ use crate::transport::{Completion, Payload, QueuePair, SubmitError};
 /// The module's name.
 pub const MODULE: &str = "nvme";
 
-/// Params of `bdev_nvme_attach_controller` (SPDK's names; TCP only for now).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// Params of `bdev_nvme_attach_controller`: every one SPDK's decoder knows, so SPDK's
+/// configs and scripts load. Those for features not here yet (end-to-end protection,
+/// TLS, DH-HMAC-CHAP, a local address to bind) are refused by name when set.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AttachOpts {
     /// Controller name; its bdevs are `<name>n<nsid>`.
@@ -72,6 +74,84 @@ pub struct AttachOpts {
     /// Seconds after which I/O waiting for a reconnection fails.
     #[serde(default)]
     pub fast_io_fail_timeout_sec: Option<u64>,
+    /// Socket priority (SPDK's; accepted, not applied).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<String>,
+    /// Local address to connect from (not supported: refused when set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostaddr: Option<String>,
+    /// Local port to connect from (not supported: refused when set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostsvcid: Option<String>,
+    /// Reference tag checking (end-to-end protection: refused when true).
+    #[serde(default)]
+    pub prchk_reftag: bool,
+    /// Guard checking (end-to-end protection: refused when true).
+    #[serde(default)]
+    pub prchk_guard: bool,
+    /// How long each step of connecting may take, in microseconds (default 10 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fabrics_connect_timeout_us: Option<u64>,
+    /// "disable", "failover" or "multipath": a second path to a controller is a later
+    /// issue's, so a name attached twice is refused whatever this says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multipath: Option<String>,
+    /// I/O queues to ask for (default 64; one per thread is used).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_io_queues: Option<u32>,
+    /// TLS pre-shared key (not supported: refused when set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub psk: Option<String>,
+    /// Most bdev names returned (SPDK's default 128).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bdevs: Option<u32>,
+    /// DH-HMAC-CHAP key (not supported: refused when set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhchap_key: Option<String>,
+    /// DH-HMAC-CHAP controller key (not supported: refused when set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhchap_ctrlr_key: Option<String>,
+    /// Namespaces of unknown command sets as bdevs (accepted; NVM namespaces only here).
+    #[serde(default)]
+    pub allow_unrecognized_csi: bool,
+}
+
+impl AttachOpts {
+    /// Refuses, by name, what is asked for and not supported.
+    fn check_supported(&self) -> Result<(), Error> {
+        let refuse = |what: &str| {
+            Err(Error::Protocol(format!(
+                "{what} is not supported by this NVMe driver"
+            )))
+        };
+        if self.hostaddr.is_some() || self.hostsvcid.is_some() {
+            return refuse("hostaddr/hostsvcid (binding a local address)");
+        }
+        if self.prchk_reftag || self.prchk_guard {
+            return refuse("end-to-end protection checking (prchk_reftag/prchk_guard)");
+        }
+        if self.psk.is_some() {
+            return refuse("TLS (psk)");
+        }
+        if self.dhchap_key.is_some() || self.dhchap_ctrlr_key.is_some() {
+            return refuse("DH-HMAC-CHAP authentication");
+        }
+        if let Some(m) = &self.multipath {
+            if !matches!(m.as_str(), "disable" | "failover" | "multipath") {
+                return Err(Error::Protocol(format!(
+                    "multipath must be disable, failover or multipath, not {m}"
+                )));
+            }
+        }
+        if self.num_io_queues == Some(0) {
+            return Err(Error::Protocol("num_io_queues must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    fn io_queues(&self) -> u16 {
+        self.num_io_queues.unwrap_or(64).min(65535) as u16
+    }
 }
 
 /// Options of `bdev_nvme_set_options` that this driver uses (SPDK's names and defaults);
@@ -348,7 +428,7 @@ impl NvmeCtrlr {
         let mut o = self.connect.clone();
         o.timeout = timeout;
         let mut c = Controller::connect(o).await?;
-        c.set_num_queues(64).await?;
+        c.set_num_queues(self.opts.io_queues()).await?;
         let cntlid = c.cntlid;
         *self.admin.lock().unwrap_or_else(|e| e.into_inner()) = Some(c);
         let mut st = self.st();
@@ -1343,6 +1423,7 @@ async fn attach_as(o: AttachOpts, from_discovery: bool) -> Result<Vec<String>, E
             o.name
         )));
     }
+    o.check_supported()?;
     let timeouts = check_timeouts(&o)?;
     let g = options();
     let timeout_ticks = g.timeout_us * bdev_core::thread::ticks_hz() / 1_000_000;
@@ -1371,10 +1452,14 @@ async fn attach_as(o: AttachOpts, from_discovery: bool) -> Result<Vec<String>, E
             data: o.ddgst,
         },
         kato_ms: options().keep_alive_timeout_ms,
-        timeout: Duration::from_secs(10),
+        timeout: o
+            .fabrics_connect_timeout_us
+            .filter(|&t| t > 0)
+            .map(Duration::from_micros)
+            .unwrap_or(Duration::from_secs(10)),
     };
     let mut c = Controller::connect(connect.clone()).await?;
-    let granted = c.set_num_queues(64).await?;
+    let granted = c.set_num_queues(o.io_queues()).await?;
     let nsids = c.active_namespaces().await?;
     let mut namespaces: Vec<(u32, Box<IdentifyNamespace>)> = Vec::new();
     for nsid in nsids {
@@ -1421,6 +1506,7 @@ async fn attach_as(o: AttachOpts, from_discovery: bool) -> Result<Vec<String>, E
             names.push(n);
         }
     }
+    names.truncate(o.max_bdevs.unwrap_or(128) as usize);
     if let Err(e) = ctrlr.start_admin_poller() {
         tracing::error!(ctrlr = %o.name, "admin poller: {e}");
     }
@@ -1540,15 +1626,12 @@ mod tests {
             name: "N".into(),
             trtype: "tcp".into(),
             traddr: "127.0.0.1".into(),
-            adrfam: None,
             trsvcid: Some("4420".into()),
             subnqn: Some("nqn.x".into()),
-            hostnqn: None,
-            hdgst: false,
-            ddgst: false,
             ctrlr_loss_timeout_sec: loss,
             reconnect_delay_sec: delay,
             fast_io_fail_timeout_sec: fio,
+            ..Default::default()
         }
     }
 
@@ -1591,6 +1674,42 @@ mod tests {
                 .to_string()
                 .contains("not a port number")
         );
+    }
+
+    #[test]
+    fn spdks_saved_attach_params_load_and_unsupported_ones_are_refused_by_name() {
+        // What SPDK v24.09's save_config writes for a TCP controller.
+        let spdk = serde_json::json!({
+            "name": "Nvme0", "trtype": "TCP", "adrfam": "IPv4", "traddr": "10.0.0.1",
+            "trsvcid": "4420", "subnqn": "nqn.2016-06.io.spdk:cnode1",
+            "hostnqn": "nqn.2014-08.org.nvmexpress:uuid:0", "prchk_reftag": false,
+            "prchk_guard": false, "ctrlr_loss_timeout_sec": 0, "reconnect_delay_sec": 0,
+            "fast_io_fail_timeout_sec": 0, "hdgst": false, "ddgst": false,
+            "multipath": "multipath"});
+        let o: AttachOpts = serde_json::from_value(spdk).unwrap();
+        o.check_supported().unwrap();
+        for (k, v, want) in [
+            ("psk", serde_json::json!("NVMeTLSkey-1:01:x"), "TLS"),
+            ("prchk_guard", serde_json::json!(true), "protection"),
+            ("hostaddr", serde_json::json!("10.0.0.2"), "hostaddr"),
+            ("dhchap_key", serde_json::json!("key0"), "DH-HMAC-CHAP"),
+            (
+                "multipath",
+                serde_json::json!("sideways"),
+                "multipath must be",
+            ),
+            ("num_io_queues", serde_json::json!(0), "num_io_queues"),
+        ] {
+            let mut p = serde_json::to_value(&opts(None, None, None)).unwrap();
+            p[k] = v;
+            let o: AttachOpts = serde_json::from_value(p).unwrap();
+            let e = o.check_supported().unwrap_err().to_string();
+            assert!(e.contains(want), "{k}: {e}");
+        }
+        // Unknown keys are still refused.
+        let mut p = serde_json::to_value(&opts(None, None, None)).unwrap();
+        p["sideways"] = serde_json::json!(1);
+        assert!(serde_json::from_value::<AttachOpts>(p).is_err());
     }
 
     #[test]

@@ -280,6 +280,7 @@ impl Discovery {
                 ctrlr_loss_timeout_sec: self.opts.ctrlr_loss_timeout_sec,
                 reconnect_delay_sec: self.opts.reconnect_delay_sec,
                 fast_io_fail_timeout_sec: self.opts.fast_io_fail_timeout_sec,
+                ..Default::default()
             };
             match bdev::attach_discovered(o).await {
                 Ok(_) if self.stopped.load(Ordering::Relaxed) => {
@@ -358,6 +359,7 @@ pub async fn start(o: DiscoveryOpts) -> Result<(), Error> {
         ctrlr_loss_timeout_sec: o.ctrlr_loss_timeout_sec,
         reconnect_delay_sec: o.reconnect_delay_sec,
         fast_io_fail_timeout_sec: o.fast_io_fail_timeout_sec,
+        ..Default::default()
     };
     // The attached controllers get these; refused now rather than at each attach.
     bdev::check_timeouts(&probe)?;

@@ -56,7 +56,10 @@ impl IoData for BdevIo {
     }
 
     fn write_at(&mut self, off: usize, data: &[u8]) -> bool {
-        if off.checked_add(data.len()).is_none_or(|e| e > IoData::len(self)) {
+        if off
+            .checked_add(data.len())
+            .is_none_or(|e| e > IoData::len(self))
+        {
             return false;
         }
         let mut sc = Scatter::new(off, data);
@@ -277,8 +280,7 @@ pub trait QueuePair<T: IoData = NoIo> {
     fn qid(&self) -> u16;
     /// Sends `sqe` (its command ID is the transport's to set) with `payload`; `token`
     /// comes back in the completion. Returns the command ID given (what an Abort names).
-    fn submit(&mut self, sqe: Sqe, payload: Payload<T>, token: u64)
-    -> Result<u16, SubmitError<T>>;
+    fn submit(&mut self, sqe: Sqe, payload: Payload<T>, token: u64) -> Result<u16, SubmitError<T>>;
     /// Moves bytes and appends what completed to `out`; returns how many completed.
     /// A transport failure completes everything outstanding (aborted) and then fails.
     fn poll(&mut self, out: &mut Vec<Completion<T>>) -> Result<usize, String>;
