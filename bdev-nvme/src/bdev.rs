@@ -1700,14 +1700,14 @@ mod tests {
             ),
             ("num_io_queues", serde_json::json!(0), "num_io_queues"),
         ] {
-            let mut p = serde_json::to_value(&opts(None, None, None)).unwrap();
+            let mut p = serde_json::to_value(opts(None, None, None)).unwrap();
             p[k] = v;
             let o: AttachOpts = serde_json::from_value(p).unwrap();
             let e = o.check_supported().unwrap_err().to_string();
             assert!(e.contains(want), "{k}: {e}");
         }
         // Unknown keys are still refused.
-        let mut p = serde_json::to_value(&opts(None, None, None)).unwrap();
+        let mut p = serde_json::to_value(opts(None, None, None)).unwrap();
         p["sideways"] = serde_json::json!(1);
         assert!(serde_json::from_value::<AttachOpts>(p).is_err());
     }
