@@ -136,6 +136,29 @@ fn verify_over_nvme_tcp_with_and_without_digests() {
         );
         eprintln!("verify over NVMe/TCP, digests {hd}/{dd}: {total:?}");
     }
+    // Large I/O (several C2HData and H2CData PDUs each, straight into and out of the
+    // I/O's buffers) on the 512-byte-block namespace, two cores, a queue pair each.
+    let cfg = config("large.json", &target, false, true);
+    let o = Command::new(env!("CARGO_BIN_EXE_bdevperf"))
+        .args(["-c", cfg.to_str().unwrap(), "-T", "N0n1", "-q", "4"])
+        .args(["-o", "131072", "-w", "verify", "-t", "8", "-m", "0x3"])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "large I/O: {out}");
+    assert!(
+        !out.contains("miscompare") && !out.contains("panicked"),
+        "{out}"
+    );
+    assert_eq!(
+        out.matches("Job: N0n1 ").count(),
+        2,
+        "a job per core: {out}"
+    );
+    let total = cli::total(&out).unwrap_or_else(|| panic!("no Total: {out}"));
+    assert!(total.iops > 0.0 && total.fails == 0.0, "large I/O: {out}");
+    eprintln!("verify, 128 KiB, two cores: {total:?}");
     // Connections cut twice during verify: the controller reconnects, the I/O in flight
     // is sent again, verify passes.
     let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
