@@ -9,6 +9,7 @@ use bdev_core::testing::Harness;
 use bdev_nvme::ctrlr::{ConnectOpts, Controller, DISCOVERY_NQN, Error};
 use bdev_nvme::spec::{self, get_str, nvm};
 use bdev_nvme::tcp::pdu::Digests;
+use bdev_nvme::tcp::{TcpConnector, TcpQpair};
 use bdev_nvme::transport::Payload;
 use bdev_tests::vm;
 
@@ -16,11 +17,10 @@ const HOSTNQN: &str = "nqn.2014-08.org.nvmexpress:uuid:5e1f0c1e-0000-4000-8000-0
 
 fn opts(addr: std::net::SocketAddr, subnqn: &str, digests: Digests) -> ConnectOpts {
     ConnectOpts {
-        addr,
+        connector: std::sync::Arc::new(TcpConnector { addr, digests }),
         subnqn: subnqn.into(),
         hostnqn: HOSTNQN.into(),
         hostid: [0x5e; 16],
-        digests,
         kato_ms: 0,
         timeout: Duration::from_secs(20),
     }
@@ -54,7 +54,8 @@ fn attach_identify_discover_and_move_data_against_the_kernel_target() {
             let mut c = Controller::connect(opts(io, vm::SUBNQN, dg)).await?;
             assert_eq!(get_str(&c.id.mn), "Linux");
             assert_eq!(get_str(&c.id.subnqn), vm::SUBNQN);
-            assert_eq!(c.admin.qpair().digests(), dg);
+            let tcp = c.admin.qpair().as_any().downcast_ref::<TcpQpair>();
+            assert_eq!(tcp.map(|q| q.digests()), Some(dg));
             assert_eq!(c.active_namespaces().await?, vec![vm::NS1_ID, vm::NS2_ID]);
             for (nsid, blocks, bs) in [
                 (vm::NS1_ID, vm::NS1_BLOCKS, vm::NS1_BLOCK_SIZE),

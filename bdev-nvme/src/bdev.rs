@@ -28,7 +28,7 @@ use uuid::Uuid;
 
 use crate::ctrlr::{ConnectOpts, Controller, Error};
 use crate::spec::{self, IdentifyNamespace, nvm, oncs};
-use crate::tcp::TcpQpair;
+use crate::tcp::TcpConnector;
 use crate::tcp::pdu::Digests;
 use crate::transport::{Completion, Payload, QueuePair, SubmitError};
 
@@ -959,7 +959,7 @@ pub(crate) struct ChanState {
     lost: Cell<bool>,
     /// Itself, to start a reconnection from the poller.
     me: RefCell<std::rc::Weak<ChanState>>,
-    qpair: RefCell<Option<TcpQpair<BdevIo>>>,
+    qpair: RefCell<Option<Box<dyn QueuePair<BdevIo>>>>,
     /// Waiting for the queue pair (connecting) or for a free command slot.
     waiting: RefCell<VecDeque<(u32, BdevIo)>>,
     inflight: RefCell<slab::Slab<Inflight>>,
@@ -1440,17 +1440,19 @@ async fn attach_as(o: AttachOpts, from_discovery: bool) -> Result<Vec<String>, E
         .ok_or_else(|| Error::Protocol("subnqn is required".into()))?;
     let host_uuid = Uuid::new_v4();
     let connect = ConnectOpts {
-        addr,
+        connector: Arc::new(TcpConnector {
+            addr,
+            digests: Digests {
+                header: o.hdgst,
+                data: o.ddgst,
+            },
+        }),
         subnqn,
         hostnqn: o
             .hostnqn
             .clone()
             .unwrap_or_else(|| format!("nqn.2014-08.org.nvmexpress:uuid:{host_uuid}")),
         hostid: *host_uuid.as_bytes(),
-        digests: Digests {
-            header: o.hdgst,
-            data: o.ddgst,
-        },
         kato_ms: options().keep_alive_timeout_ms,
         timeout: o
             .fabrics_connect_timeout_us

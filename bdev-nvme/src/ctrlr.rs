@@ -6,7 +6,6 @@
 //! between yields of the thread's executor, each with a deadline. (The timed admin
 //! poller, keep-alive, AER handling and reconnection build on them next.)
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bdev_core::dma::DmaBuf;
@@ -16,9 +15,7 @@ use crate::spec::{
     self, ConnectData, DiscoveryLogEntry, DiscoveryLogHeader, IdentifyController,
     IdentifyNamespace, Sqe, Status, cns, prop,
 };
-use crate::tcp::TcpQpair;
-use crate::tcp::pdu::Digests;
-use crate::transport::{Completion, Payload, QueuePair, SubmitError};
+use crate::transport::{Completion, Connector, FabricsQpair, Payload, SubmitError};
 
 /// The discovery subsystem's NQN.
 pub const DISCOVERY_NQN: &str = "nqn.2014-08.org.nvmexpress.discovery";
@@ -58,16 +55,14 @@ pub enum Error {
 /// How to reach and present ourselves to a controller.
 #[derive(Clone, Debug)]
 pub struct ConnectOpts {
-    /// The controller's address.
-    pub addr: SocketAddr,
+    /// Opens the queue pairs (the transport, its address and options).
+    pub connector: std::sync::Arc<dyn Connector>,
     /// The subsystem NQN.
     pub subnqn: String,
     /// Our host NQN.
     pub hostnqn: String,
     /// Our host identifier.
     pub hostid: [u8; 16],
-    /// Digests to ask for.
-    pub digests: Digests,
     /// Keep-alive timeout in milliseconds (0: none).
     pub kato_ms: u32,
     /// How long each step may take.
@@ -77,7 +72,7 @@ pub struct ConnectOpts {
 /// A queue pair with a deadline-bound command helper (the admin queue, or an I/O queue
 /// used from the control plane).
 pub struct Queue {
-    qp: TcpQpair,
+    qp: Box<dyn FabricsQpair>,
     token: u64,
     done: Vec<Completion>,
     timeout: Duration,
@@ -97,7 +92,9 @@ impl Queue {
         depth: u16,
         icd_max: usize,
     ) -> Result<Queue, Error> {
-        let mut qp = TcpQpair::connect(o.addr, qid, depth, o.digests, icd_max, o.timeout)
+        let mut qp = o
+            .connector
+            .open(qid, depth, icd_max, o.timeout)
             .map_err(Error::Transport)?;
         let deadline = Instant::now() + o.timeout;
         let mut done = Vec::new();
@@ -117,12 +114,12 @@ impl Queue {
     }
 
     /// The queue pair.
-    pub fn qpair(&mut self) -> &mut TcpQpair {
-        &mut self.qp
+    pub fn qpair(&mut self) -> &mut dyn FabricsQpair {
+        &mut *self.qp
     }
 
     /// Gives the queue pair up (to a channel's poller).
-    pub fn into_qpair(self) -> TcpQpair {
+    pub fn into_qpair(self) -> Box<dyn FabricsQpair> {
         self.qp
     }
 

@@ -20,8 +20,9 @@ use uuid::Uuid;
 use crate::bdev::{self, AttachOpts};
 use crate::ctrlr::{ConnectOpts, Controller, DISCOVERY_NQN, Error};
 use crate::spec::{self, DiscoveryLogEntry};
+use crate::tcp::TcpConnector;
 use crate::tcp::pdu::Digests;
-use crate::transport::{Completion, Payload, QueuePair};
+use crate::transport::{Completion, Payload};
 
 /// Params of `bdev_nvme_start_discovery` (SPDK's names).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -112,6 +113,8 @@ mod subtype {
 /// A running discovery service.
 struct Discovery {
     opts: DiscoveryOpts,
+    /// The discovery controller's address.
+    addr: std::net::SocketAddr,
     connect: ConnectOpts,
     /// The last log read.
     entries: Mutex<Vec<Entry>>,
@@ -366,26 +369,25 @@ pub async fn start(o: DiscoveryOpts) -> Result<(), Error> {
     let addr = bdev::resolve(&probe)?;
     {
         let l = svc.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(d) = l
-            .iter()
-            .find(|d| d.opts.name == o.name || d.connect.addr == addr)
-        {
+        if let Some(d) = l.iter().find(|d| d.opts.name == o.name || d.addr == addr) {
             return Err(Error::Exists(format!(
                 "discovery service {} already runs (to {})",
-                d.opts.name, d.connect.addr
+                d.opts.name, d.addr
             )));
         }
     }
     let host_uuid = Uuid::new_v4();
     let connect = ConnectOpts {
-        addr,
+        connector: Arc::new(TcpConnector {
+            addr,
+            digests: Digests::default(),
+        }),
         subnqn: DISCOVERY_NQN.into(),
         hostnqn: o
             .hostnqn
             .clone()
             .unwrap_or_else(|| format!("nqn.2014-08.org.nvmexpress:uuid:{host_uuid}")),
         hostid: *host_uuid.as_bytes(),
-        digests: Digests::default(),
         kato_ms: bdev::options().keep_alive_timeout_ms,
         timeout: Duration::from_secs(10),
     };
@@ -393,6 +395,7 @@ pub async fn start(o: DiscoveryOpts) -> Result<(), Error> {
     let wait_ms = o.attach_timeout_ms;
     let d = Arc::new(Discovery {
         opts: o,
+        addr,
         connect,
         entries: Mutex::new(Vec::new()),
         attached: Mutex::new(Vec::new()),

@@ -3,15 +3,17 @@
 //! owns them (no thread per connection, no callback per I/O).
 //!
 //! - **TCP** ([`crate::tcp`]): a queue pair is a connection; data travels in capsules,
-//!   C2HData and R2T-driven H2CData PDUs.
+//!   C2HData and R2T-driven H2CData PDUs. [`crate::tcp::TcpConnector`] opens them.
 //! - **PCIe over VFIO** (to come): a queue pair is a submission/completion ring pair in
 //!   DMA memory with doorbells; data is described by PRPs or SGLs of IOVAs.
 //! - **RDMA** (to come): a queue pair is an RC queue pair; data moves by RDMA read/write
-//!   against keyed SGLs.
+//!   against keyed SGLs; a [`Connector`] of its own opens them.
 //!
 //! Commands are identified by a caller's `token` (the bdev glue's slot, a control-plane
 //! waiter), handed back in the [`Completion`] with the command's data buffer, so a
 //! transport allocates nothing per command and never calls back into its caller.
+
+use std::time::Duration;
 
 use bdev_core::bdev::BdevIo;
 use bdev_core::dma::DmaBuf;
@@ -288,6 +290,39 @@ pub trait QueuePair<T: IoData = NoIo> {
     fn outstanding(&self) -> usize;
     /// Drops the connection; what is outstanding completes aborted at the next poll.
     fn disconnect(&mut self, why: &str);
+}
+
+/// A fabrics queue pair as the control plane holds it: opening (the transport's own
+/// handshake), then carrying admin or Connect commands, until the I/O path takes it.
+pub trait FabricsQpair: QueuePair<NoIo> + Send + std::fmt::Debug {
+    /// Whether the transport's handshake is done (commands may go).
+    fn is_ready(&self) -> bool;
+    /// The same connection for the I/O path, data in the I/O's own buffers (nothing
+    /// may be outstanding).
+    fn into_io(self: Box<Self>) -> Result<Box<dyn QueuePair<BdevIo>>, String>;
+    /// The transport's own type, for what only it knows (negotiated digests...).
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+
+/// Opens one controller's queue pairs over a fabrics transport: what differs between
+/// TCP (a socket and the ICReq handshake, [`crate::tcp::TcpConnector`]) and RDMA (a CM
+/// connection, to come). The controller bring-up, reconnection, keep-alive, events and
+/// the bdev glue sit above it, the same for both.
+pub trait Connector: Send + Sync + std::fmt::Debug {
+    /// The transport's name, as SPDK's `trtype` writes it.
+    fn trtype(&self) -> &'static str;
+    /// The peer's address, for messages.
+    fn peer(&self) -> String;
+    /// Starts opening queue `qid` with `depth` entries (writes up to `icd_max` bytes in
+    /// the capsule), waiting at most `timeout` for the transport's connection; poll it
+    /// until [`FabricsQpair::is_ready`].
+    fn open(
+        &self,
+        qid: u16,
+        depth: u16,
+        icd_max: usize,
+        timeout: Duration,
+    ) -> Result<Box<dyn FabricsQpair>, String>;
 }
 
 #[cfg(test)]
