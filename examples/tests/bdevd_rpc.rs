@@ -460,3 +460,65 @@ fn aio_and_uring_bdevs_over_rpc() {
         -19
     );
 }
+
+#[test]
+fn nvme_methods_refuse_bad_params_with_spdks_codes() {
+    let d = start("nvme", None);
+    let mut c = RpcClient::connect(&d.sock);
+    // Options: an action on timeout SPDK doesn't have.
+    let v = c.call(
+        "bdev_nvme_set_options",
+        json!({"timeout_us": 1000, "action_on_timeout": "sideways"}),
+    );
+    assert_eq!(code(&v), -22, "{v}");
+    assert_eq!(
+        c.call(
+            "bdev_nvme_set_options",
+            json!({"timeout_us": 0, "action_on_timeout": "abort", "bdev_retry_count": 3})
+        )["result"],
+        true
+    );
+    // Attach: unsupported features refused by name; timeouts checked as SPDK does.
+    for (extra, want) in [
+        (json!({"psk": "NVMeTLSkey-1:01:x"}), "TLS"),
+        (json!({"prchk_reftag": true}), "protection"),
+        (
+            json!({"ctrlr_loss_timeout_sec": 10, "reconnect_delay_sec": 0}),
+            "reconnect_delay_sec",
+        ),
+        (json!({"trtype": "rdma"}), "not supported"),
+        (json!({"trsvcid": "port"}), "not a port number"),
+    ] {
+        let mut p = json!({"name": "X", "trtype": "tcp", "traddr": "127.0.0.1",
+            "trsvcid": "1", "subnqn": "nqn.2024-01.io.x:y"});
+        for (k, v) in extra.as_object().unwrap() {
+            p[k] = v.clone();
+        }
+        let v = c.call("bdev_nvme_attach_controller", p);
+        assert_eq!(code(&v), -22, "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(want),
+            "{want}: {v}"
+        );
+    }
+    // Unknown controllers and discovery services.
+    let v = c.call("bdev_nvme_reset_controller", json!({"name": "X"}));
+    assert_eq!(code(&v), -19, "{v}");
+    let v = c.call("bdev_nvme_stop_discovery", json!({"name": "X"}));
+    assert_eq!(code(&v), -19, "{v}");
+    let v = c.call("bdev_nvme_get_discovery_info", Value::Null);
+    assert_eq!(v["result"], json!([]), "{v}");
+    // Discovery that can't reach its controller: the call fails when it waits.
+    let v = c.call(
+        "bdev_nvme_start_discovery",
+        json!({"name": "D", "trtype": "tcp", "traddr": "127.0.0.1", "trsvcid": "1",
+            "wait_for_attach": true}),
+    );
+    assert!(code(&v) < 0, "{v}");
+    assert_eq!(
+        c.call("bdev_nvme_get_discovery_info", Value::Null)["result"],
+        json!([])
+    );
+    // The daemon still serves.
+    assert!(c.call("spdk_get_version", Value::Null)["result"].is_object());
+}
