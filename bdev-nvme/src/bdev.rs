@@ -403,7 +403,7 @@ impl NvmeCtrlr {
                 return;
             }
             if attempt > 0 {
-                let d = t.reconnect_delay_sec.max(1) * 1_000_000;
+                let d = t.reconnect_delay_sec.max(1).saturating_mul(1_000_000);
                 if bdev_core::thread::sleep_us(d).await.is_err() {
                     return;
                 }
@@ -912,8 +912,9 @@ impl Chan {
         let poller = Poller::register(format!("nvme:{}", c.opts.name), move || s2.poll())?;
         let timeouts = if c.io_timeout != 0 {
             let s3 = st.clone();
-            let period = (c.io_timeout * 1_000_000 / bdev_core::thread::ticks_hz() / 4)
-                .clamp(1_000, 1_000_000);
+            let us =
+                c.io_timeout as u128 * 1_000_000 / bdev_core::thread::ticks_hz().max(1) as u128;
+            let period = (us / 4).clamp(1_000, 1_000_000) as u64;
             Some(Poller::register_us(
                 format!("nvme_timeout:{}", c.opts.name),
                 period,
@@ -1426,7 +1427,9 @@ async fn attach_as(o: AttachOpts, from_discovery: bool) -> Result<Vec<String>, E
     o.check_supported()?;
     let timeouts = check_timeouts(&o)?;
     let g = options();
-    let timeout_ticks = g.timeout_us * bdev_core::thread::ticks_hz() / 1_000_000;
+    // In ticks, saturating: a timeout of centuries is no timeout worth overflowing for.
+    let timeout_ticks = (g.timeout_us as u128 * bdev_core::thread::ticks_hz() as u128 / 1_000_000)
+        .min(u64::MAX as u128) as u64;
     let on_timeout = match g.action_on_timeout.as_str() {
         "abort" => OnTimeout::Abort,
         "reset" => OnTimeout::Reset,

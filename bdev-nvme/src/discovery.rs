@@ -414,7 +414,9 @@ pub async fn start(o: DiscoveryOpts) -> Result<(), Error> {
     if !wait {
         return Ok(());
     }
-    let deadline = (wait_ms != 0).then(|| Instant::now() + Duration::from_millis(wait_ms));
+    let deadline = (wait_ms != 0)
+        .then(|| Instant::now().checked_add(Duration::from_millis(wait_ms)))
+        .flatten();
     let outcome = loop {
         if let Some(r) = first.lock().unwrap_or_else(|e| e.into_inner()).take() {
             break r;

@@ -501,6 +501,25 @@ fn nvme_methods_refuse_bad_params_with_spdks_codes() {
             "{want}: {v}"
         );
     }
+    // Extreme values are numbers like any other (no overflow, in this debug build).
+    let v = c.call(
+        "bdev_nvme_set_options",
+        json!({"timeout_us": u64::MAX, "action_on_timeout": "reset"}),
+    );
+    assert_eq!(v["result"], true, "{v}");
+    let v = c.call(
+        "bdev_nvme_attach_controller",
+        json!({"name": "X", "trtype": "tcp", "traddr": "127.0.0.1", "trsvcid": "1",
+            "subnqn": "nqn.2024-01.io.x:y", "ctrlr_loss_timeout_sec": -1,
+            "reconnect_delay_sec": u64::MAX, "fabrics_connect_timeout_us": u64::MAX}),
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("connecting to 127.0.0.1:1"),
+        "{v}"
+    );
     // Unknown controllers and discovery services.
     let v = c.call("bdev_nvme_reset_controller", json!({"name": "X"}));
     assert_eq!(code(&v), -19, "{v}");
