@@ -7,11 +7,13 @@
 //! - [`ctrlr`]: fabrics bring-up (Connect, properties, Identify, queues, discovery log);
 //! - [`bdev`]: `bdev_nvme_attach_controller` and the rest: namespace bdevs, per-thread
 //!   queue pairs, keep-alive, asynchronous events, reconnection, reset, I/O timeouts;
-//! - [`discovery`]: the discovery service.
+//! - [`discovery`]: the discovery service;
+//! - [`null_target`]: a null NVMe/TCP target for benchmarks and tests above the transport.
 
 pub mod bdev;
 pub mod ctrlr;
 pub mod discovery;
+pub mod null_target;
 pub mod spec;
 pub mod tcp;
 pub mod transport;

@@ -541,3 +541,39 @@ fn nvme_methods_refuse_bad_params_with_spdks_codes() {
     // The daemon still serves.
     assert!(c.call("spdk_get_version", Value::Null)["result"].is_object());
 }
+
+/// The discovery service's attach and detach path, against the null target (whose
+/// discovery log lists its own subsystem on 127.0.0.1; the kernel target's log names
+/// the guest's address behind QEMU's NAT, which the host can't reach).
+#[test]
+fn discovery_attaches_what_the_log_lists_and_detaches_it_on_stop() {
+    let nqn = "nqn.2024-01.io.x:null";
+    let addr = bdev_nvme::null_target::spawn(0, nqn).unwrap();
+    let d = start("disc", None);
+    let mut c = RpcClient::connect(&d.sock);
+    let v = c.call(
+        "bdev_nvme_start_discovery",
+        json!({"name": "D", "trtype": "tcp", "adrfam": "ipv4", "traddr": "127.0.0.1",
+            "trsvcid": addr.port().to_string(), "wait_for_attach": true}),
+    );
+    assert_eq!(v["result"], true, "{v}");
+    let info = c.call("bdev_nvme_get_discovery_info", Value::Null);
+    assert_eq!(info["result"][0]["ctrlrs"], json!(["D0"]), "{info}");
+    let b = c.call("bdev_get_bdevs", json!({"name": "D0n1"}));
+    assert_eq!(b["result"][0]["block_size"], 4096, "{b}");
+    let ctrl = c.call("bdev_nvme_get_controllers", json!({"name": "D0"}));
+    assert_eq!(
+        ctrl["result"][0]["ctrlrs"][0]["trid"]["subnqn"], nqn,
+        "{ctrl}"
+    );
+    // save_config restarts the service, not its controllers one by one.
+    let cfg = c.call("save_config", Value::Null).to_string();
+    assert!(cfg.contains("bdev_nvme_start_discovery"), "{cfg}");
+    assert!(!cfg.contains("\"name\":\"D0\""), "{cfg}");
+    let v = c.call("bdev_nvme_stop_discovery", json!({"name": "D"}));
+    assert_eq!(v["result"], true, "{v}");
+    let b = c.call("bdev_get_bdevs", Value::Null);
+    assert_eq!(b["result"], json!([]), "{b}");
+    let ctrl = c.call("bdev_nvme_get_controllers", Value::Null);
+    assert_eq!(ctrl["result"], json!([]), "{ctrl}");
+}
