@@ -161,3 +161,174 @@ fn nvme_tcp_bdev_allocates_nothing_per_io() {
         "{n} heap allocations during 200000 reads and writes over NVMe/TCP"
     );
 }
+
+/// The NVMe/TCP queue pair alone: reads (C2HData), in-capsule writes and R2T-driven
+/// writes against a scripted controller on another thread (not counted).
+mod tcp_queue_pair {
+    use std::io::{BufWriter, Read, Write};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::time::{Duration, Instant};
+
+    use bdev_core::dma::DmaBuf;
+    use bdev_nvme::spec::{self, nvm};
+    use bdev_nvme::tcp::TcpQpair;
+    use bdev_nvme::tcp::pdu::{self, Digests};
+    use bdev_nvme::transport::{Completion, Payload, QueuePair};
+
+    use super::allocs;
+
+    fn header(t: u8, flags: u8, hlen: u8, pdo: u8, plen: u32) -> [u8; 8] {
+        let p = plen.to_le_bytes();
+        [t, flags, hlen, pdo, p[0], p[1], p[2], p[3]]
+    }
+
+    fn capsule_resp(w: &mut impl Write, cid: u16) {
+        let mut cqe = [0u8; 16];
+        cqe[12..14].copy_from_slice(&cid.to_le_bytes());
+        w.write_all(&header(pdu::pdu_type::CAPSULE_RESP, 0, 24, 0, 24))
+            .unwrap();
+        w.write_all(&cqe).unwrap();
+    }
+
+    /// A controller that answers every read with one C2HData (SUCCESS), every in-capsule
+    /// write with a response, and every other write with an R2T for all of it, then a
+    /// response once its last H2CData is in. No digests.
+    fn controller(s: TcpStream) {
+        let mut r = std::io::BufReader::with_capacity(1 << 20, s.try_clone().unwrap());
+        let mut w = BufWriter::with_capacity(1 << 20, s);
+        let mut icreq = [0u8; 128];
+        r.read_exact(&mut icreq).unwrap();
+        let mut icresp = [0u8; 128];
+        icresp[..8].copy_from_slice(&header(pdu::pdu_type::IC_RESP, 0, 128, 0, 128));
+        icresp[12..16].copy_from_slice(&65536u32.to_le_bytes());
+        w.write_all(&icresp).unwrap();
+        w.flush().unwrap();
+        let zeroes = vec![0u8; 1 << 20];
+        let mut rest = vec![0u8; 1 << 20];
+        let mut ttag = 0u16;
+        loop {
+            let mut ch = [0u8; 8];
+            if r.read_exact(&mut ch).is_err() {
+                return;
+            }
+            let plen = u32::from_le_bytes([ch[4], ch[5], ch[6], ch[7]]) as usize;
+            if r.read_exact(&mut rest[..plen - 8]).is_err() {
+                return;
+            }
+            match ch[0] {
+                pdu::pdu_type::CAPSULE_CMD => {
+                    let sqe = &rest[..64];
+                    let opc = sqe[0];
+                    let cid = u16::from_le_bytes([sqe[2], sqe[3]]);
+                    // SGL length, dword 8..12 of the descriptor at byte 24.
+                    let len = u32::from_le_bytes([sqe[32], sqe[33], sqe[34], sqe[35]]);
+                    if opc == nvm::READ {
+                        let mut h = [0u8; 24];
+                        h[..8].copy_from_slice(&header(
+                            pdu::pdu_type::C2H_DATA,
+                            pdu::flags::DATA_LAST | pdu::flags::DATA_SUCCESS,
+                            24,
+                            24,
+                            24 + len,
+                        ));
+                        h[8..10].copy_from_slice(&cid.to_le_bytes());
+                        h[16..20].copy_from_slice(&len.to_le_bytes());
+                        w.write_all(&h).unwrap();
+                        w.write_all(&zeroes[..len as usize]).unwrap();
+                    } else if ch[3] != 0 {
+                        capsule_resp(&mut w, cid);
+                    } else {
+                        ttag = ttag.wrapping_add(1);
+                        let mut h = [0u8; 24];
+                        h[..8].copy_from_slice(&header(pdu::pdu_type::R2T, 0, 24, 0, 24));
+                        h[8..10].copy_from_slice(&cid.to_le_bytes());
+                        h[10..12].copy_from_slice(&ttag.to_le_bytes());
+                        h[16..20].copy_from_slice(&len.to_le_bytes());
+                        w.write_all(&h).unwrap();
+                    }
+                }
+                pdu::pdu_type::H2C_DATA => {
+                    if ch[1] & pdu::flags::DATA_LAST != 0 {
+                        capsule_resp(&mut w, u16::from_le_bytes([rest[0], rest[1]]));
+                    }
+                }
+                t => panic!("unexpected PDU type {t:#x}"),
+            }
+            // Answer what has come in once the reader has nothing buffered.
+            if r.buffer().is_empty() && w.flush().is_err() {
+                return;
+            }
+        }
+    }
+
+    fn start_controller() -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            s.set_nodelay(true).unwrap();
+            controller(s);
+        });
+        addr
+    }
+
+    /// Keeps `qd` commands in flight for `n` completions (reads of 4 KiB, writes of 512 B
+    /// in the capsule, writes of 16 KiB through R2T, in turn), reusing the buffers the
+    /// completions hand back.
+    fn run(q: &mut TcpQpair, bufs: &mut Vec<DmaBuf>, out: &mut Vec<Completion>, n: u64) {
+        let mut done = 0u64;
+        let mut k = 0u64;
+        let t = Instant::now();
+        while done < n {
+            while let Some(b) = bufs.pop() {
+                let (opc, len) = match k % 3 {
+                    0 => (nvm::READ, 4096),
+                    1 => (nvm::WRITE, 512),
+                    _ => (nvm::WRITE, 16384),
+                };
+                let sqe = spec::rw(0, opc, 1, k % 1024, (len / 512) as u32);
+                let p = if opc == nvm::READ {
+                    Payload::In(b, len)
+                } else {
+                    Payload::Out(b, len)
+                };
+                match q.submit(sqe, p, k) {
+                    Ok(_) => k += 1,
+                    Err(e) => panic!("submit: {e}"),
+                }
+            }
+            q.poll(out).expect("queue pair failed");
+            for c in out.drain(..) {
+                assert!(c.status.is_success(), "{:?}", c.status);
+                bufs.push(c.payload.into_buf().expect("the buffer comes back"));
+                done += 1;
+            }
+            assert!(t.elapsed() < Duration::from_secs(120), "stalled at {done}");
+        }
+    }
+
+    #[test]
+    fn tcp_queue_pair_allocates_nothing_per_io() {
+        const QD: usize = 32;
+        let addr = start_controller();
+        let mut q = TcpQpair::connect(
+            addr,
+            1,
+            QD as u16 + 1,
+            Digests::default(),
+            4096,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let mut out = Vec::with_capacity(QD * 2);
+        while !q.is_ready() {
+            q.poll(&mut out).unwrap();
+        }
+        let mut bufs: Vec<DmaBuf> = (0..QD).map(|_| DmaBuf::new(16384, 4096).unwrap()).collect();
+        run(&mut q, &mut bufs, &mut out, 20_000);
+        let before = allocs();
+        run(&mut q, &mut bufs, &mut out, 200_000);
+        let grew = allocs() - before;
+        assert_eq!(grew, 0, "{grew} allocations in 200000 I/Os");
+    }
+}

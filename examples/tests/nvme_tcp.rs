@@ -97,44 +97,15 @@ fn verify_over_nvme_tcp_with_and_without_digests() {
     let target = vm::start_tcp_target().expect("nvmet-tcp guest");
     for (hd, dd) in [(false, false), (true, true)] {
         let cfg = config(&format!("n{hd}{dd}.json"), &target, hd, dd);
-        let o = Command::new(env!("CARGO_BIN_EXE_bdevperf"))
-            .args([
-                "-c",
-                cfg.to_str().unwrap(),
-                "-T",
-                "N0n2",
-                "-q",
-                "8",
-                "-o",
-                "4096",
-            ])
-            .args(["-w", "verify", "-t", "20"])
-            .env_remove("RUST_LOG")
-            .output()
-            .unwrap();
-        let out =
-            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
-        assert!(
-            o.status.success(),
-            "digests {hd}/{dd}: {out}\n{}",
-            target.console_log()
-        );
+        let what = format!("verify over NVMe/TCP, digests {hd}/{dd}");
+        let (out, fails) = finish(spawn_perf(&cfg, "verify", "20", None), &what);
         assert!(out.contains("Job: N0n2 "), "{out}");
-        assert!(
-            !out.contains("miscompare") && !out.contains("panicked"),
-            "{out}"
-        );
-        let total = cli::total(&out).unwrap_or_else(|| panic!("no Total: {out}"));
-        assert!(
-            total.iops > 0.0 && total.fails == 0.0,
-            "digests {hd}/{dd}: {out}"
-        );
+        assert_eq!(fails, 0.0, "{what}: {out}\n{}", target.console_log());
         // 20 s is twice the keep-alive timeout: keep-alives kept the controller.
         assert!(
             !out.contains("lost") && !out.contains("reconnected"),
             "{out}"
         );
-        eprintln!("verify over NVMe/TCP, digests {hd}/{dd}: {total:?}");
     }
     // Large I/O (several C2HData and H2CData PDUs each, straight into and out of the
     // I/O's buffers) on the 512-byte-block namespace, two cores, a queue pair each.
@@ -278,10 +249,11 @@ fn wait_for(sock: &std::path::Path, what: &str, present: bool) {
     }
 }
 
-fn namespace_events(target: &vm::TcpTarget) {
-    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let sock = dir.join(format!("nvme-aer-{}.sock", std::process::id()));
-    let d = Daemon::new(
+/// A bdevd on a socket of its own, quiet.
+fn bdevd(tag: &str) -> Daemon {
+    let sock = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("nvme-{tag}-{}.sock", std::process::id()));
+    Daemon::new(
         Command::new(env!("CARGO_BIN_EXE_bdevd"))
             .args(["-r", sock.to_str().unwrap()])
             .env_remove("RUST_LOG")
@@ -289,8 +261,13 @@ fn namespace_events(target: &vm::TcpTarget) {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap(),
-        sock.clone(),
-    );
+        sock,
+    )
+}
+
+fn namespace_events(target: &vm::TcpTarget) {
+    let d = bdevd("aer");
+    let sock = d.sock.clone();
     let v = rpc(
         &sock,
         "bdev_nvme_attach_controller",
@@ -393,18 +370,8 @@ fn resets_and_timeouts(target: &vm::TcpTarget) {
 /// A discovery service reads the target's discovery log (and its changes); started
 /// twice under one name it is refused; stopped, it is gone.
 fn discovery(target: &vm::TcpTarget) {
-    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let sock = dir.join(format!("nvme-disc-{}.sock", std::process::id()));
-    let d = Daemon::new(
-        Command::new(env!("CARGO_BIN_EXE_bdevd"))
-            .args(["-r", sock.to_str().unwrap()])
-            .env_remove("RUST_LOG")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-        sock.clone(),
-    );
+    let d = bdevd("disc");
+    let sock = d.sock.clone();
     let params = json!({"name": "D", "trtype": "tcp", "adrfam": "ipv4", "traddr": "127.0.0.1",
         "trsvcid": target.discovery_port.to_string()});
     let v = rpc(&sock, "bdev_nvme_start_discovery", params.clone());

@@ -541,8 +541,8 @@ pub fn encode_ic_req(out: &mut Vec<u8>, dg: Digests, maxr2t: u32) {
     out.extend_from_slice(r.as_bytes());
 }
 
-/// Appends the header of a PDU of `pdu_type` with `hdr_rest` after the common header,
-/// then its header digest, padding to `pdo`, `data` and its data digest.
+/// [`encode_with`] for data in one slice (the tests' controller).
+#[cfg(test)]
 fn encode(
     out: &mut Vec<u8>,
     pdu_type: u8,
@@ -564,8 +564,10 @@ fn encode(
     )
 }
 
-/// [`encode`] with the data appended by `fill` (exactly `data_len` bytes, from wherever
-/// they lie: a caller's scattered buffers go straight into the send buffer).
+/// Appends a PDU of `pdu_type` with `hdr_rest` after the common header, then its
+/// header digest, padding to `pdo`, the data appended by `fill` (exactly `data_len`
+/// bytes, from wherever they lie: a caller's scattered buffers go straight into the
+/// send buffer) and its data digest.
 #[allow(clippy::too_many_arguments)]
 fn encode_with(
     out: &mut Vec<u8>,
@@ -629,12 +631,11 @@ fn encode_with(
 
 /// Appends a CapsuleCmd for `sqe` with `data` in the capsule (empty: none).
 pub fn encode_capsule_cmd(out: &mut Vec<u8>, sqe: &Sqe, data: &[u8], dg: Digests, cpda: u8) {
-    encode(
+    encode_capsule_cmd_with(
         out,
-        pdu_type::CAPSULE_CMD,
-        0,
-        sqe.as_bytes(),
-        data,
+        sqe,
+        data.len(),
+        |o| o.extend_from_slice(data),
         dg,
         cpda,
     );
@@ -707,20 +708,14 @@ pub fn encode_h2c_data(
     dg: Digests,
     cpda: u8,
 ) {
-    let h = DataHeader {
-        cccid: U16::new(cccid),
-        ttag: U16::new(ttag),
-        datao: U32::new(datao),
-        datal: U32::new(data.len() as u32),
-        ..Default::default()
-    };
-    let fl = if last { flags::DATA_LAST } else { 0 };
-    encode(
+    encode_h2c_data_with(
         out,
-        pdu_type::H2C_DATA,
-        fl,
-        &h.as_bytes()[8..],
-        data,
+        cccid,
+        ttag,
+        datao,
+        data.len(),
+        |o| o.extend_from_slice(data),
+        last,
         dg,
         cpda,
     );

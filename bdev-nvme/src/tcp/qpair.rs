@@ -623,18 +623,7 @@ mod tests {
             let (sqe, data) = read_capsule(s, dg);
             assert_eq!((sqe.sgl().id, data.len()), (sgl::DATA_BLOCK_OFFSET, 512));
             assert!(data.iter().all(|&b| b == 0x11));
-            let mut c = Cqe::new_zeroed();
-            c.cid = sqe.cid;
-            let mut v = Vec::new();
-            super::pdu::tests_encode(
-                &mut v,
-                pdu::pdu_type::CAPSULE_RESP,
-                0,
-                c.as_bytes(),
-                &[],
-                dg,
-            );
-            s.write_all(&v).unwrap();
+            s.write_all(&resp(sqe.cid.get(), dg)).unwrap();
             // 3: a 10000-byte write: R2T for all of it, read the H2CData, respond.
             let (sqe, data) = read_capsule(s, dg);
             assert!(data.is_empty());
@@ -660,18 +649,7 @@ mod tests {
                 assert!(datal <= 8192, "maxh2cdata respected");
                 got += datal;
             }
-            let mut c = Cqe::new_zeroed();
-            c.cid = sqe.cid;
-            let mut v = Vec::new();
-            super::pdu::tests_encode(
-                &mut v,
-                pdu::pdu_type::CAPSULE_RESP,
-                0,
-                c.as_bytes(),
-                &[],
-                dg,
-            );
-            s.write_all(&v).unwrap();
+            s.write_all(&resp(sqe.cid.get(), dg)).unwrap();
             // 4: garbage.
             s.write_all(&[0xee; 64]).unwrap();
             std::thread::sleep(Duration::from_millis(200));
