@@ -223,7 +223,6 @@ pub(crate) fn options() -> NvmeOptions {
 pub(crate) struct NvmeCtrlr {
     pub(crate) opts: AttachOpts,
     connect: ConnectOpts,
-    cntlid: u16,
     icd_max: usize,
     admin: Mutex<Option<Controller>>,
     dev: IoDevice<Chan>,
@@ -244,6 +243,10 @@ pub(crate) struct NvmeCtrlr {
     oncs: u16,
     vwc: bool,
     mdts: u8,
+    /// Identify Controller's fields `bdev_get_bdevs` shows (SPDK's `ctrlr_data`).
+    ctrlr_data: serde_json::Value,
+    /// The controller's VS property (version).
+    vs: u32,
 }
 
 /// What an I/O timeout brings (SPDK's `action_on_timeout`).
@@ -1361,10 +1364,18 @@ impl BdevOps for NsBdev {
     }
 
     fn dump_info_json(&self) -> Option<serde_json::Value> {
+        let mut ctrlr_data = self.ctrlr.ctrlr_data.clone();
+        ctrlr_data["cntlid"] = self.ctrlr.st().cntlid.into();
+        let vs = self.ctrlr.vs;
+        let mut version = format!("{}.{}", vs >> 16, (vs >> 8) & 0xff);
+        if vs & 0xff != 0 {
+            version += &format!(".{}", vs & 0xff);
+        }
         Some(serde_json::json!({"nvme": [{
             "trid": trid_json(&self.ctrlr.opts),
-            "ctrlr_data": {"cntlid": self.ctrlr.cntlid},
-            "ns_data": {"id": self.nsid},
+            "ctrlr_data": ctrlr_data,
+            "vs": {"nvme_version": version},
+            "ns_data": {"id": self.nsid, "can_share": self.ctrlr.ctrlr_data["multi_ctrlr"]},
         }]}))
     }
 }
@@ -1473,11 +1484,21 @@ async fn attach_as(o: AttachOpts, from_discovery: bool) -> Result<Vec<String>, E
     let oncs_v = c.id.oncs.get();
     let vwc = c.id.vwc & 1 != 0;
     let mdts = c.id.mdts;
+    let ctrlr_data = serde_json::json!({
+        "vendor_id": format!("{:#06x}", c.id.vid.get()),
+        "model_number": spec::get_str(&c.id.mn),
+        "serial_number": spec::get_str(&c.id.sn),
+        "firmware_revision": spec::get_str(&c.id.fr),
+        "subnqn": spec::get_str(&c.id.subnqn),
+        "oacs": {"security": c.id.oacs.get() & 1, "format": (c.id.oacs.get() >> 1) & 1,
+            "firmware": (c.id.oacs.get() >> 2) & 1, "ns_manage": (c.id.oacs.get() >> 3) & 1},
+        "multi_ctrlr": c.id.cmic & 2 != 0,
+        "ana_reporting": c.id.cmic & 8 != 0,
+    });
     let ctrlr = Arc::new_cyclic(|me: &std::sync::Weak<NvmeCtrlr>| {
         let me = me.clone();
         NvmeCtrlr {
             opts: o.clone(),
-            cntlid: c.cntlid,
             icd_max: c.icd_max(),
             connect,
             admin: Mutex::new(None),
@@ -1502,6 +1523,8 @@ async fn attach_as(o: AttachOpts, from_discovery: bool) -> Result<Vec<String>, E
             oncs: oncs_v,
             vwc,
             mdts,
+            ctrlr_data,
+            vs: c.vs,
         }
     });
     *ctrlr.admin.lock().unwrap_or_else(|e| e.into_inner()) = Some(c);

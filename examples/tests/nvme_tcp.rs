@@ -276,6 +276,13 @@ fn namespace_events(target: &vm::TcpTarget) {
         "trsvcid": target.port.to_string(), "subnqn": vm::SUBNQN}),
     );
     assert_eq!(v["result"], json!(["E0n1", "E0n2"]), "{v}");
+    // The bdev shows the controller's identity where SPDK does.
+    let b = rpc(&sock, "bdev_get_bdevs", json!({"name": "E0n2"}));
+    let nvme = &b["result"][0]["driver_specific"]["nvme"][0];
+    assert_eq!(nvme["ctrlr_data"]["model_number"], "Linux", "{b}");
+    assert_eq!(nvme["ctrlr_data"]["subnqn"], vm::SUBNQN, "{b}");
+    assert_eq!(nvme["ns_data"]["id"], 2, "{b}");
+    assert_eq!(nvme["trid"]["trsvcid"], target.port.to_string(), "{b}");
     let ns = format!(
         "/sys/kernel/config/nvmet/subsystems/{}/namespaces/3",
         vm::SUBNQN
