@@ -226,9 +226,9 @@ pub(crate) struct NvmeCtrlr {
     icd_max: usize,
     admin: Mutex<Option<Controller>>,
     dev: IoDevice<Chan>,
-    /// I/O queue IDs in use (index = qid), up to what the controller granted.
-    qids: Mutex<Vec<bool>>,
-    last_qid: std::sync::atomic::AtomicU16,
+    /// I/O queue IDs in use (index = qid), up to what the controller granted, and the
+    /// one taken last.
+    qids: Mutex<(Vec<bool>, usize)>,
     pub(crate) bdevs: Mutex<Vec<Bdev>>,
     /// The thread that attached it: reconnection and removal run there.
     ctl_thread: ThreadHandle,
@@ -327,11 +327,11 @@ impl NvmeCtrlr {
     /// may still be known to the target until its connection's teardown reaches it, and
     /// connecting its ID again then fails (command sequence error).
     fn take_qid(&self) -> Result<u16, Error> {
-        let mut q = self.qids.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = self.qids.lock().unwrap_or_else(|e| e.into_inner());
+        let (q, last) = &mut *g;
         let n = q.len().saturating_sub(1);
-        let last = self.last_qid.load(std::sync::atomic::Ordering::Relaxed) as usize;
         let i = (0..n)
-            .map(|k| 1 + (last + k) % n.max(1))
+            .map(|k| 1 + (*last + k) % n.max(1))
             .find(|&i| !q[i])
             .ok_or_else(|| {
                 Error::Protocol(format!(
@@ -340,8 +340,7 @@ impl NvmeCtrlr {
                 ))
             })?;
         q[i] = true;
-        self.last_qid
-            .store(i as u16, std::sync::atomic::Ordering::Relaxed);
+        *last = i;
         Ok(i as u16)
     }
 
@@ -350,6 +349,7 @@ impl NvmeCtrlr {
             .qids
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .0
             .get_mut(qid as usize)
         {
             *x = false;
@@ -578,8 +578,6 @@ impl NvmeCtrlr {
 
     /// Removes the controller: its bdevs are unregistered (their users see them go).
     async fn remove(&self) {
-        self.st().removed = true;
-        self.stop_admin_poller();
         if let Ok(ctrlrs) = Ctrlrs::get() {
             ctrlrs
                 .0
@@ -587,14 +585,34 @@ impl NvmeCtrlr {
                 .unwrap_or_else(|e| e.into_inner())
                 .retain(|c| c.opts.name != self.opts.name);
         }
+        self.shut_down("controller lost").await;
+    }
+
+    /// Takes the controller out of service: nothing is retried or polled any more, its
+    /// bdevs are unregistered, then its connections and io_device go.
+    async fn shut_down(&self, why: &str) {
+        self.st().removed = true;
+        self.stop_admin_poller();
         let bdevs: Vec<Bdev> =
             std::mem::take(&mut *self.bdevs.lock().unwrap_or_else(|e| e.into_inner()));
         for b in bdevs {
             if let Err(e) = b.unregister_async().await {
-                tracing::warn!(bdev = %b.name(), "removing: {e}");
+                tracing::warn!(bdev = %b.name(), "{why}: {e}");
             }
         }
-        self.admin.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.release(why);
+    }
+
+    /// The end of [`NvmeCtrlr::shut_down`], for when the bdevs are gone already (the
+    /// application's stop): the admin poller, the admin queue and the io_device (whose
+    /// channels close their own queue pairs).
+    fn release(&self, why: &str) {
+        self.st().removed = true;
+        self.stop_admin_poller();
+        if let Some(mut a) = self.admin.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            a.admin.qpair().disconnect(why);
+        }
+        let _ = self.dev.unregister(|| {});
     }
 
     /// The state `bdev_nvme_get_controllers` reports (SPDK's names).
@@ -793,7 +811,6 @@ impl NvmeCtrlr {
         let ops = Arc::new(NsBdev {
             ctrlr: self.clone(),
             nsid,
-            oncs: self.oncs,
         });
         match bdev::register(props, ops) {
             Ok(b) => {
@@ -895,7 +912,6 @@ impl Ctrlrs {
 struct NsBdev {
     ctrlr: Arc<NvmeCtrlr>,
     nsid: u32,
-    oncs: u16,
 }
 
 /// A thread's channel to a controller: its state, and the poller that drives it (the
@@ -1353,8 +1369,8 @@ impl BdevOps for NsBdev {
     fn io_type_supported(&self, t: IoType) -> bool {
         match t {
             IoType::Read | IoType::Write | IoType::Flush | IoType::Reset => true,
-            IoType::Unmap => self.oncs & oncs::DSM != 0,
-            IoType::WriteZeroes => self.oncs & oncs::WRITE_ZEROES != 0,
+            IoType::Unmap => self.ctrlr.oncs & oncs::DSM != 0,
+            IoType::WriteZeroes => self.ctrlr.oncs & oncs::WRITE_ZEROES != 0,
             _ => false,
         }
     }
@@ -1378,6 +1394,37 @@ impl BdevOps for NsBdev {
             "ns_data": {"id": self.nsid, "can_share": self.ctrlr.ctrlr_data["multi_ctrlr"]},
         }]}))
     }
+}
+
+/// How to reach and present ourselves to the controller `o` names, at `addr`: a host NQN
+/// (a UUID-based one unless given) and host ID, the digests and connection timeout asked.
+pub(crate) fn connect_opts(o: &AttachOpts, addr: SocketAddr) -> Result<ConnectOpts, Error> {
+    let subnqn = o
+        .subnqn
+        .clone()
+        .ok_or_else(|| Error::Protocol("subnqn is required".into()))?;
+    let host_uuid = Uuid::new_v4();
+    Ok(ConnectOpts {
+        connector: Arc::new(TcpConnector {
+            addr,
+            digests: Digests {
+                header: o.hdgst,
+                data: o.ddgst,
+            },
+        }),
+        subnqn,
+        hostnqn: o
+            .hostnqn
+            .clone()
+            .unwrap_or_else(|| format!("nqn.2014-08.org.nvmexpress:uuid:{host_uuid}")),
+        hostid: *host_uuid.as_bytes(),
+        kato_ms: options().keep_alive_timeout_ms,
+        timeout: o
+            .fabrics_connect_timeout_us
+            .filter(|&t| t > 0)
+            .map(Duration::from_micros)
+            .unwrap_or(Duration::from_secs(10)),
+    })
 }
 
 /// The attach's timeouts, checked as SPDK checks them.
@@ -1448,32 +1495,7 @@ async fn attach_as(o: AttachOpts, from_discovery: bool) -> Result<Vec<String>, E
     };
     let ctl_thread = bdev_core::thread::current_or("bdev_nvme_attach_controller")?.handle();
     let addr = resolve(&o)?;
-    let subnqn = o
-        .subnqn
-        .clone()
-        .ok_or_else(|| Error::Protocol("subnqn is required".into()))?;
-    let host_uuid = Uuid::new_v4();
-    let connect = ConnectOpts {
-        connector: Arc::new(TcpConnector {
-            addr,
-            digests: Digests {
-                header: o.hdgst,
-                data: o.ddgst,
-            },
-        }),
-        subnqn,
-        hostnqn: o
-            .hostnqn
-            .clone()
-            .unwrap_or_else(|| format!("nqn.2014-08.org.nvmexpress:uuid:{host_uuid}")),
-        hostid: *host_uuid.as_bytes(),
-        kato_ms: options().keep_alive_timeout_ms,
-        timeout: o
-            .fabrics_connect_timeout_us
-            .filter(|&t| t > 0)
-            .map(Duration::from_micros)
-            .unwrap_or(Duration::from_secs(10)),
-    };
+    let connect = connect_opts(&o, addr)?;
     let mut c = Controller::connect(connect.clone()).await?;
     let granted = c.set_num_queues(o.io_queues()).await?;
     let nsids = c.active_namespaces().await?;
@@ -1509,8 +1531,7 @@ async fn attach_as(o: AttachOpts, from_discovery: bool) -> Result<Vec<String>, E
                 Chan::new(&c)
             }),
             bdevs: Mutex::new(Vec::new()),
-            qids: Mutex::new(vec![false; granted as usize + 1]),
-            last_qid: std::sync::atomic::AtomicU16::new(0),
+            qids: Mutex::new((vec![false; granted as usize + 1], 0)),
             ctl_thread,
             state: Mutex::new(CtrlState {
                 cntlid: c.cntlid,
@@ -1557,18 +1578,7 @@ pub async fn detach(name: &str) -> Result<(), Error> {
             .ok_or_else(|| Error::Protocol(format!("controller {name} not found")))?;
         l.remove(i)
     };
-    c.st().removed = true;
-    c.stop_admin_poller();
-    let bdevs: Vec<Bdev> = std::mem::take(&mut *c.bdevs.lock().unwrap_or_else(|e| e.into_inner()));
-    for b in bdevs {
-        if let Err(e) = b.unregister_async().await {
-            tracing::warn!(bdev = %b.name(), "detach: {e}");
-        }
-    }
-    if let Some(mut a) = c.admin.lock().unwrap_or_else(|e| e.into_inner()).take() {
-        a.admin.qpair().disconnect("detached");
-    }
-    let _ = c.dev.unregister(|| {});
+    c.shut_down("detached").await;
     Ok(())
 }
 
@@ -1579,12 +1589,7 @@ pub(crate) fn shutdown_all() {
     let all: Vec<Arc<NvmeCtrlr>> =
         std::mem::take(&mut *c.0.lock().unwrap_or_else(|e| e.into_inner()));
     for c in all {
-        c.st().removed = true;
-        c.stop_admin_poller();
-        if let Some(mut a) = c.admin.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            a.admin.qpair().disconnect("application stopping");
-        }
-        let _ = c.dev.unregister(|| {});
+        c.release("application stopping");
     }
 }
 

@@ -15,13 +15,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use crate::bdev::{self, AttachOpts};
 use crate::ctrlr::{ConnectOpts, Controller, DISCOVERY_NQN, Error};
 use crate::spec::{self, DiscoveryLogEntry};
-use crate::tcp::TcpConnector;
-use crate::tcp::pdu::Digests;
 use crate::transport::{Completion, Payload};
 
 /// Params of `bdev_nvme_start_discovery` (SPDK's names).
@@ -376,21 +373,7 @@ pub async fn start(o: DiscoveryOpts) -> Result<(), Error> {
             )));
         }
     }
-    let host_uuid = Uuid::new_v4();
-    let connect = ConnectOpts {
-        connector: Arc::new(TcpConnector {
-            addr,
-            digests: Digests::default(),
-        }),
-        subnqn: DISCOVERY_NQN.into(),
-        hostnqn: o
-            .hostnqn
-            .clone()
-            .unwrap_or_else(|| format!("nqn.2014-08.org.nvmexpress:uuid:{host_uuid}")),
-        hostid: *host_uuid.as_bytes(),
-        kato_ms: bdev::options().keep_alive_timeout_ms,
-        timeout: Duration::from_secs(10),
-    };
+    let connect = bdev::connect_opts(&probe, addr)?;
     let wait = o.wait_for_attach;
     let wait_ms = o.attach_timeout_ms;
     let d = Arc::new(Discovery {

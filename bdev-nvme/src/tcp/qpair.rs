@@ -145,12 +145,22 @@ impl<T: IoData> TcpQpair<T> {
         self.icd_max = n;
     }
 
-    fn fail(&mut self, why: String) {
+    /// Ends the connection (once): what is outstanding completes aborted at the next
+    /// poll. A failure is a warning; a close asked for (a reset, a detach) is not.
+    fn end(&mut self, why: String, asked: bool) {
         if !matches!(self.state, State::Failed(_)) {
-            tracing::warn!(qid = self.qid, "NVMe/TCP connection ends: {why}");
+            if asked {
+                tracing::debug!(qid = self.qid, "NVMe/TCP connection closed: {why}");
+            } else {
+                tracing::warn!(qid = self.qid, "NVMe/TCP connection ends: {why}");
+            }
             let _ = self.sock.shutdown(std::net::Shutdown::Both);
             self.state = State::Failed(why);
         }
+    }
+
+    fn fail(&mut self, why: String) {
+        self.end(why, false);
     }
 
     fn complete(
@@ -492,12 +502,7 @@ impl<T: IoData> QueuePair<T> for TcpQpair<T> {
     }
 
     fn disconnect(&mut self, why: &str) {
-        // Asked for (a reset, a detach, a stop): not a warning.
-        if !matches!(self.state, State::Failed(_)) {
-            tracing::debug!(qid = self.qid, "NVMe/TCP connection closed: {why}");
-            let _ = self.sock.shutdown(std::net::Shutdown::Both);
-            self.state = State::Failed(why.to_string());
-        }
+        self.end(why.to_string(), true);
     }
 }
 
