@@ -335,9 +335,17 @@ fn check(o: &CreateOpts) -> Result<(), Error> {
             "Invalid strip size {} (strip_size_kb must be a power of two)",
             o.strip_size_kb
         ))),
+        _ if o.strip_size_kb > MAX_STRIP_SIZE_KB => Err(Error::InvalidOpts(format!(
+            "Invalid strip size {} (strip_size_kb at most {MAX_STRIP_SIZE_KB})",
+            o.strip_size_kb
+        ))),
         _ => Ok(()),
     }
 }
+
+/// The largest strip, in KiB (1 GiB): its size in bytes, and so in blocks, fits the
+/// superblock's 32-bit field.
+pub const MAX_STRIP_SIZE_KB: u32 = 1024 * 1024;
 
 /// The name SPDK's `save_config` gives an empty slot of a degraded array.
 const REMOVED: &str = "removed_base_bdev_";
@@ -546,7 +554,11 @@ pub async fn add_base_bdev(raid: &str, base: &str) -> Result<(), Error> {
             (true, 0) => sb::data_offset(&b),
             (true, k) => k,
         };
-        if online && b.num_blocks() < off + st.raid_size {
+        if online
+            && off
+                .checked_add(st.raid_size)
+                .is_none_or(|end| b.num_blocks() < end)
+        {
             return Err(Error::InvalidOpts(format!(
                 "base bdev {base} too small for raid bdev {raid}"
             )));

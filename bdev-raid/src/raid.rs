@@ -271,6 +271,12 @@ impl Raid {
                 )));
             }
             let strip = self.strip_blocks(bl);
+            if strip == 0 && self.level != RaidLevel::Raid1 {
+                return Err(Error::InvalidOpts(format!(
+                    "strip of {} KiB is less than a block of {bl} bytes",
+                    self.strip_size_kb
+                )));
+            }
             let (num_blocks, layout) = match self.level {
                 RaidLevel::Raid1 => {
                     let min = st
@@ -285,8 +291,11 @@ impl Raid {
                 RaidLevel::Raid0 => {
                     let min = st.slots.iter().map(|s| s.data_size / strip * strip).min();
                     let min = min.unwrap_or(0);
+                    let total = min.checked_mul(n as u64).ok_or_else(|| {
+                        Error::InvalidOpts("members too large to stripe over".into())
+                    })?;
                     (
-                        min * n as u64,
+                        total,
                         Layout::Raid0 {
                             shift: strip.trailing_zeros(),
                             mask: strip - 1,
@@ -299,7 +308,10 @@ impl Raid {
                     let mut at = 0;
                     for s in &st.slots {
                         starts.push(at);
-                        at += s.data_size / strip * strip;
+                        at =
+                            u64::checked_add(at, s.data_size / strip * strip).ok_or_else(|| {
+                                Error::InvalidOpts("members too large to lay end to end".into())
+                            })?;
                     }
                     starts.push(at);
                     (at, Layout::Concat { starts })

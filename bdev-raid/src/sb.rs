@@ -333,7 +333,19 @@ pub(crate) fn spawn_update(r: &Arc<Raid>) {
 /// Takes the members, offsets and sizes of a configuring array from `sb`: only members the
 /// superblock lists as configured are waited for; one attached that it no longer lists
 /// is let go.
-fn apply(st: &mut Ctl, sb: &Superblock) {
+fn apply(st: &mut Ctl, sb: &Superblock) -> Result<(), Error> {
+    // A member already attached stays where its data is: a superblock that moves it is
+    // not believed (its bytes come from a disk).
+    for e in &sb.bases {
+        if let Some(s) = st.slots.get(e.slot as usize) {
+            if s.desc.is_some() && s.uuid == Some(e.uuid) && s.data_offset != e.data_offset {
+                return Err(Error::InvalidOpts(format!(
+                    "superblock of raid {} moves the data of its member in slot {} from block {} to {}",
+                    sb.name, e.slot, s.data_offset, e.data_offset
+                )));
+            }
+        }
+    }
     st.seq = sb.seq_number;
     st.raid_size = sb.raid_size;
     for (i, s) in st.slots.iter_mut().enumerate() {
@@ -342,8 +354,13 @@ fn apply(st: &mut Ctl, sb: &Superblock) {
             *s = Slot::missing();
             continue;
         };
-        s.data_offset = e.data_offset;
-        s.data_size = e.data_size;
+        if s.desc.is_some() && s.uuid == Some(e.uuid) {
+            // Attached: its size was bounded by the member's at attach.
+            s.data_size = e.data_size.min(s.data_size);
+        } else {
+            s.data_offset = e.data_offset;
+            s.data_size = e.data_size;
+        }
         if e.state == BaseState::Configured {
             if s.uuid != Some(e.uuid) {
                 s.desc = None;
@@ -366,6 +383,7 @@ fn apply(st: &mut Ctl, sb: &Superblock) {
             };
         }
     }
+    Ok(())
 }
 
 /// Reads the superblock of `bdev`, if it has a valid one.
@@ -441,11 +459,24 @@ fn check_geometry(sb: &Superblock) -> Result<(), Error> {
     if sb.block_size == 0 || sb.raid_size == 0 {
         return bad("zero block size or raid size".into());
     }
+    // Data must start past the superblock's own blocks and end within 64 bits.
+    let sb_blocks = (HEADER + sb.bases.len() * ENTRY).div_ceil(sb.block_size as usize) as u64;
+    for e in &sb.bases {
+        if e.data_offset < sb_blocks || e.data_offset.checked_add(e.data_size).is_none() {
+            return bad(format!(
+                "member in slot {}: data at block {} for {} blocks",
+                e.slot, e.data_offset, e.data_size
+            ));
+        }
+    }
     let strip_bytes = sb.strip_size as u64 * sb.block_size as u64;
     match sb.level {
         RaidLevel::Raid1 if sb.strip_size != 0 => bad("raid1 with a strip size".into()),
         RaidLevel::Raid1 => Ok(()),
-        _ if !sb.strip_size.is_power_of_two() || strip_bytes % 1024 != 0 => {
+        _ if !sb.strip_size.is_power_of_two()
+            || strip_bytes % 1024 != 0
+            || strip_bytes / 1024 > crate::MAX_STRIP_SIZE_KB as u64 =>
+        {
             bad(format!("strip of {} blocks", sb.strip_size))
         }
         _ => Ok(()),
@@ -459,6 +490,7 @@ async fn assemble(bdev: &Bdev, sb: Superblock) -> Result<(), Error> {
     let Some(entry) = sb.bases.iter().find(|e| e.uuid == bdev.uuid()).cloned() else {
         return Ok(());
     };
+    check_geometry(&sb)?;
     let raids = Raids::get()?;
     let r = match raids.find_uuid(sb.uuid) {
         Some(r) => r,
@@ -466,7 +498,6 @@ async fn assemble(bdev: &Bdev, sb: Superblock) -> Result<(), Error> {
             if entry.state != BaseState::Configured {
                 return Ok(());
             }
-            check_geometry(&sb)?;
             let strip_kb = (sb.strip_size as u64 * sb.block_size as u64 / 1024) as u32;
             let t = bdev_core::thread::current_or("raid examine")?;
             let r = Raid::new(
@@ -481,7 +512,7 @@ async fn assemble(bdev: &Bdev, sb: Superblock) -> Result<(), Error> {
             {
                 let mut st = r.lock();
                 st.block_len = sb.block_size;
-                apply(&mut st, &sb);
+                apply(&mut st, &sb)?;
             }
             raids.add(r.clone())?;
             tracing::info!(raid = %sb.name, "raid bdev found in superblock, configuring");
@@ -494,7 +525,7 @@ async fn assemble(bdev: &Bdev, sb: Superblock) -> Result<(), Error> {
         // nothing.
         let mut st = r.lock();
         if st.state == crate::RaidState::Configuring && sb.seq_number > st.seq {
-            apply(&mut st, &sb);
+            apply(&mut st, &sb)?;
         }
     }
     let (state, expected) = {
@@ -605,6 +636,29 @@ mod tests {
         assert_eq!(b[255], 2);
         assert_eq!(b[256 + 64 + 32], 2, "second entry failed");
         assert_eq!(Superblock::decode(&b).unwrap(), sb);
+    }
+
+    #[test]
+    fn impossible_geometry_is_refused() {
+        assert!(check_geometry(&sample()).is_ok());
+        // A strip of 2^30 blocks of 4 KiB: 2^32 KiB, which no u32 holds (it truncated
+        // to a strip of 0, then divided by).
+        let mut sb = sample();
+        sb.level = RaidLevel::Raid0;
+        sb.block_size = 4096;
+        sb.strip_size = 1 << 30;
+        let e = check_geometry(&sb).unwrap_err().to_string();
+        assert!(e.contains("strip of 1073741824 blocks"), "{e}");
+        sb.strip_size = 16;
+        assert!(check_geometry(&sb).is_ok());
+        // Data over the superblock itself, or ending past 2^64.
+        for (off, size) in [(0, 1000), (2048, u64::MAX - 100)] {
+            let mut sb = sample();
+            sb.bases[1].data_offset = off;
+            sb.bases[1].data_size = size;
+            let e = check_geometry(&sb).unwrap_err().to_string();
+            assert!(e.contains("member in slot 1"), "{e}");
+        }
     }
 
     #[test]
