@@ -332,7 +332,9 @@ impl Controller {
                 Payload::None,
             )
             .await?;
-        Ok(((c.dw0 & 0xffff) as u16).min((c.dw0 >> 16) as u16) + 1)
+        // Zero-based counts; 0xffff is reserved, and more than asked is of no use.
+        let granted = (c.dw0 & 0xffff).min(c.dw0 >> 16) + 1;
+        Ok(granted.min(n.max(1) as u32) as u16)
     }
 
     /// The active namespace IDs.

@@ -37,6 +37,9 @@ struct Slot<T> {
     busy: bool,
     token: u64,
     payload: Payload<T>,
+    /// Bytes of data moved so far: received (a read; C2HData arrives in order) or asked
+    /// for by R2Ts (a write; in-capsule data counts as sent).
+    moved: usize,
 }
 
 impl<T> Default for Slot<T> {
@@ -45,6 +48,7 @@ impl<T> Default for Slot<T> {
             busy: false,
             token: 0,
             payload: Payload::None,
+            moved: 0,
         }
     }
 }
@@ -318,15 +322,30 @@ impl<T: IoData> TcpQpair<T> {
             return Err(format!("C2HData for command {cid}, which reads nothing"));
         }
         let (start, end) = (datao as usize, datao as usize + data.len());
+        // In order and without gaps, as SPDK's host requires: a PDU that repeats or skips
+        // data would leave stale bytes in a read that then succeeds.
+        if start != s.moved {
+            return Err(format!(
+                "C2HData for command {cid} at offset {start}, expected {}",
+                s.moved
+            ));
+        }
         if !s.payload.write_at(start, data) {
             return Err(format!(
                 "C2HData for command {cid} at {start}..{end}, past its {} bytes",
                 s.payload.len()
             ));
         }
+        s.moved = end;
         if fl & flags::DATA_SUCCESS != 0 {
             if fl & flags::DATA_LAST == 0 {
                 return Err("C2HData SUCCESS without LAST".into());
+            }
+            if end != s.payload.len() {
+                return Err(format!(
+                    "C2HData SUCCESS for command {cid} after {end} of its {} bytes",
+                    s.payload.len()
+                ));
             }
             return Ok(Some((cid, Status::default(), 0, 0)));
         }
@@ -339,7 +358,7 @@ impl<T: IoData> TcpQpair<T> {
         let (dg, cpda, max) = (self.dg, self.cpda, self.maxh2cdata.max(4096) as usize);
         let s = self
             .slots
-            .get(cid as usize)
+            .get_mut(cid as usize)
             .filter(|s| s.busy)
             .ok_or_else(|| format!("R2T for unknown command {cid}"))?;
         if !s.payload.is_out() {
@@ -352,6 +371,16 @@ impl<T: IoData> TcpQpair<T> {
                 s.payload.len()
             ));
         }
+        // Each byte is asked for once, in order (the checks of Linux's host): an R2T
+        // that repeats a range would make the host queue the same data without end.
+        if len == 0 || start < s.moved {
+            return Err(format!(
+                "R2T for command {cid} at {start}..{end}, after {} bytes were sent",
+                s.moved
+            ));
+        }
+        s.moved = end;
+        let s = &self.slots[cid as usize];
         let mut at = start;
         while at < end {
             let k = (end - at).min(max);
@@ -464,6 +493,7 @@ impl<T: IoData> QueuePair<T> for TcpQpair<T> {
         s.busy = true;
         s.token = token;
         s.payload = payload;
+        s.moved = len;
         self.outstanding += 1;
         Ok(cid)
     }
@@ -758,6 +788,94 @@ mod tests {
             dg,
         );
         v
+    }
+
+    fn c2h(cid: u16, off: usize, len: usize, fl: u8, dg: Digests) -> Vec<u8> {
+        let h = pdu::DataHeader {
+            cccid: U16::new(cid),
+            datao: U32::new(off as u32),
+            datal: U32::new(len as u32),
+            ..Default::default()
+        };
+        let mut v = Vec::new();
+        let data = vec![0x5a; len];
+        super::pdu::tests_encode(
+            &mut v,
+            pdu::pdu_type::C2H_DATA,
+            fl,
+            &h.as_bytes()[8..],
+            &data,
+            dg,
+        );
+        v
+    }
+
+    fn r2t_pdu(cid: u16, off: u32, len: u32, dg: Digests) -> Vec<u8> {
+        let r = pdu::R2t {
+            cccid: U16::new(cid),
+            ttag: U16::new(1),
+            r2to: U32::new(off),
+            r2tl: U32::new(len),
+            ..Default::default()
+        };
+        let mut v = Vec::new();
+        super::pdu::tests_encode(&mut v, pdu::pdu_type::R2T, 0, &r.as_bytes()[8..], &[], dg);
+        v
+    }
+
+    /// A controller whose data PDUs for the first command (a 16 KiB read or write) break
+    /// the transfer's order: the connection ends with `reason`, the command aborted.
+    fn sequence_error(write: bool, bad: fn(u16, Digests) -> Vec<u8>, reason: &str) {
+        let dg = Digests::default();
+        let addr = peer(move |s| {
+            let (sqe, _) = read_capsule(s, dg);
+            s.write_all(&bad(sqe.cid.get(), dg)).unwrap();
+            let mut sink = Vec::new();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let _ = s.read_to_end(&mut sink);
+        });
+        let mut q = ready(addr, dg);
+        let buf = DmaBuf::new(16384, 4096).unwrap();
+        let (opc, p) = if write {
+            (nvm::WRITE, Payload::Out(buf, 16384))
+        } else {
+            (nvm::READ, Payload::In(buf, 16384))
+        };
+        q.submit(crate::spec::rw(0, opc, 1, 0, 32), p, 7).unwrap();
+        let c = drive(&mut q, 1);
+        assert_eq!((c[0].token, c[0].status), (7, aborted()), "{reason}");
+        assert!(
+            q.failure().is_some_and(|m| m.contains(reason)),
+            "{reason}: {q:?}"
+        );
+    }
+
+    #[test]
+    fn data_out_of_sequence_ends_the_connection() {
+        // A read "succeeding" after 512 of its 16384 bytes: stale bytes would pass as data.
+        sequence_error(
+            false,
+            |cid, dg| c2h(cid, 0, 512, flags::DATA_LAST | flags::DATA_SUCCESS, dg),
+            "after 512 of its 16384 bytes",
+        );
+        // Read data that skips ahead.
+        sequence_error(
+            false,
+            |cid, dg| c2h(cid, 4096, 4096, 0, dg),
+            "at offset 4096, expected 0",
+        );
+        // The same R2T again and again: each would queue the data once more, without end.
+        sequence_error(
+            true,
+            |cid, dg| {
+                let mut v = r2t_pdu(cid, 0, 16384, dg);
+                v.extend(r2t_pdu(cid, 0, 16384, dg));
+                v
+            },
+            "after 16384 bytes were sent",
+        );
+        // An R2T for nothing (refused by the parser already).
+        sequence_error(true, |cid, dg| r2t_pdu(cid, 0, 0, dg), "r2tl is 0");
     }
 
     #[test]
