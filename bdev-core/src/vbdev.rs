@@ -154,6 +154,7 @@ pub fn props_like(base: &Bdev, name: &str, product: &str, uuid: Option<uuid::Uui
     p.max_segment_size = bp.max_segment_size;
     p.max_num_segments = bp.max_num_segments;
     p.max_rw_size = bp.max_rw_size;
+    p.max_write_zeroes = bp.max_write_zeroes;
     p.write_cache = bp.write_cache;
     p
 }

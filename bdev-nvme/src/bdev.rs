@@ -793,6 +793,7 @@ impl NvmeCtrlr {
 impl NvmeCtrlr {
     /// Registers the bdev of namespace `nsid`; its name, or None (logged) when it can't.
     fn register_ns(self: &Arc<Self>, nsid: u32, ns: &IdentifyNamespace) -> Option<String> {
+        const MAX_NLB: u32 = 1 << 16;
         let Some(bs) = ns.block_size() else {
             tracing::warn!(nsid, "namespace with an unusable format skipped");
             return None;
@@ -803,11 +804,13 @@ impl NvmeCtrlr {
             .product_name("NVMe disk")
             .uuid(uuid)
             .write_cache(self.vwc);
+        // A command's block count is a 16-bit field (0's based): at most 65536 blocks,
+        // less when MDTS (in units of the minimum page, 4 KiB here) says so.
+        let mut max = MAX_NLB;
         if self.mdts != 0 {
-            // MDTS in units of the minimum page (4 KiB here).
-            let max = ((4096u64 << self.mdts.min(20)) / bs as u64).min(u32::MAX as u64) as u32;
-            props = props.max_rw_size(max);
+            max = max.min(((4096u64 << self.mdts.min(20)) / bs as u64).max(1) as u32);
         }
+        props = props.max_rw_size(max).max_write_zeroes(MAX_NLB);
         let ops = Arc::new(NsBdev {
             ctrlr: self.clone(),
             nsid,

@@ -36,6 +36,9 @@ pub struct BdevProps {
     pub max_num_segments: u32,
     /// Largest read/write in blocks (0: no limit); SPDK's `max_rw_size`.
     pub max_rw_size: u32,
+    /// Largest write_zeroes in blocks (0: no limit); SPDK's `max_write_zeroes`. Larger
+    /// ones are split, as reads and writes are.
+    pub max_write_zeroes: u32,
     /// Whether the bdev has a volatile write cache (flush matters).
     pub write_cache: bool,
     /// Metadata bytes per block (0: none).
@@ -60,6 +63,7 @@ impl BdevProps {
             max_segment_size: 0,
             max_num_segments: 0,
             max_rw_size: 0,
+            max_write_zeroes: 0,
             write_cache: false,
             md_len: 0,
         }
@@ -118,6 +122,12 @@ impl BdevProps {
     /// Sets the largest read/write in blocks (0 = none).
     pub fn max_rw_size(mut self, v: u32) -> Self {
         self.max_rw_size = v;
+        self
+    }
+
+    /// Sets the largest write_zeroes in blocks (0 = none).
+    pub fn max_write_zeroes(mut self, v: u32) -> Self {
+        self.max_write_zeroes = v;
         self
     }
 

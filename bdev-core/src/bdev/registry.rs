@@ -61,6 +61,8 @@ pub(crate) struct BdevInner {
     pub(crate) max_seg_bytes: usize,
     /// Write zeroes is emulated with writes of a zero buffer.
     pub(crate) emulate_wz: bool,
+    /// Largest write_zeroes the module takes (`u64::MAX`: no limit).
+    pub(crate) max_wz: u64,
     /// Any of the above in force: I/O must be checked against them.
     pub(crate) has_limits: bool,
     pub(crate) supported: u32,
@@ -243,7 +245,13 @@ pub fn register<T: BdevOps>(mut props: BdevProps, ops: Arc<T>) -> Result<Bdev> {
                 props.max_segment_size as usize
             },
             emulate_wz,
+            max_wz: if props.max_write_zeroes == 0 {
+                u64::MAX
+            } else {
+                props.max_write_zeroes as u64
+            },
             has_limits: emulate_wz
+                || props.max_write_zeroes != 0
                 || props.buf_align > 1
                 || props.max_rw_size != 0
                 || props.max_num_segments != 0

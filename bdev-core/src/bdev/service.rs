@@ -6,7 +6,8 @@
 //! - **bounce buffers**: data whose buffers break the bdev's required alignment goes
 //!   through an aligned buffer (copied in for a write, out for a read);
 //! - **write_zeroes emulation**: a bdev that writes but can't write zeroes gets writes of a
-//!   shared zero buffer (1 MiB, as SPDK's);
+//!   shared zero buffer (1 MiB, as SPDK's); one that can, but not that many blocks at once
+//!   (`max_write_zeroes`), gets the write_zeroes in pieces;
 //! - **NOMEM retry**: an I/O the module completes with `NoMem` waits on its channel and is
 //!   resubmitted when another I/O on the channel completes, or after 100 us when none is
 //!   outstanding (SPDK's `nomem_io`).
@@ -57,6 +58,8 @@ enum Src {
     Bounce(DmaBuf),
     /// The shared zero buffer.
     Zero(Arc<DmaBuf>),
+    /// No data (write_zeroes split at `max_write_zeroes`).
+    NoData,
 }
 
 /// Starts a serviced I/O: `ctx` is filled in (type, range, segments, payload, callback,
@@ -65,7 +68,10 @@ pub(crate) fn start(ctx: Box<IoCtx>) {
     let Some(ch) = ctx.ch.clone() else { return };
     let b = &ch.bdev;
     let (io_type, offset, num) = (ctx.io_type, ctx.offset_blocks, ctx.num_blocks);
-    let (child_type, src) = if io_type == IoType::WriteZeroes {
+    let (child_type, src) = if io_type == IoType::WriteZeroes && !b.emulate_wz {
+        // Longer than the module takes: split, no data.
+        (io_type, Src::NoData)
+    } else if io_type == IoType::WriteZeroes {
         match zero_buffer() {
             Some(z) => (IoType::Write, Src::Zero(z)),
             None => return super::io::complete_ctx(ctx, IoStatus::Failed),
@@ -165,6 +171,7 @@ fn issue(m: &Rc<Multi>) {
                 Src::Zero(z) => {
                     next_child(&[z.iov(z.len())], 0, lba, m.end_lba, c, &mut child.iovs)
                 }
+                Src::NoData => Some((m.end_lba - lba).min(c.bdev.max_wz)),
             }
             .map(|n| (n, (n * bl) as usize))
         };
@@ -316,7 +323,7 @@ pub(crate) fn needs_service(
     iovs: &[Iov],
 ) -> bool {
     if io_type == IoType::WriteZeroes {
-        return b.emulate_wz;
+        return b.emulate_wz || num > b.max_wz;
     }
     io_type.has_data()
         && (num > b.max_rw

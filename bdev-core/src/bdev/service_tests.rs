@@ -261,6 +261,38 @@ fn write_zeroes_is_emulated_with_writes_where_the_bdev_lacks_it() {
 }
 
 #[test]
+fn write_zeroes_beyond_max_write_zeroes_is_split() {
+    let h = Harness::new(1);
+    let seen = ram("r_wz_max", |p| p.max_write_zeroes(48), true, 0);
+    let out = h.block_on(0, async {
+        let d = Desc::open("r_wz_max", true, |_| {}).unwrap();
+        let ch = d.get_io_channel().unwrap();
+        d.writev_blocks(&ch, bufs(&[512 * 256], &pattern(512 * 256, 2)), 0, 256)
+            .await
+            .unwrap();
+        d.write_zeroes_blocks(&ch, 7, 200).await.unwrap();
+        concat(
+            &d.readv_blocks(&ch, bufs(&[512 * 256], &[1; 512 * 256]), 0, 256)
+                .await
+                .unwrap(),
+        )
+    });
+    let mut want = pattern(512 * 256, 2);
+    want[7 * 512..207 * 512].fill(0);
+    assert_eq!(out, want);
+    let seen = seen.lock().unwrap();
+    let wz: Vec<(u64, u64)> = seen
+        .iter()
+        .filter(|s| s.t == IoType::WriteZeroes)
+        .map(|s| (s.offset, s.num))
+        .collect();
+    // As write_zeroes (not emulated), none longer than the limit, covering the range.
+    assert_eq!(wz.len(), 5, "{wz:?}");
+    assert!(wz.iter().all(|&(_, n)| n <= 48), "{wz:?}");
+    assert_eq!(wz.iter().map(|&(_, n)| n).sum::<u64>(), 200);
+}
+
+#[test]
 fn nomem_from_the_module_is_retried_not_reported() {
     let h = Harness::new(1);
     let seen = ram("r_nomem", |p| p, true, 5);
