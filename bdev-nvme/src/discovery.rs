@@ -154,7 +154,7 @@ impl Discovery {
                     return;
                 }
             }
-            if bdev_core::thread::sleep_us(delay.as_micros() as u64)
+            if bdev_core::thread::sleep_us(u64::try_from(delay.as_micros()).unwrap_or(u64::MAX))
                 .await
                 .is_err()
             {

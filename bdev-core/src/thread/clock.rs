@@ -82,10 +82,10 @@ pub fn real_hz() -> u64 {
     })
 }
 
-/// Converts microseconds to ticks at `hz`.
+/// Converts microseconds to ticks at `hz`, saturating (a period of centuries is "never").
 #[inline]
 pub(crate) fn us_to_ticks(us: u64, hz: u64) -> u64 {
-    ((us as u128 * hz as u128) / 1_000_000) as u64
+    u64::try_from(us as u128 * hz as u128 / 1_000_000).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -115,5 +115,7 @@ mod tests {
         assert_eq!(c.now(), 17);
         assert_eq!(c.hz(), 1_000_000);
         assert_eq!(us_to_ticks(5, c.hz()), 5);
+        // Beyond 64 bits of ticks: saturates instead of wrapping to a short period.
+        assert_eq!(us_to_ticks(u64::MAX, 3_000_000_000), u64::MAX);
     }
 }

@@ -95,7 +95,7 @@ impl PollerCore {
         if let Some(t) = self.thread.upgrade() {
             let period = self.period.get();
             if period > 0 {
-                let next = t.now.get() + period;
+                let next = t.now.get().saturating_add(period);
                 self.next_run.set(next);
                 t.pollers
                     .next_timed
@@ -172,7 +172,7 @@ impl PollerSet {
                 None => break,
             };
             if p.state.get() == State::Active && p.next_run.get() <= now {
-                p.next_run.set(now + p.period.get());
+                p.next_run.set(now.saturating_add(p.period.get()));
                 busy |= p.run();
             }
         }
@@ -267,7 +267,7 @@ impl Poller {
         let core = Rc::new(PollerCore {
             name: name.into(),
             period: Cell::new(period),
-            next_run: Cell::new(inner.now.get() + period),
+            next_run: Cell::new(inner.now.get().saturating_add(period)),
             state: Cell::new(State::Active),
             f: RefCell::new(Some(Box::new(f))),
             thread: Rc::downgrade(inner),
