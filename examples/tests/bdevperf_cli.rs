@@ -102,6 +102,10 @@ fn bad_input_is_one_line_and_exit_code_1() {
             "queue depth",
         ),
         (
+            vec!["-q", "4000000000", "-o", "4096", "-w", "flush", "-t", "1"],
+            "queue depth",
+        ),
+        (
             vec!["-q", "1", "-o", "1000", "-w", "read", "-t", "1"],
             "not multiples of data block size",
         ),

@@ -97,7 +97,7 @@ impl BdevOpts {
         if self.bdev_io_cache_size == 0 {
             return Err(Error::invalid("bdev_io_cache_size", "must be at least 1"));
         }
-        if self.bdev_io_pool_size < self.bdev_io_cache_size * 2 {
+        if (self.bdev_io_pool_size as u64) < self.bdev_io_cache_size as u64 * 2 {
             return Err(Error::invalid(
                 "bdev_io_pool_size",
                 format!(

@@ -196,6 +196,14 @@ async fn dd(cli: Cli) -> Result<u64, String> {
         }
         None => avail,
     };
+    // Offsets past i64::MAX are no file's (and no bdev's).
+    for (what, start) in [("input (--skip)", in_start), ("output (--seek)", out_start)] {
+        if start.checked_add(total).is_none_or(|e| e > i64::MAX as u64) {
+            return Err(format!(
+                "{total} bytes at {what} offset {start}: beyond any file"
+            ));
+        }
+    }
     if let End::Bdev { size, .. } = &output {
         if out_start.checked_add(total).is_none_or(|e| e > *size) {
             return Err(format!(

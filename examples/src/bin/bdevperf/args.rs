@@ -181,6 +181,9 @@ struct Cli {
 /// The longest run accepted (a year), so that microsecond arithmetic can't overflow.
 pub const MAX_TIME_S: u64 = 365 * 24 * 3600;
 
+/// The deepest queue a job takes (a task and its buffers each).
+pub const MAX_QUEUE_DEPTH: u32 = 65536;
+
 /// Checked parameters.
 #[derive(Clone, Debug)]
 pub struct Params {
@@ -222,8 +225,8 @@ impl Params {
             match k.as_str() {
                 "queue_depth" => {
                     p.queue_depth = u32::try_from(num()?).map_err(|_| "queue_depth too large")?;
-                    if p.queue_depth == 0 {
-                        return Err("queue_depth must be at least 1".into());
+                    if p.queue_depth == 0 || p.queue_depth > MAX_QUEUE_DEPTH {
+                        return Err(format!("queue_depth must be 1 to {MAX_QUEUE_DEPTH}"));
                     }
                 }
                 "time_in_sec" => {
@@ -285,8 +288,8 @@ pub fn parse() -> Result<Parsed, String> {
         }
     };
     let queue_depth = cli.queue_depth.ok_or("missing -q (queue depth)")?;
-    if queue_depth == 0 {
-        return Err("queue depth (-q) must be at least 1".into());
+    if queue_depth == 0 || queue_depth > MAX_QUEUE_DEPTH {
+        return Err(format!("queue depth (-q) must be 1 to {MAX_QUEUE_DEPTH}"));
     }
     let io_size = cli.io_size.ok_or("missing -o (I/O size)")?;
     if io_size == 0 || io_size > u32::MAX as u64 {
