@@ -363,6 +363,18 @@ impl BdevIo {
         });
         ctx.offset_blocks = offset_blocks;
         c.outstanding.set(c.outstanding.get() + 1);
+        if ctx.internal && c.bdev.has_limits {
+            // A piece of a split upper I/O: cut to the upper bdev's limits, not
+            // necessarily to this one's (a raid0 strip bigger than its member's largest
+            // transfer). Serviced here as a parent of its own.
+            if service::needs_service(&c.bdev, t, offset_blocks, n, &ctx.iovs) {
+                let depth = &c.tctx.submit_depth;
+                depth.set(depth.get() + 1);
+                service::start(ctx);
+                depth.set(depth.get() - 1);
+                return;
+            }
+        }
         route(&ch.ch, ctx);
     }
 

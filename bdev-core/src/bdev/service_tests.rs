@@ -205,6 +205,68 @@ fn io_beyond_every_limit_is_split_into_pieces_the_bdev_accepts() {
     assert_eq!((st.num_write_ops, st.num_read_ops), (1, 1));
 }
 
+/// A virtual bdev that forwards every I/O in place to its base (as passthru does).
+struct Fwd {
+    base: Arc<Desc>,
+}
+
+impl BdevOps for Fwd {
+    type Channel = BdevChannel;
+    fn module_name(&self) -> &'static str {
+        "fwd_test"
+    }
+    fn create_channel(&self) -> crate::Result<BdevChannel> {
+        self.base.get_io_channel()
+    }
+    fn submit_request(&self, ch: &BdevChannel, io: BdevIo) {
+        io.forward_and_complete(&self.base, ch);
+    }
+    fn io_type_supported(&self, t: IoType) -> bool {
+        matches!(t, IoType::Read | IoType::Write)
+    }
+}
+
+#[test]
+fn pieces_of_a_split_forwarded_in_place_meet_the_base_limits_too() {
+    let h = Harness::new(1);
+    // The base takes at most 8 blocks at a time; the bdev above splits at 16 blocks.
+    let seen = ram(
+        "r_fwd_base",
+        |p| {
+            let mut p = p;
+            p.max_rw_size = 8;
+            p
+        },
+        true,
+        0,
+    );
+    h.run_on(0, || {
+        let base = Arc::new(Desc::open("r_fwd_base", true, |_| {}).unwrap());
+        register(
+            BdevProps::new("r_fwd", 512, 256).optimal_io_boundary(16, true),
+            Arc::new(Fwd { base }),
+        )
+        .unwrap();
+    });
+    let data = pattern(40 * 512, 9);
+    let back = h.block_on(0, async move {
+        let d = Desc::open("r_fwd", true, |_| {}).unwrap();
+        let ch = d.get_io_channel().unwrap();
+        d.writev_blocks(&ch, bufs(&[40 * 512], &data), 5, 40)
+            .await
+            .unwrap();
+        let out = d
+            .readv_blocks(&ch, bufs(&[40 * 512], &[0; 40 * 512]), 5, 40)
+            .await
+            .unwrap();
+        (concat(&out), data)
+    });
+    assert_eq!(back.0, back.1);
+    let seen = seen.lock().unwrap();
+    assert!(seen.iter().all(|s| s.num <= 8), "{seen:?}");
+    assert_eq!(seen.iter().map(|s| s.num).sum::<u64>(), 80);
+}
+
 #[test]
 fn misaligned_buffers_go_through_an_aligned_bounce_buffer() {
     let h = Harness::new(1);
