@@ -283,8 +283,9 @@ pub(crate) fn nomem_queue(ctx: Box<IoCtx>) {
     let Some(ch) = ctx.ch.clone() else { return };
     ch.nomem.borrow_mut().push_back(ctx);
     ch.nomem_len.set(ch.nomem_len.get() + 1);
-    // Nothing else in flight will complete and retry it: poll.
-    if ch.outstanding.get() <= ch.nomem_len.get() as u64 && ch.nomem_poller.borrow().is_none() {
+    // Completions on the channel retry it too, but none may come (what is outstanding may
+    // be only parents of the I/O waiting here): poll as well, until the queue is empty.
+    if ch.nomem_poller.borrow().is_none() {
         let chw = ch.clone();
         match Poller::register_us("bdev_nomem_retry", 100, move || {
             nomem_retry(&chw);
