@@ -16,6 +16,7 @@ use bdev_core::bdev::{
 };
 use bdev_core::config::{Methods, parse_params};
 use bdev_core::module::BdevModule;
+use bdev_core::thread::{IoChannel, IoDevice};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
@@ -44,7 +45,8 @@ pub struct ErrorOpts {
 pub enum ErrorType {
     /// Complete the I/O as failed, without reaching the base.
     Failure,
-    /// Hold the I/O until a reset (which fails it) or the bdev's deletion.
+    /// Hold the I/O until a reset (which fails it, on every thread) or the bdev's
+    /// unregistration (deleted, its base removed, the application stopping).
     Pending,
     /// Flip a byte of the data: of a write before it reaches the base, of a read after.
     CorruptData,
@@ -129,13 +131,35 @@ struct ErrorBdev {
     link: BaseLink,
     armed: AtomicBool,
     table: Mutex<[Option<Injection>; 4]>,
+    /// Each thread's I/Os held by `pending` injections, as channels of a device of our
+    /// own, so that a reset or the bdev's removal can reach every thread's.
+    held: IoDevice<Held>,
 }
+
+/// One thread's I/Os held by `pending` injections.
+type Held = RefCell<VecDeque<BdevIo>>;
 
 struct ErrChannel {
     desc: Arc<Desc>,
     base: BdevChannel,
-    /// I/Os held by a `pending` injection on this thread.
-    pending: RefCell<VecDeque<BdevIo>>,
+    pending: IoChannel<Held>,
+}
+
+/// Fails every thread's held I/O, then runs `done` on the calling thread.
+fn fail_held(dev: &IoDevice<Held>, done: impl FnOnce() + Send + 'static) {
+    let r = dev.for_each_channel(
+        |ch, next| {
+            let held: Vec<BdevIo> = ch.borrow_mut().drain(..).collect();
+            for io in held {
+                io.complete(IoStatus::Failed);
+            }
+            next.next(Ok(()));
+        },
+        move |_| done(),
+    );
+    if let Err(e) = r {
+        tracing::warn!("error bdev: failing held I/O: {e}");
+    }
 }
 
 impl ErrorBdev {
@@ -191,20 +215,26 @@ impl BdevOps for ErrorBdev {
         Ok(ErrChannel {
             desc,
             base,
-            pending: RefCell::new(VecDeque::new()),
+            pending: self.held.get_channel()?,
         })
     }
 
     fn submit_request(&self, ch: &ErrChannel, mut io: BdevIo) {
         let t = io.io_type();
         if t == IoType::Reset {
-            // SPDK v24.09: fail what the `pending` injections hold on this channel and
+            // As SPDK: fail what the `pending` injections hold, on every thread, and
             // complete the reset without passing it to the base.
-            let held: Vec<BdevIo> = ch.pending.borrow_mut().drain(..).collect();
-            for p in held {
-                p.complete(IoStatus::Failed);
+            let (tx, rx) = bdev_core::oneshot::channel();
+            fail_held(&self.held, move || tx.send(()));
+            let task = async move {
+                rx.await;
+                io.complete(IoStatus::Success);
+            };
+            if let Err(e) = bdev_core::thread::spawn_local(task) {
+                // Not on a thread: nothing to wait with (the reset fails as it drops).
+                tracing::warn!("error bdev reset: {e}");
             }
-            return io.complete(IoStatus::Success);
+            return;
         }
         // This I/O and those this thread has at the base.
         let n = ch.base.outstanding() + 1;
@@ -239,7 +269,13 @@ impl BdevOps for ErrorBdev {
         self.base.io_type_supported(io_type)
     }
 
+    fn unregistering(&self) {
+        // Held I/O would keep openers from draining, and so the bdev from going.
+        fail_held(&self.held, || {});
+    }
+
     fn destruct(&self, done: DestructDone) {
+        self.held.unregister(|| {}).ok();
         self.link.close();
         // As SPDK: an error bdev gone (deleted or its base removed) is forgotten.
         if let Ok(c) = Configs::<ErrorOpts>::get() {
@@ -250,19 +286,6 @@ impl BdevOps for ErrorBdev {
 
     fn dump_info_json(&self) -> Option<Value> {
         Some(serde_json::json!({"error_disk": {"base_bdev": self.base.name()}}))
-    }
-}
-
-impl Drop for ErrChannel {
-    fn drop(&mut self) {
-        // Held I/Os complete as failed when their BdevIo drops; nothing is lost.
-        let n = self.pending.get_mut().len();
-        if n > 0 {
-            tracing::warn!(
-                held = n,
-                "error bdev channel closes with pending-injected I/Os; failing them"
-            );
-        }
     }
 }
 
@@ -282,6 +305,9 @@ fn build(opts: &ErrorOpts, base: &Bdev) -> Result<Bdev, Error> {
         link: BaseLink::new(desc),
         armed: AtomicBool::new(false),
         table: Mutex::new([None; 4]),
+        held: IoDevice::register(format!("{}_held", opts.name()), || {
+            Ok(RefCell::new(VecDeque::new()))
+        }),
     });
     Ok(bdev::register(props, ops)?)
 }

@@ -296,6 +296,96 @@ fn error_bdev_fails_corrupts_holds_and_clears() {
 }
 
 #[test]
+fn pending_io_is_failed_on_every_thread_by_a_reset_and_by_removal() {
+    let h = Harness::new(2);
+    let m = h.run_on(0, || {
+        let mut m = Methods::new();
+        bdev_malloc::register(&mut m).unwrap();
+        crate::register(&mut m).unwrap();
+        m
+    });
+    let m = Rc::new(m);
+    call(
+        &h,
+        &m,
+        "bdev_malloc_create",
+        json!({"name": "M2", "num_blocks": 256, "block_size": 512}),
+    )
+    .unwrap();
+    call(&h, &m, "bdev_error_create", json!({"base_name": "M2"})).unwrap();
+    let inject = |n: u32| {
+        call(
+            &h,
+            &m,
+            "bdev_error_inject_error",
+            json!({"name": "EE_M2", "io_type": "write", "error_type": "pending", "num": n}),
+        )
+        .unwrap();
+    };
+    // A write held on each thread; a reset on thread 0 fails both.
+    inject(2);
+    let mut ends = Vec::new();
+    for t in 0..2 {
+        let st = Rc::new(Cell::new(None));
+        let s2 = st.clone();
+        let kept = h.run_on(t, || {
+            let d = Rc::new(Desc::open("EE_M2", true, |_| {}).unwrap());
+            let ch = Rc::new(d.get_io_channel().unwrap());
+            d.write_blocks(&ch, pattern(4096, 4), 0, 8)
+                .submit(move |c| s2.set(Some(c.status)));
+            (d, ch)
+        });
+        ends.push((st, kept));
+    }
+    h.poll_threads();
+    assert!(ends.iter().all(|(st, _)| st.get().is_none()), "held");
+    let rs = Rc::new(Cell::new(None));
+    let r2 = rs.clone();
+    let (d0, ch0) = ends[0].1.clone();
+    h.run_on(0, || d0.reset(&ch0).submit(move |c| r2.set(Some(c.status))));
+    for _ in 0..12 {
+        h.advance_time_us(100_000);
+        h.poll_threads();
+    }
+    assert_eq!(rs.get(), Some(IoStatus::Success));
+    for (st, _) in &ends {
+        assert_eq!(
+            st.get(),
+            Some(IoStatus::Failed),
+            "held I/O failed by the reset"
+        );
+    }
+    // Held again on thread 1: removing the bdev fails it, so its opener can close.
+    inject(1);
+    let st = Rc::new(Cell::new(None));
+    let s2 = st.clone();
+    let (d1, ch1) = ends[1].1.clone();
+    h.run_on(1, || {
+        d1.write_blocks(&ch1, pattern(4096, 5), 0, 8)
+            .submit(move |c| s2.set(Some(c.status)))
+    });
+    h.poll_threads();
+    assert_eq!(st.get(), None, "held");
+    let gone = Rc::new(Cell::new(false));
+    let g2 = gone.clone();
+    let done = std::sync::Arc::new(std::sync::Mutex::new(false));
+    let d2 = done.clone();
+    h.run_on(0, || {
+        get_by_name("EE_M2")
+            .unwrap()
+            .unregister(move |r| *d2.lock().unwrap() = r.is_ok())
+    });
+    h.poll_threads();
+    assert_eq!(st.get(), Some(IoStatus::Failed), "failed at unregistration");
+    drop((d0, ch0, d1, ch1));
+    h.run_on(1, || drop(ends.pop()));
+    h.run_on(0, || drop(ends.pop()));
+    h.poll_threads();
+    g2.set(*done.lock().unwrap());
+    assert!(gone.get(), "unregistered once its openers closed");
+}
+
+#[test]
 fn delay_bdev_holds_reads_and_writes_for_their_latency() {
     let (h, m) = harness();
     call(

@@ -27,6 +27,12 @@ pub trait BdevOps: Send + Sync + 'static {
     /// Whether the bdev handles `io_type`. Asked once per type at registration.
     fn io_type_supported(&self, io_type: IoType) -> bool;
 
+    /// The bdev is being unregistered (called once, on the unregistering thread, before
+    /// openers hear of it): a module holding I/O indefinitely (a pending injection, a
+    /// queue waiting on something that won't come) completes it now, so that openers can
+    /// drain and close.
+    fn unregistering(&self) {}
+
     /// Releases the bdev's resources once it is unregistered, every descriptor closed and
     /// every channel released. Call `done.complete()` when finished (now or later).
     fn destruct(&self, done: DestructDone) {
@@ -66,6 +72,7 @@ impl DestructDone {
 pub(crate) trait ErasedOps: Send + Sync {
     fn module_name(&self) -> &'static str;
     fn create_channel(&self) -> Result<Box<dyn ErasedChannel>>;
+    fn unregistering(&self);
     fn destruct(&self, done: DestructDone);
     fn write_config_json(&self, bdev: &Bdev) -> Option<serde_json::Value>;
     fn dump_info_json(&self) -> Option<serde_json::Value>;
@@ -101,6 +108,9 @@ impl<T: BdevOps> ErasedOps for OpsImpl<T> {
             ops: self.0.clone(),
             ch,
         }))
+    }
+    fn unregistering(&self) {
+        self.0.unregistering()
     }
     fn destruct(&self, done: DestructDone) {
         self.0.destruct(done)

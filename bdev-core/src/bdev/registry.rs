@@ -445,6 +445,7 @@ impl Bdev {
         };
         if first {
             tracing::debug!(bdev = %self.name(), "unregistering");
+            self.0.ops.unregistering();
             self.0.notify(BdevEvent::Remove);
         }
         self.0.maybe_finish_unregister();
