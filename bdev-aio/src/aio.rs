@@ -69,6 +69,8 @@ pub struct Aio {
     ptrs: Vec<*mut Iocb>,
     inflight: usize,
     events: Vec<IoEvent>,
+    /// Operations the kernel refused at submission, reported by the next reap.
+    refused: Vec<(u64, i64)>,
 }
 
 impl Aio {
@@ -88,6 +90,7 @@ impl Aio {
             ptrs: Vec::with_capacity(depth as usize),
             inflight: 0,
             events: vec![IoEvent::default(); depth as usize],
+            refused: Vec::new(),
         })
     }
 
@@ -200,7 +203,16 @@ impl Engine for Aio {
             )
         };
         if r < 0 {
-            return Err(io::Error::last_os_error());
+            let e = io::Error::last_os_error();
+            if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EINTR)) {
+                return Err(e);
+            }
+            // The first iocb is refused for good (EINVAL, EBADF...): it completes with
+            // that error instead of blocking everything queued behind it.
+            let cb = self.batch.remove(0);
+            self.refused
+                .push((cb.data, -(e.raw_os_error().unwrap_or(libc::EIO) as i64)));
+            return Err(e);
         }
         let n = r as usize;
         self.batch.drain(..n);
@@ -209,6 +221,13 @@ impl Engine for Aio {
     }
 
     fn reap(&mut self, f: &mut dyn FnMut(u64, i64)) -> usize {
+        if !self.refused.is_empty() {
+            let n = self.refused.len();
+            for (ud, res) in self.refused.drain(..) {
+                f(ud, res);
+            }
+            return n;
+        }
         if self.inflight == 0 {
             return 0;
         }

@@ -18,6 +18,9 @@ pub mod uring;
 
 use std::sync::Arc;
 
+/// Most segments one read or write may have (Linux's UIO_MAXIOV).
+const UIO_MAXIOV: u32 = 1024;
+
 use bdev_core::bdev::{self as core_bdev, BdevProps};
 use bdev_core::config::{Methods, parse_params};
 use bdev_core::module::BdevModule;
@@ -146,7 +149,9 @@ fn create_inner(
             "URING bdev"
         })
         .uuid(uuid)
-        .buf_align(t.block_len as usize);
+        .buf_align(t.block_len as usize)
+        // The kernel takes at most UIO_MAXIOV segments per operation; the core splits.
+        .segments(0, UIO_MAXIOV);
     props.write_cache = true;
     let ops = Arc::new(bdev::FileBdev {
         module,
