@@ -86,10 +86,9 @@ async fn run(r: &Arc<Raid>, dev: &IoDevice<RaidCh>, slot: usize) -> Result<(), E
             return Err(Error::Busy("rebuild cancelled".into()));
         }
         let end = (off + win).min(size);
-        for_each(dev, move |ch, next| {
-            RaidCh::set_window(ch, (off, end), next)
-        })
-        .await?;
+        // Recorded in the array as well: a channel created while the window is copied
+        // must hold back writes to it too.
+        lock(r, dev, (off, end)).await?;
         buf = copy(r, slot, off, end - off, buf).await?;
         if let Some(p) = r.lock().process.as_mut() {
             p.done_blocks = end;

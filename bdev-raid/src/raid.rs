@@ -735,7 +735,7 @@ impl BdevOps for RaidBdev {
     fn submit_request(&self, ch: &IoChannel<RaidCh>, io: BdevIo) {
         match (&self.layout, io.io_type()) {
             (_, IoType::Reset) => fan_out_all(ch, io),
-            (Layout::Raid1, IoType::Read) => raid1_read(ch, io, 0),
+            (Layout::Raid1, IoType::Read) => raid1_read(ch, io, 0, IoStatus::Failed),
             (Layout::Raid1, _) => raid1_write(ch, io),
             (Layout::Raid0 { shift, mask, n }, IoType::Read | IoType::Write) => {
                 let lba = io.offset_blocks();
@@ -803,7 +803,7 @@ fn forward(ch: &IoChannel<RaidCh>, io: BdevIo, i: usize, mlba: u64) {
 /// A raid1 read: to the readable member with the fewest I/Os outstanding on this thread;
 /// when it fails, the member leaves the array and the read goes to the next one. `tried`
 /// has a bit for each member tried.
-fn raid1_read(ch: &IoChannel<RaidCh>, io: BdevIo, tried: u64) {
+fn raid1_read(ch: &IoChannel<RaidCh>, io: BdevIo, tried: u64, last: IoStatus) {
     let pick = {
         let members = ch.members.borrow();
         let mut best: Option<(usize, u64)> = None;
@@ -820,8 +820,8 @@ fn raid1_read(ch: &IoChannel<RaidCh>, io: BdevIo, tried: u64) {
         best.map(|(i, _)| i)
     };
     let Some(i) = pick else {
-        // No member left to read from.
-        return io.complete(IoStatus::Failed);
+        // No member left to read from: the last member's answer (failed if none).
+        return io.complete(last);
     };
     let members = ch.members.borrow();
     let Some(Some(m)) = members.get(i) else {
@@ -833,8 +833,13 @@ fn raid1_read(ch: &IoChannel<RaidCh>, io: BdevIo, tried: u64) {
         if status.is_success() {
             return io.complete(status);
         }
-        ch2.member_failed(i, status);
-        raid1_read(&ch2, io, tried | 1 << i);
+        // A read aborted (the member's own reset) or refused says nothing about the
+        // member's data: try the next one, but keep this one in the array. (A write that
+        // did not land does make it stale: see raid1_write.)
+        if !matches!(status, IoStatus::Aborted | IoStatus::Rejected(_)) {
+            ch2.member_failed(i, status);
+        }
+        raid1_read(&ch2, io, tried | 1 << i, status);
     });
 }
 
