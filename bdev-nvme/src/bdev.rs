@@ -391,6 +391,18 @@ impl NvmeCtrlr {
     /// Reconnects the admin queue every reconnect_delay_sec until it works or
     /// ctrlr_loss_timeout_sec passes; then the controller and its bdevs are removed.
     async fn reconnect(self: Arc<Self>) {
+        // Every I/O queue goes too (as SPDK resets the whole controller): a target that
+        // died without closing its connections would otherwise keep what is in flight on
+        // them forever, and healthy queues would stay on the old association. What was
+        // in flight waits in its channel, resent after the reconnection (or failed by
+        // fast_io_fail_timeout_sec or the controller's removal).
+        self.each_channel(|st| {
+            if let Some(q) = st.qpair.borrow_mut().as_mut() {
+                q.disconnect("reconnecting the controller");
+            }
+            st.poll();
+        })
+        .await;
         let t = self.timeouts;
         let mut attempt = 0u32;
         loop {
@@ -524,9 +536,9 @@ impl NvmeCtrlr {
     /// Resets the controller (a bdev reset, `bdev_nvme_reset_controller`), on the
     /// controller's thread: every channel drops its queue pair (what was in flight is
     /// sent again after), the admin queue is disconnected and a new association made;
-    /// then the channels connect again. A reset while a reconnection or another reset
-    /// runs waits for it. A failed reset leaves the controller failed: the reconnection
-    /// logic takes over, with its timeouts.
+    /// then the channels connect again. A reset while another reset runs waits for it;
+    /// one while the controller reconnects after a failure fails at once. A failed reset
+    /// leaves the controller failed: the reconnection logic takes over, with its timeouts.
     pub(crate) async fn reset(self: Arc<Self>) -> Result<(), Error> {
         loop {
             {
@@ -541,7 +553,16 @@ impl NvmeCtrlr {
                     st.reconnecting = true;
                     break;
                 }
+                if st.failed_at.is_some() {
+                    // A reconnection after a failure runs (it may take until
+                    // ctrlr_loss_timeout_sec): don't hold the bdev frozen meanwhile.
+                    return Err(Error::Protocol(format!(
+                        "controller {} is reconnecting after a failure",
+                        self.opts.name
+                    )));
+                }
             }
+            // Another reset runs: it ends within its connect timeout.
             bdev_core::thread::sleep_us(10_000).await?;
         }
         tracing::info!(ctrlr = %self.opts.name, "resetting the controller");
@@ -1045,11 +1066,21 @@ impl ChanState {
                 let st = c.st();
                 (st.cntlid, st.generation)
             };
+            let qid = match ch2.qid.get() {
+                0 => match c.take_qid() {
+                    Ok(q) => q,
+                    Err(e) => {
+                        // Not the controller's failure: this thread has no queue. Its
+                        // I/O fails (each new batch tries again, as queues free up).
+                        tracing::error!(ctrlr = %c.opts.name, "I/O queue: {e}");
+                        ch2.connecting.set(false);
+                        ch2.fail_waiting();
+                        return;
+                    }
+                },
+                q => q,
+            };
             let q = async {
-                let qid = match ch2.qid.get() {
-                    0 => c.take_qid()?,
-                    q => q,
-                };
                 ch2.qid.set(qid);
                 let mut q = crate::ctrlr::Queue::open(&c.connect, qid, 128, c.icd_max).await?;
                 q.fabrics_connect(&c.connect, cntlid, 128).await?;

@@ -205,6 +205,40 @@ fn verify_over_nvme_tcp_with_and_without_digests() {
     // Namespaces added and removed at the target: asynchronous events bring the bdev
     // and take it away, in the daemon.
     namespace_events(&target);
+    // The target silent (the guest frozen: connections open, nothing answered) past the
+    // keep-alive timeout and ctrlr_loss_timeout_sec: the I/O in flight on the channels'
+    // queue pairs is taken back when the controller reconnects, then failed when it is
+    // removed, so bdevperf ends instead of waiting on connections nobody will answer.
+    let cfg = config_opts(
+        "silent.json",
+        &target,
+        json!({"ctrlr_loss_timeout_sec": 3, "reconnect_delay_sec": 1}),
+        Some(json!({"keep_alive_timeout_ms": 2000})),
+    );
+    let mut child = spawn_perf(&cfg, "verify", "60", Some("bdev_nvme=info"));
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    target.pause().expect("pause the guest");
+    let started = std::time::Instant::now();
+    // It used to wait on the dead connections for good: give up (and say so) at 40 s.
+    while child.try_wait().unwrap().is_none()
+        && started.elapsed() < std::time::Duration::from_secs(40)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let ended = child.try_wait().unwrap().is_some();
+    if !ended {
+        let _ = child.kill();
+    }
+    let o = child.wait_with_output().unwrap();
+    target.resume().expect("resume the guest");
+    let out = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    assert!(ended, "bdevperf did not end within 40 s: {out}");
+    assert!(out.contains("controller lost for good"), "{out}");
+    assert!(!out.contains("panicked"), "{out}");
+    eprintln!(
+        "target silent: bdevperf ended after {:?}",
+        started.elapsed()
+    );
     // The target gone for longer than ctrlr_loss_timeout_sec: the controller and its
     // bdev go, bdevperf reports the failure and exits, long before its 60 s.
     let cfg = config_with(
