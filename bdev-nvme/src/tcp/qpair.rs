@@ -14,7 +14,7 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::pdu::{self, Digests, Parsed, RxPdu, flags};
 use crate::spec::{SglDescriptor, Sqe, Status, sc, sct, sgl};
@@ -58,6 +58,8 @@ impl<T> Default for Slot<T> {
 pub struct TcpQpair<T: IoData = NoIo> {
     qid: u16,
     sock: TcpStream,
+    /// Until the TCP connection is up (the first bytes went out): where to, and by when.
+    connecting: Option<(SocketAddr, Instant)>,
     state: State,
     want: Digests,
     dg: Digests,
@@ -76,6 +78,21 @@ pub struct TcpQpair<T: IoData = NoIo> {
     outstanding: usize,
 }
 
+/// A non-blocking TCP socket whose connection to `addr` is under way (or made).
+fn start_connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_nonblocking(true)?;
+    s.set_tcp_nodelay(true)?;
+    match s.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+        Err(e) => return Err(e),
+    }
+    Ok(s.into())
+}
+
 impl<T: IoData> std::fmt::Debug for TcpQpair<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "TcpQpair(qid {}, {:?})", self.qid, self.state)
@@ -87,9 +104,11 @@ fn aborted() -> Status {
 }
 
 impl<T: IoData> TcpQpair<T> {
-    /// Connects to `addr` (waiting up to `timeout`) and sends ICReq asking for `digests`;
-    /// the pair is usable once [`TcpQpair::is_ready`] (keep polling until then). `depth`
-    /// commands may be outstanding; writes up to `icd_max` bytes travel in the capsule.
+    /// Starts connecting to `addr` and queues ICReq asking for `digests`; the pair is
+    /// usable once [`TcpQpair::is_ready`] (keep polling until then). The connection is
+    /// made in the background, without blocking the thread (a reactor must never wait on
+    /// a target that drops SYNs); it fails if not up within `timeout`. `depth` commands
+    /// may be outstanding; writes up to `icd_max` bytes travel in the capsule.
     pub fn connect(
         addr: SocketAddr,
         qid: u16,
@@ -98,15 +117,12 @@ impl<T: IoData> TcpQpair<T> {
         icd_max: usize,
         timeout: Duration,
     ) -> Result<TcpQpair<T>, String> {
-        let sock = TcpStream::connect_timeout(&addr, timeout)
-            .map_err(|e| format!("connecting to {addr}: {e}"))?;
-        sock.set_nodelay(true)
-            .and_then(|_| sock.set_nonblocking(true))
-            .map_err(|e| format!("socket options: {e}"))?;
+        let sock = start_connect(addr).map_err(|e| format!("connecting to {addr}: {e}"))?;
         let depth = depth.max(1);
         let mut q = TcpQpair {
             qid,
             sock,
+            connecting: Some((addr, Instant::now() + timeout)),
             state: State::Handshake,
             want: digests,
             dg: Digests::default(),
@@ -198,10 +214,23 @@ impl<T: IoData> TcpQpair<T> {
         while self.tx_off < self.tx.len() {
             match self.sock.write(&self.tx[self.tx_off..]) {
                 Ok(0) => return Err("connection closed while sending".into()),
-                Ok(n) => self.tx_off += n,
+                Ok(n) => {
+                    self.tx_off += n;
+                    self.connecting = None;
+                }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(format!("send: {e}")),
+                Err(e) => {
+                    return Err(match self.connecting {
+                        Some((addr, _)) => format!("connecting to {addr}: {e}"),
+                        None => format!("send: {e}"),
+                    });
+                }
+            }
+        }
+        if let Some((addr, deadline)) = self.connecting {
+            if Instant::now() > deadline {
+                return Err(format!("connecting to {addr}: timed out"));
             }
         }
         if self.tx_off == self.tx.len() {
@@ -223,7 +252,12 @@ impl<T: IoData> TcpQpair<T> {
                 Ok(n) => self.rx_len += n,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(format!("receive: {e}")),
+                Err(e) => {
+                    return Err(match self.connecting {
+                        Some((addr, _)) => format!("connecting to {addr}: {e}"),
+                        None => format!("receive: {e}"),
+                    });
+                }
             }
         }
         // The buffer leaves `self` while PDUs borrowing it are handled.
@@ -418,6 +452,7 @@ impl TcpQpair<NoIo> {
         Ok(TcpQpair {
             qid: self.qid,
             sock: self.sock,
+            connecting: self.connecting,
             state: self.state,
             want: self.want,
             dg: self.dg,
@@ -505,7 +540,13 @@ impl<T: IoData> QueuePair<T> for TcpQpair<T> {
                 .flush()
                 .and_then(|_| self.receive(out))
                 .and_then(|_| self.flush());
-            if let Err(e) = r {
+            if let Err(mut e) = r {
+                if let Some((addr, _)) = self.connecting {
+                    if !e.starts_with("connecting to") {
+                        // Never connected: say so, whatever the socket reported.
+                        e = format!("connecting to {addr}: {e}");
+                    }
+                }
                 if e.starts_with("bad PDU") {
                     // Tell the controller why, as the specification asks (best effort).
                     let mut t = Vec::new();
@@ -616,6 +657,51 @@ mod tests {
             all[pdo..plen - if dg.data { 4 } else { 0 }].to_vec()
         };
         (sqe, data)
+    }
+
+    #[test]
+    fn connecting_never_blocks_the_thread() {
+        // A listener whose accept queue is full and never drained: the kernel drops
+        // further SYNs, so a blocking connect would wait for minutes. Ours returns at
+        // once, and polling reports the failure at the deadline.
+        use socket2::{Domain, Socket, Type};
+        let l = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        l.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        l.listen(0).unwrap();
+        let addr = l.local_addr().unwrap().as_socket().unwrap();
+        let mut fillers = Vec::new();
+        for _ in 0..4 {
+            if let Ok(s) = start_connect(addr) {
+                fillers.push(s);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let t = std::time::Instant::now();
+        let mut q = TcpQpair::<NoIo>::connect(
+            addr,
+            1,
+            8,
+            Digests::default(),
+            0,
+            Duration::from_millis(500),
+        )
+        .unwrap();
+        assert!(
+            t.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            t.elapsed()
+        );
+        let mut out = Vec::new();
+        let e = loop {
+            match q.poll(&mut out) {
+                Err(e) => break e,
+                Ok(_) => assert!(t.elapsed() < Duration::from_secs(5), "{q:?}"),
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert!(e.contains(&format!("connecting to {addr}")), "{e}");
+        drop(fillers);
     }
 
     #[test]
