@@ -532,7 +532,15 @@ impl Thread {
         let inner = &*self.inner;
         inner.shared.state.store(EXITED, Ordering::Release);
         inner.exec.clear();
-        inner.deferred.borrow_mut().clear();
+        // Dropped outside the borrow: what they hold (an I/O's context) may complete and
+        // defer again as it drops. A few rounds; whatever is left then is dropped as is.
+        for _ in 0..4 {
+            let calls = std::mem::take(&mut *inner.deferred.borrow_mut());
+            if calls.is_empty() {
+                break;
+            }
+            drop(calls);
+        }
         let locals: Vec<_> = inner.locals.borrow_mut().drain().collect();
         drop(locals);
         inner.pollers.clear();
