@@ -17,6 +17,12 @@ use crate::codes;
 pub const MAX_REQUEST: usize = 1 << 20;
 /// How often the server looks at its socket, in microseconds.
 const POLL_US: u64 = 1000;
+/// Most clients connected at once (SPDK's `SPDK_JSONRPC_MAX_CONNS`); more are closed.
+pub const MAX_CONNS: usize = 64;
+/// A client with this many answer bytes unread, or this many requests running, is not
+/// read from until it catches up (its requests wait in the socket).
+const MAX_OUT: usize = 16 << 20;
+const MAX_PENDING: usize = 1024;
 
 /// The JSON-RPC error code for a method's failure: its negative errno (SPDK's convention),
 /// or "invalid params" for a params error.
@@ -37,6 +43,9 @@ struct Conn {
     pending: Rc<RefCell<usize>>,
     /// Stop reading (peer closed or sent garbage); close once answers are written.
     closing: bool,
+    /// Bytes arrived since the last parse (an unfinished request is parsed again only
+    /// then, not on every poll).
+    fresh: bool,
 }
 
 struct Inner {
@@ -118,6 +127,11 @@ fn poll(inner: &Rc<RefCell<Inner>>) -> PollStatus {
     loop {
         match me.listener.accept() {
             Ok((stream, _)) => {
+                if me.conns.len() >= MAX_CONNS {
+                    // Closed as it drops, as SPDK does.
+                    tracing::warn!("rpc: {MAX_CONNS} clients connected already; closing a new one");
+                    continue;
+                }
                 if stream.set_nonblocking(true).is_ok() {
                     me.conns.push(Conn {
                         stream,
@@ -125,6 +139,7 @@ fn poll(inner: &Rc<RefCell<Inner>>) -> PollStatus {
                         out: Rc::default(),
                         pending: Rc::default(),
                         closing: false,
+                        fresh: false,
                     });
                     busy = true;
                 }
@@ -148,7 +163,7 @@ fn poll(inner: &Rc<RefCell<Inner>>) -> PollStatus {
 }
 
 fn read(c: &mut Conn) -> bool {
-    if c.closing {
+    if c.closing || c.out.borrow().len() > MAX_OUT || *c.pending.borrow() > MAX_PENDING {
         return false;
     }
     let mut got = false;
@@ -161,12 +176,11 @@ fn read(c: &mut Conn) -> bool {
             }
             Ok(n) => {
                 got = true;
+                c.fresh = true;
                 c.inbuf.extend_from_slice(&chunk[..n]);
                 if c.inbuf.len() > MAX_REQUEST {
-                    let msg = format!("Invalid request: larger than {MAX_REQUEST} bytes");
-                    respond(c, &Some(Value::Null), Err((codes::INVALID_REQUEST, msg)));
-                    c.inbuf.clear();
-                    c.closing = true;
+                    // Complete requests before the limit are served first (dispatch);
+                    // what is left then is checked against it.
                     break;
                 }
             }
@@ -181,23 +195,33 @@ fn read(c: &mut Conn) -> bool {
     got
 }
 
-/// Parses every complete request in the buffer and starts it.
+/// Parses every complete request in the buffer and starts it; then an unfinished one
+/// larger than [`MAX_REQUEST`] is refused.
 fn dispatch(c: &mut Conn, methods: &Rc<Methods>) -> bool {
+    if !c.fresh {
+        return false;
+    }
+    c.fresh = false;
     let mut busy = false;
-    loop {
-        let start = c
-            .inbuf
-            .iter()
-            .position(|b| !b.is_ascii_whitespace())
-            .unwrap_or(c.inbuf.len());
+    // What was parsed goes from the buffer once, at the end (not request by request).
+    let mut at = 0;
+    let incomplete = loop {
+        let start = at
+            + c.inbuf[at..]
+                .iter()
+                .position(|b| !b.is_ascii_whitespace())
+                .unwrap_or(c.inbuf.len() - at);
         if start == c.inbuf.len() {
-            c.inbuf.clear();
-            return busy;
+            at = start;
+            break false;
         }
         let mut it = serde_json::Deserializer::from_slice(&c.inbuf[start..]).into_iter::<Value>();
         let (v, used) = match it.next() {
             Some(Ok(v)) => (v, it.byte_offset()),
-            Some(Err(e)) if e.is_eof() => return busy,
+            Some(Err(e)) if e.is_eof() => {
+                at = start;
+                break true;
+            }
             Some(Err(_)) | None => {
                 respond(
                     c,
@@ -209,15 +233,29 @@ fn dispatch(c: &mut Conn, methods: &Rc<Methods>) -> bool {
                 return true;
             }
         };
-        c.inbuf.drain(..start + used);
+        at = start + used;
         busy = true;
         start_request(c, methods, v);
+        if c.closing {
+            break false;
+        }
+    };
+    c.inbuf.drain(..at);
+    if incomplete && c.inbuf.len() > MAX_REQUEST {
+        let msg = format!("Invalid request: larger than {MAX_REQUEST} bytes");
+        respond(c, &Some(Value::Null), Err((codes::INVALID_REQUEST, msg)));
+        c.inbuf.clear();
+        c.closing = true;
+        return true;
     }
+    busy
 }
 
 fn start_request(c: &mut Conn, methods: &Rc<Methods>, v: Value) {
-    // A request without an id is a notification: it runs, and gets no answer.
+    // A request without an id is a notification: it runs, and gets no answer. A request
+    // that is not valid is no notification: it is answered, with id null if it has none.
     let id = v.get("id").cloned();
+    let bad_id = Some(id.clone().unwrap_or(Value::Null));
     let Value::Object(obj) = v else {
         return respond(
             c,
@@ -228,7 +266,7 @@ fn start_request(c: &mut Conn, methods: &Rc<Methods>, v: Value) {
     if obj.get("jsonrpc").and_then(|j| j.as_str()) != Some("2.0") {
         return respond(
             c,
-            &id,
+            &bad_id,
             Err((codes::INVALID_REQUEST, "Invalid request".into())),
         );
     }
@@ -239,7 +277,7 @@ fn start_request(c: &mut Conn, methods: &Rc<Methods>, v: Value) {
     else {
         return respond(
             c,
-            &id,
+            &bad_id,
             Err((codes::INVALID_REQUEST, "Invalid request".into())),
         );
     };
@@ -250,7 +288,7 @@ fn start_request(c: &mut Conn, methods: &Rc<Methods>, v: Value) {
     {
         return respond(
             c,
-            &id,
+            &bad_id,
             Err((codes::INVALID_REQUEST, "Invalid request".into())),
         );
     }
@@ -300,15 +338,15 @@ fn push_response(out: &RefCell<VecDeque<u8>>, id: &Option<Value>, r: Result<Valu
 fn write(c: &mut Conn) -> bool {
     let mut busy = false;
     loop {
-        let chunk: Vec<u8> = {
+        let r = {
             let o = c.out.borrow();
             if o.is_empty() {
                 return busy;
             }
-            let (a, _) = o.as_slices();
-            a.iter().take(64 * 1024).copied().collect()
+            // Straight from the queue: nothing copied for a client that isn't reading.
+            (&c.stream).write(o.as_slices().0)
         };
-        match c.stream.write(&chunk) {
+        match r {
             Ok(0) => {
                 c.closing = true;
                 c.out.borrow_mut().clear();

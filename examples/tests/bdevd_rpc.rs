@@ -132,6 +132,17 @@ fn methods_errors_and_bad_input() {
         ),
         -32600
     );
+    // Invalid and without an id: still answered, with id null (it is no notification).
+    let r = c.raw(br#"{"method":"rpc_get_methods"}"#).unwrap();
+    assert_eq!((code(&r), r["id"].clone()), (-32600, Value::Null), "{r}");
+    // At most 64 clients at once (SPDK's limit): the ones beyond are closed.
+    let crowd: Vec<RpcClient> = (0..70).map(|_| RpcClient::connect(&d.sock)).collect();
+    let refused = crowd
+        .into_iter()
+        .map(|mut k| k.raw(br#"{"jsonrpc":"2.0","method":"spdk_get_version","id":1}"#))
+        .filter(|r| r.is_none())
+        .count();
+    assert!(refused >= 7, "{refused} of 70 extra clients refused");
     // Garbage: a parse error, and that connection closes...
     let mut g = RpcClient::connect(&d.sock);
     assert_eq!(
