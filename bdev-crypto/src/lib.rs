@@ -91,6 +91,14 @@ impl BdevModule for CryptoModule {
         });
         m.register_sync("accel_crypto_key_destroy", |p| {
             let k: KeyName = parse_params("accel_crypto_key_destroy", p)?;
+            // A crypto bdev waiting for its base (configured, not built) still names the
+            // key: destroyed, a new key of that name would come back under the old data.
+            let named = bdev_core::vbdev::Configs::<crypto::CryptoOpts>::get()
+                .map(|c| c.all().iter().any(|o| o.key_name == k.key_name))
+                .unwrap_or(false);
+            if named {
+                return Err(Error::KeyInUse(k.key_name).into());
+            }
             keys::Keys::get()?.destroy(&k.key_name)?;
             Ok(Value::Bool(true))
         });

@@ -246,6 +246,18 @@ fn bad_keys_and_requests_get_clear_errors() {
     let e = call(&h, &m, "accel_crypto_key_destroy", json!({"key_name": "k"})).unwrap_err();
     assert!(e.contains("in use") && e.contains("code -16"), "{e}");
     call(&h, &m, "bdev_crypto_delete", json!({"name": "C"})).unwrap();
+    // Nor while a crypto bdev waiting for its base names it: a new key under the same
+    // name would come back over the old data.
+    call(
+        &h,
+        &m,
+        "bdev_crypto_create",
+        json!({"base_bdev_name": "Later", "name": "W", "key_name": "k"}),
+    )
+    .unwrap();
+    let e = call(&h, &m, "accel_crypto_key_destroy", json!({"key_name": "k"})).unwrap_err();
+    assert!(e.contains("in use") && e.contains("code -16"), "{e}");
+    call(&h, &m, "bdev_crypto_delete", json!({"name": "W"})).unwrap();
     call(&h, &m, "accel_crypto_key_destroy", json!({"key_name": "k"})).unwrap();
     let e = call(&h, &m, "accel_crypto_key_destroy", json!({"key_name": "k"})).unwrap_err();
     assert!(e.contains("not found"), "{e}");
