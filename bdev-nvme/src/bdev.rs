@@ -1476,7 +1476,8 @@ fn trid_json(o: &AttachOpts) -> serde_json::Value {
     })
 }
 
-pub(crate) fn resolve(o: &AttachOpts) -> Result<SocketAddr, Error> {
+/// Checks the transport ID's type and port; the host part and port.
+fn trid_target(o: &AttachOpts) -> Result<(String, u16), Error> {
     if !o.trtype.eq_ignore_ascii_case("tcp") {
         return Err(Error::Protocol(format!(
             "trtype {} not supported (TCP; PCIe and RDMA to come)",
@@ -1487,11 +1488,29 @@ pub(crate) fn resolve(o: &AttachOpts) -> Result<SocketAddr, Error> {
     let port: u16 = port
         .parse()
         .map_err(|_| Error::Protocol(format!("trsvcid '{port}' is not a port number")))?;
-    (o.traddr.as_str(), port)
-        .to_socket_addrs()
-        .map_err(|e| Error::Transport(format!("traddr {}: {e}", o.traddr)))?
-        .next()
-        .ok_or_else(|| Error::Transport(format!("traddr {}: no address", o.traddr)))
+    Ok((o.traddr.clone(), port))
+}
+
+/// The socket address of `o`'s target. A host name (from a config, or from a remote
+/// target's discovery log) is looked up on a helper OS thread: a resolver can take tens of
+/// seconds, and the calling reactor must go on polling meanwhile.
+pub(crate) async fn resolve(o: &AttachOpts) -> Result<SocketAddr, Error> {
+    let (host, port) = trid_target(o)?;
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    let (tx, rx) = bdev_core::oneshot::channel();
+    let h = host.clone();
+    std::thread::Builder::new()
+        .name("nvme-resolve".into())
+        .spawn(move || tx.send((h.as_str(), port).to_socket_addrs().map(|mut a| a.next())))
+        .map_err(|e| Error::Transport(format!("traddr {host}: {e}")))?;
+    match rx.await {
+        Some(Ok(Some(a))) => Ok(a),
+        Some(Ok(None)) => Err(Error::Transport(format!("traddr {host}: no address"))),
+        Some(Err(e)) => Err(Error::Transport(format!("traddr {host}: {e}"))),
+        None => Err(Error::Transport(format!("traddr {host}: lookup ended"))),
+    }
 }
 
 /// `bdev_nvme_attach_controller`: connects, identifies, registers a bdev per namespace;
@@ -1528,7 +1547,7 @@ async fn attach_as(o: AttachOpts, from_discovery: bool) -> Result<Vec<String>, E
         _ => OnTimeout::None,
     };
     let ctl_thread = bdev_core::thread::current_or("bdev_nvme_attach_controller")?.handle();
-    let addr = resolve(&o)?;
+    let addr = resolve(&o).await?;
     let connect = connect_opts(&o, addr)?;
     let mut c = Controller::connect(connect.clone()).await?;
     let granted = c.set_num_queues(o.io_queues()).await?;
@@ -1725,10 +1744,10 @@ mod tests {
     #[test]
     fn addresses_and_transports_are_checked() {
         let mut o = opts(None, None, None);
-        assert!(resolve(&o).is_ok());
+        assert!(trid_target(&o).is_ok());
         o.trtype = "rdma".into();
         assert!(
-            resolve(&o)
+            trid_target(&o)
                 .unwrap_err()
                 .to_string()
                 .contains("not supported")
@@ -1736,11 +1755,19 @@ mod tests {
         o.trtype = "TCP".into();
         o.trsvcid = Some("port".into());
         assert!(
-            resolve(&o)
+            trid_target(&o)
                 .unwrap_err()
                 .to_string()
                 .contains("not a port number")
         );
+        // A host name is looked up off the thread, and answered on it.
+        o.trsvcid = Some("4420".into());
+        o.traddr = "localhost".into();
+        let h = bdev_core::testing::Harness::new(1);
+        let a = h.block_on_real(0, std::time::Duration::from_secs(30), async move {
+            resolve(&o).await
+        });
+        assert!(a.is_ok_and(|a| a.ip().is_loopback() && a.port() == 4420));
     }
 
     #[test]

@@ -363,7 +363,7 @@ pub async fn start(o: DiscoveryOpts) -> Result<(), Error> {
     };
     // The attached controllers get these; refused now rather than at each attach.
     bdev::check_timeouts(&probe)?;
-    let addr = bdev::resolve(&probe)?;
+    let addr = bdev::resolve(&probe).await?;
     {
         let l = svc.0.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(d) = l.iter().find(|d| d.opts.name == o.name || d.addr == addr) {
