@@ -454,24 +454,29 @@ mod tests {
 
 /// Per-thread pool of [`DmaBuf`]s in power-of-two size classes (4 KiB to 64 MiB), for a
 /// module that needs a buffer of its own per I/O (an encrypted write, a transport's
-/// bounce): buffers given back are kept (up to 256 per class) and handed out again, so
-/// the steady state allocates nothing. Larger requests get a buffer of their own size,
+/// bounce): buffers given back are kept (up to 256 per class and 64 MiB in all) and
+/// handed out again, so the steady state allocates nothing. Larger requests get a buffer of their own size,
 /// not kept. Not `Sync`: one per channel.
 #[derive(Debug)]
 pub struct BufPool {
     classes: std::cell::RefCell<Vec<Vec<DmaBuf>>>,
     align: usize,
+    /// Bytes of buffers kept.
+    kept: std::cell::Cell<usize>,
 }
 
 impl BufPool {
     const CLASSES: usize = 15;
     const KEEP: usize = 256;
+    /// Most bytes kept in all (a burst of large I/O would otherwise leave gigabytes).
+    const KEEP_BYTES: usize = 64 << 20;
 
     /// A pool of buffers aligned to `align` bytes.
     pub fn new(align: usize) -> BufPool {
         BufPool {
             classes: std::cell::RefCell::new((0..Self::CLASSES).map(|_| Vec::new()).collect()),
             align,
+            kept: std::cell::Cell::new(0),
         }
     }
 
@@ -486,6 +491,7 @@ impl BufPool {
             return DmaBuf::new(len, self.align);
         }
         if let Some(b) = self.classes.borrow_mut()[c].pop() {
+            self.kept.set(self.kept.get() - b.len());
             return Ok(b);
         }
         DmaBuf::new(4096 << c, self.align)
@@ -499,8 +505,36 @@ impl BufPool {
         }
         let c = Self::class(len);
         let mut classes = self.classes.borrow_mut();
-        if c < Self::CLASSES && classes[c].len() < Self::KEEP {
+        if c < Self::CLASSES
+            && classes[c].len() < Self::KEEP
+            && self.kept.get() + len <= Self::KEEP_BYTES
+        {
+            self.kept.set(self.kept.get() + len);
             classes[c].push(b);
         }
+    }
+}
+
+#[cfg(test)]
+mod pool_tests {
+    use super::*;
+
+    #[test]
+    fn a_pool_keeps_at_most_its_byte_budget() {
+        let p = BufPool::new(4096);
+        let big: Vec<DmaBuf> = (0..8).map(|_| p.take(16 << 20).unwrap()).collect();
+        let addrs: Vec<usize> = big.iter().map(|b| b.addr()).collect();
+        for b in big {
+            p.give(b);
+        }
+        assert_eq!(p.kept.get(), BufPool::KEEP_BYTES, "four of eight kept");
+        // Those kept come back; then new ones.
+        let again: Vec<DmaBuf> = (0..8).map(|_| p.take(16 << 20).unwrap()).collect();
+        let reused = again.iter().filter(|b| addrs.contains(&b.addr())).count();
+        assert!(reused >= 4, "{reused}");
+        assert_eq!(p.kept.get(), 0);
+        // Small ones are kept as before.
+        p.give(p.take(4096).unwrap());
+        assert_eq!(p.kept.get(), 4096);
     }
 }

@@ -98,8 +98,9 @@ impl BdevOps for Crypto {
             IoType::Read => {
                 let c = ch.clone();
                 io.forward(&ch.desc, &ch.base, move |status, mut io| {
-                    if status.is_success() {
-                        decrypt(&c, &mut io);
+                    if status.is_success() && !decrypt(&c, &mut io) {
+                        // No memory to gather the blocks in: the layer tries again.
+                        return io.complete(bdev_core::bdev::IoStatus::NoMem);
                     }
                     io.complete(status);
                 });
@@ -166,8 +167,12 @@ fn write(ch: &Rc<Chan>, io: BdevIo) {
         });
 }
 
-/// Decrypts a completed read in the caller's buffers.
-fn decrypt(ch: &Chan, io: &mut BdevIo) {
+/// Gather space kept between reads whose blocks straddle segments; beyond it, the
+/// space goes back after each such read.
+const SCRATCH_KEEP: usize = 1 << 20;
+
+/// Decrypts a completed read in the caller's buffers; false if there was no memory for it.
+fn decrypt(ch: &Chan, io: &mut BdevIo) -> bool {
     let (lba, bl) = (io.offset_blocks(), io.block_len() as usize);
     if io.iovs().iter().all(|v| v.len() % bl == 0) {
         let mut next = lba;
@@ -177,11 +182,14 @@ fn decrypt(ch: &Chan, io: &mut BdevIo) {
                 next += 1;
             }
         });
-        return;
+        return true;
     }
     // Blocks straddle segments: gather, decrypt, scatter.
     let mut scratch = ch.scratch.borrow_mut();
     scratch.clear();
+    if scratch.try_reserve(io.len_bytes() as usize).is_err() {
+        return false;
+    }
     io.for_each_segment(|s| scratch.extend_from_slice(s));
     for (i, block) in scratch.chunks_exact_mut(bl).enumerate() {
         ch.key.engine.decrypt(block, lba + i as u64);
@@ -191,6 +199,10 @@ fn decrypt(ch: &Chan, io: &mut BdevIo) {
         s.copy_from_slice(&scratch[at..at + s.len()]);
         at += s.len();
     });
+    if scratch.capacity() > SCRATCH_KEEP {
+        *scratch = Vec::new();
+    }
+    true
 }
 
 /// Opens and claims `base`, registers the crypto bdev on it.
