@@ -63,13 +63,63 @@ struct Cli {
 
 /// One end of the copy.
 enum End {
-    File(std::fs::File),
+    File(FileEnd),
     Bdev {
         desc: Arc<Desc>,
         ch: BdevChannel,
         block_len: u64,
         size: u64,
     },
+}
+
+/// A file end: its reads and writes run on a helper OS thread of its own, in order, so
+/// that the reactor (which also drives the bdev end: keep-alives, timeouts) never waits
+/// on the file system.
+struct FileEnd {
+    file: Arc<std::fs::File>,
+    jobs: std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>,
+}
+
+impl FileEnd {
+    fn new(file: std::fs::File) -> Result<FileEnd, String> {
+        let (jobs, rx) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        std::thread::Builder::new()
+            .name("bdev_dd-file".into())
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    job();
+                }
+            })
+            .map_err(|e| format!("file thread: {e}"))?;
+        Ok(FileEnd {
+            file: Arc::new(file),
+            jobs,
+        })
+    }
+
+    /// Runs `f` on the file's thread with the buffer; the buffer comes back with the
+    /// result.
+    async fn run(
+        &self,
+        buf: DmaBuf,
+        f: impl FnOnce(&std::fs::File, &mut DmaBuf) -> std::io::Result<()> + Send + 'static,
+    ) -> Result<DmaBuf, String> {
+        let (tx, rx) = bdev_core::oneshot::channel();
+        let file = self.file.clone();
+        let job = Box::new(move || {
+            let mut buf = buf;
+            let r = f(&file, &mut buf);
+            tx.send((buf, r));
+        });
+        self.jobs
+            .send(job)
+            .map_err(|_| "file thread gone".to_string())?;
+        match rx.await {
+            Some((buf, Ok(()))) => Ok(buf),
+            Some((_, Err(e))) => Err(e.to_string()),
+            None => Err("file thread gone".into()),
+        }
+    }
 }
 
 impl End {
@@ -88,7 +138,11 @@ impl End {
     /// Bytes available from `offset` on, for an input.
     fn size(&self) -> Result<u64, String> {
         match self {
-            End::File(f) => f.metadata().map(|m| m.len()).map_err(|e| e.to_string()),
+            End::File(f) => f
+                .file
+                .metadata()
+                .map(|m| m.len())
+                .map_err(|e| e.to_string()),
             End::Bdev { size, .. } => Ok(*size),
         }
     }
@@ -106,12 +160,12 @@ impl End {
 
     async fn read(&self, buf: DmaBuf, offset: u64, len: u64) -> Result<DmaBuf, String> {
         match self {
-            End::File(f) => {
-                let mut buf = buf;
-                f.read_exact_at(&mut buf[..len as usize], offset)
-                    .map_err(|e| format!("reading input at {offset}: {e}"))?;
-                Ok(buf)
-            }
+            End::File(f) => f
+                .run(buf, move |file, buf| {
+                    file.read_exact_at(&mut buf[..len as usize], offset)
+                })
+                .await
+                .map_err(|e| format!("reading input at {offset}: {e}")),
             End::Bdev {
                 desc,
                 ch,
@@ -126,11 +180,12 @@ impl End {
 
     async fn write(&self, buf: DmaBuf, offset: u64, len: u64) -> Result<DmaBuf, String> {
         match self {
-            End::File(f) => {
-                f.write_all_at(&buf[..len as usize], offset)
-                    .map_err(|e| format!("writing output at {offset}: {e}"))?;
-                Ok(buf)
-            }
+            End::File(f) => f
+                .run(buf, move |file, buf| {
+                    file.write_all_at(&buf[..len as usize], offset)
+                })
+                .await
+                .map_err(|e| format!("writing output at {offset}: {e}")),
             End::Bdev {
                 desc,
                 ch,
@@ -162,21 +217,21 @@ async fn dd(cli: Cli) -> Result<u64, String> {
             .map_err(|e| e.to_string())?;
     }
     let input = match (&cli.input_file, &cli.ib) {
-        (Some(f), None) => {
-            End::File(std::fs::File::open(f).map_err(|e| format!("input {}: {e}", f.display()))?)
-        }
+        (Some(f), None) => End::File(FileEnd::new(
+            std::fs::File::open(f).map_err(|e| format!("input {}: {e}", f.display()))?,
+        )?),
         (None, Some(b)) => End::open_bdev(b, false)?,
         _ => return Err("one of --if or --ib is required".into()),
     };
     let output = match (&cli.output_file, &cli.ob) {
-        (Some(f), None) => End::File(
+        (Some(f), None) => End::File(FileEnd::new(
             std::fs::OpenOptions::new()
                 .write(true)
                 .create(true)
                 .truncate(false)
                 .open(f)
                 .map_err(|e| format!("output {}: {e}", f.display()))?,
-        ),
+        )?),
         (None, Some(b)) => End::open_bdev(b, true)?,
         _ => return Err("one of --of or --ob is required".into()),
     };
