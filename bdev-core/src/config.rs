@@ -348,7 +348,33 @@ impl ConfigFile {
     pub fn read(path: &std::path::Path) -> Result<ConfigFile> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::Config(format!("reading config {}: {e}", path.display())))?;
-        Self::parse(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+        let r = Self::parse(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())));
+        // The text may hold key material (accel_crypto_key_create): wiped, not just freed.
+        wipe(text);
+        r
+    }
+
+    /// Wipes every string a method's params hold (key material among them) and drops the
+    /// config: call once it is loaded, rather than keep it for the process's life.
+    pub fn wipe(self) {
+        fn wipe_value(v: Value) {
+            match v {
+                Value::String(s) => wipe(s),
+                Value::Array(a) => a.into_iter().for_each(wipe_value),
+                Value::Object(o) => o.into_iter().for_each(|(k, v)| {
+                    wipe(k);
+                    wipe_value(v)
+                }),
+                _ => {}
+            }
+        }
+        for s in self.subsystems {
+            for c in s.config.into_iter().flatten() {
+                if let Some(p) = c.params {
+                    wipe_value(p);
+                }
+            }
+        }
     }
 
     /// The `bdev_set_options` params, which apply before the application starts.
@@ -415,6 +441,14 @@ impl ConfigFile {
         crate::module::wait_for_examine().await;
         Ok(())
     }
+}
+
+/// Overwrites a string's bytes with zeros before freeing them (in place: `into_bytes`
+/// keeps the allocation).
+fn wipe(s: String) {
+    let mut b = s.into_bytes();
+    b.fill(0);
+    drop(std::hint::black_box(b));
 }
 
 #[cfg(test)]

@@ -256,7 +256,7 @@ fn start_request(c: &mut Conn, methods: &Rc<Methods>, v: Value) {
     // that is not valid is no notification: it is answered, with id null if it has none.
     let id = v.get("id").cloned();
     let bad_id = Some(id.clone().unwrap_or(Value::Null));
-    let Value::Object(obj) = v else {
+    let Value::Object(mut obj) = v else {
         return respond(
             c,
             &Some(Value::Null),
@@ -281,7 +281,8 @@ fn start_request(c: &mut Conn, methods: &Rc<Methods>, v: Value) {
             Err((codes::INVALID_REQUEST, "Invalid request".into())),
         );
     };
-    let params = obj.get("params").cloned();
+    // Taken, not cloned: no second copy of what params carry (key material).
+    let params = obj.remove("params");
     if params
         .as_ref()
         .is_some_and(|p| !p.is_object() && !p.is_array() && !p.is_null())

@@ -210,11 +210,10 @@ async fn dd(cli: Cli) -> Result<u64, String> {
     if let Some(path) = &cli.config {
         let mut m = Methods::new();
         bdev_examples::register_modules(&mut m)?;
-        ConfigFile::read(path)
-            .map_err(|e| e.to_string())?
-            .load(&m)
-            .await
-            .map_err(|e| e.to_string())?;
+        let c = ConfigFile::read(path).map_err(|e| e.to_string())?;
+        let r = c.load(&m).await.map_err(|e| e.to_string());
+        c.wipe();
+        r?;
     }
     let input = match (&cli.input_file, &cli.ib) {
         (Some(f), None) => End::File(FileEnd::new(

@@ -94,8 +94,11 @@ async fn serve(
     stop: Arc<AtomicBool>,
 ) -> Result<(), String> {
     let m = methods(stop.clone())?;
-    if let Some(c) = &cfg {
-        c.load(&m).await.map_err(|e| e.to_string())?;
+    if let Some(c) = cfg {
+        let r = c.load(&m).await.map_err(|e| e.to_string());
+        // Its key material need not outlive the loading.
+        c.wipe();
+        r?;
     }
     let server = Rc::new(RefCell::new(Some(
         RpcServer::listen(&socket, m).map_err(|e| e.to_string())?,

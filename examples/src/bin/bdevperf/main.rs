@@ -68,8 +68,13 @@ async fn run(
 ) -> Result<i32, String> {
     let mut methods = Methods::new();
     bdev_examples::register_modules(&mut methods)?;
-    match &config {
-        Some(c) => c.load(&methods).await.map_err(|e| e.to_string())?,
+    match config {
+        Some(c) => {
+            let r = c.load(&methods).await.map_err(|e| e.to_string());
+            // Its key material need not outlive the loading.
+            c.wipe();
+            r?
+        }
         None => {
             malloc::create(MallocOpts::new("Malloc0", 32768, 4096)).map_err(|e| e.to_string())?;
         }
