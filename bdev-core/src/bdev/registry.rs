@@ -45,6 +45,9 @@ pub(crate) struct BdevState {
     pub(crate) claim: Option<(u64, String)>,
     unregister: Vec<(ThreadHandle, UnregisterCb)>,
     finishing: bool,
+    /// Destructed and out of the registry: a later unregister (through a handle someone
+    /// still held) is answered at once.
+    finished: bool,
 }
 
 pub(crate) struct BdevInner {
@@ -72,6 +75,8 @@ pub(crate) struct BdevInner {
     pub(crate) qos: super::qos::Qos,
     /// A reset is running.
     pub(crate) reset_busy: Mutex<bool>,
+    /// A reset has frozen the bdev's channels: one created meanwhile starts frozen.
+    pub(crate) frozen: std::sync::atomic::AtomicBool,
     /// Histogram enabled (with its I/O type filter), and what departed channels counted.
     pub(crate) hist_cfg: Mutex<Option<Option<IoType>>>,
     pub(crate) retired_hist: Mutex<Option<super::Histogram>>,
@@ -163,7 +168,11 @@ impl BdevInner {
                             reg.list.retain(|b| !Arc::ptr_eq(b, &me3));
                         }
                         tracing::debug!(bdev = %me3.props.name, "unregistered");
-                        let cbs = std::mem::take(&mut me3.lock().unregister);
+                        let cbs = {
+                            let mut st = me3.lock();
+                            st.finished = true;
+                            std::mem::take(&mut st.unregister)
+                        };
                         for (t, cb) in cbs {
                             if t.send_msg(move || cb(Ok(()))).is_err() {
                                 tracing::warn!(bdev = %me3.props.name, "unregister caller's thread has exited");
@@ -266,9 +275,11 @@ pub fn register<T: BdevOps>(mut props: BdevProps, ops: Arc<T>) -> Result<Bdev> {
                 claim: None,
                 unregister: Vec::new(),
                 finishing: false,
+                finished: false,
             }),
             qos: Default::default(),
             reset_busy: Mutex::new(false),
+            frozen: std::sync::atomic::AtomicBool::new(false),
             hist_cfg: Mutex::new(None),
             retired_hist: Mutex::new(None),
             timeouts: std::sync::atomic::AtomicUsize::new(0),
@@ -438,6 +449,10 @@ impl Bdev {
         };
         let first = {
             let mut st = self.0.lock();
+            if st.finished {
+                drop(st);
+                return done(Ok(()));
+            }
             let first = st.status == Status::Ready;
             st.status = Status::Removing;
             st.unregister.push((origin, Box::new(done)));

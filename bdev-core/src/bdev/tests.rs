@@ -184,6 +184,35 @@ fn destruct_runs_once_after_descriptors_and_channels_are_gone() {
     assert!(jh.is_finished());
     assert!(matches!(*done.borrow(), Some(Ok(()))));
     assert!(h.run_on(0, || get_by_name("t_destruct").is_none()));
+    // Unregistered again through a handle still held: answered at once, once.
+    let again = Arc::new(std::sync::Mutex::new(0));
+    let a2 = again.clone();
+    h.run_on(0, || {
+        b.unregister(move |r| *a2.lock().unwrap() += usize::from(r.is_ok()))
+    });
+    h.poll_threads();
+    assert_eq!(*again.lock().unwrap(), 1);
+    assert_eq!(destructed.load(Ordering::SeqCst), 1, "destructed once");
+}
+
+#[test]
+fn a_channel_created_during_a_reset_starts_frozen() {
+    let h = Harness::new(2);
+    let (b, _) = h.run_on(0, || test_bdev("t_frozen", Behaviour::Inline, 1));
+    h.run_on(0, || b.0.frozen.store(true, Ordering::SeqCst));
+    let desc = Arc::new(h.run_on(0, || Desc::open("t_frozen", false, |_| {}).unwrap()));
+    let ch = h.run_on(1, || desc.get_io_channel().unwrap());
+    let st = Rc::new(Cell::new(None));
+    let s2 = st.clone();
+    h.run_on(1, || {
+        desc.read_blocks(&ch, DmaBuf::new(512, 512).unwrap(), 0, 1)
+            .submit(move |c| s2.set(Some(c.status)))
+    });
+    h.poll_threads();
+    assert_eq!(st.get(), Some(IoStatus::Aborted), "not let past the freeze");
+    drop(ch);
+    drop(desc);
+    h.poll_threads();
 }
 
 #[test]
