@@ -110,6 +110,13 @@ impl ChanCtx {
                         FLAG_TIMEOUT
                     } else {
                         0
+                    }
+                    // A reset's freeze visits the channels that exist when it starts;
+                    // one created after must not let I/O past it.
+                    | if bdev.frozen.load(std::sync::atomic::Ordering::SeqCst) {
+                        FLAG_FROZEN
+                    } else {
+                        0
                     },
             ),
             qos_q: RefCell::new(VecDeque::new()),

@@ -34,6 +34,9 @@ pub(crate) fn start(ch: &IoChannel<ChanCtx>, ctx: Box<IoCtx>) {
     let spawned = crate::thread::spawn_local(async move {
         let status = run(&ch).await;
         // Unfreeze, then let no new reset queue, then finish every queued one.
+        ch.bdev
+            .frozen
+            .store(false, std::sync::atomic::Ordering::SeqCst);
         let _ = ch
             .bdev
             .each_channel(|c| c.flags.set(c.flags.get() & !FLAG_FROZEN))
@@ -60,6 +63,8 @@ pub(crate) fn start(ch: &IoChannel<ChanCtx>, ctx: Box<IoCtx>) {
 /// Freeze, abort, drain, reset: the reset's status.
 async fn run(ch: &IoChannel<ChanCtx>) -> IoStatus {
     let b = &ch.bdev;
+    // Before the sweep: a channel created during it starts frozen.
+    b.frozen.store(true, std::sync::atomic::Ordering::SeqCst);
     let frozen = b
         .each_channel(|c| {
             c.flags.set(c.flags.get() | FLAG_FROZEN);
