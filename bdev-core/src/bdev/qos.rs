@@ -70,7 +70,7 @@ pub(crate) struct Qos {
 
 impl Qos {
     pub(crate) fn enabled(&self) -> bool {
-        self.enabled.load(Ordering::Relaxed)
+        self.enabled.load(Ordering::Acquire)
     }
 
     /// The limits, in the RPC's units.
@@ -119,9 +119,9 @@ impl Qos {
 
     /// Starts the next timeslice(s) if due.
     fn refill(&self, now: u64) {
-        let slice = self.slice_ticks.load(Ordering::Relaxed);
+        let slice = self.slice_ticks.load(Ordering::Acquire);
         let last = self.last_slice.load(Ordering::Relaxed);
-        if now < last.saturating_add(slice) {
+        if slice == 0 || now < last.saturating_add(slice) {
             return;
         }
         let n = (now - last) / slice;
@@ -137,10 +137,12 @@ impl Qos {
             if q == 0 {
                 continue;
             }
-            // Debt carries over; unspent budget does not.
-            let r = self.remaining[i].load(Ordering::Relaxed).min(0);
+            // Debt carries over; unspent budget does not. One atomic update, so that a
+            // debit or give-back landing meanwhile on another thread is not erased.
             let add = q.saturating_mul(n.min(MAX_CATCH_UP) as i64);
-            self.remaining[i].store(r.saturating_add(add), Ordering::Relaxed);
+            let _ = self.remaining[i].fetch_update(Ordering::AcqRel, Ordering::Relaxed, |r| {
+                Some(r.min(0).saturating_add(add))
+            });
         }
     }
 
