@@ -175,6 +175,9 @@ impl Globals {
     }
 }
 
+/// How long the application's stop waits for bdevs others are removing.
+const FINI_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Unregisters every bdev of the runtime (at application stop): unclaimed ones first,
 /// newest first, as SPDK's bdev subsystem fini does.
 pub(crate) async fn fini(rt: &Arc<Runtime>) {
@@ -195,12 +198,14 @@ pub(crate) async fn fini(rt: &Arc<Runtime>) {
             tracing::warn!(bdev = %name, "unregister at shutdown: {e}");
         }
     }
-    // Bdevs already being removed by someone else: wait for them to go.
-    for _ in 0..10_000 {
-        if rt.bdev.registry().list.is_empty() {
+    // Bdevs already being removed by someone else (a delete RPC, a base's removal): wait
+    // for them to go, up to 5 s (a loop count of yields was a few tens of ms, too short
+    // for a removal that waits on its openers to drain).
+    let t0 = std::time::Instant::now();
+    while !rt.bdev.registry().list.is_empty() && t0.elapsed() < FINI_WAIT {
+        if crate::thread::sleep_us(1000).await.is_err() {
             break;
         }
-        crate::thread::yield_now().await;
     }
     for m in rt.bdev.modules.take_all().iter().rev() {
         m.fini();
