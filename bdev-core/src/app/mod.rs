@@ -97,7 +97,11 @@ pub fn start(opts: AppOpts, main: impl FnOnce() + Send + 'static) -> Result<i32>
             })?;
         handles.push(h);
     }
-    pin_to_core(main_reactor.core)?;
+    // As for the other reactors: unpinned is slower, not wrong (and returning here would
+    // leave those already started spinning for good).
+    if let Err(e) = pin_to_core(main_reactor.core) {
+        tracing::error!("{e}");
+    }
     tracing::info!(cores = %opts.cores, "reactors started");
     reactor_loop(&rt, &main_reactor);
     for h in handles {

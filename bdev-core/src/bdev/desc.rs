@@ -379,9 +379,11 @@ fn timeouts_changed(b: &Arc<BdevInner>, delta: isize) {
     };
     let after = before as isize + delta;
     if (before == 0) != (after == 0) {
-        let on = after > 0;
         let r = b.dev.for_each_channel(
             move |ch, next| {
+                // From the count at the visit, not at the change: two sweeps may reach a
+                // channel in either order.
+                let on = ch.bdev.timeouts.load(Ordering::Acquire) > 0;
                 super::timeout::set_tracking(ch, on);
                 next.next(Ok(()));
             },

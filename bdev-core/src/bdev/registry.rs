@@ -494,11 +494,13 @@ impl Bdev {
     /// off. Returns once every channel applies them.
     pub async fn set_qos_limits(&self, limits: [Option<u64>; 4]) -> Result<()> {
         let t = current_or("bdev_set_qos_limit")?;
-        let on = self.0.qos.set(limits, t.now(), t.ticks_hz());
+        self.0.qos.set(limits, t.now(), t.ticks_hz());
         self.0
             .each_channel(move |c| {
                 let f = c.flags.get();
-                c.flags.set(if on {
+                // From the state at the visit, not at the call: two sweeps may reach a
+                // channel in either order.
+                c.flags.set(if c.bdev.qos.enabled() {
                     f | super::channel::FLAG_QOS
                 } else {
                     f & !super::channel::FLAG_QOS

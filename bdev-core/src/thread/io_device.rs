@@ -63,12 +63,20 @@ impl<C> fmt::Debug for IoDevice<C> {
 
 struct ChanInner<C: 'static> {
     ctx: C,
+    /// Declared after `ctx`, so dropped after it (fields drop in order): the device hears
+    /// of the channel's release, and an unregister completes, only once the context (the
+    /// module's channel) is gone, as SPDK orders it.
+    reg: ChanReg<C>,
+}
+
+/// A channel's registration with its device and thread.
+struct ChanReg<C: 'static> {
     dev: Arc<DevShared<C>>,
     thread: Weak<ThreadInner>,
     handle: ThreadHandle,
 }
 
-impl<C> Drop for ChanInner<C> {
+impl<C> Drop for ChanReg<C> {
     fn drop(&mut self) {
         if let Some(t) = self.thread.upgrade() {
             let mut map = t.channels.borrow_mut();
@@ -122,8 +130,8 @@ impl<C> fmt::Debug for IoChannel<C> {
         write!(
             f,
             "IoChannel({} on {})",
-            self.inner.dev.name,
-            self.inner.handle.name()
+            self.inner.reg.dev.name,
+            self.inner.reg.handle.name()
         )
     }
 }
@@ -131,7 +139,7 @@ impl<C> fmt::Debug for IoChannel<C> {
 impl<C> IoChannel<C> {
     /// The thread this channel belongs to.
     pub fn thread(&self) -> &ThreadHandle {
-        &self.inner.handle
+        &self.inner.reg.handle
     }
 
     /// Whether two handles are the same channel.
@@ -288,9 +296,11 @@ impl<C: 'static> IoDevice<C> {
         };
         let inner = Rc::new(ChanInner {
             ctx,
-            dev: self.shared.clone(),
-            thread: Rc::downgrade(&t.inner),
-            handle: t.handle(),
+            reg: ChanReg {
+                dev: self.shared.clone(),
+                thread: Rc::downgrade(&t.inner),
+                handle: t.handle(),
+            },
         });
         let weak: Weak<dyn Any> = Rc::downgrade(&inner) as Weak<dyn Any>;
         t.inner.channels.borrow_mut().insert(self.shared.id, weak);
