@@ -63,7 +63,7 @@ pub(crate) struct ChanCtx {
     /// Resets submitted while another ran, completed with its status. Boxed: contexts
     /// move as one pointer.
     #[allow(clippy::vec_box)]
-    pub(crate) queued_resets: RefCell<Vec<Box<IoCtx>>>,
+    pub(crate) queued_resets: RefCell<Vec<(u64, Box<IoCtx>)>>,
     /// Latency histogram (`bdev_enable_histogram`), of one I/O type or all.
     pub(crate) hist_on: Cell<bool>,
     pub(crate) hist: RefCell<Option<(Option<super::IoType>, super::Histogram)>>,

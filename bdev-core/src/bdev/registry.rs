@@ -74,7 +74,8 @@ pub(crate) struct BdevInner {
     pub(crate) state: Mutex<BdevState>,
     pub(crate) qos: super::qos::Qos,
     /// A reset is running.
-    pub(crate) reset_busy: Mutex<bool>,
+    /// A reset runs, and the number of the last one started.
+    pub(crate) reset_busy: Mutex<(bool, u64)>,
     /// A reset has frozen the bdev's channels: one created meanwhile starts frozen.
     pub(crate) frozen: std::sync::atomic::AtomicBool,
     /// Histogram enabled (with its I/O type filter), and what departed channels counted.
@@ -278,7 +279,7 @@ pub fn register<T: BdevOps>(mut props: BdevProps, ops: Arc<T>) -> Result<Bdev> {
                 finished: false,
             }),
             qos: Default::default(),
-            reset_busy: Mutex::new(false),
+            reset_busy: Mutex::new((false, 0)),
             frozen: std::sync::atomic::AtomicBool::new(false),
             hist_cfg: Mutex::new(None),
             retired_hist: Mutex::new(None),

@@ -22,14 +22,19 @@ pub(crate) const DRAIN_TIMEOUT_US: u64 = 1_000_000;
 /// Starts `ctx`, a reset submitted on `ch`.
 pub(crate) fn start(ch: &IoChannel<ChanCtx>, ctx: Box<IoCtx>) {
     let bdev = ch.bdev.clone();
-    {
-        let mut busy = bdev.reset_busy.lock().unwrap_or_else(|e| e.into_inner());
+    // Each reset has a number; one queued behind it waits for that one's outcome, not for
+    // whichever reset's final sweep happens to pass by.
+    let epoch = {
+        let mut st = bdev.reset_busy.lock().unwrap_or_else(|e| e.into_inner());
+        let (busy, epoch) = &mut *st;
         if *busy {
-            ch.queued_resets.borrow_mut().push(ctx);
+            ch.queued_resets.borrow_mut().push((*epoch, ctx));
             return;
         }
         *busy = true;
-    }
+        *epoch += 1;
+        *epoch
+    };
     let ch = ch.clone();
     let spawned = crate::thread::spawn_local(async move {
         let status = run(&ch).await;
@@ -41,14 +46,25 @@ pub(crate) fn start(ch: &IoChannel<ChanCtx>, ctx: Box<IoCtx>) {
             .bdev
             .each_channel(|c| c.flags.set(c.flags.get() & !FLAG_FROZEN))
             .await;
-        *ch.bdev.reset_busy.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        ch.bdev
+            .reset_busy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0 = false;
         let _ = ch
             .bdev
             .each_channel(move |c| {
                 let st = status;
-                let queued: Vec<_> = c.queued_resets.borrow_mut().drain(..).collect();
-                for q in queued {
-                    complete_ctx(q, st);
+                let mine: Vec<_> = {
+                    let mut q = c.queued_resets.borrow_mut();
+                    let (mine, later) = std::mem::take(&mut *q)
+                        .into_iter()
+                        .partition(|(e, _)| *e == epoch);
+                    *q = later;
+                    mine
+                };
+                for (_, r) in mine {
+                    complete_ctx(r, st);
                 }
             })
             .await;
@@ -56,7 +72,7 @@ pub(crate) fn start(ch: &IoChannel<ChanCtx>, ctx: Box<IoCtx>) {
     });
     if let Err(e) = spawned {
         tracing::error!("reset: {e}");
-        *bdev.reset_busy.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        bdev.reset_busy.lock().unwrap_or_else(|e| e.into_inner()).0 = false;
     }
 }
 
