@@ -11,7 +11,11 @@ use serde_json::json;
 
 /// A harness whose thread 0 knows every module (malloc, null, passthru, error, delay).
 fn harness() -> (Harness, Rc<Methods>) {
-    let h = Harness::new(1);
+    harness_of(1)
+}
+
+fn harness_of(threads: usize) -> (Harness, Rc<Methods>) {
+    let h = Harness::new(threads);
     let m = h.run_on(0, || {
         let mut m = Methods::new();
         bdev_malloc::register(&mut m).unwrap();
@@ -19,6 +23,23 @@ fn harness() -> (Harness, Rc<Methods>) {
         m
     });
     (h, Rc::new(m))
+}
+
+/// Submits a write of 8 blocks at 0 on thread `t`; its status shows once it completes.
+fn write_on(
+    h: &Harness,
+    t: usize,
+    d: &Desc,
+    ch: &bdev_core::bdev::BdevChannel,
+    seed: u8,
+) -> Rc<Cell<Option<IoStatus>>> {
+    let st = Rc::new(Cell::new(None));
+    let s2 = st.clone();
+    h.run_on(t, || {
+        d.write_blocks(ch, pattern(4096, seed), 0, 8)
+            .submit(move |c| s2.set(Some(c.status)))
+    });
+    st
 }
 
 fn call(
@@ -249,12 +270,7 @@ fn error_bdev_fails_corrupts_holds_and_clears() {
     .unwrap();
     let d = h.run_on(0, || Rc::new(Desc::open("EE_M1", true, |_| {}).unwrap()));
     let ch = h.run_on(0, || Rc::new(d.get_io_channel().unwrap()));
-    let st = Rc::new(Cell::new(None));
-    let s2 = st.clone();
-    h.run_on(0, || {
-        d.write_blocks(&ch, pattern(4096, 4), 0, 8)
-            .submit(move |c| s2.set(Some(c.status)))
-    });
+    let st = write_on(&h, 0, &d, &ch, 4);
     h.poll_threads();
     assert_eq!(st.get(), None, "held by the pending injection");
     let rs = Rc::new(Cell::new(None));
@@ -297,14 +313,7 @@ fn error_bdev_fails_corrupts_holds_and_clears() {
 
 #[test]
 fn pending_io_is_failed_on_every_thread_by_a_reset_and_by_removal() {
-    let h = Harness::new(2);
-    let m = h.run_on(0, || {
-        let mut m = Methods::new();
-        bdev_malloc::register(&mut m).unwrap();
-        crate::register(&mut m).unwrap();
-        m
-    });
-    let m = Rc::new(m);
+    let (h, m) = harness_of(2);
     call(
         &h,
         &m,
@@ -326,15 +335,12 @@ fn pending_io_is_failed_on_every_thread_by_a_reset_and_by_removal() {
     inject(2);
     let mut ends = Vec::new();
     for t in 0..2 {
-        let st = Rc::new(Cell::new(None));
-        let s2 = st.clone();
         let kept = h.run_on(t, || {
             let d = Rc::new(Desc::open("EE_M2", true, |_| {}).unwrap());
             let ch = Rc::new(d.get_io_channel().unwrap());
-            d.write_blocks(&ch, pattern(4096, 4), 0, 8)
-                .submit(move |c| s2.set(Some(c.status)));
             (d, ch)
         });
+        let st = write_on(&h, t, &kept.0, &kept.1, 4);
         ends.push((st, kept));
     }
     h.poll_threads();
@@ -357,13 +363,8 @@ fn pending_io_is_failed_on_every_thread_by_a_reset_and_by_removal() {
     }
     // Held again on thread 1: removing the bdev fails it, so its opener can close.
     inject(1);
-    let st = Rc::new(Cell::new(None));
-    let s2 = st.clone();
     let (d1, ch1) = ends[1].1.clone();
-    h.run_on(1, || {
-        d1.write_blocks(&ch1, pattern(4096, 5), 0, 8)
-            .submit(move |c| s2.set(Some(c.status)))
-    });
+    let st = write_on(&h, 1, &d1, &ch1, 5);
     h.poll_threads();
     assert_eq!(st.get(), None, "held");
     let gone = Rc::new(Cell::new(false));

@@ -289,6 +289,27 @@ fn misaligned_buffers_go_through_an_aligned_bounce_buffer() {
     assert!(seen.lock().unwrap().iter().all(|s| s.aligned));
 }
 
+/// Fills the 256-block test bdev `name` with a pattern, zeroes `n` blocks at `at`, and
+/// checks that exactly those read back as zeroes.
+fn zeroes_read_back(h: &Harness, name: &'static str, at: u64, n: u64, seed: u8) {
+    let out = h.block_on(0, async move {
+        let d = Desc::open(name, true, |_| {}).unwrap();
+        let ch = d.get_io_channel().unwrap();
+        d.writev_blocks(&ch, bufs(&[512 * 256], &pattern(512 * 256, seed)), 0, 256)
+            .await
+            .unwrap();
+        d.write_zeroes_blocks(&ch, at, n).await.unwrap();
+        concat(
+            &d.readv_blocks(&ch, bufs(&[512 * 256], &[1; 512 * 256]), 0, 256)
+                .await
+                .unwrap(),
+        )
+    });
+    let mut want = pattern(512 * 256, seed);
+    want[at as usize * 512..(at + n) as usize * 512].fill(0);
+    assert_eq!(out, want);
+}
+
 #[test]
 fn write_zeroes_is_emulated_with_writes_where_the_bdev_lacks_it() {
     let h = Harness::new(1);
@@ -298,22 +319,7 @@ fn write_zeroes_is_emulated_with_writes_where_the_bdev_lacks_it() {
             .unwrap()
             .io_type_supported(IoType::WriteZeroes)
     }));
-    let out = h.block_on(0, async {
-        let d = Desc::open("r_wz", true, |_| {}).unwrap();
-        let ch = d.get_io_channel().unwrap();
-        d.writev_blocks(&ch, bufs(&[512 * 256], &pattern(512 * 256, 1)), 0, 256)
-            .await
-            .unwrap();
-        d.write_zeroes_blocks(&ch, 10, 200).await.unwrap();
-        concat(
-            &d.readv_blocks(&ch, bufs(&[512 * 256], &[1; 512 * 256]), 0, 256)
-                .await
-                .unwrap(),
-        )
-    });
-    let mut want = pattern(512 * 256, 1);
-    want[10 * 512..210 * 512].fill(0);
-    assert_eq!(out, want);
+    zeroes_read_back(&h, "r_wz", 10, 200, 1);
     assert!(
         seen.lock()
             .unwrap()
@@ -326,22 +332,7 @@ fn write_zeroes_is_emulated_with_writes_where_the_bdev_lacks_it() {
 fn write_zeroes_beyond_max_write_zeroes_is_split() {
     let h = Harness::new(1);
     let seen = ram("r_wz_max", |p| p.max_write_zeroes(48), true, 0);
-    let out = h.block_on(0, async {
-        let d = Desc::open("r_wz_max", true, |_| {}).unwrap();
-        let ch = d.get_io_channel().unwrap();
-        d.writev_blocks(&ch, bufs(&[512 * 256], &pattern(512 * 256, 2)), 0, 256)
-            .await
-            .unwrap();
-        d.write_zeroes_blocks(&ch, 7, 200).await.unwrap();
-        concat(
-            &d.readv_blocks(&ch, bufs(&[512 * 256], &[1; 512 * 256]), 0, 256)
-                .await
-                .unwrap(),
-        )
-    });
-    let mut want = pattern(512 * 256, 2);
-    want[7 * 512..207 * 512].fill(0);
-    assert_eq!(out, want);
+    zeroes_read_back(&h, "r_wz_max", 7, 200, 2);
     let seen = seen.lock().unwrap();
     let wz: Vec<(u64, u64)> = seen
         .iter()

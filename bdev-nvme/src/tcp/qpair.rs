@@ -718,27 +718,12 @@ mod tests {
             let cid = sqe.cid.get();
             for (off, len, last) in [(0usize, 4096usize, false), (4096, 1904, true)] {
                 let data: Vec<u8> = (off..off + len).map(|i| i as u8).collect();
-                let h = pdu::DataHeader {
-                    cccid: U16::new(cid),
-                    datao: U32::new(off as u32),
-                    datal: U32::new(len as u32),
-                    ..Default::default()
-                };
-                let mut v = Vec::new();
                 let fl = if last {
                     flags::DATA_LAST | flags::DATA_SUCCESS
                 } else {
                     0
                 };
-                super::pdu::tests_encode(
-                    &mut v,
-                    pdu::pdu_type::C2H_DATA,
-                    fl,
-                    &h.as_bytes()[8..],
-                    &data,
-                    dg,
-                );
-                s.write_all(&v).unwrap();
+                s.write_all(&c2h(cid, off, &data, fl, dg)).unwrap();
             }
             // 2: a small write, in the capsule.
             let (sqe, data) = read_capsule(s, dg);
@@ -748,16 +733,7 @@ mod tests {
             // 3: a 10000-byte write: R2T for all of it, read the H2CData, respond.
             let (sqe, data) = read_capsule(s, dg);
             assert!(data.is_empty());
-            let r = pdu::R2t {
-                cccid: sqe.cid,
-                ttag: U16::new(9),
-                r2to: U32::new(0),
-                r2tl: U32::new(10000),
-                ..Default::default()
-            };
-            let mut v = Vec::new();
-            super::pdu::tests_encode(&mut v, pdu::pdu_type::R2T, 0, &r.as_bytes()[8..], &[], dg);
-            s.write_all(&v).unwrap();
+            s.write_all(&r2t_pdu(sqe.cid.get(), 0, 10000, dg)).unwrap();
             let mut got = 0;
             while got < 10000 {
                 let mut ch = [0u8; 8];
@@ -876,21 +852,21 @@ mod tests {
         v
     }
 
-    fn c2h(cid: u16, off: usize, len: usize, fl: u8, dg: Digests) -> Vec<u8> {
+    /// A C2HData PDU carrying `data` at offset `off` of command `cid`'s data.
+    fn c2h(cid: u16, off: usize, data: &[u8], fl: u8, dg: Digests) -> Vec<u8> {
         let h = pdu::DataHeader {
             cccid: U16::new(cid),
             datao: U32::new(off as u32),
-            datal: U32::new(len as u32),
+            datal: U32::new(data.len() as u32),
             ..Default::default()
         };
         let mut v = Vec::new();
-        let data = vec![0x5a; len];
         super::pdu::tests_encode(
             &mut v,
             pdu::pdu_type::C2H_DATA,
             fl,
             &h.as_bytes()[8..],
-            &data,
+            data,
             dg,
         );
         v
@@ -941,13 +917,21 @@ mod tests {
         // A read "succeeding" after 512 of its 16384 bytes: stale bytes would pass as data.
         sequence_error(
             false,
-            |cid, dg| c2h(cid, 0, 512, flags::DATA_LAST | flags::DATA_SUCCESS, dg),
+            |cid, dg| {
+                c2h(
+                    cid,
+                    0,
+                    &[0x5a; 512],
+                    flags::DATA_LAST | flags::DATA_SUCCESS,
+                    dg,
+                )
+            },
             "after 512 of its 16384 bytes",
         );
         // Read data that skips ahead.
         sequence_error(
             false,
-            |cid, dg| c2h(cid, 4096, 4096, 0, dg),
+            |cid, dg| c2h(cid, 4096, &[0x5a; 4096], 0, dg),
             "at offset 4096, expected 0",
         );
         // The same R2T again and again: each would queue the data once more, without end.
@@ -979,21 +963,8 @@ mod tests {
         // Read data whose data digest is wrong.
         bad_pdu_ends_the_connection(
             |cid, dg| {
-                let h = pdu::DataHeader {
-                    cccid: U16::new(cid),
-                    datao: U32::new(0),
-                    datal: U32::new(4096),
-                    ..Default::default()
-                };
-                let mut v = Vec::new();
-                super::pdu::tests_encode(
-                    &mut v,
-                    pdu::pdu_type::C2H_DATA,
-                    flags::DATA_LAST | flags::DATA_SUCCESS,
-                    &h.as_bytes()[8..],
-                    &[0x5a; 4096],
-                    dg,
-                );
+                let fl = flags::DATA_LAST | flags::DATA_SUCCESS;
+                let mut v = c2h(cid, 0, &[0x5a; 4096], fl, dg);
                 let n = v.len();
                 v[n - 1] ^= 0x80;
                 v
