@@ -16,6 +16,27 @@ use crate::thread::{Clock, Msg, ThreadHandle, ThreadShared};
 pub(crate) struct ReactorShared {
     pub(crate) core: u32,
     pub(crate) incoming: SegQueue<Arc<ThreadShared>>,
+    /// Threads given to this reactor and not yet dropped by it (counted before they are
+    /// queued in `incoming`): a stopping reactor returns only once this is 0, so that a
+    /// thread spawned as the application stops is never left unadopted.
+    pub(crate) assigned: AtomicUsize,
+}
+
+impl ReactorShared {
+    pub(crate) fn new(core: u32) -> Self {
+        ReactorShared {
+            core,
+            incoming: SegQueue::new(),
+            assigned: AtomicUsize::new(0),
+        }
+    }
+
+    /// Whether the reactor may return: the application stops and none of its threads is
+    /// left. Pairs with the check in [`Runtime::spawn_thread`] (both orders are
+    /// sequentially consistent: either the spawn sees `stopping`, or this sees the thread).
+    pub(crate) fn may_return(&self, rt: &Runtime) -> bool {
+        rt.stopping.load(Ordering::SeqCst) && self.assigned.load(Ordering::SeqCst) == 0
+    }
 }
 
 pub(crate) enum Sched {
@@ -60,7 +81,7 @@ impl Runtime {
     }
 
     pub(crate) fn is_stopping(&self) -> bool {
-        self.stopping.load(Ordering::Acquire)
+        self.stopping.load(Ordering::SeqCst)
     }
 
     pub(crate) fn rc(&self) -> i32 {
@@ -109,23 +130,45 @@ impl Runtime {
                     });
                 }
                 let r = eligible[next.fetch_add(1, Ordering::Relaxed) % eligible.len()];
-                let shared = ThreadShared::new(name, r.core, self.clone())?;
-                shared.push(init);
-                self.threads().push(ThreadHandle(shared.clone()));
+                // Counted before the stop check: a reactor that saw no thread and the stop
+                // has returned only if this check sees the stop too.
+                r.assigned.fetch_add(1, Ordering::SeqCst);
+                if self.is_stopping() {
+                    r.assigned.fetch_sub(1, Ordering::SeqCst);
+                    return Err(Error::Stopping);
+                }
+                let shared = match ThreadShared::new(name, r.core, self.clone()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        r.assigned.fetch_sub(1, Ordering::SeqCst);
+                        return Err(e);
+                    }
+                };
+                let _ = shared.push(init);
                 r.incoming.push(shared.clone());
-                Ok(ThreadHandle(shared))
+                Ok(self.register(shared))
             }
             Sched::Harness { incoming } => {
                 let shared = ThreadShared::new(name, 0, self.clone())?;
-                shared.push(init);
-                self.threads().push(ThreadHandle(shared.clone()));
+                let _ = shared.push(init);
                 incoming
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .push(shared.clone());
-                Ok(ThreadHandle(shared))
+                Ok(self.register(shared))
             }
         }
+    }
+
+    /// Lists a new thread among the live ones. If the stop began meanwhile, its sweep
+    /// (which asks every listed thread to exit) may have missed this one: ask it here.
+    fn register(&self, shared: Arc<ThreadShared>) -> ThreadHandle {
+        let h = ThreadHandle(shared);
+        self.threads().push(h.clone());
+        if self.is_stopping() {
+            h.request_exit();
+        }
+        h
     }
 
     /// Registers a thread created directly (the app thread, harness threads).
@@ -140,11 +183,16 @@ impl Runtime {
         }
     }
 
+    /// Stops reactors that have no thread yet, when the application fails to start.
+    pub(crate) fn abort_start(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
     /// Starts the orderly stop (`spdk_app_stop`): on the app thread, finish the bdev layer
     /// (unregister every bdev), then ask every thread to exit. Reactors return once their
     /// threads are gone. Only the first call's `rc` counts.
     pub(crate) fn request_stop(self: &Arc<Self>, rc: i32) {
-        if self.stopping.swap(true, Ordering::AcqRel) {
+        if self.stopping.swap(true, Ordering::SeqCst) {
             return;
         }
         self.rc.store(rc, Ordering::Release);

@@ -217,7 +217,7 @@ impl Drop for Harness {
         } else {
             for t in self.threads.borrow().iter() {
                 let prev = set_current(Some(t.clone()));
-                t.finish_exit();
+                t.finish_exit(false);
                 set_current(prev);
             }
         }

@@ -15,9 +15,7 @@ mod cpumask;
 pub use cpumask::{CpuMask, MAX_CORES};
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
-
-use crossbeam_queue::SegQueue;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::bdev::BdevOpts;
 use crate::error::{Error, Result};
@@ -54,12 +52,7 @@ pub fn start(opts: AppOpts, main: impl FnOnce() + Send + 'static) -> Result<i32>
         .cores
         .cores()
         .iter()
-        .map(|&core| {
-            Arc::new(ReactorShared {
-                core,
-                incoming: SegQueue::new(),
-            })
-        })
+        .map(|&core| Arc::new(ReactorShared::new(core)))
         .collect();
     let rt = Runtime::new(
         Clock::Real,
@@ -74,28 +67,39 @@ pub fn start(opts: AppOpts, main: impl FnOnce() + Send + 'static) -> Result<i32>
 
     let main_reactor = reactors[0].clone();
     let app = ThreadShared::new("app_thread".into(), main_reactor.core, rt.clone())?;
-    app.push(Box::new(main));
+    let _ = app.push(Box::new(main));
     rt.adopt(&app);
     let _ = rt.app_thread.set(ThreadHandle(app.clone()));
+    main_reactor.assigned.fetch_add(1, Ordering::SeqCst);
     main_reactor.incoming.push(app);
 
     let mut handles = Vec::new();
     for r in reactors.iter().skip(1) {
         let (r2, rt2) = (r.clone(), rt.clone());
-        let h = std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name(format!("reactor_{}", r.core))
             .spawn(move || {
                 if let Err(e) = pin_to_core(r2.core) {
                     tracing::error!("{e}");
                 }
                 reactor_loop(&rt2, &r2);
-            })
-            .map_err(|source| Error::Reactor {
-                core: r.core,
-                op: "spawning OS thread",
-                source,
-            })?;
-        handles.push(h);
+            });
+        match spawned {
+            Ok(h) => handles.push(h),
+            Err(source) => {
+                // The reactors started so far have no thread yet: stop them before
+                // returning, rather than leave them spinning.
+                rt.abort_start();
+                for h in handles {
+                    let _ = h.join();
+                }
+                return Err(Error::Reactor {
+                    core: r.core,
+                    op: "spawning OS thread",
+                    source,
+                });
+            }
+        }
     }
     // As for the other reactors: unpinned is slower, not wrong (and returning here would
     // leave those already started spinning for good).
@@ -172,10 +176,13 @@ fn reactor_loop(rt: &Arc<Runtime>, rs: &ReactorShared) {
                 let prev = set_current(Some(t.clone()));
                 let done = t.try_finish_exit();
                 set_current(prev);
+                if done {
+                    rs.assigned.fetch_sub(1, Ordering::SeqCst);
+                }
                 !done
             });
         }
-        if threads.is_empty() && rt.is_stopping() && rs.incoming.is_empty() {
+        if threads.is_empty() && rs.may_return(rt) {
             break;
         }
     }

@@ -33,7 +33,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::rc::{Rc, Weak};
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crossbeam_queue::SegQueue;
@@ -91,6 +91,8 @@ pub(crate) struct ThreadShared {
     name: String,
     msgs: SegQueue<Msg>,
     state: AtomicU8,
+    /// Senders between their state check and their push (see [`ThreadShared::push`]).
+    senders: AtomicUsize,
     core: u32,
     pub(crate) rt: Arc<Runtime>,
 }
@@ -122,6 +124,7 @@ impl ThreadShared {
             name,
             msgs: SegQueue::new(),
             state: AtomicU8::new(RUNNING),
+            senders: AtomicUsize::new(0),
             core,
             rt,
         });
@@ -129,8 +132,19 @@ impl ThreadShared {
         Ok(shared)
     }
 
-    pub(crate) fn push(&self, m: Msg) {
-        self.msgs.push(m);
+    /// Queues `m` unless the thread has exited; whether it was queued. A message queued
+    /// here always runs: the exit ([`Thread::finish_exit`]) marks the thread exited, waits
+    /// for the senders that saw it alive to finish their push, then runs what they queued.
+    /// (Both sides use sequentially consistent order on `state` and `senders`: a sender
+    /// either sees `EXITED`, or the exit sees it counted.)
+    pub(crate) fn push(&self, m: Msg) -> bool {
+        self.senders.fetch_add(1, Ordering::SeqCst);
+        let alive = self.state.load(Ordering::SeqCst) != EXITED;
+        if alive {
+            self.msgs.push(m);
+        }
+        self.senders.fetch_sub(1, Ordering::Release);
+        alive
     }
 
     pub(crate) fn id_(&self) -> u64 {
@@ -190,13 +204,13 @@ impl ThreadHandle {
     /// Queues `f` to run on the thread (always asynchronously, even when called from the
     /// thread itself, as `spdk_thread_send_msg`). Fails once the thread has exited.
     pub fn send_msg(&self, f: impl FnOnce() + Send + 'static) -> Result<()> {
-        if self.0.state.load(Ordering::Acquire) == EXITED {
-            return Err(Error::ThreadExited {
+        if self.0.push(Box::new(f)) {
+            Ok(())
+        } else {
+            Err(Error::ThreadExited {
                 name: self.0.name.clone(),
-            });
+            })
         }
-        self.0.push(Box::new(f));
-        Ok(())
     }
 
     /// Runs `f` on the thread: inline when the caller is already on it, else as a message.
@@ -217,7 +231,7 @@ impl ThreadHandle {
                 .state
                 .compare_exchange(RUNNING, EXITING, Ordering::AcqRel, Ordering::Acquire);
         // Wake it so that it notices even if idle.
-        self.0.push(Box::new(|| {}));
+        let _ = self.0.push(Box::new(|| {}));
     }
 }
 
@@ -523,14 +537,36 @@ impl Thread {
                 pollers, channels, tasks, "thread exit timed out; forcing it"
             );
         }
-        self.finish_exit();
+        self.finish_exit(true);
         true
     }
 
-    /// Drops everything the thread still owns and marks it exited.
-    pub(crate) fn finish_exit(&self) {
+    /// Marks the thread exited and drops everything it still owns. With `run_leftovers`
+    /// (always but when a test harness unwinds), messages that other threads queued before
+    /// the thread was marked exited run first, as their senders were told they would: a
+    /// `for_each_channel` step, say, moves on to the next thread instead of vanishing.
+    pub(crate) fn finish_exit(&self, run_leftovers: bool) {
         let inner = &*self.inner;
-        inner.shared.state.store(EXITED, Ordering::Release);
+        inner.shared.state.store(EXITED, Ordering::SeqCst);
+        // Senders that saw the thread alive are pushing now (a few instructions).
+        while inner.shared.senders.load(Ordering::SeqCst) != 0 {
+            std::hint::spin_loop();
+        }
+        if run_leftovers {
+            // What they run may queue more (deferred calls); a few rounds, then the rest is
+            // dropped below. New messages are refused now.
+            for _ in 0..4 {
+                let mut ran = false;
+                while let Some(m) = inner.shared.msgs.pop() {
+                    m();
+                    ran = true;
+                }
+                ran |= self.run_deferred();
+                if !ran {
+                    break;
+                }
+            }
+        }
         inner.exec.clear();
         // Dropped outside the borrow: what they hold (an I/O's context) may complete and
         // defer again as it drops. A few rounds; whatever is left then is dropped as is.
@@ -562,7 +598,7 @@ pub(crate) fn slot_of(t: &Thread) -> u16 {
 pub(crate) fn send_to_slot(slot: u16, f: impl FnOnce() + Send + 'static) {
     if let Some(t) = thread_by_slot(slot) {
         if t.state.load(Ordering::Acquire) != EXITED {
-            t.push(Box::new(f));
+            let _ = t.push(Box::new(f));
         }
     }
 }

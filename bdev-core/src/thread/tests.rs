@@ -446,3 +446,102 @@ fn sleep_waits_for_the_clock() {
     h.poll_threads();
     assert!(jh.is_finished());
 }
+
+#[test]
+fn messages_queued_before_a_forced_exit_still_run() {
+    let h = Harness::new(2);
+    let t1 = h.handle(1);
+    let p = h.run_on(1, || Poller::register("leak", || PollStatus::Idle).unwrap());
+    std::mem::forget(p);
+    t1.request_exit();
+    h.poll_threads();
+    h.advance_time_us(6_000_000);
+    // More than one poll's batch of messages: the poll that forces the exit runs a batch,
+    // the exit runs the rest (their senders were told they would run).
+    let ran = Arc::new(AtomicUsize::new(0));
+    for _ in 0..3 * MSG_BATCH {
+        let r = ran.clone();
+        t1.send_msg(move || {
+            r.fetch_add(1, Ordering::SeqCst);
+        })
+        .unwrap();
+    }
+    h.poll_thread(1);
+    assert!(t1.is_exited());
+    assert_eq!(ran.load(Ordering::SeqCst), 3 * MSG_BATCH);
+    assert!(t1.send_msg(|| {}).is_err());
+}
+
+#[test]
+fn every_accepted_message_runs_when_a_thread_exits_under_a_sender() {
+    // A sender on another OS thread races the exit: each message it was told was queued
+    // (Ok) runs, none is dropped or stranded.
+    for _ in 0..200 {
+        let h = Harness::new(2);
+        let t1 = h.handle(1);
+        let (accepted, ran) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (a, r, t) = (accepted.clone(), ran.clone(), t1.clone());
+        let sender = std::thread::spawn(move || {
+            loop {
+                // One message at a time, sent as soon as the last one ran: the thread's
+                // queue empties (so it may exit) just as the next message comes.
+                while r.load(Ordering::SeqCst) < a.load(Ordering::SeqCst) && !t.is_exited() {
+                    std::hint::spin_loop();
+                }
+                let r = r.clone();
+                if t.send_msg(move || {
+                    r.fetch_add(1, Ordering::SeqCst);
+                })
+                .is_err()
+                {
+                    break;
+                }
+                a.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        while accepted.load(Ordering::SeqCst) < 20 {
+            h.poll_thread(1);
+        }
+        t1.request_exit();
+        while !t1.is_exited() {
+            h.poll_thread(1);
+        }
+        sender.join().unwrap();
+        assert_eq!(ran.load(Ordering::SeqCst), accepted.load(Ordering::SeqCst));
+    }
+}
+
+#[test]
+fn threads_spawned_while_the_application_stops_exit_with_it() {
+    // One thread spawns threads in a loop while the app thread stops the application: a
+    // thread listed after the stop's exit sweep, or queued to a reactor about to return,
+    // must still exit (before, start() could hang for good).
+    let avail = crate::app::CpuMask::available();
+    let cores = crate::app::CpuMask::from_cores(avail.cores().iter().copied().take(2));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let opts = crate::app::AppOpts {
+            cores,
+            ..Default::default()
+        };
+        let rc = crate::app::start(opts, move || {
+            spawn_thread("spawner", None, || {
+                crate::app::app_thread()
+                    .unwrap()
+                    .send_msg(|| crate::app::stop(0).unwrap())
+                    .unwrap();
+                for i in 0..2000 {
+                    if spawn_thread(format!("t{i}"), None, || {}).is_err() {
+                        break;
+                    }
+                }
+            })
+            .unwrap();
+        });
+        let _ = tx.send(rc.unwrap());
+    });
+    let rc = rx
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("app::start returned");
+    assert_eq!(rc, 0);
+}
