@@ -26,8 +26,8 @@ if [[ $(id -u) == 0 ]]; then
   targets+=("$LOOPDEV")
   trap 'losetup -d $LOOPDEV; rm -f $SHM' EXIT
 fi
-fio_run() { # engine target -> "iops cpu%"
-  fio --name=r --filename="$2" --ioengine="$1" --direct=1 --rw=randread --bs=4k --iodepth=32 \
+fio_run() { # engine target [fio options] -> "iops cpu%"
+  fio ${3:-} --name=r --filename="$2" --ioengine="$1" --direct=1 --rw=randread --bs=4k --iodepth=32 \
       --numjobs=1 --time_based --runtime="$T" --output-format=json 2>/dev/null |
     python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]; print(j["read"]["iops"], j["usr_cpu"]+j["sys_cpu"])'
 }
@@ -36,14 +36,18 @@ bp_run() { # method target [extra params] -> iops
   echo "{\"subsystems\":[{\"subsystem\":\"bdev\",\"config\":[{\"method\":\"$1\",\"params\":{\"name\":\"B0\",\"filename\":\"$2\"${3:-}}}]}]}" > $cfg
   $BP -c $cfg -q 32 -o 4096 -w randread -t "$T" -m 0x1 | grep -a Total | tail -1 | awk -F: '{print $2}' | awk '{print $1}'
 }
+keys=(fio_io_uring fio_libaio fio_io_uring_core0 fio_libaio_core0 bdev_uring bdev_uring_regbuf bdev_aio)
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 for tgt in "${targets[@]}"; do
   declare -A runs=() cpu=()
   for i in $(seq "$N"); do
-    for k in fio_io_uring fio_libaio bdev_uring bdev_uring_regbuf bdev_aio; do
+    for k in "${keys[@]}"; do
       case $k in
         fio_io_uring) read -r v c < <(fio_run io_uring "$tgt"); cpu[$k]="${cpu[$k]:-} $c" ;;
         fio_libaio) read -r v c < <(fio_run libaio "$tgt"); cpu[$k]="${cpu[$k]:-} $c" ;;
+        # On core 0 alone, as bdevperf -m 0x1 runs: one core, one job.
+        fio_io_uring_core0) read -r v c < <(fio_run io_uring "$tgt" --cpus_allowed=0); cpu[$k]="${cpu[$k]:-} $c" ;;
+        fio_libaio_core0) read -r v c < <(fio_run libaio "$tgt" --cpus_allowed=0); cpu[$k]="${cpu[$k]:-} $c" ;;
         bdev_uring) v=$(bp_run bdev_uring_create "$tgt") ;;
         bdev_uring_regbuf) v=$(bp_run bdev_uring_create "$tgt" ',"registered_buffers":64') ;;
         bdev_aio) v=$(bp_run bdev_aio_create "$tgt") ;;
@@ -54,7 +58,7 @@ for tgt in "${targets[@]}"; do
   done
   echo "### $tgt"
   declare -A med=()
-  for k in fio_io_uring fio_libaio bdev_uring bdev_uring_regbuf bdev_aio; do
+  for k in "${keys[@]}"; do
     med[$k]=$(echo "${runs[$k]}" | median)
     extra=""
     if [[ -n ${cpu[$k]:-} ]]; then
@@ -68,4 +72,6 @@ for tgt in "${targets[@]}"; do
   echo "bdev_uring / fio io_uring: $(awk -v a="${med[bdev_uring]}" -v b="${med[fio_io_uring]}" 'BEGIN{printf "%.3f", a/b}')"
   echo "bdev_uring (registered buffers) / fio io_uring: $(awk -v a="${med[bdev_uring_regbuf]}" -v b="${med[fio_io_uring]}" 'BEGIN{printf "%.3f", a/b}')"
   echo "bdev_aio / fio libaio: $(awk -v a="${med[bdev_aio]}" -v b="${med[fio_libaio]}" 'BEGIN{printf "%.3f", a/b}')"
+  echo "bdev_uring / fio io_uring on core 0: $(awk -v a="${med[bdev_uring]}" -v b="${med[fio_io_uring_core0]}" 'BEGIN{printf "%.3f", a/b}')"
+  echo "bdev_aio / fio libaio on core 0: $(awk -v a="${med[bdev_aio]}" -v b="${med[fio_libaio_core0]}" 'BEGIN{printf "%.3f", a/b}')"
 done

@@ -149,6 +149,30 @@ impl Uring {
             };
         }
         match op {
+            // One segment: the plain opcodes, as fio uses by default (the kernel copies
+            // no iovec array in).
+            Op::Readv {
+                iov,
+                cnt: 1,
+                offset,
+                ..
+            } if one_segment_fits(iov) => {
+                // SAFETY: the caller passes `cnt` valid segments (`push`'s contract).
+                let seg = unsafe { iov.read() };
+                let (p, l) = (seg.iov_base.cast::<u8>(), seg.iov_len as u32);
+                with_fd!(|fd| opcode::Read::new(fd, p, l).offset(offset).build())
+            }
+            Op::Writev {
+                iov,
+                cnt: 1,
+                offset,
+                ..
+            } if one_segment_fits(iov) => {
+                // SAFETY: as above.
+                let seg = unsafe { iov.read() };
+                let (p, l) = (seg.iov_base.cast::<u8>().cast_const(), seg.iov_len as u32);
+                with_fd!(|fd| opcode::Write::new(fd, p, l).offset(offset).build())
+            }
             Op::Readv {
                 iov, cnt, offset, ..
             } => with_fd!(|fd| opcode::Readv::new(fd, iov, cnt).offset(offset).build()),
@@ -160,6 +184,13 @@ impl Uring {
                 .build()),
         }
     }
+}
+
+/// Whether the one segment at `iov` fits a plain READ/WRITE (its length is 32 bits there).
+fn one_segment_fits(iov: *const libc::iovec) -> bool {
+    // SAFETY: called for ops with one valid segment (`push`'s contract).
+    let seg = unsafe { iov.read() };
+    u32::try_from(seg.iov_len).is_ok()
 }
 
 impl Engine for Uring {
