@@ -504,6 +504,73 @@ fn reset_freezes_aborts_new_io_and_a_second_reset_waits_for_the_first() {
 }
 
 #[test]
+fn a_reset_queued_behind_a_later_reset_waits_for_that_one() {
+    // R1 ends: it unfreezes, lets new resets start, then sweeps its queued resets. R3
+    // starts in that gap and R4 queues behind R3: R4 must complete with R3's reset (the
+    // module's second), not with R1's, whose sweep passes R4's channel afterwards.
+    let h = Harness::new(3);
+    let seen = ram("r_epoch", |p| p, true, 0);
+    let d = Arc::new(h.run_on(0, || Desc::open("r_epoch", true, |_| {}).unwrap()));
+    let chs: Vec<Rc<BdevChannel>> = (0..3)
+        .map(|t| Rc::new(h.run_on(t, || d.get_io_channel().unwrap())))
+        .collect();
+    let module_resets = {
+        let seen = seen.clone();
+        move || {
+            seen.lock()
+                .unwrap()
+                .iter()
+                .filter(|s| s.t == IoType::Reset)
+                .count()
+        }
+    };
+    let r1 = Rc::new(Cell::new(None));
+    let a = r1.clone();
+    h.run_on(0, || {
+        d.reset(&chs[0]).submit(move |c| a.set(Some(c.status)))
+    });
+    let busy = || chs[0].ch.bdev.reset_busy.lock().unwrap().0;
+    // One thread's poll at a time, until R1 has cleared `busy` (and is sweeping).
+    let mut gap = false;
+    'outer: for _ in 0..1000 {
+        for t in 0..3 {
+            h.poll_thread(t);
+            if module_resets() == 1 && !busy() && r1.get().is_none() {
+                gap = true;
+                break 'outer;
+            }
+        }
+    }
+    assert!(gap, "R1 reached its final sweep");
+    let r3 = Rc::new(Cell::new(None));
+    let r4 = Rc::new(Cell::new(None));
+    let (c3, c4) = (r3.clone(), r4.clone());
+    h.run_on(1, || {
+        d.reset(&chs[1]).submit(move |c| c3.set(Some(c.status)))
+    });
+    let resets_then = Rc::new(Cell::new(0));
+    let (rt, mr) = (resets_then.clone(), module_resets.clone());
+    h.run_on(2, || {
+        d.reset(&chs[2]).submit(move |c| {
+            rt.set(mr());
+            c4.set(Some(c.status));
+        })
+    });
+    for _ in 0..50 {
+        h.poll_threads();
+    }
+    assert_eq!(r1.get(), Some(IoStatus::Success));
+    assert_eq!(r3.get(), Some(IoStatus::Success));
+    assert_eq!(r4.get(), Some(IoStatus::Success));
+    assert_eq!(module_resets(), 2);
+    assert_eq!(
+        resets_then.get(),
+        2,
+        "R4 completed only once R3's reset had reached the module"
+    );
+}
+
+#[test]
 fn histograms_and_per_channel_stats_come_out_in_spdk_shape() {
     let h = Harness::new(2);
     ram("r_hist", |p| p, true, 0);
