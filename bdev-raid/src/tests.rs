@@ -506,6 +506,95 @@ fn raid1_writes_during_a_rebuild_are_not_lost() {
 }
 
 #[test]
+fn raid1_writes_from_a_channel_created_during_a_rebuild_are_not_lost() {
+    // As above, but each write comes through a channel made on a thread that had none
+    // when the window it writes to was locked: the lock must hold it back too.
+    let (h, m) = harness();
+    mirror(&h, &m, false);
+    call(
+        &h,
+        &m,
+        "bdev_raid_set_options",
+        json!({"process_window_size_kb": 64}),
+    )
+    .unwrap();
+    for i in 0..64u64 {
+        write(&h, 0, "R1", i * 64, 64, i).unwrap();
+    }
+    call(
+        &h,
+        &m,
+        "bdev_raid_remove_base_bdev",
+        json!({"name": "EE_M1"}),
+    )
+    .unwrap();
+    let m2 = m.clone();
+    h.run_on(0, move || {
+        bdev_core::thread::spawn_local(async move {
+            m2.call(
+                "bdev_raid_add_base_bdev",
+                Some(json!({"raid_bdev": "R1", "base_bdev": "M2"})),
+            )
+            .await
+            .unwrap();
+        })
+        .unwrap();
+    });
+    let d = h.run_on(1, || Rc::new(Desc::open("R1", true, |_| {}).unwrap()));
+    let mut last = std::collections::HashMap::new();
+    let mut rounds = 0u64;
+    loop {
+        // A few polls of the rebuild alone: it locks its next window (on existing
+        // channels and for new ones) and starts copying.
+        for _ in 0..2 {
+            h.poll_thread(0);
+        }
+        // Read straight from the array: an RPC would run the rebuild on.
+        let raid = h.run_on(0, || crate::Raids::get().unwrap().find("R1").unwrap());
+        let Some(done) = raid.lock().process.as_ref().map(|p| p.done_blocks) else {
+            break;
+        };
+        if done >= 64 * 64 {
+            break;
+        }
+        // The window being copied, through a brand-new channel.
+        let lba = done;
+        let seed = 5000 + rounds;
+        let d2 = d.clone();
+        h.run_on(1, move || {
+            let ch = Rc::new(d2.get_io_channel().unwrap());
+            let keep = ch.clone();
+            d2.write_blocks(&ch, pattern(64 * 512, seed), lba, 64)
+                .submit(move |c| {
+                    assert!(c.is_success());
+                    drop(keep);
+                });
+        });
+        last.insert(lba, seed);
+        for _ in 0..3 {
+            h.poll_thread(1);
+            h.poll_thread(0);
+        }
+        rounds += 1;
+        assert!(rounds < 10_000, "the rebuild moves on");
+    }
+    h.poll_threads();
+    assert!(rounds > 8, "writes ran alongside the rebuild ({rounds})");
+    h.run_on(1, move || drop(d));
+    call(&h, &m, "bdev_raid_delete", json!({"name": "R1"})).unwrap();
+    for i in 0..64u64 {
+        let seed = *last.get(&(i * 64)).unwrap_or(&i);
+        let back = read(&h, 0, "M2", i * 64, 64).unwrap();
+        // Not assert_eq: 32 KiB of bytes in the message helps nobody.
+        assert!(
+            back[..] == pattern(64 * 512, seed)[..],
+            "block {}: the new member holds stale data",
+            i * 64
+        );
+    }
+}
+
+#[test]
 fn superblock_reassembles_the_array_when_its_members_return() {
     let (h, m) = harness();
     malloc(&h, &m, "M0", 8192, 512);
