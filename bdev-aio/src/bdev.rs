@@ -191,6 +191,7 @@ impl BdevOps for FileBdev {
                     sqpoll_idle_ms.map(|i| (i, *sqpoll_cpu)),
                     *fixed_file,
                     *registered_buffers,
+                    bdev_core::app::interrupt_mode(),
                 )
                 .map_err(|e| bdev_core::Error::invalid("io_uring_setup", e.to_string()))?,
             ),
@@ -202,6 +203,9 @@ impl BdevOps for FileBdev {
         });
         let i2 = inner.clone();
         let poller = Poller::register(self.module, move || i2.poll())?;
+        if let Some(fd) = inner.eng.borrow().interrupt_fd() {
+            poller.set_interrupt_fd(fd);
+        }
         Ok(FileChannel {
             inner,
             fixed_total: self.fixed_ios.clone(),

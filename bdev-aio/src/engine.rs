@@ -64,4 +64,10 @@ pub trait Engine {
 
     /// The descriptor the engine works on.
     fn fd(&self) -> RawFd;
+
+    /// In interrupt mode, an fd readable when completions wait (None: the channel must be
+    /// polled).
+    fn interrupt_fd(&self) -> Option<RawFd> {
+        None
+    }
 }

@@ -32,6 +32,8 @@ pub struct Uring {
     reg: Option<RegTable>,
     /// I/Os sent as fixed-buffer operations.
     fixed_ios: u64,
+    /// Made for a reactor in interrupt mode (see [`Uring::new`]).
+    interrupt: bool,
 }
 
 const NO_SLOT: u16 = u16::MAX;
@@ -52,32 +54,32 @@ struct RegTable {
 impl Uring {
     /// A ring of `entries` entries on `file`; `sqpoll` (idle ms, CPU) starts an SQPOLL
     /// thread, `fixed_file` registers the file with the ring.
+    ///
+    /// With `interrupt` (the reactor sleeps when idle), the ring's fd is the channel's
+    /// interrupt fd: readable once completions are posted.
     pub fn new(
         file: Arc<File>,
         entries: u32,
         sqpoll: Option<(u32, Option<u32>)>,
         fixed_file: bool,
         registered_buffers: u16,
+        interrupt: bool,
     ) -> io::Result<Uring> {
         let entries = entries.next_power_of_two().max(8);
-        let build = |coop: bool| {
-            let mut b = IoUring::builder();
-            if let Some((idle, cpu)) = sqpoll {
-                b.setup_sqpoll(idle);
-                if let Some(cpu) = cpu {
-                    b.setup_sqpoll_cpu(cpu);
-                }
+        // A plain ring: the kernel posts completions from task work it runs by
+        // interrupting the reactor, so they show up without a syscall. COOP_TASKRUN (with
+        // the TASKRUN flag) defers that work to our next io_uring_enter instead, which
+        // cost a syscall per poll with completions: 7 % fewer IOPS on a loop device over
+        // tmpfs, six pairs of 4 s out of six (docs/benchmarks.md). A plain ring also
+        // wakes a reactor asleep in interrupt mode.
+        let mut b = IoUring::builder();
+        if let Some((idle, cpu)) = sqpoll {
+            b.setup_sqpoll(idle);
+            if let Some(cpu) = cpu {
+                b.setup_sqpoll_cpu(cpu);
             }
-            if coop && sqpoll.is_none() {
-                // One thread submits and reaps: completions need no interrupt of it; the
-                // kernel flags pending work, which the next poll's enter runs (5.19+).
-                b.setup_coop_taskrun()
-                    .setup_taskrun_flag()
-                    .setup_single_issuer();
-            }
-            b.build(entries)
-        };
-        let ring = build(true).or_else(|_| build(false))?;
+        }
+        let ring = b.build(entries)?;
         if fixed_file {
             ring.submitter().register_files(&[file.as_raw_fd()])?;
         }
@@ -103,6 +105,7 @@ impl Uring {
             inflight: 0,
             reg,
             fixed_ios: 0,
+            interrupt,
         })
     }
 
@@ -267,10 +270,6 @@ impl Engine for Uring {
 
     fn submit(&mut self) -> io::Result<usize> {
         if self.queued == 0 {
-            // Completions waiting for this thread to enter the kernel (COOP_TASKRUN).
-            if self.inflight > 0 && self.ring.submission().taskrun() {
-                self.ring.submit()?;
-            }
             return Ok(0);
         }
         let n = self.ring.submit()?;
@@ -313,5 +312,9 @@ impl Engine for Uring {
 
     fn fd(&self) -> RawFd {
         self.file.as_raw_fd()
+    }
+
+    fn interrupt_fd(&self) -> Option<RawFd> {
+        self.interrupt.then(|| self.ring.as_raw_fd())
     }
 }

@@ -10,6 +10,7 @@ use crossbeam_queue::SegQueue;
 
 use crate::app::CpuMask;
 use crate::error::{Error, Result};
+use crate::thread::doorbell::Doorbell;
 use crate::thread::{Clock, Msg, ThreadHandle, ThreadShared};
 
 /// One reactor's inbox of threads to adopt.
@@ -20,14 +21,32 @@ pub(crate) struct ReactorShared {
     /// queued in `incoming`): a stopping reactor returns only once this is 0, so that a
     /// thread spawned as the application stops is never left unadopted.
     pub(crate) assigned: AtomicUsize,
+    /// Interrupt mode: what wakes the reactor when it sleeps.
+    pub(crate) doorbell: Option<Arc<Doorbell>>,
 }
 
 impl ReactorShared {
-    pub(crate) fn new(core: u32) -> Self {
-        ReactorShared {
+    pub(crate) fn new(core: u32, interrupt: bool) -> Result<Self> {
+        let doorbell = match interrupt {
+            true => Some(Arc::new(Doorbell::new().map_err(|e| match e {
+                Error::Reactor { op, source, .. } => Error::Reactor { core, op, source },
+                e => e,
+            })?)),
+            false => None,
+        };
+        Ok(ReactorShared {
             core,
             incoming: SegQueue::new(),
             assigned: AtomicUsize::new(0),
+            doorbell,
+        })
+    }
+
+    /// Hands a new thread to the reactor (already counted in `assigned`).
+    pub(crate) fn adopt(&self, t: Arc<ThreadShared>) {
+        self.incoming.push(t);
+        if let Some(d) = &self.doorbell {
+            d.ring_if_sleeping();
         }
     }
 
@@ -137,7 +156,8 @@ impl Runtime {
                     r.assigned.fetch_sub(1, Ordering::SeqCst);
                     return Err(Error::Stopping);
                 }
-                let shared = match ThreadShared::new(name, r.core, self.clone()) {
+                let shared = match ThreadShared::new(name, r.core, self.clone(), r.doorbell.clone())
+                {
                     Ok(s) => s,
                     Err(e) => {
                         r.assigned.fetch_sub(1, Ordering::SeqCst);
@@ -145,11 +165,11 @@ impl Runtime {
                     }
                 };
                 let _ = shared.push(init);
-                r.incoming.push(shared.clone());
+                r.adopt(shared.clone());
                 Ok(self.register(shared))
             }
             Sched::Harness { incoming } => {
-                let shared = ThreadShared::new(name, 0, self.clone())?;
+                let shared = ThreadShared::new(name, 0, self.clone(), None)?;
                 let _ = shared.push(init);
                 incoming
                     .lock()

@@ -54,8 +54,8 @@ impl Harness {
         );
         let mut threads = Vec::new();
         for i in 0..n {
-            let shared =
-                ThreadShared::new(format!("ut_thread{i}"), 0, rt.clone()).expect("thread slots");
+            let shared = ThreadShared::new(format!("ut_thread{i}"), 0, rt.clone(), None)
+                .expect("thread slots");
             rt.adopt(&shared);
             if i == 0 {
                 let _ = rt.app_thread.set(ThreadHandle(shared.clone()));

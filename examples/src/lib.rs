@@ -92,9 +92,16 @@ pub fn stop_flag(name: &str) -> Arc<AtomicBool> {
     flag
 }
 
-/// Starts reactors on `cores`, runs `main` on the app thread, stops the application with
-/// its exit code (an error is printed and gives 1), and exits the process with it.
-pub fn run_app<F, Fut>(name: &'static str, cores: CpuMask, bdev: BdevOpts, main: F) -> !
+/// Starts reactors on `cores` (sleeping when idle with `interrupt_mode`, SPDK's
+/// `--interrupt-mode`), runs `main` on the app thread, stops the application with its exit
+/// code (an error is printed and gives 1), and exits the process with it.
+pub fn run_app<F, Fut>(
+    name: &'static str,
+    cores: CpuMask,
+    interrupt_mode: bool,
+    bdev: BdevOpts,
+    main: F,
+) -> !
 where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = Result<i32, String>> + 'static,
@@ -103,6 +110,7 @@ where
         name: name.into(),
         cores,
         bdev,
+        interrupt_mode,
     };
     let rc = app::start(opts, move || {
         let spawned = thread::spawn_local(async move {

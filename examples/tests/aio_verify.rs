@@ -21,6 +21,10 @@ fn is_root() -> bool {
 }
 
 fn verify(target: &str, what: &str) {
+    verify_with(target, what, "30", &[]);
+}
+
+fn verify_with(target: &str, what: &str, secs: &str, extra: &[&str]) {
     let cfg = dir().join(format!("{what}.json"));
     std::fs::write(
         &cfg,
@@ -45,8 +49,9 @@ fn verify(target: &str, what: &str) {
                 "-w",
                 "verify",
                 "-t",
-                "30",
+                secs,
             ])
+            .args(extra)
             .output()
             .unwrap();
         let out = String::from_utf8_lossy(&o.stdout);
@@ -73,6 +78,18 @@ fn verify_for_30_s_on_a_file_through_both_engines() {
         .set_len(64 << 20)
         .unwrap();
     verify(f.to_str().unwrap(), "file");
+}
+
+#[test]
+fn verify_in_interrupt_mode_through_both_engines() {
+    // The uring channel gives the sleeping reactor its ring's fd; the aio channel has none
+    // and keeps the reactor polling. Both must verify.
+    let f = dir().join("intr.img");
+    std::fs::File::create(&f)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    verify_with(f.to_str().unwrap(), "interrupt", "5", &["--interrupt-mode"]);
 }
 
 #[test]

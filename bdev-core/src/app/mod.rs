@@ -31,6 +31,11 @@ pub struct AppOpts {
     pub cores: CpuMask,
     /// Options of the bdev layer (`bdev_set_options`).
     pub bdev: BdevOpts,
+    /// SPDK's `--interrupt-mode`: a reactor whose threads are all idle sleeps until a
+    /// message, a due timed poller, or an fd of one of its active pollers wakes it
+    /// (see [`crate::thread::Poller::set_interrupt_fd`]), instead of polling its core
+    /// flat out. It keeps polling while any active poller has no fd.
+    pub interrupt_mode: bool,
 }
 
 impl Default for AppOpts {
@@ -39,6 +44,7 @@ impl Default for AppOpts {
             name: "app".into(),
             cores: CpuMask::single(0),
             bdev: BdevOpts::default(),
+            interrupt_mode: false,
         }
     }
 }
@@ -52,8 +58,8 @@ pub fn start(opts: AppOpts, main: impl FnOnce() + Send + 'static) -> Result<i32>
         .cores
         .cores()
         .iter()
-        .map(|&core| Arc::new(ReactorShared::new(core)))
-        .collect();
+        .map(|&core| ReactorShared::new(core, opts.interrupt_mode).map(Arc::new))
+        .collect::<Result<_>>()?;
     let rt = Runtime::new(
         Clock::Real,
         Sched::Reactors {
@@ -66,7 +72,12 @@ pub fn start(opts: AppOpts, main: impl FnOnce() + Send + 'static) -> Result<i32>
     let _ = thread::real_hz();
 
     let main_reactor = reactors[0].clone();
-    let app = ThreadShared::new("app_thread".into(), main_reactor.core, rt.clone())?;
+    let app = ThreadShared::new(
+        "app_thread".into(),
+        main_reactor.core,
+        rt.clone(),
+        main_reactor.doorbell.clone(),
+    )?;
     let _ = app.push(Box::new(main));
     rt.adopt(&app);
     let _ = rt.app_thread.set(ThreadHandle(app.clone()));
@@ -128,6 +139,12 @@ pub fn app_thread() -> Option<ThreadHandle> {
     thread::with_current(|t| t.runtime().app_thread.get().cloned()).flatten()
 }
 
+/// Whether the current thread's application runs in interrupt mode
+/// ([`AppOpts::interrupt_mode`]).
+pub fn interrupt_mode() -> bool {
+    thread::with_current(|t| t.in_interrupt_mode()).unwrap_or(false)
+}
+
 /// The cores the current application's reactors run on.
 pub fn cores() -> Option<CpuMask> {
     thread::with_current(|t| t.runtime().cores())
@@ -157,18 +174,21 @@ fn pin_to_core(core: u32) -> Result<()> {
 }
 
 /// A reactor: polls its threads round-robin until the application stops and its threads
-/// have exited.
+/// have exited. In interrupt mode it sleeps when a whole iteration found nothing to do.
 fn reactor_loop(rt: &Arc<Runtime>, rs: &ReactorShared) {
     let mut threads: Vec<Thread> = Vec::new();
+    let mut fds: Vec<libc::pollfd> = Vec::new();
+    let mut raw: Vec<std::os::fd::RawFd> = Vec::new();
     loop {
         while let Some(s) = rs.incoming.pop() {
             threads.push(Thread::new(s));
         }
         let now = rt.clock.now();
         let mut exiting = false;
+        let mut busy = false;
         for t in &threads {
             set_current(Some(t.clone()));
-            t.poll(now);
+            busy |= t.poll(now);
             exiting |= t.state() != 0;
         }
         if exiting {
@@ -185,6 +205,71 @@ fn reactor_loop(rt: &Arc<Runtime>, rs: &ReactorShared) {
         if threads.is_empty() && rs.may_return(rt) {
             break;
         }
+        if let Some(bell) = &rs.doorbell {
+            if !busy && !exiting {
+                sleep(rt, rs, bell, &threads, &mut fds, &mut raw);
+            }
+        }
     }
     set_current(None);
+}
+
+/// Longest sleep in interrupt mode, whatever the reactor waits for: a bound on the delay
+/// of anything that has no way to wake it.
+const MAX_SLEEP_US: u64 = 10_000;
+
+/// Interrupt mode: waits until the doorbell rings, a poller's fd is readable, or the next
+/// timed poller is due; returns at once if some thread cannot wait.
+fn sleep(
+    rt: &Runtime,
+    rs: &ReactorShared,
+    bell: &thread::doorbell::Doorbell,
+    threads: &[Thread],
+    fds: &mut Vec<libc::pollfd>,
+    raw: &mut Vec<std::os::fd::RawFd>,
+) {
+    raw.clear();
+    raw.push(bell.fd());
+    let mut deadline = u64::MAX;
+    for t in threads {
+        if !t.can_sleep(raw, &mut deadline) {
+            return;
+        }
+    }
+    bell.set_sleeping();
+    // The last look, now that senders ring: anything queued meanwhile?
+    if !rs.incoming.is_empty() || threads.iter().any(|t| t.has_msgs()) {
+        bell.woke();
+        return;
+    }
+    let now = rt.clock.now();
+    let hz = rt.clock.hz();
+    let wait_us = match deadline {
+        u64::MAX => MAX_SLEEP_US,
+        d => (d.saturating_sub(now).saturating_mul(1_000_000) / hz.max(1)).min(MAX_SLEEP_US),
+    };
+    if wait_us > 0 {
+        fds.clear();
+        fds.extend(raw.iter().map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        }));
+        let ts = libc::timespec {
+            tv_sec: (wait_us / 1_000_000) as libc::time_t,
+            tv_nsec: ((wait_us % 1_000_000) * 1000) as libc::c_long,
+        };
+        // SAFETY: `fds` is a live array of `fds.len()` pollfd structs and `ts` a live
+        // timespec; no signal mask is passed. An error (EINTR: a signal, or io_uring task
+        // work to run) only ends the wait early.
+        let _ = unsafe {
+            libc::ppoll(
+                fds.as_mut_ptr(),
+                fds.len() as libc::nfds_t,
+                &ts,
+                std::ptr::null(),
+            )
+        };
+    }
+    bell.woke();
 }

@@ -16,6 +16,7 @@
 //! find it through a thread-local that the reactor (or harness) sets before polling.
 
 mod clock;
+pub(crate) mod doorbell;
 mod executor;
 mod io_device;
 mod poller;
@@ -93,6 +94,8 @@ pub(crate) struct ThreadShared {
     state: AtomicU8,
     /// Senders between their state check and their push (see [`ThreadShared::push`]).
     senders: AtomicUsize,
+    /// The doorbell of its reactor, in interrupt mode: rung after each push.
+    doorbell: Option<Arc<doorbell::Doorbell>>,
     core: u32,
     pub(crate) rt: Arc<Runtime>,
 }
@@ -108,7 +111,12 @@ impl Drop for ThreadShared {
 }
 
 impl ThreadShared {
-    pub(crate) fn new(name: String, core: u32, rt: Arc<Runtime>) -> Result<Arc<Self>> {
+    pub(crate) fn new(
+        name: String,
+        core: u32,
+        rt: Arc<Runtime>,
+        doorbell: Option<Arc<doorbell::Doorbell>>,
+    ) -> Result<Arc<Self>> {
         let mut t = SLOTS.lock().unwrap_or_else(|e| e.into_inner());
         let slot = match t.free.pop() {
             Some(s) => s,
@@ -125,6 +133,7 @@ impl ThreadShared {
             msgs: SegQueue::new(),
             state: AtomicU8::new(RUNNING),
             senders: AtomicUsize::new(0),
+            doorbell,
             core,
             rt,
         });
@@ -142,9 +151,17 @@ impl ThreadShared {
         let alive = self.state.load(Ordering::SeqCst) != EXITED;
         if alive {
             self.msgs.push(m);
+            if let Some(d) = &self.doorbell {
+                d.ring_if_sleeping();
+            }
         }
         self.senders.fetch_sub(1, Ordering::Release);
         alive
+    }
+
+    /// Whether messages wait.
+    pub(crate) fn has_msgs(&self) -> bool {
+        !self.msgs.is_empty()
     }
 
     pub(crate) fn id_(&self) -> u64 {
@@ -467,6 +484,33 @@ impl Thread {
         }
         inner.last_busy.set(busy);
         busy
+    }
+
+    /// Whether messages wait for this thread.
+    pub(crate) fn has_msgs(&self) -> bool {
+        self.inner.shared.has_msgs()
+    }
+
+    /// Whether the thread runs on a reactor in interrupt mode.
+    pub(crate) fn in_interrupt_mode(&self) -> bool {
+        self.inner.shared.doorbell.is_some()
+    }
+
+    /// In interrupt mode, whether the thread can wait for an event: nothing queued to run,
+    /// not exiting, and every active poller has an fd to wait on (added to `fds`). Also
+    /// lowers `deadline` to its next timed poller's tick.
+    pub(crate) fn can_sleep(&self, fds: &mut Vec<std::os::fd::RawFd>, deadline: &mut u64) -> bool {
+        let inner = &*self.inner;
+        if self.state() != RUNNING
+            || !inner.deferred.borrow().is_empty()
+            || inner.exec.has_ready()
+            || inner.pollers.is_dirty()
+            || !inner.pollers.sleep_fds(fds)
+        {
+            return false;
+        }
+        *deadline = (*deadline).min(inner.pollers.next_timed());
+        true
     }
 
     #[inline]

@@ -51,6 +51,8 @@ pub(crate) struct PollerCore {
     thread: Weak<ThreadInner>,
     runs: Cell<u64>,
     busy: Cell<u64>,
+    /// In interrupt mode, the fd whose readiness means this active poller has work.
+    fd: Cell<Option<std::os::fd::RawFd>>,
 }
 
 impl PollerCore {
@@ -211,6 +213,21 @@ impl PollerSet {
         }
     }
 
+    /// For a reactor about to sleep (interrupt mode): adds the fds of the active pollers
+    /// to `fds`; false if an active poller has none (it must be polled: no sleep).
+    pub(crate) fn sleep_fds(&self, fds: &mut Vec<std::os::fd::RawFd>) -> bool {
+        for p in self.active.borrow().iter() {
+            if p.state.get() != State::Active {
+                continue;
+            }
+            match p.fd.get() {
+                Some(fd) => fds.push(fd),
+                None => return false,
+            }
+        }
+        true
+    }
+
     /// Unregisters and drops every poller (thread exit).
     pub(crate) fn clear(&self) {
         let all: Vec<_> = self
@@ -273,6 +290,7 @@ impl Poller {
             thread: Rc::downgrade(inner),
             runs: Cell::new(0),
             busy: Cell::new(0),
+            fd: Cell::new(None),
         });
         let set = &inner.pollers;
         set.count.set(set.count.get() + 1);
@@ -284,6 +302,14 @@ impl Poller {
             set.timed.borrow_mut().push(core.clone());
         }
         Ok(Poller { core })
+    }
+
+    /// Names the fd that becomes readable when this active poller has work (SPDK's
+    /// `spdk_poller_register_interrupt`). In interrupt mode a reactor sleeps only while
+    /// each of its active pollers has one; it wakes when one of them is readable, a
+    /// message comes, or a timed poller is due. The fd must stay open while registered.
+    pub fn set_interrupt_fd(&self, fd: std::os::fd::RawFd) {
+        self.core.fd.set(Some(fd));
     }
 
     /// The poller's name.

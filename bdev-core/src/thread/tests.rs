@@ -545,3 +545,99 @@ fn threads_spawned_while_the_application_stops_exit_with_it() {
         .expect("app::start returned");
     assert_eq!(rc, 0);
 }
+
+/// CPU time (user + system) OS thread `tid` of this process has used, in microseconds
+/// (clock-tick resolution).
+fn thread_cpu_us(tid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces), from field 3 on.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf reads a constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    ticks * 1_000_000 / hz
+}
+
+#[test]
+fn interrupt_mode_sleeps_when_idle_and_wakes_for_messages_timers_and_threads() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let opts = crate::app::AppOpts {
+        interrupt_mode: true,
+        ..Default::default()
+    };
+    std::thread::spawn(move || {
+        let rc = crate::app::start(opts, move || {
+            assert!(crate::app::interrupt_mode());
+            let app = current().unwrap().handle();
+            // SAFETY: gettid has no arguments and cannot fail.
+            let tid = unsafe { libc::gettid() };
+            // A timed poller every 2 ms wakes the reactor on time; it leaves after 100 runs.
+            let ticks = Arc::new(AtomicUsize::new(0));
+            let me: Rc<RefCell<Option<PollerRef>>> = Rc::new(RefCell::new(None));
+            let (t2, m) = (ticks.clone(), me.clone());
+            let p = Poller::register_us("tick", 2000, move || {
+                if t2.fetch_add(1, Ordering::SeqCst) + 1 == 100 {
+                    if let Some(p) = m.borrow().as_ref() {
+                        p.unregister();
+                    }
+                }
+                PollStatus::Busy
+            })
+            .unwrap();
+            *me.borrow_mut() = Some(p.downgrade());
+            std::mem::forget(p);
+            let app2 = app.clone();
+            std::thread::spawn(move || {
+                // The first 100 ticks take ~200 ms, mostly asleep.
+                let cpu0 = thread_cpu_us(tid);
+                let t0 = std::time::Instant::now();
+                while ticks.load(Ordering::SeqCst) < 100 {
+                    assert!(t0.elapsed().as_secs() < 10, "the timed poller ran");
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                let ticks_ms = t0.elapsed().as_millis();
+                let used = (thread_cpu_us(tid) - cpu0) as f64 / t0.elapsed().as_micros() as f64;
+                // Now nothing is due: the reactor sleeps until something rings. A round
+                // trip (a message that spawns a thread that answers) takes far less than
+                // the ~5 ms that waiting for the 10 ms cap would, on the median of 20.
+                let mut trips = Vec::new();
+                for _ in 0..20 {
+                    let t1 = std::time::Instant::now();
+                    let (mtx, mrx) = std::sync::mpsc::channel();
+                    app2.send_msg(move || {
+                        spawn_thread("late", None, move || {
+                            let _ = mtx.send(());
+                        })
+                        .unwrap();
+                    })
+                    .unwrap();
+                    mrx.recv_timeout(std::time::Duration::from_secs(5))
+                        .expect("the message and the new thread ran");
+                    trips.push(t1.elapsed());
+                }
+                trips.sort();
+                let trips = trips[trips.len() / 2];
+                app2.send_msg(|| crate::app::stop(0).unwrap()).unwrap();
+                let _ = tx.send((used, ticks_ms, trips));
+            });
+        });
+        assert_eq!(rc.unwrap(), 0);
+    });
+    let (used, ticks_ms, trips) = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the app ran");
+    assert!(
+        used < 0.3,
+        "an idle reactor sleeps: {:.0} % of a core",
+        used * 100.0
+    );
+    assert!(
+        (150..2000).contains(&ticks_ms),
+        "100 runs of a 2 ms poller took {ticks_ms} ms"
+    );
+    assert!(
+        trips < std::time::Duration::from_millis(3),
+        "woken by each message, not by the 10 ms sleep cap: median round trip {trips:?}"
+    );
+}

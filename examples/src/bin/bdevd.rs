@@ -31,6 +31,9 @@ struct Cli {
     /// JSON-RPC Unix socket
     #[arg(short = 'r', long = "rpc-socket", default_value = "/var/tmp/spdk.sock")]
     rpc_socket: PathBuf,
+    /// Reactors sleep when idle instead of polling (SPDK's --interrupt-mode)
+    #[arg(long = "interrupt-mode")]
+    interrupt_mode: bool,
 }
 
 fn main() {
@@ -43,9 +46,13 @@ fn main() {
     let (cfg, bdev_opts) = bdev_examples::load_config("bdevd", cli.config.as_deref());
     let stop = bdev_examples::stop_flag("bdevd");
     let socket = cli.rpc_socket.clone();
-    bdev_examples::run_app("bdevd", cores, bdev_opts, move || async move {
-        serve(cfg, socket, stop).await.map(|()| 0)
-    })
+    bdev_examples::run_app(
+        "bdevd",
+        cores,
+        cli.interrupt_mode,
+        bdev_opts,
+        move || async move { serve(cfg, socket, stop).await.map(|()| 0) },
+    )
 }
 
 /// The methods bdevd serves: the bdev layer's, each module's, and the application's own.

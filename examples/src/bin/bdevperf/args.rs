@@ -176,6 +176,9 @@ struct Cli {
     /// Draw the run's latency histogram into this SVG file
     #[arg(long = "plot", value_name = "file.svg")]
     plot: Option<PathBuf>,
+    /// Reactors sleep when idle instead of polling (SPDK's --interrupt-mode)
+    #[arg(long = "interrupt-mode")]
+    interrupt_mode: bool,
 }
 
 /// The longest run accepted (a year), so that microsecond arithmetic can't overflow.
@@ -201,6 +204,7 @@ pub struct Params {
     pub wait_for_rpc: bool,
     pub rpc_socket: PathBuf,
     pub plot: Option<PathBuf>,
+    pub interrupt_mode: bool,
 }
 
 impl Params {
@@ -334,6 +338,7 @@ pub fn parse() -> Result<Parsed, String> {
         wait_for_rpc: cli.wait_for_rpc,
         rpc_socket: cli.rpc_socket,
         plot: cli.plot,
+        interrupt_mode: cli.interrupt_mode,
     }))
 }
 

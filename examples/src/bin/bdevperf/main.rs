@@ -39,7 +39,8 @@ fn main() {
     let (config, bdev_opts) = bdev_examples::load_config("bdevperf", p.config.as_deref());
     let signal = bdev_examples::stop_flag("bdevperf");
     let cores = p.cores.clone();
-    bdev_examples::run_app("bdevperf", cores, bdev_opts, move || {
+    let interrupt = p.interrupt_mode;
+    bdev_examples::run_app("bdevperf", cores, interrupt, bdev_opts, move || {
         run(Arc::new(p), config, signal)
     })
 }
