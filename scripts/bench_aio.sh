@@ -31,12 +31,21 @@ fio_run() { # engine target [fio options] -> "iops cpu%"
       --numjobs=1 --time_based --runtime="$T" --output-format=json 2>/dev/null |
     python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]; print(j["read"]["iops"], j["usr_cpu"]+j["sys_cpu"])'
 }
-bp_run() { # method target [extra params] -> iops
+bp_run() { # method target [extra params] [bdevperf flags] -> "iops cpus" (cpus: - without perf)
   local cfg=target/aio/bench.json
   echo "{\"subsystems\":[{\"subsystem\":\"bdev\",\"config\":[{\"method\":\"$1\",\"params\":{\"name\":\"B0\",\"filename\":\"$2\"${3:-}}}]}]}" > $cfg
-  $BP -c $cfg -q 32 -o 4096 -w randread -t "$T" -m 0x1 | grep -a Total | tail -1 | awk -F: '{print $2}' | awk '{print $1}'
+  local -a cmd=($BP -c $cfg -q 32 -o 4096 -w randread -t "$T" -m 0x1 ${4:-})
+  local iops cpus=-
+  if command -v perf >/dev/null && perf stat -e task-clock true >/dev/null 2>&1; then
+    # CPUs used by the whole bdevperf process (task-clock / elapsed).
+    iops=$(perf stat -e task-clock -x, -o target/aio/perf.txt "${cmd[@]}" | grep -a Total | tail -1 | awk -F: '{print $2}' | awk '{print $1}')
+    cpus=$(grep task-clock target/aio/perf.txt | awk -F, '{print $6}')
+  else
+    iops=$("${cmd[@]}" | grep -a Total | tail -1 | awk -F: '{print $2}' | awk '{print $1}')
+  fi
+  echo "$iops $cpus"
 }
-keys=(fio_io_uring fio_libaio fio_io_uring_core0 fio_libaio_core0 bdev_uring bdev_uring_regbuf bdev_aio)
+keys=(fio_io_uring fio_libaio fio_io_uring_core0 fio_libaio_core0 bdev_uring bdev_uring_regbuf bdev_uring_intr bdev_aio)
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 for tgt in "${targets[@]}"; do
   declare -A runs=() cpu=()
@@ -48,9 +57,10 @@ for tgt in "${targets[@]}"; do
         # On core 0 alone, as bdevperf -m 0x1 runs: one core, one job.
         fio_io_uring_core0) read -r v c < <(fio_run io_uring "$tgt" --cpus_allowed=0); cpu[$k]="${cpu[$k]:-} $c" ;;
         fio_libaio_core0) read -r v c < <(fio_run libaio "$tgt" --cpus_allowed=0); cpu[$k]="${cpu[$k]:-} $c" ;;
-        bdev_uring) v=$(bp_run bdev_uring_create "$tgt") ;;
-        bdev_uring_regbuf) v=$(bp_run bdev_uring_create "$tgt" ',"registered_buffers":64') ;;
-        bdev_aio) v=$(bp_run bdev_aio_create "$tgt") ;;
+        bdev_uring) read -r v c < <(bp_run bdev_uring_create "$tgt"); cpu[$k]="${cpu[$k]:-} $c" ;;
+        bdev_uring_regbuf) read -r v c < <(bp_run bdev_uring_create "$tgt" ',"registered_buffers":64'); cpu[$k]="${cpu[$k]:-} $c" ;;
+        bdev_uring_intr) read -r v c < <(bp_run bdev_uring_create "$tgt" "" --interrupt-mode); cpu[$k]="${cpu[$k]:-} $c" ;;
+        bdev_aio) read -r v c < <(bp_run bdev_aio_create "$tgt"); cpu[$k]="${cpu[$k]:-} $c" ;;
       esac
       runs[$k]="${runs[$k]:-} $v"
       echo "run $i $tgt $k $v" >&2
@@ -61,15 +71,19 @@ for tgt in "${targets[@]}"; do
   for k in "${keys[@]}"; do
     med[$k]=$(echo "${runs[$k]}" | median)
     extra=""
-    if [[ -n ${cpu[$k]:-} ]]; then
+    if [[ -n ${cpu[$k]:-} && ${cpu[$k]} != *-* ]]; then
       c=$(echo "${cpu[$k]}" | median)
-      extra=" (fio CPU ${c}% of a core: $(awk -v a="${med[$k]}" -v c="$c" 'BEGIN{printf "%.0f", a/(c/100)}') IOPS per core)"
+      case $k in
+        fio*) extra=" (fio CPU ${c}% of a core: $(awk -v a="${med[$k]}" -v c="$c" 'BEGIN{printf "%.0f", a/(c/100)}') IOPS per core)" ;;
+        *) extra=" (bdevperf used ${c} CPUs: $(awk -v a="${med[$k]}" -v c="$c" 'BEGIN{printf "%.0f", a/c}') IOPS per core)" ;;
+      esac
     else
       extra=" (one reactor core: ${med[$k]} IOPS per core)"
     fi
     printf '| %s | %.0f | %s |%s\n' "$k" "${med[$k]}" "$(echo ${runs[$k]} | awk '{for(i=1;i<=NF;i++) printf "%.1fk ", $i/1e3}')" "$extra"
   done
   echo "bdev_uring / fio io_uring: $(awk -v a="${med[bdev_uring]}" -v b="${med[fio_io_uring]}" 'BEGIN{printf "%.3f", a/b}')"
+  echo "bdev_uring (interrupt mode) / fio io_uring: $(awk -v a="${med[bdev_uring_intr]}" -v b="${med[fio_io_uring]}" 'BEGIN{printf "%.3f", a/b}')"
   echo "bdev_uring (registered buffers) / fio io_uring: $(awk -v a="${med[bdev_uring_regbuf]}" -v b="${med[fio_io_uring]}" 'BEGIN{printf "%.3f", a/b}')"
   echo "bdev_aio / fio libaio: $(awk -v a="${med[bdev_aio]}" -v b="${med[fio_libaio]}" 'BEGIN{printf "%.3f", a/b}')"
   echo "bdev_uring / fio io_uring on core 0: $(awk -v a="${med[bdev_uring]}" -v b="${med[fio_io_uring_core0]}" 'BEGIN{printf "%.3f", a/b}')"
