@@ -6,7 +6,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{Ordering, fence};
 
@@ -57,6 +57,8 @@ struct AioRing {
 const AIO_RING_MAGIC: u32 = 0xa10a_10a1;
 
 const IOCB_CMD_FDSYNC: u16 = 3;
+/// `iocb.aio_flags`: signal `aio_resfd` (an eventfd) when the operation completes.
+const IOCB_FLAG_RESFD: u32 = 1;
 const IOCB_CMD_PREADV: u16 = 7;
 const IOCB_CMD_PWRITEV: u16 = 8;
 
@@ -71,11 +73,27 @@ pub struct Aio {
     events: Vec<IoEvent>,
     /// Operations the kernel refused at submission, reported by the next reap.
     refused: Vec<(u64, i64)>,
+    /// Interrupt mode: an eventfd each operation signals on completion.
+    efd: Option<OwnedFd>,
+    /// Events were reaped since the eventfd was last cleared (so it may be readable).
+    efd_dirty: bool,
 }
 
 impl Aio {
-    /// A context for up to `depth` operations on `file`.
-    pub fn new(file: Arc<File>, depth: u32) -> io::Result<Aio> {
+    /// A context for up to `depth` operations on `file`; with `interrupt`, completions
+    /// also signal an eventfd (the channel's interrupt fd).
+    pub fn new(file: Arc<File>, depth: u32, interrupt: bool) -> io::Result<Aio> {
+        let efd = if interrupt {
+            // SAFETY: eventfd takes no pointers; the result is checked.
+            let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: `fd` was just created and nothing else owns it.
+            Some(unsafe { OwnedFd::from_raw_fd(fd) })
+        } else {
+            None
+        };
         let mut ctx: libc::c_ulong = 0;
         // SAFETY: io_setup writes the context id into `ctx`, which outlives the call.
         let r = unsafe { libc::syscall(libc::SYS_io_setup, depth as libc::c_long, &mut ctx) };
@@ -91,7 +109,20 @@ impl Aio {
             inflight: 0,
             events: vec![IoEvent::default(); depth as usize],
             refused: Vec::new(),
+            efd,
+            efd_dirty: false,
         })
+    }
+
+    /// Clears the eventfd's count (interrupt mode), so that it is readable again only
+    /// for completions after this.
+    fn clear_efd(&mut self) {
+        self.efd_dirty = false;
+        if let Some(fd) = &self.efd {
+            let mut v: u64 = 0;
+            // SAFETY: reads 8 bytes into a live u64 from our non-blocking eventfd.
+            let _ = unsafe { libc::read(fd.as_raw_fd(), (&raw mut v).cast(), 8) };
+        }
     }
 
     /// Reads finished events from the mapped ring; `None` if the ring is not one we know.
@@ -160,6 +191,10 @@ impl Engine for Aio {
             fildes: self.file.as_raw_fd() as u32,
             ..Default::default()
         };
+        if let Some(fd) = &self.efd {
+            cb.flags = IOCB_FLAG_RESFD;
+            cb.resfd = fd.as_raw_fd() as u32;
+        }
         match op {
             Op::Readv {
                 iov, cnt, offset, ..
@@ -229,10 +264,29 @@ impl Engine for Aio {
             return n;
         }
         if self.inflight == 0 {
+            if self.efd_dirty {
+                self.clear_efd();
+            }
             return 0;
         }
         if let Some(n) = self.reap_ring(f) {
+            if n > 0 {
+                self.efd_dirty = self.efd.is_some();
+                return n;
+            }
+            if !self.efd_dirty {
+                return 0;
+            }
+            // Nothing, after events that rang the eventfd: clear it before the reactor may
+            // sleep on it, then look once more (an event posted before the clear is in the
+            // ring by now).
+            self.clear_efd();
+            let n = self.reap_ring(f).unwrap_or(0);
+            self.efd_dirty = n > 0;
             return n;
+        }
+        if self.efd.is_some() {
+            self.clear_efd();
         }
         let mut ts = libc::timespec {
             tv_sec: 0,
@@ -294,6 +348,10 @@ impl Engine for Aio {
     fn fd(&self) -> RawFd {
         self.file.as_raw_fd()
     }
+
+    fn interrupt_fd(&self) -> Option<RawFd> {
+        self.efd.as_ref().map(|fd| fd.as_raw_fd())
+    }
 }
 
 impl Drop for Aio {
@@ -312,7 +370,7 @@ mod tests {
         let p = std::env::temp_dir().join(format!("aio-ring-{}.img", std::process::id()));
         std::fs::write(&p, vec![7u8; 8192]).unwrap();
         let f = Arc::new(File::open(&p).unwrap());
-        let mut a = Aio::new(f, 8).unwrap();
+        let mut a = Aio::new(f, 8, false).unwrap();
         let mut buf = vec![0u8; 4096];
         let iov = libc::iovec {
             iov_base: buf.as_mut_ptr().cast(),

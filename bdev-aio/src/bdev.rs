@@ -176,7 +176,7 @@ impl BdevOps for FileBdev {
     fn create_channel(&self) -> bdev_core::Result<FileChannel> {
         let eng: Box<dyn Engine> = match &self.kind {
             EngineKind::Aio => Box::new(
-                crate::aio::Aio::new(self.file.clone(), DEPTH)
+                crate::aio::Aio::new(self.file.clone(), DEPTH, bdev_core::app::interrupt_mode())
                     .map_err(|e| bdev_core::Error::invalid("io_setup", e.to_string()))?,
             ),
             EngineKind::Uring {

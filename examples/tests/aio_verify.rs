@@ -82,8 +82,8 @@ fn verify_for_30_s_on_a_file_through_both_engines() {
 
 #[test]
 fn verify_in_interrupt_mode_through_both_engines() {
-    // The uring channel gives the sleeping reactor its ring's fd; the aio channel has none
-    // and keeps the reactor polling. Both must verify.
+    // The sleeping reactor waits on the uring channel's ring fd, or on the aio channel's
+    // eventfd: every completion must wake it, or verify stalls.
     let f = dir().join("intr.img");
     std::fs::File::create(&f)
         .unwrap()
