@@ -75,8 +75,10 @@ pub struct Aio {
     refused: Vec<(u64, i64)>,
     /// Interrupt mode: an eventfd each operation signals on completion.
     efd: Option<OwnedFd>,
-    /// Events were reaped since the eventfd was last cleared (so it may be readable).
-    efd_dirty: bool,
+    /// Events reaped minus completion signals read back from the eventfd: while above
+    /// zero, signals are still to come (the kernel publishes an event before it signals,
+    /// at times much later) or to be read, and the eventfd is read when the ring is empty.
+    efd_owed: i64,
 }
 
 impl Aio {
@@ -110,18 +112,20 @@ impl Aio {
             events: vec![IoEvent::default(); depth as usize],
             refused: Vec::new(),
             efd,
-            efd_dirty: false,
+            efd_owed: 0,
         })
     }
 
-    /// Clears the eventfd's count (interrupt mode), so that it is readable again only
-    /// for completions after this.
+    /// Reads (and so clears) the eventfd's count of completion signals (interrupt mode):
+    /// it is readable again only for signals after this.
     fn clear_efd(&mut self) {
-        self.efd_dirty = false;
         if let Some(fd) = &self.efd {
             let mut v: u64 = 0;
             // SAFETY: reads 8 bytes into a live u64 from our non-blocking eventfd.
-            let _ = unsafe { libc::read(fd.as_raw_fd(), (&raw mut v).cast(), 8) };
+            let r = unsafe { libc::read(fd.as_raw_fd(), (&raw mut v).cast(), 8) };
+            if r == 8 {
+                self.efd_owed -= v as i64;
+            }
         }
     }
 
@@ -264,25 +268,28 @@ impl Engine for Aio {
             return n;
         }
         if self.inflight == 0 {
-            if self.efd_dirty {
+            if self.efd_owed > 0 {
                 self.clear_efd();
             }
             return 0;
         }
         if let Some(n) = self.reap_ring(f) {
-            if n > 0 {
-                self.efd_dirty = self.efd.is_some();
+            if self.efd.is_none() {
                 return n;
             }
-            if !self.efd_dirty {
+            if n > 0 {
+                self.efd_owed += n as i64;
+                return n;
+            }
+            if self.efd_owed <= 0 {
                 return 0;
             }
-            // Nothing, after events that rang the eventfd: clear it before the reactor may
-            // sleep on it, then look once more (an event posted before the clear is in the
-            // ring by now).
+            // Nothing, after events whose signals are unread: read them before the reactor
+            // may sleep on the eventfd, then look once more (an event signalled by then is
+            // in the ring).
             self.clear_efd();
             let n = self.reap_ring(f).unwrap_or(0);
-            self.efd_dirty = n > 0;
+            self.efd_owed += n as i64;
             return n;
         }
         if self.efd.is_some() {
@@ -308,6 +315,9 @@ impl Engine for Aio {
             return 0;
         }
         let n = r as usize;
+        if self.efd.is_some() {
+            self.efd_owed += n as i64;
+        }
         for e in &self.events[..n] {
             f(e.data, e.res);
         }

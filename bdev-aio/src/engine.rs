@@ -140,6 +140,57 @@ mod tests {
     }
 
     #[test]
+    fn uring_keeps_no_more_in_flight_than_its_completion_queue_holds() {
+        let p = std::env::temp_dir().join(format!("engine-cq-{}.img", std::process::id()));
+        std::fs::write(&p, vec![1u8; 4096]).unwrap();
+        let f = Arc::new(File::open(&p).unwrap());
+        let mut e = crate::uring::Uring::new(f, 8, None, false, 0, false).unwrap();
+        let cq = 16; // twice the submission queue
+        let mut bufs: Vec<Vec<u8>> = (0..cq + 1).map(|_| vec![0u8; 512]).collect();
+        let iovs: Vec<libc::iovec> = bufs
+            .iter_mut()
+            .map(|b| libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: b.len(),
+            })
+            .collect();
+        let mut accepted = 0;
+        for (i, iov) in iovs.iter().enumerate() {
+            let op = || Op::Readv {
+                iov,
+                cnt: 1,
+                offset: 0,
+                buf: None,
+            };
+            // SAFETY: the buffers and iovecs outlive the engine's drain below.
+            let mut r = unsafe { e.push(op(), i as u64) };
+            if r.is_err() {
+                e.submit().unwrap();
+                // SAFETY: as above.
+                r = unsafe { e.push(op(), i as u64) };
+            }
+            match r {
+                Ok(()) => accepted += 1,
+                Err(err) => {
+                    assert_eq!(err.raw_os_error(), Some(libc::EAGAIN));
+                    break;
+                }
+            }
+        }
+        assert_eq!(accepted, cq, "refused past the completion queue's size");
+        e.submit().unwrap();
+        let mut n = 0;
+        for _ in 0..100_000 {
+            n += e.reap(&mut |_, _| {});
+            if n == cq {
+                break;
+            }
+        }
+        assert_eq!(n, cq);
+        let _ = std::fs::remove_file(&p);
+    }
+
+    #[test]
     fn in_interrupt_mode_both_engines_wake_the_reactor_on_completion() {
         let p = std::env::temp_dir().join(format!("engine-intr-{}.img", std::process::id()));
         std::fs::write(&p, vec![3u8; 8192]).unwrap();

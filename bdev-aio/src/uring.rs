@@ -198,6 +198,12 @@ fn one_segment_fits(iov: *const libc::iovec) -> bool {
 
 impl Engine for Uring {
     unsafe fn push(&mut self, op: Op, user_data: u64) -> io::Result<()> {
+        // No more in flight than the completion queue holds: past that the kernel parks
+        // completions on an overflow list, flushed only by an enter with GETEVENTS, and
+        // the ring's fd stays readable meanwhile (a sleeping reactor would spin).
+        if self.inflight >= self.ring.params().cq_entries() as usize {
+            return Err(io::Error::from_raw_os_error(libc::EAGAIN));
+        }
         // A single-segment I/O on a known buffer goes as a fixed-buffer operation.
         let fixed = match op {
             Op::Readv {
@@ -270,6 +276,11 @@ impl Engine for Uring {
 
     fn submit(&mut self) -> io::Result<usize> {
         if self.queued == 0 {
+            // Completions parked on the kernel's overflow list (io-uring enters with
+            // GETEVENTS when the ring says so): have them posted.
+            if self.inflight > 0 && self.ring.submission().cq_overflow() {
+                self.ring.submit()?;
+            }
             return Ok(0);
         }
         let n = self.ring.submit()?;

@@ -165,17 +165,21 @@ impl Runtime {
                     }
                 };
                 let _ = shared.push(init);
-                r.adopt(shared.clone());
-                Ok(self.register(shared))
+                // Listed before the reactor has it: a one-shot thread may exit (and be
+                // unlisted) as soon as it runs.
+                let h = self.register(shared.clone());
+                r.adopt(shared);
+                Ok(h)
             }
             Sched::Harness { incoming } => {
                 let shared = ThreadShared::new(name, 0, self.clone(), None)?;
                 let _ = shared.push(init);
+                let h = self.register(shared.clone());
                 incoming
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .push(shared.clone());
-                Ok(self.register(shared))
+                    .push(shared);
+                Ok(h)
             }
         }
     }
@@ -206,6 +210,18 @@ impl Runtime {
     /// Stops reactors that have no thread yet, when the application fails to start.
     pub(crate) fn abort_start(&self) {
         self.stopping.store(true, Ordering::SeqCst);
+        self.wake_reactors();
+    }
+
+    /// Wakes reactors sleeping in interrupt mode, so that they see the stop at once.
+    fn wake_reactors(&self) {
+        if let Sched::Reactors { reactors, .. } = &self.sched {
+            for r in reactors {
+                if let Some(d) = &r.doorbell {
+                    d.ring_if_sleeping();
+                }
+            }
+        }
     }
 
     /// Starts the orderly stop (`spdk_app_stop`): on the app thread, finish the bdev layer
@@ -215,6 +231,7 @@ impl Runtime {
         if self.stopping.swap(true, Ordering::SeqCst) {
             return;
         }
+        self.wake_reactors();
         self.rc.store(rc, Ordering::Release);
         let rt = self.clone();
         let run = move || {

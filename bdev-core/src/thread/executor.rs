@@ -255,6 +255,8 @@ impl<T> Future for JoinHandle<T> {
 /// iteration.
 pub fn spawn_local<T: 'static>(fut: impl Future<Output = T> + 'static) -> Result<JoinHandle<T>> {
     let t = current_or("spawn_local")?;
+    // A message run by the exit itself: the task would be dropped unpolled.
+    t.refuse_if_exited()?;
     Ok(spawn_on(&t, fut))
 }
 

@@ -147,6 +147,10 @@ impl ThreadShared {
     /// (Both sides use sequentially consistent order on `state` and `senders`: a sender
     /// either sees `EXITED`, or the exit sees it counted.)
     pub(crate) fn push(&self, m: Msg) -> bool {
+        // Refused at once when long exited (keeps the exit's wait below short).
+        if self.state.load(Ordering::Acquire) == EXITED {
+            return false;
+        }
         self.senders.fetch_add(1, Ordering::SeqCst);
         let alive = self.state.load(Ordering::SeqCst) != EXITED;
         if alive {
@@ -486,6 +490,17 @@ impl Thread {
         busy
     }
 
+    /// `Err(ThreadExited)` once the thread is marked exited: what its exit runs (the
+    /// messages left in its queue) can't start tasks or pollers it would then drop.
+    pub(crate) fn refuse_if_exited(&self) -> Result<()> {
+        if self.state() == EXITED {
+            return Err(Error::ThreadExited {
+                name: self.inner.shared.name.clone(),
+            });
+        }
+        Ok(())
+    }
+
     /// Whether messages wait for this thread.
     pub(crate) fn has_msgs(&self) -> bool {
         self.inner.shared.has_msgs()
@@ -593,8 +608,15 @@ impl Thread {
         let inner = &*self.inner;
         inner.shared.state.store(EXITED, Ordering::SeqCst);
         // Senders that saw the thread alive are pushing now (a few instructions).
+        let mut spins = 0u32;
         while inner.shared.senders.load(Ordering::SeqCst) != 0 {
-            std::hint::spin_loop();
+            // A sender preempted inside its push: let it run.
+            spins += 1;
+            if spins < 256 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
         }
         if run_leftovers {
             // What they run may queue more (deferred calls); a few rounds, then the rest is

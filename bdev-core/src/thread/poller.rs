@@ -275,6 +275,8 @@ impl Poller {
         f: impl FnMut() -> PollStatus + 'static,
     ) -> Result<Poller> {
         let t = current_or("poller_register")?;
+        // A message run by the exit itself: the poller would be dropped at once.
+        t.refuse_if_exited()?;
         let inner = &t.inner;
         let period = if period_us == 0 {
             0
