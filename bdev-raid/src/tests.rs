@@ -434,8 +434,9 @@ fn raid1_read_failure_goes_to_the_other_member() {
     assert_eq!(raids(&h, &m, "online")[0]["num_base_bdevs_operational"], 1);
 }
 
-#[test]
-fn raid1_writes_during_a_rebuild_are_not_lost() {
+/// A mirror R1 of 64 x 64 blocks of known data (window 64 KiB) that lost member EE_M1 and
+/// has just been given M2: the rebuild is spawned on thread 0 and runs as it is polled.
+fn degraded_mirror_rebuilding() -> (Harness, Rc<Methods>) {
     let (h, m) = harness();
     mirror(&h, &m, false);
     call(
@@ -456,8 +457,6 @@ fn raid1_writes_during_a_rebuild_are_not_lost() {
     )
     .unwrap();
     assert_eq!(raids(&h, &m, "online")[0]["num_base_bdevs_operational"], 1);
-    // Start the rebuild, then write while it runs: the harness interleaves the rebuild's
-    // windows with these writes, one poll at a time.
     let m2 = m.clone();
     h.run_on(0, move || {
         bdev_core::thread::spawn_local(async move {
@@ -470,6 +469,14 @@ fn raid1_writes_during_a_rebuild_are_not_lost() {
         })
         .unwrap();
     });
+    (h, m)
+}
+
+#[test]
+fn raid1_writes_during_a_rebuild_are_not_lost() {
+    let (h, m) = degraded_mirror_rebuilding();
+    // The rebuild runs now, and writes with it: the harness interleaves the rebuild's
+    // windows with these writes, one poll at a time.
     let d = h.run_on(1, || Rc::new(Desc::open("R1", true, |_| {}).unwrap()));
     let ch = h.run_on(1, || Rc::new(d.get_io_channel().unwrap()));
     let mut seen_progress = false;
@@ -509,37 +516,7 @@ fn raid1_writes_during_a_rebuild_are_not_lost() {
 fn raid1_writes_from_a_channel_created_during_a_rebuild_are_not_lost() {
     // As above, but each write comes through a channel made on a thread that had none
     // when the window it writes to was locked: the lock must hold it back too.
-    let (h, m) = harness();
-    mirror(&h, &m, false);
-    call(
-        &h,
-        &m,
-        "bdev_raid_set_options",
-        json!({"process_window_size_kb": 64}),
-    )
-    .unwrap();
-    for i in 0..64u64 {
-        write(&h, 0, "R1", i * 64, 64, i).unwrap();
-    }
-    call(
-        &h,
-        &m,
-        "bdev_raid_remove_base_bdev",
-        json!({"name": "EE_M1"}),
-    )
-    .unwrap();
-    let m2 = m.clone();
-    h.run_on(0, move || {
-        bdev_core::thread::spawn_local(async move {
-            m2.call(
-                "bdev_raid_add_base_bdev",
-                Some(json!({"raid_bdev": "R1", "base_bdev": "M2"})),
-            )
-            .await
-            .unwrap();
-        })
-        .unwrap();
-    });
+    let (h, m) = degraded_mirror_rebuilding();
     let d = h.run_on(1, || Rc::new(Desc::open("R1", true, |_| {}).unwrap()));
     let mut last = std::collections::HashMap::new();
     let mut rounds = 0u64;

@@ -382,9 +382,8 @@ fn exit_waits_for_pollers_and_channels_then_releases_everything() {
     assert_eq!(dropped.load(Ordering::SeqCst), 1);
 }
 
-#[test]
-fn exit_is_forced_after_the_timeout() {
-    let h = Harness::new(2);
+/// Thread 1 asked to exit while it keeps a poller for good, past its exit timeout.
+fn overdue_exit(h: &Harness) -> ThreadHandle {
     let t1 = h.handle(1);
     let p = h.run_on(1, || Poller::register("leak", || PollStatus::Idle).unwrap());
     std::mem::forget(p);
@@ -392,6 +391,13 @@ fn exit_is_forced_after_the_timeout() {
     h.poll_threads();
     assert!(!t1.is_exited());
     h.advance_time_us(6_000_000);
+    t1
+}
+
+#[test]
+fn exit_is_forced_after_the_timeout() {
+    let h = Harness::new(2);
+    let t1 = overdue_exit(&h);
     h.poll_threads();
     assert!(t1.is_exited());
 }
@@ -450,12 +456,7 @@ fn sleep_waits_for_the_clock() {
 #[test]
 fn messages_queued_before_a_forced_exit_still_run() {
     let h = Harness::new(2);
-    let t1 = h.handle(1);
-    let p = h.run_on(1, || Poller::register("leak", || PollStatus::Idle).unwrap());
-    std::mem::forget(p);
-    t1.request_exit();
-    h.poll_threads();
-    h.advance_time_us(6_000_000);
+    let t1 = overdue_exit(&h);
     // More than one poll's batch of messages: the poll that forces the exit runs a batch,
     // the exit runs the rest (their senders were told they would run).
     let ran = Arc::new(AtomicUsize::new(0));
