@@ -155,33 +155,21 @@ impl Uring {
             // One segment: the plain opcodes, as fio uses by default (the kernel copies
             // no iovec array in).
             Op::Readv {
-                iov,
-                cnt: 1,
-                offset,
-                ..
-            } if one_segment_fits(iov) => {
-                // SAFETY: the caller passes `cnt` valid segments (`push`'s contract).
-                let seg = unsafe { iov.read() };
-                let (p, l) = (seg.iov_base.cast::<u8>(), seg.iov_len as u32);
-                with_fd!(|fd| opcode::Read::new(fd, p, l).offset(offset).build())
-            }
-            Op::Writev {
-                iov,
-                cnt: 1,
-                offset,
-                ..
-            } if one_segment_fits(iov) => {
-                // SAFETY: as above.
-                let seg = unsafe { iov.read() };
-                let (p, l) = (seg.iov_base.cast::<u8>().cast_const(), seg.iov_len as u32);
-                with_fd!(|fd| opcode::Write::new(fd, p, l).offset(offset).build())
-            }
-            Op::Readv {
                 iov, cnt, offset, ..
-            } => with_fd!(|fd| opcode::Readv::new(fd, iov, cnt).offset(offset).build()),
+            } => match single_segment(iov, cnt) {
+                Some((p, l)) => with_fd!(|fd| opcode::Read::new(fd, p, l).offset(offset).build()),
+                None => with_fd!(|fd| opcode::Readv::new(fd, iov, cnt).offset(offset).build()),
+            },
             Op::Writev {
                 iov, cnt, offset, ..
-            } => with_fd!(|fd| opcode::Writev::new(fd, iov, cnt).offset(offset).build()),
+            } => match single_segment(iov, cnt) {
+                Some((p, l)) => {
+                    with_fd!(|fd| opcode::Write::new(fd, p.cast_const(), l)
+                        .offset(offset)
+                        .build())
+                }
+                None => with_fd!(|fd| opcode::Writev::new(fd, iov, cnt).offset(offset).build()),
+            },
             Op::Fsync => with_fd!(|fd| opcode::Fsync::new(fd)
                 .flags(types::FsyncFlags::DATASYNC)
                 .build()),
@@ -189,11 +177,15 @@ impl Uring {
     }
 }
 
-/// Whether the one segment at `iov` fits a plain READ/WRITE (its length is 32 bits there).
-fn one_segment_fits(iov: *const libc::iovec) -> bool {
-    // SAFETY: called for ops with one valid segment (`push`'s contract).
+/// The segment of a one-segment op, if its length fits the 32 bits of a plain or
+/// fixed-buffer READ/WRITE.
+fn single_segment(iov: *const libc::iovec, cnt: u32) -> Option<(*mut u8, u32)> {
+    if cnt != 1 {
+        return None;
+    }
+    // SAFETY: the caller passes `cnt` valid segments (`push`'s contract).
     let seg = unsafe { iov.read() };
-    u32::try_from(seg.iov_len).is_ok()
+    Some((seg.iov_base.cast(), u32::try_from(seg.iov_len).ok()?))
 }
 
 impl Engine for Uring {
@@ -218,32 +210,31 @@ impl Engine for Uring {
                 offset,
                 buf: Some((id, base, len)),
             } if self.reg.is_some() => {
-                // SAFETY: the caller passes `cnt` valid segments (this function's contract).
-                let seg = unsafe { iov.read() };
                 let read = matches!(op, Op::Readv { .. });
-                self.slot_for(id, base, len).map(|slot| {
-                    let (p, l) = (seg.iov_base.cast::<u8>(), seg.iov_len as u32);
-                    let fd = self.file.as_raw_fd();
-                    let e = match (read, self.fixed) {
-                        (true, true) => opcode::ReadFixed::new(types::Fixed(0), p, l, slot)
-                            .offset(offset)
-                            .build(),
-                        (true, false) => opcode::ReadFixed::new(types::Fd(fd), p, l, slot)
-                            .offset(offset)
-                            .build(),
-                        (false, true) => {
-                            opcode::WriteFixed::new(types::Fixed(0), p.cast_const(), l, slot)
+                let seg = single_segment(iov, 1);
+                seg.and_then(|(p, l)| Some((p, l, self.slot_for(id, base, len)?)))
+                    .map(|(p, l, slot)| {
+                        let fd = self.file.as_raw_fd();
+                        let e = match (read, self.fixed) {
+                            (true, true) => opcode::ReadFixed::new(types::Fixed(0), p, l, slot)
                                 .offset(offset)
-                                .build()
-                        }
-                        (false, false) => {
-                            opcode::WriteFixed::new(types::Fd(fd), p.cast_const(), l, slot)
+                                .build(),
+                            (true, false) => opcode::ReadFixed::new(types::Fd(fd), p, l, slot)
                                 .offset(offset)
-                                .build()
-                        }
-                    };
-                    (e, slot)
-                })
+                                .build(),
+                            (false, true) => {
+                                opcode::WriteFixed::new(types::Fixed(0), p.cast_const(), l, slot)
+                                    .offset(offset)
+                                    .build()
+                            }
+                            (false, false) => {
+                                opcode::WriteFixed::new(types::Fd(fd), p.cast_const(), l, slot)
+                                    .offset(offset)
+                                    .build()
+                            }
+                        };
+                        (e, slot)
+                    })
             }
             _ => None,
         };
