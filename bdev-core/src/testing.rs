@@ -348,3 +348,23 @@ impl IoLoop {
         h.poll_threads();
     }
 }
+
+/// CPU time (user + system) OS thread `tid` of this process has used, in microseconds
+/// (clock-tick resolution); `None` if `/proc` can't say (no such thread, no procfs).
+pub fn thread_cpu_us(tid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces), from field 3 on.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let mut f = rest.split_whitespace().skip(11);
+    let utime: u64 = f.next()?.parse().ok()?;
+    let stime: u64 = f.next()?.parse().ok()?;
+    // SAFETY: sysconf reads a constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Some((utime + stime) * 1_000_000 / hz)
+}
+
+/// The calling OS thread's id (for [`thread_cpu_us`]).
+pub fn os_thread_id() -> i32 {
+    // SAFETY: gettid has no arguments and cannot fail.
+    unsafe { libc::gettid() }
+}

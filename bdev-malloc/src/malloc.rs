@@ -126,6 +126,10 @@ impl BdevOps for MallocDisk {
             Some(ch) => ch.queue.drain(|io| disk.execute(io)),
             None => PollStatus::Idle,
         })?;
+        if bdev_core::app::interrupt_mode() {
+            // No fd to sleep on: paused while nothing is queued, so an idle reactor sleeps.
+            ch.queue.pause_while_empty(&p);
+        }
         *ch.poller.borrow_mut() = Some(p);
         Ok(ch)
     }

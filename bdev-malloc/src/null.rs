@@ -84,6 +84,10 @@ fn null_thread() -> bdev_core::Result<Rc<NullThread>> {
         Some(nt) => nt.queue.drain(|io| io.complete(IoStatus::Success)),
         None => PollStatus::Idle,
     })?;
+    if bdev_core::app::interrupt_mode() {
+        // No fd to sleep on: paused while nothing is queued, so an idle reactor sleeps.
+        nt.queue.pause_while_empty(&p);
+    }
     *nt._poller.borrow_mut() = Some(p);
     *slot.0.borrow_mut() = Rc::downgrade(&nt);
     Ok(nt)

@@ -10,7 +10,7 @@
 //! channel's poller. Within a queue every I/O got the same latency, so deadlines are in
 //! order and the poller only looks at the heads.
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -21,7 +21,7 @@ use bdev_core::bdev::{
 };
 use bdev_core::config::{Methods, parse_params};
 use bdev_core::module::BdevModule;
-use bdev_core::thread::{self, PollStatus, Poller};
+use bdev_core::thread::{self, PollStatus, Poller, PollerRef};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
@@ -103,6 +103,9 @@ struct Queues {
     q: [RefCell<VecDeque<(u64, IoStatus, BdevIo)>>; 4],
     lat_us: Arc<[AtomicU64; 4]>,
     rng: Cell<u64>,
+    /// In interrupt mode, the channel's poller: paused while every queue is empty, so an
+    /// idle reactor can sleep (it has no fd to wait on), and resumed by the next push.
+    pausable: OnceCell<PollerRef>,
 }
 
 struct DelayChannel {
@@ -146,10 +149,24 @@ impl Queues {
                 io.complete(status);
             }
         }
+        if let Some(p) = self.pausable.get() {
+            if self.q.iter().all(|q| q.borrow().is_empty()) {
+                p.pause();
+            }
+        }
         if busy {
             PollStatus::Busy
         } else {
             PollStatus::Idle
+        }
+    }
+
+    fn hold(&self, kind: DelayType, deadline: u64, status: IoStatus, io: BdevIo) {
+        self.q[kind as usize]
+            .borrow_mut()
+            .push_back((deadline, status, io));
+        if let Some(p) = self.pausable.get() {
+            p.resume();
         }
     }
 }
@@ -167,9 +184,13 @@ impl BdevOps for DelayBdev {
             q: Default::default(),
             lat_us: self.lat_us.clone(),
             rng: Cell::new(fastrand::u64(1..)),
+            pausable: OnceCell::new(),
         });
         let q = queues.clone();
         let poller = Poller::register("delay", move || q.poll())?;
+        if bdev_core::app::interrupt_mode() {
+            let _ = queues.pausable.set(poller.downgrade());
+        }
         Ok(DelayChannel {
             desc,
             base,
@@ -204,7 +225,7 @@ impl BdevOps for DelayBdev {
             let us = q.lat_us[kind as usize].load(Ordering::Relaxed);
             let deadline =
                 thread::now().saturating_add(us.saturating_mul(thread::ticks_hz()) / 1_000_000);
-            q.q[kind as usize].borrow_mut().push_back((deadline, s, io));
+            q.hold(kind, deadline, s, io);
         });
     }
 

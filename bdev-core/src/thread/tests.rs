@@ -547,19 +547,6 @@ fn threads_spawned_while_the_application_stops_exit_with_it() {
     assert_eq!(rc, 0);
 }
 
-/// CPU time (user + system) OS thread `tid` of this process has used, in microseconds
-/// (clock-tick resolution).
-fn thread_cpu_us(tid: i32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap();
-    // Fields after the command name (which may hold spaces), from field 3 on.
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
-    // SAFETY: sysconf reads a constant.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    ticks * 1_000_000 / hz
-}
-
 #[test]
 fn interrupt_mode_sleeps_when_idle_and_wakes_for_messages_timers_and_threads() {
     let (tx, rx) = std::sync::mpsc::channel();
@@ -591,14 +578,16 @@ fn interrupt_mode_sleeps_when_idle_and_wakes_for_messages_timers_and_threads() {
             let app2 = app.clone();
             std::thread::spawn(move || {
                 // The first 100 ticks take ~200 ms, mostly asleep.
-                let cpu0 = thread_cpu_us(tid);
+                let cpu0 = crate::testing::thread_cpu_us(tid).expect("thread CPU time");
                 let t0 = std::time::Instant::now();
                 while ticks.load(Ordering::SeqCst) < 100 {
                     assert!(t0.elapsed().as_secs() < 10, "the timed poller ran");
                     std::thread::sleep(std::time::Duration::from_millis(5));
                 }
                 let ticks_ms = t0.elapsed().as_millis();
-                let used = (thread_cpu_us(tid) - cpu0) as f64 / t0.elapsed().as_micros() as f64;
+                let used = (crate::testing::thread_cpu_us(tid).expect("thread CPU time") - cpu0)
+                    as f64
+                    / t0.elapsed().as_micros() as f64;
                 // Now nothing is due: the reactor sleeps until something rings. A round
                 // trip (a message that spawns a thread that answers) takes far less than
                 // the ~5 ms that waiting for the 10 ms cap would, on the median of 20.
