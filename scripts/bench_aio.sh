@@ -45,7 +45,7 @@ bp_run() { # method target [extra params] [bdevperf flags] -> "iops cpus" (cpus:
   fi
   echo "$iops $cpus"
 }
-keys=(fio_io_uring fio_libaio fio_io_uring_core0 fio_libaio_core0 bdev_uring bdev_uring_regbuf bdev_uring_intr bdev_aio bdev_aio_intr)
+keys=(fio_io_uring fio_libaio fio_io_uring_core0 fio_libaio_core0 bdev_uring bdev_uring_defer bdev_uring_regbuf bdev_uring_intr bdev_aio bdev_aio_intr)
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 for tgt in "${targets[@]}"; do
   declare -A runs=() cpu=()
@@ -58,6 +58,7 @@ for tgt in "${targets[@]}"; do
         fio_io_uring_core0) read -r v c < <(fio_run io_uring "$tgt" --cpus_allowed=0); cpu[$k]="${cpu[$k]:-} $c" ;;
         fio_libaio_core0) read -r v c < <(fio_run libaio "$tgt" --cpus_allowed=0); cpu[$k]="${cpu[$k]:-} $c" ;;
         bdev_uring) read -r v c < <(bp_run bdev_uring_create "$tgt"); cpu[$k]="${cpu[$k]:-} $c" ;;
+        bdev_uring_defer) read -r v c < <(bp_run bdev_uring_create "$tgt" ',"defer_taskrun":true'); cpu[$k]="${cpu[$k]:-} $c" ;;
         bdev_uring_regbuf) read -r v c < <(bp_run bdev_uring_create "$tgt" ',"registered_buffers":64'); cpu[$k]="${cpu[$k]:-} $c" ;;
         bdev_uring_intr) read -r v c < <(bp_run bdev_uring_create "$tgt" "" --interrupt-mode); cpu[$k]="${cpu[$k]:-} $c" ;;
         bdev_aio) read -r v c < <(bp_run bdev_aio_create "$tgt"); cpu[$k]="${cpu[$k]:-} $c" ;;
@@ -84,6 +85,8 @@ for tgt in "${targets[@]}"; do
     printf '| %s | %.0f | %s |%s\n' "$k" "${med[$k]}" "$(echo ${runs[$k]} | awk '{for(i=1;i<=NF;i++) printf "%.1fk ", $i/1e3}')" "$extra"
   done
   echo "bdev_uring / fio io_uring: $(awk -v a="${med[bdev_uring]}" -v b="${med[fio_io_uring]}" 'BEGIN{printf "%.3f", a/b}')"
+  echo "bdev_uring (defer_taskrun) / fio io_uring: $(awk -v a="${med[bdev_uring_defer]}" -v b="${med[fio_io_uring]}" 'BEGIN{printf "%.3f", a/b}')"
+  echo "bdev_uring (defer_taskrun) / fio io_uring on core 0: $(awk -v a="${med[bdev_uring_defer]}" -v b="${med[fio_io_uring_core0]}" 'BEGIN{printf "%.3f", a/b}')"
   echo "bdev_uring (interrupt mode) / fio io_uring: $(awk -v a="${med[bdev_uring_intr]}" -v b="${med[fio_io_uring]}" 'BEGIN{printf "%.3f", a/b}')"
   echo "bdev_uring (registered buffers) / fio io_uring: $(awk -v a="${med[bdev_uring_regbuf]}" -v b="${med[fio_io_uring]}" 'BEGIN{printf "%.3f", a/b}')"
   echo "bdev_aio (interrupt mode) / fio libaio: $(awk -v a="${med[bdev_aio_intr]}" -v b="${med[fio_libaio]}" 'BEGIN{printf "%.3f", a/b}')"

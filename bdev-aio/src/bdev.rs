@@ -33,6 +33,8 @@ pub enum EngineKind {
         fixed_file: bool,
         /// Registered-buffer slots per ring (0: none).
         registered_buffers: u16,
+        /// Completions posted only when the reactor enters the ring (DEFER_TASKRUN).
+        defer_taskrun: bool,
     },
 }
 
@@ -184,6 +186,7 @@ impl BdevOps for FileBdev {
                 sqpoll_cpu,
                 fixed_file,
                 registered_buffers,
+                defer_taskrun,
             } => Box::new(
                 crate::uring::Uring::new(
                     self.file.clone(),
@@ -191,6 +194,7 @@ impl BdevOps for FileBdev {
                     sqpoll_idle_ms.map(|i| (i, *sqpoll_cpu)),
                     *fixed_file,
                     *registered_buffers,
+                    *defer_taskrun,
                     bdev_core::app::interrupt_mode(),
                 )
                 .map_err(|e| bdev_core::Error::invalid("io_uring_setup", e.to_string()))?,

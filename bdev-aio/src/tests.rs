@@ -50,6 +50,7 @@ fn uring(name: &str, filename: &str) -> UringOpts {
         sqpoll_cpu: None,
         fixed_file: false,
         registered_buffers: 0,
+        defer_taskrun: false,
     }
 }
 
@@ -204,13 +205,23 @@ fn conformance_on_malloc_and_on_files_through_both_engines() {
         let mut o = uring("cur", &file("cur.img", 4 << 20));
         o.registered_buffers = 2;
         crate::create_uring(o).unwrap();
+        let mut o = uring("cud", &file("cud.img", 4 << 20));
+        o.defer_taskrun = true;
+        crate::create_uring(o).unwrap();
+        let mut o = uring("cux", &file("cux.img", 4 << 20));
+        o.defer_taskrun = true;
+        o.sqpoll_idle_ms = Some(10);
+        assert!(
+            crate::create_uring(o).is_err(),
+            "defer_taskrun with SQPOLL refused"
+        );
         let mut o = uring("cus", &file("cus.img", 4 << 20));
         o.sqpoll_idle_ms = Some(10);
         o.sqpoll_cpu = Some(0);
         o.block_size = 4096;
         crate::create_uring(o).unwrap();
     });
-    for name in ["cm", "ca", "cu", "cuf", "cur", "cus"] {
+    for name in ["cm", "ca", "cu", "cuf", "cur", "cud", "cus"] {
         conformance(&h, name);
     }
     // The registered-buffer ring sent single-buffer I/O as fixed-buffer operations (with

@@ -63,6 +63,7 @@ impl Uring {
         sqpoll: Option<(u32, Option<u32>)>,
         fixed_file: bool,
         registered_buffers: u16,
+        defer_taskrun: bool,
         interrupt: bool,
     ) -> io::Result<Uring> {
         let entries = entries.next_power_of_two().max(8);
@@ -78,6 +79,14 @@ impl Uring {
             if let Some(cpu) = cpu {
                 b.setup_sqpoll_cpu(cpu);
             }
+        }
+        // DEFER_TASKRUN: completions wait in the kernel until our next enter (submit, or
+        // a poll that sees the TASKRUN flag), with no interrupt of the reactor for each.
+        // Not in interrupt mode, where the ring's fd must wake a sleeping reactor.
+        if defer_taskrun && !interrupt {
+            b.setup_single_issuer()
+                .setup_defer_taskrun()
+                .setup_taskrun_flag();
         }
         let ring = b.build(entries)?;
         if fixed_file {
@@ -269,7 +278,10 @@ impl Engine for Uring {
         if self.queued == 0 {
             // Completions parked on the kernel's overflow list (io-uring enters with
             // GETEVENTS when the ring says so): have them posted.
-            if self.inflight > 0 && self.ring.submission().cq_overflow() {
+            // Completions held back for us (DEFER_TASKRUN's TASKRUN flag): the same.
+            let sq = self.ring.submission();
+            if self.inflight > 0 && (sq.cq_overflow() || sq.taskrun()) {
+                drop(sq);
                 self.ring.submit()?;
             }
             return Ok(0);
