@@ -9,8 +9,11 @@
 //! - **concat**: members end to end, each rounded down to whole strips (as SPDK does), the
 //!   boundary at the strip so that no I/O crosses members.
 //! - **raid1**: writes (and flush, unmap) go to every member and succeed when one member
-//!   has the data; a member that fails a write or a read leaves the array, which carries on
-//!   degraded; a failed read goes on to the next member. Reads go to the member with the
+//!   has the data; a member that fails a write leaves the array, which carries on
+//!   degraded. A failed read goes on to the next member; then the blocks are rewritten
+//!   on the member that failed it from one in service (SPDK's read-error correction),
+//!   which leaves only if that write fails too, or if no member could serve the read.
+//!   Reads go to the member with the
 //!   fewest I/Os outstanding on the thread. `bdev_raid_add_base_bdev` puts a new member in
 //!   an empty slot and rebuilds it ([`process`]).
 //! - **superblock** ([`sb`]): SPDK's on-disk layout, at block 0 of every member; with
@@ -28,8 +31,11 @@
 //! - a member that reappears while its online array runs degraded is left alone (SPDK
 //!   re-adds it and rebuilds it): `bdev_raid_add_base_bdev` does that when asked;
 //! - raid1 supports flush and unmap (to every member), also during a rebuild;
-//! - a raid1 read that fails is served by another member, and the failing member leaves
-//!   the array (SPDK writes the good data back and keeps it);
+//! - a raid1 read error is corrected after the read completes, by the control thread
+//!   under the rebuild's window lock ([`process`]), not by writing the read's data back
+//!   at once: unlocked, a foreground write to those blocks could land first and be
+//!   overwritten with older data, leaving the mirrors different. A correction is
+//!   skipped while a rebuild or another control operation holds the array;
 //! - during a rebuild every write also goes to the new member, wherever it lies; writes
 //!   to the window being copied wait for it (SPDK skips the target above the window).
 

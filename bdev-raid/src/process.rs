@@ -169,6 +169,54 @@ async fn copy(
     }
 }
 
+/// Rewrites `n` blocks at array block `off` on member `slot` (which failed to read them)
+/// from a member in service: SPDK's raid1 read-error correction. It takes the same
+/// window lock as a rebuild, so a foreground write to those blocks can't land between
+/// the copy's read and its write and be overwritten with older data (SPDK writes back
+/// the read's data unlocked). A write that fails takes the member out of the array.
+/// Skipped while another control operation or a rebuild holds the array (the member
+/// stays; its next read error tries again). Runs on the control thread.
+pub(crate) async fn repair(r: &Arc<Raid>, slot: usize, off: u64, n: u64) {
+    let (dev, bl, align) = {
+        let mut st = r.lock();
+        let member = st.slots.get(slot).and_then(|s| s.desc.as_ref());
+        let align = member.map(|d| d.bdev().buf_align()).unwrap_or(1);
+        let ok = member.is_some() && !st.busy && st.process.is_none() && !st.deleting;
+        match (&st.dev, ok) {
+            (Some(dev), true) => {
+                let dev = dev.clone();
+                st.busy = true;
+                (dev, st.block_len as u64, align)
+            }
+            _ => {
+                tracing::info!(raid = %r.name, slot, off, n, "raid1: read error left uncorrected (array busy)");
+                return;
+            }
+        }
+    };
+    let res = async {
+        let buf = DmaBuf::new((n * bl) as usize, align.max(4096))?;
+        lock(r, &dev, (off, off + n)).await?;
+        copy(r, slot, off, n, buf).await.map(|_| ())
+    }
+    .await;
+    if let Err(e) = lock(r, &dev, (0, 0)).await {
+        tracing::warn!(raid = %r.name, "read-error correction: unlocking: {e}");
+    }
+    r.lock().busy = false;
+    match res {
+        Ok(()) => {
+            tracing::info!(raid = %r.name, slot, off, n, "raid1: rewrote blocks a member failed to read")
+        }
+        // The member took the data's write and failed it: it leaves, as SPDK's does.
+        Err(e @ Error::Superblock { .. }) => {
+            tracing::error!(raid = %r.name, slot, "raid1: read-error correction failed: {e}");
+            r.remove_slot(slot, true, Box::new(|| {}));
+        }
+        Err(e) => tracing::warn!(raid = %r.name, slot, "raid1: read error left uncorrected: {e}"),
+    }
+}
+
 /// Ends a rebuild: unlocks the window; on success the member becomes readable and the
 /// superblock says so, on failure the target leaves the array.
 async fn finish(r: &Arc<Raid>, dev: &IoDevice<RaidCh>, slot: usize, res: Result<(), Error>) {

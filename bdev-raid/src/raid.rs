@@ -735,7 +735,7 @@ impl BdevOps for RaidBdev {
     fn submit_request(&self, ch: &IoChannel<RaidCh>, io: BdevIo) {
         match (&self.layout, io.io_type()) {
             (_, IoType::Reset) => fan_out_all(ch, io),
-            (Layout::Raid1, IoType::Read) => raid1_read(ch, io, 0, IoStatus::Failed),
+            (Layout::Raid1, IoType::Read) => raid1_read(ch, io, 0, IoStatus::Failed, None),
             (Layout::Raid1, _) => raid1_write(ch, io),
             (Layout::Raid0 { shift, mask, n }, IoType::Read | IoType::Write) => {
                 let lba = io.offset_blocks();
@@ -800,10 +800,12 @@ fn forward(ch: &IoChannel<RaidCh>, io: BdevIo, i: usize, mlba: u64) {
     }
 }
 
-/// A raid1 read: to the readable member with the fewest I/Os outstanding on this thread;
-/// when it fails, the member leaves the array and the read goes to the next one. `tried`
-/// has a bit for each member tried.
-fn raid1_read(ch: &IoChannel<RaidCh>, io: BdevIo, tried: u64, last: IoStatus) {
+/// A raid1 read: to the readable member with the fewest I/Os outstanding on this thread.
+/// When it fails, the read goes to the next member (`tried` has a bit for each member
+/// tried); once it is served, the first member that failed (`bad`) gets those blocks
+/// rewritten ([`correct_read_error`]). `bad` leaves the array only if that write fails
+/// too, or if no member could serve the read.
+fn raid1_read(ch: &IoChannel<RaidCh>, io: BdevIo, tried: u64, last: IoStatus, bad: Option<usize>) {
     let pick = {
         let members = ch.members.borrow();
         let mut best: Option<(usize, u64)> = None;
@@ -820,7 +822,11 @@ fn raid1_read(ch: &IoChannel<RaidCh>, io: BdevIo, tried: u64, last: IoStatus) {
         best.map(|(i, _)| i)
     };
     let Some(i) = pick else {
-        // No member left to read from: the last member's answer (failed if none).
+        // No member could serve it: the first to fail leaves the array, and the read
+        // fails with the last member's answer (failed if there was none).
+        if let Some(b) = bad {
+            ch.member_failed(b, last);
+        }
         return io.complete(last);
     };
     let members = ch.members.borrow();
@@ -831,16 +837,41 @@ fn raid1_read(ch: &IoChannel<RaidCh>, io: BdevIo, tried: u64, last: IoStatus) {
     let ch2 = ch.clone();
     io.forward_to(&m.desc, &m.ch, lba, move |status, io| {
         if status.is_success() {
-            return io.complete(status);
+            return match bad {
+                Some(b) => correct_read_error(&ch2, io, b),
+                None => io.complete(status),
+            };
         }
         // A read aborted (the member's own reset) or refused says nothing about the
-        // member's data: try the next one, but keep this one in the array. (A write that
-        // did not land does make it stale: see raid1_write.)
-        if !matches!(status, IoStatus::Aborted | IoStatus::Rejected(_)) {
-            ch2.member_failed(i, status);
-        }
-        raid1_read(&ch2, io, tried | 1 << i, status);
+        // member's data: try the next one, and nothing to correct on this one.
+        let bad = match status {
+            IoStatus::Aborted | IoStatus::Rejected(_) => bad,
+            _ => bad.or(Some(i)),
+        };
+        raid1_read(&ch2, io, tried | 1 << i, status, bad);
     });
+}
+
+/// A read served by another member after member `bad` failed it: the read completes
+/// now, and the control thread rewrites those blocks on `bad` from a member in service
+/// (`process::repair`, under the rebuild's window lock). `bad` leaves the array only if
+/// that write fails.
+fn correct_read_error(ch: &IoChannel<RaidCh>, io: BdevIo, bad: usize) {
+    let (off, n) = (io.offset_blocks(), io.num_blocks());
+    io.complete(IoStatus::Success);
+    let r = ch.raid.clone();
+    let sent =
+        ch.raid.ctl_thread.send_msg(move || {
+            let r2 = r.clone();
+            if let Err(e) = bdev_core::thread::spawn_local(async move {
+                crate::process::repair(&r2, bad, off, n).await
+            }) {
+                tracing::warn!(raid = %r.name, "raid1: read error left uncorrected: {e}");
+            }
+        });
+    if let Err(e) = sent {
+        tracing::warn!("raid: control thread gone: {e}");
+    }
 }
 
 /// A raid1 write (or flush, unmap): to every member; it succeeds when one member has the

@@ -411,27 +411,148 @@ fn raid1_mirrors_survives_a_failing_member_and_rebuilds_a_new_one() {
     assert!(e.contains("code -19"), "{e}");
 }
 
+fn write_ops(h: &Harness, m: &Rc<Methods>, bdev: &str) -> u64 {
+    let v = call(h, m, "bdev_get_iostat", json!({ "name": bdev })).unwrap();
+    v["bdevs"][0]["num_write_ops"].as_u64().unwrap()
+}
+
+fn inject(h: &Harness, m: &Rc<Methods>, bdev: &str, io_type: &str, num: u32) {
+    call(
+        h,
+        m,
+        "bdev_error_inject_error",
+        json!({"name": bdev, "io_type": io_type, "error_type": "failure", "num": num}),
+    )
+    .unwrap();
+}
+
 #[test]
-fn raid1_read_failure_goes_to_the_other_member() {
+fn raid1_read_failure_is_served_by_the_other_member_and_corrected() {
     let (h, m) = harness();
     mirror(&h, &m, false);
     write(&h, 0, "R1", 0, 64, 5).unwrap();
-    // Reads go to the first member when both are idle (ties go to the lowest slot).
-    call(
-        &h,
-        &m,
-        "bdev_error_inject_error",
-        json!({"name": "EE_M0", "io_type": "read", "error_type": "failure", "num": 1000}),
-    )
-    .unwrap();
+    // Reads go to the first member when both are idle (ties go to the lowest slot); its
+    // reads fail from now on, its writes don't.
+    inject(&h, &m, "EE_M0", "read", 1000);
+    let before = write_ops(&h, &m, "EE_M0");
     for _ in 0..4 {
         assert_eq!(
             &read(&h, 0, "R1", 0, 64).unwrap()[..],
             &pattern(64 * 512, 5)[..]
         );
+        // The correction runs on the control thread, after the read.
+        h.poll_threads();
     }
+    // Each read was served by M1 and the blocks rewritten on EE_M0, which stays.
+    assert_eq!(write_ops(&h, &m, "EE_M0"), before + 4);
+    let info = &raids(&h, &m, "online")[0];
+    assert_eq!(info["num_base_bdevs_operational"], 2, "{info}");
+    // When the write-back fails too, the member leaves the array; the read still succeeds.
+    inject(&h, &m, "EE_M0", "write", 1);
+    assert_eq!(
+        &read(&h, 0, "R1", 0, 64).unwrap()[..],
+        &pattern(64 * 512, 5)[..]
+    );
     h.poll_threads();
-    assert_eq!(raids(&h, &m, "online")[0]["num_base_bdevs_operational"], 1);
+    let info = &raids(&h, &m, "online")[0];
+    assert_eq!(info["num_base_bdevs_operational"], 1, "{info}");
+    assert_eq!(info["base_bdevs_list"][0]["is_configured"], false, "{info}");
+}
+
+#[test]
+fn raid1_read_failing_on_every_member_fails_and_evicts_the_first() {
+    let (h, m) = harness();
+    mirror(&h, &m, false);
+    write(&h, 0, "R1", 0, 64, 5).unwrap();
+    inject(&h, &m, "EE_M0", "read", 1);
+    inject(&h, &m, "EE_M1", "read", 1);
+    read(&h, 0, "R1", 0, 64).unwrap_err();
+    h.poll_threads();
+    // The member that failed first leaves; the other one keeps the array online and,
+    // its injection spent, serves the data.
+    let info = &raids(&h, &m, "online")[0];
+    assert_eq!(info["num_base_bdevs_operational"], 1, "{info}");
+    assert_eq!(info["base_bdevs_list"][0]["is_configured"], false, "{info}");
+    assert_eq!(
+        &read(&h, 0, "R1", 0, 64).unwrap()[..],
+        &pattern(64 * 512, 5)[..]
+    );
+}
+
+#[test]
+fn raid1_read_error_corrections_racing_writes_leave_the_mirrors_equal() {
+    use std::cell::Cell;
+    const RANGES: u64 = 256;
+    let (h, m) = harness();
+    mirror(&h, &m, false);
+    // Every read of EE_M0 fails: each read of R1 is served by EE_M1 and sets off a
+    // correction of those blocks on EE_M0. Thread 0 reads the range thread 1 writes
+    // next, so corrections race writes of the same blocks; each range is written once,
+    // so a correction that put older data back would stay for the check below.
+    inject(&h, &m, "EE_M0", "read", 1_000_000);
+    let cursor = Rc::new(Cell::new(0u64));
+    let done = Rc::new(Cell::new(false));
+    let (c1, d1) = (cursor.clone(), done.clone());
+    h.run_on(1, move || {
+        bdev_core::thread::spawn_local(async move {
+            let d = Desc::open("R1", true, |_| {}).unwrap();
+            let ch = d.get_io_channel().unwrap();
+            for k in 0..RANGES {
+                c1.set(k);
+                d.write_blocks(&ch, pattern(8 * 512, 1000 + k), k * 8, 8)
+                    .await
+                    .unwrap();
+            }
+            d1.set(true);
+        })
+        .unwrap();
+    });
+    let (c0, d0) = (cursor.clone(), done.clone());
+    let reads = Rc::new(Cell::new(0u64));
+    let r0 = reads.clone();
+    h.run_on(0, move || {
+        bdev_core::thread::spawn_local(async move {
+            let d = Desc::open("R1", false, |_| {}).unwrap();
+            let ch = d.get_io_channel().unwrap();
+            let mut buf = DmaBuf::page_aligned(8 * 512).unwrap();
+            while !d0.get() {
+                let k = (c0.get() + 1 + r0.get() % 3).min(RANGES - 1);
+                buf = d.read_blocks(&ch, buf, k * 8, 8).await.unwrap();
+                r0.set(r0.get() + 1);
+            }
+        })
+        .unwrap();
+    });
+    let mut polls = 0;
+    while !done.get() {
+        h.poll_threads();
+        polls += 1;
+        assert!(polls < 1_000_000, "the workload finished");
+    }
+    for _ in 0..10 {
+        h.poll_threads();
+    }
+    let info = &raids(&h, &m, "online")[0];
+    assert_eq!(info["num_base_bdevs_operational"], 2, "{info}");
+    // Corrections ran, beyond the workload's writes.
+    let w = write_ops(&h, &m, "EE_M0");
+    assert!(
+        w > RANGES + 20,
+        "{w} writes to EE_M0 after {} reads",
+        reads.get()
+    );
+    for k in 0..RANGES {
+        let want = pattern(8 * 512, 1000 + k);
+        for b in ["M0", "M1"] {
+            let got = read(&h, 0, b, k * 8, 8).unwrap();
+            assert!(
+                got[..] == want[..],
+                "{b} blocks {}..{}: older data put back",
+                k * 8,
+                k * 8 + 8
+            );
+        }
+    }
 }
 
 /// A mirror R1 of 64 x 64 blocks of known data (window 64 KiB) that lost member EE_M1 and
