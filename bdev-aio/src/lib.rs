@@ -118,9 +118,10 @@ pub struct UringOpts {
     pub registered_buffers: u16,
     /// Ours: the kernel holds completions until the reactor's next poll enters the ring
     /// (IORING_SETUP_DEFER_TASKRUN), instead of interrupting the reactor to post them.
-    /// On an interrupt-driven device (the virtio disk here) +10 % IOPS; on a loop device,
-    /// whose worker thread completes the I/O, 3 % fewer (docs/benchmarks.md). Not with
-    /// SQPOLL; ignored in interrupt mode, where the ring's fd must wake the reactor.
+    /// On an interrupt-driven device (the virtio disk here) it won 6 of 8 pairs (0 to
+    /// +10 % IOPS); on a loop device, whose worker thread completes the I/O, it lost 8
+    /// of 11 (~3 % fewer; docs/benchmarks.md). Not with SQPOLL; ignored in interrupt
+    /// mode, where the ring's fd must wake the reactor.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub defer_taskrun: bool,
 }
