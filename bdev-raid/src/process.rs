@@ -15,7 +15,7 @@
 
 use std::sync::Arc;
 
-use bdev_core::bdev::Desc;
+use bdev_core::bdev::{Desc, IoStatus};
 use bdev_core::dma::DmaBuf;
 use bdev_core::thread::{ForEachChannel, IoChannel, IoDevice};
 
@@ -115,57 +115,72 @@ async fn lock(r: &Arc<Raid>, dev: &IoDevice<RaidCh>, w: (u64, u64)) -> Result<()
 }
 
 /// Copies `n` blocks at array block `off` from a member in service to `slot`.
-async fn copy(
+async fn copy(r: &Arc<Raid>, slot: usize, off: u64, n: u64, buf: DmaBuf) -> Result<DmaBuf, Error> {
+    let buf = read_elsewhere(r, slot, off, n, buf).await?;
+    write_to(r, slot, off, n, buf).await.map_err(|(e, _)| e)
+}
+
+/// Reads `n` blocks at array block `off` from a member in service other than `slot`.
+async fn read_elsewhere(
     r: &Arc<Raid>,
     slot: usize,
     off: u64,
     n: u64,
     mut buf: DmaBuf,
 ) -> Result<DmaBuf, Error> {
-    let (sources, target) = {
+    let sources: Vec<(Arc<Desc>, u64)> = {
         let st = r.lock();
-        let sources: Vec<(Arc<Desc>, u64)> = st
-            .slots
+        st.slots
             .iter()
             .enumerate()
             .filter(|(i, s)| *i != slot && s.state == SlotState::Configured)
             .filter_map(|(_, s)| s.desc.clone().map(|d| (d, s.data_offset)))
-            .collect();
-        let t = &st.slots[slot];
-        (sources, t.desc.clone().map(|d| (d, t.data_offset)))
+            .collect()
     };
-    let Some((tdesc, toff)) = target else {
-        return Err(Error::Busy("rebuild target gone".into()));
-    };
-    let mut read = false;
     for (d, doff) in &sources {
         let ch = d.get_io_channel()?;
         match d.read_blocks(&ch, buf, doff + off, n).await {
-            Ok(b) => {
-                buf = b;
-                read = true;
-                break;
-            }
+            Ok(b) => return Ok(b),
             Err(e) => {
                 tracing::warn!(raid = %r.name, base = %d.bdev().name(), status = %e.status,
-                    "rebuild read failed; trying another member");
+                    "reading for a rebuild or a correction failed; trying another member");
                 buf = e.payload;
             }
         }
     }
-    if !read {
-        return Err(Error::InvalidOpts(format!(
-            "no member of raid bdev {} could be read at block {off}",
-            r.name
-        )));
-    }
-    let ch = tdesc.get_io_channel()?;
+    Err(Error::InvalidOpts(format!(
+        "no member of raid bdev {} could be read at block {off}",
+        r.name
+    )))
+}
+
+/// Writes `buf` to member `slot` at array block `off`; on failure, the error and the
+/// write's status.
+async fn write_to(
+    r: &Arc<Raid>,
+    slot: usize,
+    off: u64,
+    n: u64,
+    buf: DmaBuf,
+) -> Result<DmaBuf, (Error, Option<IoStatus>)> {
+    let target = {
+        let st = r.lock();
+        let t = &st.slots[slot];
+        t.desc.clone().map(|d| (d, t.data_offset))
+    };
+    let Some((tdesc, toff)) = target else {
+        return Err((Error::Busy("rebuild target gone".into()), None));
+    };
+    let ch = tdesc.get_io_channel().map_err(|e| (e.into(), None))?;
     match tdesc.write_blocks(&ch, buf, toff + off, n).await {
         Ok(b) => Ok(b),
-        Err(e) => Err(Error::Superblock {
-            bdev: tdesc.bdev().name().to_string(),
-            what: format!("rebuild write at block {off} failed: {}", e.status),
-        }),
+        Err(e) => Err((
+            Error::Superblock {
+                bdev: tdesc.bdev().name().to_string(),
+                what: format!("write at block {off} failed: {}", e.status),
+            },
+            Some(e.status),
+        )),
     }
 }
 
@@ -181,7 +196,11 @@ pub(crate) async fn repair(r: &Arc<Raid>, slot: usize, off: u64, n: u64) {
         let mut st = r.lock();
         let member = st.slots.get(slot).and_then(|s| s.desc.as_ref());
         let align = member.map(|d| d.bdev().buf_align()).unwrap_or(1);
-        let ok = member.is_some() && !st.busy && st.process.is_none() && !st.deleting;
+        let ok = member.is_some()
+            && st.state == crate::RaidState::Online
+            && !st.busy
+            && st.process.is_none()
+            && !st.deleting;
         match (&st.dev, ok) {
             (Some(dev), true) => {
                 let dev = dev.clone();
@@ -189,15 +208,18 @@ pub(crate) async fn repair(r: &Arc<Raid>, slot: usize, off: u64, n: u64) {
                 (dev, st.block_len as u64, align)
             }
             _ => {
-                tracing::info!(raid = %r.name, slot, off, n, "raid1: read error left uncorrected (array busy)");
+                tracing::info!(raid = %r.name, slot, off, n, "raid1: read error left uncorrected (array busy or not online)");
                 return;
             }
         }
     };
     let res = async {
-        let buf = DmaBuf::new((n * bl) as usize, align.max(4096))?;
-        lock(r, &dev, (off, off + n)).await?;
-        copy(r, slot, off, n, buf).await.map(|_| ())
+        let buf = DmaBuf::new((n * bl) as usize, align.max(4096)).map_err(|e| (e.into(), None))?;
+        lock(r, &dev, (off, off + n)).await.map_err(|e| (e, None))?;
+        let buf = read_elsewhere(r, slot, off, n, buf)
+            .await
+            .map_err(|e| (e, None))?;
+        write_to(r, slot, off, n, buf).await.map(|_| ())
     }
     .await;
     if let Err(e) = lock(r, &dev, (0, 0)).await {
@@ -208,12 +230,15 @@ pub(crate) async fn repair(r: &Arc<Raid>, slot: usize, off: u64, n: u64) {
         Ok(()) => {
             tracing::info!(raid = %r.name, slot, off, n, "raid1: rewrote blocks a member failed to read")
         }
-        // The member took the data's write and failed it: it leaves, as SPDK's does.
-        Err(e @ Error::Superblock { .. }) => {
+        // A write aborted (a reset) or refused says nothing about the member's media.
+        Err((e, Some(IoStatus::Aborted | IoStatus::Rejected(_)) | None)) => {
+            tracing::warn!(raid = %r.name, slot, "raid1: read error left uncorrected: {e}")
+        }
+        // The member failed the data's write: it leaves, as SPDK's does.
+        Err((e, Some(_))) => {
             tracing::error!(raid = %r.name, slot, "raid1: read-error correction failed: {e}");
             r.remove_slot(slot, true, Box::new(|| {}));
         }
-        Err(e) => tracing::warn!(raid = %r.name, slot, "raid1: read error left uncorrected: {e}"),
     }
 }
 
