@@ -195,9 +195,10 @@ mod tests {
         use std::os::unix::fs::OpenOptionsExt;
         // O_DIRECT, so that reads complete from the device's interrupt (through task
         // work), not inline in the submission as page-cache reads may.
-        let dir = std::env::var("CARGO_TARGET_TMPDIR")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|_| std::env::temp_dir());
+        // Next to the build, on the repository's file system (a temp dir may be tmpfs,
+        // which has no O_DIRECT).
+        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target");
+        std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join(format!("engine-defer-{}.img", std::process::id()));
         std::fs::write(&p, vec![5u8; 64 * 1024]).unwrap();
         let f = match std::fs::OpenOptions::new()

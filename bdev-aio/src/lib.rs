@@ -204,6 +204,14 @@ pub fn create_uring(o: UringOpts) -> Result<core_bdev::Bdev, Error> {
             "defer_taskrun can't go with sqpoll_idle_ms".into(),
         ));
     }
+    if o.defer_taskrun {
+        // Refused now rather than at every channel's creation (kernels before 6.1).
+        crate::uring::probe_defer_taskrun().map_err(|e| {
+            Error::InvalidOpts(format!(
+                "defer_taskrun: this kernel refuses IORING_SETUP_DEFER_TASKRUN: {e}"
+            ))
+        })?;
+    }
     let kind = EngineKind::Uring {
         sqpoll_idle_ms: o.sqpoll_idle_ms,
         sqpoll_cpu: o.sqpoll_cpu,

@@ -1,7 +1,10 @@
 //! The io_uring engine (the io-uring crate): one ring per channel. Submissions are batched
 //! per poll; completions are read from the completion ring in user space, no syscall per
 //! I/O. Options: SQPOLL (a kernel thread submits; no syscall at all while it is awake), a
-//! registered file, and registered buffers.
+//! registered file, registered buffers, and `defer_taskrun` (DEFER_TASKRUN with
+//! SINGLE_ISSUER: the kernel holds completions until a poll enters the ring, which it
+//! does when the ring's TASKRUN flag says some are held, instead of interrupting the
+//! reactor to post them; off in interrupt mode, where the ring's fd must wake it).
 //!
 //! **Registered buffers**: a sparse table of N slots per ring. The first I/O on a caller
 //! buffer (a `DmaBuf`, known by its process-unique id) registers the whole buffer in a free
@@ -51,9 +54,20 @@ struct RegTable {
     hand: usize,
 }
 
+/// Whether this kernel sets up a DEFER_TASKRUN ring (6.1 and later).
+pub fn probe_defer_taskrun() -> io::Result<()> {
+    IoUring::<squeue::Entry>::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_taskrun_flag()
+        .build(8)
+        .map(|_| ())
+}
+
 impl Uring {
     /// A ring of `entries` entries on `file`; `sqpoll` (idle ms, CPU) starts an SQPOLL
-    /// thread, `fixed_file` registers the file with the ring.
+    /// thread, `fixed_file` registers the file with the ring, `defer_taskrun` makes a
+    /// DEFER_TASKRUN ring (not in interrupt mode).
     ///
     /// With `interrupt` (the reactor sleeps when idle), the ring's fd is the channel's
     /// interrupt fd: readable once completions are posted.
