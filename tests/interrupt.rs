@@ -94,3 +94,70 @@ fn idle_null_malloc_and_delay_channels_let_an_interrupt_mode_reactor_sleep() {
         "I/O after the idle spell completed in {again:?}"
     );
 }
+
+/// 32 writes and reads of one 4 KiB block, one at a time.
+async fn nvme_round(d: &Desc, ch: &BdevChannel) {
+    for lba in 0..32 {
+        let buf = DmaBuf::page_aligned(4096).unwrap();
+        let buf = d.write_blocks(ch, buf, lba, 1).await.unwrap();
+        d.read_blocks(ch, buf, lba, 1).await.unwrap();
+    }
+}
+
+#[test]
+fn an_idle_nvme_tcp_channel_lets_an_interrupt_mode_reactor_sleep() {
+    // The in-process null target (its own OS threads, not measured).
+    let nqn = "nqn.2024-01.io.x:interrupt";
+    let addr = bdev_nvme::null_target::spawn(0, nqn).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let opts = AppOpts {
+            interrupt_mode: true,
+            ..Default::default()
+        };
+        let rc = app::start(opts, move || {
+            thread::spawn_local(async move {
+                let o = bdev_nvme::bdev::AttachOpts {
+                    name: "T".into(),
+                    trtype: "tcp".into(),
+                    traddr: "127.0.0.1".into(),
+                    trsvcid: Some(addr.port().to_string()),
+                    subnqn: Some(nqn.into()),
+                    ..Default::default()
+                };
+                let names = bdev_nvme::bdev::attach(o).await.unwrap();
+                let d = Desc::open(&names[0], true, |_| {}).unwrap();
+                let ch = d.get_io_channel().unwrap();
+                nvme_round(&d, &ch).await;
+                let tid = os_thread_id();
+                let cpu0 = thread_cpu_us(tid).expect("thread CPU time");
+                let t0 = Instant::now();
+                thread::sleep_us(400_000).await.unwrap();
+                let used = (thread_cpu_us(tid).expect("thread CPU time") - cpu0) as f64
+                    / t0.elapsed().as_micros() as f64;
+                // Woken by the socket: 64 I/Os, each a sleep and a wake-up, in well
+                // under the time the 10 ms sleep cap would take.
+                let t1 = Instant::now();
+                nvme_round(&d, &ch).await;
+                let again = t1.elapsed();
+                drop((ch, d));
+                app::stop(0).unwrap();
+                let _ = tx.send((used, again));
+            })
+            .unwrap();
+        });
+        assert_eq!(rc.unwrap(), 0);
+    });
+    let (used, again) = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the app ran");
+    assert!(
+        used < 0.3,
+        "a reactor with an idle NVMe/TCP channel sleeps: {:.0} % of a core",
+        used * 100.0
+    );
+    assert!(
+        again < Duration::from_millis(320),
+        "64 I/Os after the idle spell took {again:?}: not woken by the socket?"
+    );
+}

@@ -953,6 +953,9 @@ impl Chan {
         *st.me.borrow_mut() = Rc::downgrade(&st);
         let s2 = st.clone();
         let poller = Poller::register(format!("nvme:{}", c.opts.name), move || s2.poll())?;
+        if bdev_core::app::interrupt_mode() {
+            let _ = st.intr.set(poller.downgrade());
+        }
         let timeouts = if c.io_timeout != 0 {
             let s3 = st.clone();
             let us =
@@ -1012,6 +1015,9 @@ pub(crate) struct ChanState {
     connecting: Cell<bool>,
     /// The controller's I/O timeout, in ticks (0: none).
     io_timeout: u64,
+    /// In interrupt mode, the channel's poller, told after each run which fd (if any)
+    /// its reactor may sleep on.
+    intr: std::cell::OnceCell<bdev_core::thread::PollerRef>,
 }
 
 impl Drop for ChanState {
@@ -1051,6 +1057,7 @@ impl ChanState {
             pool: BufPool::new(4096),
             connecting: Cell::new(false),
             io_timeout: c.io_timeout,
+            intr: std::cell::OnceCell::new(),
         }
     }
 
@@ -1285,6 +1292,15 @@ impl ChanState {
             self.idle_without_qpair();
         } else if !self.waiting.borrow().is_empty() {
             self.kick();
+        }
+        if let Some(p) = self.intr.get() {
+            // Sleep on the socket only with nothing waiting here for a slot or a queue
+            // pair: those need polling.
+            let fd = match self.qpair.borrow().as_ref() {
+                Some(q) if self.waiting.borrow().is_empty() => q.interrupt_fd(),
+                _ => None,
+            };
+            p.set_interrupt_fd(fd);
         }
         PollStatus::from(busy)
     }

@@ -290,6 +290,12 @@ pub trait QueuePair<T: IoData = NoIo> {
     fn outstanding(&self) -> usize;
     /// Drops the connection; what is outstanding completes aborted at the next poll.
     fn disconnect(&mut self, why: &str);
+    /// For interrupt mode: an fd that becomes readable when the queue pair has work for
+    /// `poll` (a completion arriving), or `None` while it must be polled (bytes waiting
+    /// to be sent, a connection under way, or no fd at all, as over PCIe).
+    fn interrupt_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
 }
 
 /// A fabrics queue pair as the control plane holds it: opening (the transport's own

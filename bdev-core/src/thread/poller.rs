@@ -370,6 +370,15 @@ impl fmt::Debug for PollerRef {
 }
 
 impl PollerRef {
+    /// Names the fd whose readiness means the poller has work, or none: it must be polled
+    /// ([`Poller::set_interrupt_fd`]). For a poller whose fd comes and goes (a connection
+    /// that is replaced, bytes waiting to be sent): it may call this on every run.
+    pub fn set_interrupt_fd(&self, fd: Option<std::os::fd::RawFd>) {
+        if let Some(c) = self.core.upgrade() {
+            c.fd.set(fd);
+        }
+    }
+
     /// Unregisters the poller.
     pub fn unregister(&self) {
         if let Some(c) = self.core.upgrade() {

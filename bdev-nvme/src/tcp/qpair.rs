@@ -575,6 +575,17 @@ impl<T: IoData> QueuePair<T> for TcpQpair<T> {
     fn disconnect(&mut self, why: &str) {
         self.end(why.to_string(), true);
     }
+
+    fn interrupt_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        // Readable means a PDU (or the end of the connection) came. Until the TCP
+        // connection is up, with bytes the socket did not take, or failed (its I/O to be
+        // completed), only polling moves things on: writability is not waited for.
+        let quiet = self.connecting.is_none()
+            && self.tx_off == self.tx.len()
+            && !matches!(self.state, State::Failed(_));
+        quiet.then(|| self.sock.as_raw_fd())
+    }
 }
 
 impl<T: IoData> TcpQpair<T> {
