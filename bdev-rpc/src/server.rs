@@ -7,8 +7,10 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
 use bdev_core::config::Methods;
-use bdev_core::thread::{PollStatus, Poller, spawn_local};
+use bdev_core::thread::{PollStatus, Poller, PollerRef, spawn_local};
 use serde_json::{Value, json};
 
 use crate::codes;
@@ -53,6 +55,40 @@ struct Inner {
     path: PathBuf,
     conns: Vec<Conn>,
     methods: Rc<Methods>,
+    /// In interrupt mode: an epoll set of the listener and every connection, the fd the
+    /// (then active) poller sleeps on, and the poller, told after each run whether it
+    /// may.
+    ep: Option<(Epoll, PollerRef)>,
+}
+
+/// An epoll instance: readable when one of its sockets is (SPDK's fd group). A closed
+/// socket leaves the set by itself.
+struct Epoll(OwnedFd);
+
+impl Epoll {
+    fn new() -> std::io::Result<Epoll> {
+        // SAFETY: epoll_create1 takes a flag and returns a new fd or -1.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just returned by the kernel and nothing else owns it.
+        Ok(Epoll(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Watches `fd` for input (level-triggered).
+    fn add(&self, fd: RawFd) -> std::io::Result<()> {
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: fd as u64,
+        };
+        // SAFETY: both fds are open; `ev` is a live epoll_event the kernel only reads.
+        let r = unsafe { libc::epoll_ctl(self.0.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
 }
 
 /// A running server. Dropping it stops serving and removes the socket file.
@@ -97,17 +133,33 @@ impl RpcServer {
         listener
             .set_nonblocking(true)
             .map_err(|e| io_err("configuring", e))?;
+        // In interrupt mode the server sleeps on its sockets; polling, it looks every
+        // POLL_US, as SPDK's RPC poller does.
+        let ep = if bdev_core::app::interrupt_mode() {
+            let ep = Epoll::new().map_err(|e| io_err("epoll for", e))?;
+            ep.add(listener.as_raw_fd())
+                .map_err(|e| io_err("epoll for", e))?;
+            Some(ep)
+        } else {
+            None
+        };
+        let period = if ep.is_some() { 0 } else { POLL_US };
         let inner = Rc::new(RefCell::new(Inner {
             listener,
             path: path.to_path_buf(),
             conns: Vec::new(),
             methods,
+            ep: None,
         }));
         let weak = Rc::downgrade(&inner);
-        let poller = Poller::register_us("rpc_server", POLL_US, move || match weak.upgrade() {
+        let poller = Poller::register_us("rpc_server", period, move || match weak.upgrade() {
             Some(i) => poll(&i),
             None => PollStatus::Idle,
         })?;
+        if let Some(ep) = ep {
+            poller.set_interrupt_fd(ep.0.as_raw_fd());
+            inner.borrow_mut().ep = Some((ep, poller.downgrade()));
+        }
         tracing::info!(path = %path.display(), "JSON-RPC server listening");
         Ok(RpcServer {
             inner,
@@ -131,6 +183,13 @@ fn poll(inner: &Rc<RefCell<Inner>>) -> PollStatus {
                     // Closed as it drops, as SPDK does.
                     tracing::warn!("rpc: {MAX_CONNS} clients connected already; closing a new one");
                     continue;
+                }
+                if let Some((ep, _)) = &me.ep {
+                    if let Err(e) = ep.add(stream.as_raw_fd()) {
+                        // Unwatched, its requests would wait for some other wake-up.
+                        tracing::warn!("rpc: watching a new client: {e}; closing it");
+                        continue;
+                    }
                 }
                 if stream.set_nonblocking(true).is_ok() {
                     me.conns.push(Conn {
@@ -159,6 +218,16 @@ fn poll(inner: &Rc<RefCell<Inner>>) -> PollStatus {
     }
     me.conns
         .retain(|c| !(c.closing && *c.pending.borrow() == 0 && c.out.borrow().is_empty()));
+    if let Some((ep, p)) = &me.ep {
+        // Sleep on the sockets only when nothing is under way here: a request running
+        // (its answer is written by this poller), answers not yet taken by a client
+        // (writability isn't watched), or requests held back unread.
+        let quiet = me
+            .conns
+            .iter()
+            .all(|c| *c.pending.borrow() == 0 && c.out.borrow().is_empty() && !c.fresh);
+        p.set_interrupt_fd(quiet.then(|| ep.0.as_raw_fd()));
+    }
     PollStatus::from(busy)
 }
 

@@ -14,9 +14,14 @@ fn tmp(name: &str) -> PathBuf {
 }
 
 fn start(name: &str, config: Option<&Path>) -> Daemon {
+    start_with(name, config, &[])
+}
+
+fn start_with(name: &str, config: Option<&Path>, args: &[&str]) -> Daemon {
     let sock = tmp(&format!("{name}.sock"));
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_bdevd"));
-    cmd.arg("-r")
+    cmd.args(args)
+        .arg("-r")
         .arg(&sock)
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -587,4 +592,62 @@ fn discovery_attaches_what_the_log_lists_and_detaches_it_on_stop() {
     assert_eq!(b["result"], json!([]), "{b}");
     let ctrl = c.call("bdev_nvme_get_controllers", Value::Null);
     assert_eq!(ctrl["result"], json!([]), "{ctrl}");
+}
+
+/// Voluntary context switches (a sleep that ended) of every thread of process `pid`.
+fn sleeps_ended(pid: u32) -> u64 {
+    let mut n = 0;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        for l in status.lines() {
+            if let Some(v) = l.strip_prefix("voluntary_ctxt_switches:") {
+                n += v.trim().parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    n
+}
+
+#[test]
+fn in_interrupt_mode_an_idle_bdevd_sleeps_on_its_sockets_and_still_answers() {
+    let d = start_with("intr", None, &["--interrupt-mode"]);
+    let mut c = RpcClient::connect(&d.sock);
+    // Each call wakes the reactor through the socket: fifty answered quickly.
+    let t = std::time::Instant::now();
+    for _ in 0..50 {
+        assert_eq!(
+            c.call("spdk_get_version", Value::Null)["result"]["fields"]["major"],
+            24
+        );
+    }
+    let r = c.call(
+        "bdev_malloc_create",
+        json!({"name": "M0", "num_blocks": 2048, "block_size": 512}),
+    );
+    assert_eq!(r["result"], "M0");
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(2),
+        "51 calls took {:?}",
+        t.elapsed()
+    );
+    // Idle, with a client connected: the reactor wakes at most every 10 ms (its sleep
+    // cap), not every millisecond as an RPC poller on a timer would.
+    let pid = d.child.id();
+    let before = sleeps_ended(pid);
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let woke = sleeps_ended(pid) - before;
+    assert!(woke < 400, "{woke} wake-ups in an idle second");
+    // And a new client still gets its answer.
+    let mut c2 = RpcClient::connect(&d.sock);
+    assert_eq!(
+        c2.call("bdev_get_bdevs", json!({"name": "M0"}))["result"][0]["name"],
+        "M0"
+    );
+    assert_eq!(
+        c.call("spdk_get_version", Value::Null)["result"]["fields"]["major"],
+        24
+    );
 }
