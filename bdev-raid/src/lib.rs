@@ -35,7 +35,7 @@
 //!   under the rebuild's window lock ([`process`]), not by writing the read's data back
 //!   at once: unlocked, a foreground write to those blocks could land first and be
 //!   overwritten with older data, leaving the mirrors different. A correction is
-//!   skipped while a rebuild or another control operation holds the array;
+//!   skipped while a member is being added or rebuilt;
 //! - during a rebuild every write also goes to the new member, wherever it lies; writes
 //!   to the window being copied wait for it (SPDK skips the target above the window).
 
@@ -85,6 +85,14 @@ pub enum Error {
         /// What went wrong.
         what: String,
     },
+    /// A member failed a rebuild's or a read-error correction's I/O.
+    #[error("base bdev {bdev}: {what}")]
+    MemberIo {
+        /// The base bdev.
+        bdev: String,
+        /// What went wrong.
+        what: String,
+    },
     /// The bdev layer refused (claimed base, duplicate name, no thread...).
     #[error(transparent)]
     Core(#[from] bdev_core::Error),
@@ -98,7 +106,7 @@ impl Error {
             Error::Exists(_) | Error::ForeignSuperblock(_) => -libc::EEXIST,
             Error::NotFound(_) | Error::NoBase(_) => -libc::ENODEV,
             Error::Busy(_) => -libc::EPERM,
-            Error::Superblock { .. } => -libc::EIO,
+            Error::Superblock { .. } | Error::MemberIo { .. } => -libc::EIO,
             Error::Core(c) => c.errno(),
         }
     }

@@ -175,7 +175,7 @@ async fn write_to(
     match tdesc.write_blocks(&ch, buf, toff + off, n).await {
         Ok(b) => Ok(b),
         Err(e) => Err((
-            Error::Superblock {
+            Error::MemberIo {
                 bdev: tdesc.bdev().name().to_string(),
                 what: format!("write at block {off} failed: {}", e.status),
             },
@@ -189,8 +189,12 @@ async fn write_to(
 /// window lock as a rebuild, so a foreground write to those blocks can't land between
 /// the copy's read and its write and be overwritten with older data (SPDK writes back
 /// the read's data unlocked). A write that fails takes the member out of the array.
-/// Skipped while another control operation or a rebuild holds the array (the member
+/// Skipped while a member is being added or rebuilt (the member
 /// stays; its next read error tries again). Runs on the control thread.
+///
+/// `busy` keeps a member being added (and its rebuild) out meanwhile; a delete or a
+/// member's removal goes ahead, the copy then finding its member gone (or holding its
+/// descriptor until the copy's I/O ends, a few milliseconds).
 pub(crate) async fn repair(r: &Arc<Raid>, slot: usize, off: u64, n: u64) {
     let (dev, bl, align) = {
         let mut st = r.lock();
