@@ -161,3 +161,56 @@ fn an_idle_nvme_tcp_channel_lets_an_interrupt_mode_reactor_sleep() {
         "64 I/Os after the idle spell took {again:?}: not woken by the socket?"
     );
 }
+
+#[test]
+fn a_reactor_sleeps_while_a_delay_bdev_holds_io_and_wakes_at_the_deadline() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let opts = AppOpts {
+            interrupt_mode: true,
+            ..Default::default()
+        };
+        let rc = app::start(opts, move || {
+            thread::spawn_local(async move {
+                malloc::create(MallocOpts::new("DM", 1024, 4096)).unwrap();
+                delay::create(DelayOpts {
+                    base_bdev_name: "DM".into(),
+                    name: "Slow".into(),
+                    avg_read_latency: 300_000,
+                    p99_read_latency: 300_000,
+                    avg_write_latency: 300_000,
+                    p99_write_latency: 300_000,
+                    uuid: None,
+                })
+                .unwrap();
+                let d = Desc::open("Slow", false, |_| {}).unwrap();
+                let ch = d.get_io_channel().unwrap();
+                let tid = os_thread_id();
+                let cpu0 = thread_cpu_us(tid).expect("thread CPU time");
+                let t0 = Instant::now();
+                let buf = DmaBuf::page_aligned(4096).unwrap();
+                d.read_blocks(&ch, buf, 0, 1).await.unwrap();
+                let took = t0.elapsed();
+                let used = (thread_cpu_us(tid).expect("thread CPU time") - cpu0) as f64
+                    / took.as_micros() as f64;
+                drop((ch, d));
+                app::stop(0).unwrap();
+                let _ = tx.send((used, took));
+            })
+            .unwrap();
+        });
+        assert_eq!(rc.unwrap(), 0);
+    });
+    let (used, took) = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the app ran");
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_millis(360),
+        "a read held 300 ms took {took:?}"
+    );
+    assert!(
+        used < 0.3,
+        "while the delay bdev held the read, the reactor used {:.0} % of a core",
+        used * 100.0
+    );
+}

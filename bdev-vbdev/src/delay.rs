@@ -104,7 +104,8 @@ struct Queues {
     lat_us: Arc<[AtomicU64; 4]>,
     rng: Cell<u64>,
     /// In interrupt mode, the channel's poller: paused while every queue is empty, so an
-    /// idle reactor can sleep (it has no fd to wait on), and resumed by the next push.
+    /// idle reactor can sleep (it has no fd to wait on), and resumed by the next push;
+    /// while I/O is held, it names the earliest deadline for the reactor to wake at.
     pausable: OnceCell<PollerRef>,
 }
 
@@ -150,8 +151,16 @@ impl Queues {
             }
         }
         if let Some(p) = self.pausable.get() {
-            if self.q.iter().all(|q| q.borrow().is_empty()) {
-                p.pause();
+            // Nothing held: paused until the next hold. Something held: the reactor may
+            // sleep until the earliest deadline (each queue is in deadline order).
+            let next = self
+                .q
+                .iter()
+                .filter_map(|q| q.borrow().front().map(|(d, _, _)| *d))
+                .min();
+            match next {
+                None => p.pause(),
+                Some(d) => p.set_wake_at(Some(d)),
             }
         }
         if busy {
@@ -166,6 +175,8 @@ impl Queues {
             .borrow_mut()
             .push_back((deadline, status, io));
         if let Some(p) = self.pausable.get() {
+            // Polled again before any sleep, which recomputes the wake-up time.
+            p.set_wake_at(None);
             p.resume();
         }
     }

@@ -520,7 +520,7 @@ impl Thread {
             || !inner.deferred.borrow().is_empty()
             || inner.exec.has_ready()
             || inner.pollers.is_dirty()
-            || !inner.pollers.sleep_fds(fds)
+            || !inner.pollers.sleep_fds(fds, deadline)
         {
             return false;
         }

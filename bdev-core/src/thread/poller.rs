@@ -53,6 +53,9 @@ pub(crate) struct PollerCore {
     busy: Cell<u64>,
     /// In interrupt mode, the fd whose readiness means this active poller has work.
     fd: Cell<Option<std::os::fd::RawFd>>,
+    /// In interrupt mode, for an active poller with no fd: the time (ticks) before which
+    /// it has nothing to do, so a reactor may sleep until then.
+    wake_at: Cell<Option<u64>>,
 }
 
 impl PollerCore {
@@ -214,15 +217,17 @@ impl PollerSet {
     }
 
     /// For a reactor about to sleep (interrupt mode): adds the fds of the active pollers
-    /// to `fds`; false if an active poller has none (it must be polled: no sleep).
-    pub(crate) fn sleep_fds(&self, fds: &mut Vec<std::os::fd::RawFd>) -> bool {
+    /// to `fds` and lowers `deadline` to the wake-up times of those that gave one; false
+    /// if an active poller has neither (it must be polled: no sleep).
+    pub(crate) fn sleep_fds(&self, fds: &mut Vec<std::os::fd::RawFd>, deadline: &mut u64) -> bool {
         for p in self.active.borrow().iter() {
             if p.state.get() != State::Active {
                 continue;
             }
-            match p.fd.get() {
-                Some(fd) => fds.push(fd),
-                None => return false,
+            match (p.fd.get(), p.wake_at.get()) {
+                (Some(fd), _) => fds.push(fd),
+                (None, Some(t)) => *deadline = (*deadline).min(t),
+                (None, None) => return false,
             }
         }
         true
@@ -293,6 +298,7 @@ impl Poller {
             runs: Cell::new(0),
             busy: Cell::new(0),
             fd: Cell::new(None),
+            wake_at: Cell::new(None),
         });
         let set = &inner.pollers;
         set.count.set(set.count.get() + 1);
@@ -376,6 +382,16 @@ impl PollerRef {
     pub fn set_interrupt_fd(&self, fd: Option<std::os::fd::RawFd>) {
         if let Some(c) = self.core.upgrade() {
             c.fd.set(fd);
+        }
+    }
+
+    /// For an active poller with no fd whose next work is due at a known time (an I/O
+    /// held for a latency): `Some(ticks)` lets an interrupt-mode reactor sleep until then
+    /// (or until something else wakes it); `None`, the poller must be polled. It may call
+    /// this on every run.
+    pub fn set_wake_at(&self, ticks: Option<u64>) {
+        if let Some(c) = self.core.upgrade() {
+            c.wake_at.set(ticks);
         }
     }
 
