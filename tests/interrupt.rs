@@ -1,7 +1,8 @@
-//! Interrupt mode with bdevs whose pollers have no fd to sleep on (null, malloc, delay):
-//! their pollers pause while nothing is queued, so a reactor holding channels to them
-//! sleeps when idle, and I/O submitted afterwards resumes them and completes.
+//! Interrupt mode with bdevs whose pollers have no fd of their own (null, malloc, delay)
+//! and with NVMe/TCP channels: an idle reactor holding channels to them sleeps, and I/O
+//! submitted afterwards wakes it and completes.
 
+use std::future::{Future, IntoFuture};
 use std::time::{Duration, Instant};
 
 use bdev_core::app::{self, AppOpts};
@@ -13,6 +14,59 @@ use bdev_malloc::malloc::{self, MallocOpts};
 use bdev_malloc::null::{self, NullOpts};
 use bdev_vbdev::delay::{self, DelayOpts};
 
+/// Runs `body` as a task of an interrupt-mode app's first thread, stops the app, and
+/// returns what the task gave.
+fn in_interrupt_mode<T, F, Fut>(body: F) -> T
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = T> + 'static,
+{
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let opts = AppOpts {
+            interrupt_mode: true,
+            ..Default::default()
+        };
+        let rc = app::start(opts, move || {
+            thread::spawn_local(async move {
+                let r = body().await;
+                app::stop(0).unwrap();
+                let _ = tx.send(r);
+            })
+            .unwrap();
+        });
+        assert_eq!(rc.unwrap(), 0);
+    });
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("the app ran")
+}
+
+/// Awaits `f` on the reactor's own OS thread; returns its output, how long it took and
+/// the share of a core the thread used meanwhile.
+async fn measured<T>(f: impl Future<Output = T>) -> (T, Duration, f64) {
+    let tid = os_thread_id();
+    let cpu0 = thread_cpu_us(tid).expect("thread CPU time");
+    let t0 = Instant::now();
+    let r = f.await;
+    let took = t0.elapsed();
+    let used = (thread_cpu_us(tid).expect("thread CPU time") - cpu0) as f64
+        / took.as_micros().max(1) as f64;
+    (r, took, used)
+}
+
+fn delay_opts(base: &str, name: &str, us: u64) -> DelayOpts {
+    DelayOpts {
+        base_bdev_name: base.into(),
+        name: name.into(),
+        avg_read_latency: us,
+        p99_read_latency: us,
+        avg_write_latency: us,
+        p99_write_latency: us,
+        uuid: None,
+    }
+}
+
 const BDEVS: [&str; 3] = ["Null0", "Malloc0", "Delay0"];
 
 /// A write and a read back on each bdev; the malloc and delay reads return the data.
@@ -20,8 +74,7 @@ async fn io_round(chans: &[(Desc, BdevChannel)], seed: u8) {
     for (name, (desc, ch)) in BDEVS.iter().zip(chans) {
         let mut buf = DmaBuf::page_aligned(4096).unwrap();
         buf.fill(seed);
-        let buf = desc.write_blocks(ch, buf, 3, 1).await.unwrap();
-        let mut buf = buf;
+        let mut buf = desc.write_blocks(ch, buf, 3, 1).await.unwrap();
         buf.fill(0);
         let back = desc.read_blocks(ch, buf, 3, 1).await.unwrap();
         if *name != "Null0" {
@@ -32,58 +85,27 @@ async fn io_round(chans: &[(Desc, BdevChannel)], seed: u8) {
 
 #[test]
 fn idle_null_malloc_and_delay_channels_let_an_interrupt_mode_reactor_sleep() {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let opts = AppOpts {
-            interrupt_mode: true,
-            ..Default::default()
-        };
-        let rc = app::start(opts, move || {
-            thread::spawn_local(async move {
-                null::create(NullOpts::new("Null0", 1024, 4096)).unwrap();
-                malloc::create(MallocOpts::new("Malloc0", 1024, 4096)).unwrap();
-                malloc::create(MallocOpts::new("Malloc1", 1024, 4096)).unwrap();
-                delay::create(DelayOpts {
-                    base_bdev_name: "Malloc1".into(),
-                    name: "Delay0".into(),
-                    avg_read_latency: 200,
-                    p99_read_latency: 200,
-                    avg_write_latency: 200,
-                    p99_write_latency: 200,
-                    uuid: None,
-                })
-                .unwrap();
-                let chans: Vec<(Desc, BdevChannel)> = BDEVS
-                    .iter()
-                    .map(|n| {
-                        let d = Desc::open(n, true, |_| {}).unwrap();
-                        let ch = d.get_io_channel().unwrap();
-                        (d, ch)
-                    })
-                    .collect();
-                io_round(&chans, 0x5a).await;
-                // The channels stay open, with nothing in flight: the reactor sleeps.
-                let tid = os_thread_id();
-                let cpu0 = thread_cpu_us(tid).expect("thread CPU time");
-                let t0 = Instant::now();
-                thread::sleep_us(400_000).await.unwrap();
-                let used = (thread_cpu_us(tid).expect("thread CPU time") - cpu0) as f64
-                    / t0.elapsed().as_micros() as f64;
-                // Paused pollers resume for new I/O.
-                let t1 = Instant::now();
-                io_round(&chans, 0xa5).await;
-                let again = t1.elapsed();
-                drop(chans);
-                app::stop(0).unwrap();
-                let _ = tx.send((used, again));
+    let (used, again) = in_interrupt_mode(|| async {
+        null::create(NullOpts::new("Null0", 1024, 4096)).unwrap();
+        malloc::create(MallocOpts::new("Malloc0", 1024, 4096)).unwrap();
+        malloc::create(MallocOpts::new("Malloc1", 1024, 4096)).unwrap();
+        delay::create(delay_opts("Malloc1", "Delay0", 200)).unwrap();
+        let chans: Vec<(Desc, BdevChannel)> = BDEVS
+            .iter()
+            .map(|n| {
+                let d = Desc::open(n, true, |_| {}).unwrap();
+                let ch = d.get_io_channel().unwrap();
+                (d, ch)
             })
-            .unwrap();
-        });
-        assert_eq!(rc.unwrap(), 0);
+            .collect();
+        io_round(&chans, 0x5a).await;
+        // The channels stay open, with nothing in flight: the reactor sleeps.
+        let (r, _, used) = measured(thread::sleep_us(400_000)).await;
+        r.unwrap();
+        // Paused pollers resume for new I/O.
+        let ((), again, _) = measured(io_round(&chans, 0xa5)).await;
+        (used, again)
     });
-    let (used, again) = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the app ran");
     assert!(
         used < 0.3,
         "a reactor with idle null, malloc and delay channels sleeps: {:.0} % of a core",
@@ -109,48 +131,26 @@ fn an_idle_nvme_tcp_channel_lets_an_interrupt_mode_reactor_sleep() {
     // The in-process null target (its own OS threads, not measured).
     let nqn = "nqn.2024-01.io.x:interrupt";
     let addr = bdev_nvme::null_target::spawn(0, nqn).unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let opts = AppOpts {
-            interrupt_mode: true,
+    let (used, again) = in_interrupt_mode(move || async move {
+        let o = bdev_nvme::bdev::AttachOpts {
+            name: "T".into(),
+            trtype: "tcp".into(),
+            traddr: "127.0.0.1".into(),
+            trsvcid: Some(addr.port().to_string()),
+            subnqn: Some(nqn.into()),
             ..Default::default()
         };
-        let rc = app::start(opts, move || {
-            thread::spawn_local(async move {
-                let o = bdev_nvme::bdev::AttachOpts {
-                    name: "T".into(),
-                    trtype: "tcp".into(),
-                    traddr: "127.0.0.1".into(),
-                    trsvcid: Some(addr.port().to_string()),
-                    subnqn: Some(nqn.into()),
-                    ..Default::default()
-                };
-                let names = bdev_nvme::bdev::attach(o).await.unwrap();
-                let d = Desc::open(&names[0], true, |_| {}).unwrap();
-                let ch = d.get_io_channel().unwrap();
-                nvme_round(&d, &ch).await;
-                let tid = os_thread_id();
-                let cpu0 = thread_cpu_us(tid).expect("thread CPU time");
-                let t0 = Instant::now();
-                thread::sleep_us(400_000).await.unwrap();
-                let used = (thread_cpu_us(tid).expect("thread CPU time") - cpu0) as f64
-                    / t0.elapsed().as_micros() as f64;
-                // Woken by the socket: 64 I/Os, each a sleep and a wake-up, in well
-                // under the time the 10 ms sleep cap would take.
-                let t1 = Instant::now();
-                nvme_round(&d, &ch).await;
-                let again = t1.elapsed();
-                drop((ch, d));
-                app::stop(0).unwrap();
-                let _ = tx.send((used, again));
-            })
-            .unwrap();
-        });
-        assert_eq!(rc.unwrap(), 0);
+        let names = bdev_nvme::bdev::attach(o).await.unwrap();
+        let d = Desc::open(&names[0], true, |_| {}).unwrap();
+        let ch = d.get_io_channel().unwrap();
+        nvme_round(&d, &ch).await;
+        let (r, _, used) = measured(thread::sleep_us(400_000)).await;
+        r.unwrap();
+        // Woken by the socket: 64 I/Os, each a sleep and a wake-up, in well under the
+        // time the 10 ms sleep cap would take.
+        let ((), again, _) = measured(nvme_round(&d, &ch)).await;
+        (used, again)
     });
-    let (used, again) = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the app ran");
     assert!(
         used < 0.3,
         "a reactor with an idle NVMe/TCP channel sleeps: {:.0} % of a core",
@@ -164,46 +164,16 @@ fn an_idle_nvme_tcp_channel_lets_an_interrupt_mode_reactor_sleep() {
 
 #[test]
 fn a_reactor_sleeps_while_a_delay_bdev_holds_io_and_wakes_at_the_deadline() {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let opts = AppOpts {
-            interrupt_mode: true,
-            ..Default::default()
-        };
-        let rc = app::start(opts, move || {
-            thread::spawn_local(async move {
-                malloc::create(MallocOpts::new("DM", 1024, 4096)).unwrap();
-                delay::create(DelayOpts {
-                    base_bdev_name: "DM".into(),
-                    name: "Slow".into(),
-                    avg_read_latency: 300_000,
-                    p99_read_latency: 300_000,
-                    avg_write_latency: 300_000,
-                    p99_write_latency: 300_000,
-                    uuid: None,
-                })
-                .unwrap();
-                let d = Desc::open("Slow", false, |_| {}).unwrap();
-                let ch = d.get_io_channel().unwrap();
-                let tid = os_thread_id();
-                let cpu0 = thread_cpu_us(tid).expect("thread CPU time");
-                let t0 = Instant::now();
-                let buf = DmaBuf::page_aligned(4096).unwrap();
-                d.read_blocks(&ch, buf, 0, 1).await.unwrap();
-                let took = t0.elapsed();
-                let used = (thread_cpu_us(tid).expect("thread CPU time") - cpu0) as f64
-                    / took.as_micros() as f64;
-                drop((ch, d));
-                app::stop(0).unwrap();
-                let _ = tx.send((used, took));
-            })
-            .unwrap();
-        });
-        assert_eq!(rc.unwrap(), 0);
+    let (took, used) = in_interrupt_mode(|| async {
+        malloc::create(MallocOpts::new("DM", 1024, 4096)).unwrap();
+        delay::create(delay_opts("DM", "Slow", 300_000)).unwrap();
+        let d = Desc::open("Slow", false, |_| {}).unwrap();
+        let ch = d.get_io_channel().unwrap();
+        let buf = DmaBuf::page_aligned(4096).unwrap();
+        let (r, took, used) = measured(d.read_blocks(&ch, buf, 0, 1).into_future()).await;
+        r.unwrap();
+        (took, used)
     });
-    let (used, took) = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the app ran");
     assert!(
         took >= Duration::from_millis(300) && took < Duration::from_millis(360),
         "a read held 300 ms took {took:?}"
