@@ -1545,6 +1545,9 @@ async fn attach_as(o: AttachOpts, from_discovery: bool) -> Result<Vec<String>, E
     if o.name.is_empty() {
         return Err(Error::Protocol("controller name must not be empty".into()));
     }
+    if o.max_bdevs == Some(0) {
+        return Err(Error::Protocol("max_bdevs cannot be zero".into()));
+    }
     if ctrlrs.all().iter().any(|c| c.opts.name == o.name) {
         return Err(Error::Protocol(format!(
             "A controller named {} already exists",
@@ -1624,7 +1627,6 @@ async fn attach_as(o: AttachOpts, from_discovery: bool) -> Result<Vec<String>, E
             names.push(n);
         }
     }
-    names.truncate(o.max_bdevs.unwrap_or(128) as usize);
     if let Err(e) = ctrlr.start_admin_poller() {
         tracing::error!(ctrlr = %o.name, "admin poller: {e}");
     }
@@ -1633,6 +1635,13 @@ async fn attach_as(o: AttachOpts, from_discovery: bool) -> Result<Vec<String>, E
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .push(ctrlr);
+    // As SPDK: more bdevs than the caller has room for is an error, the controller and
+    // its bdevs staying attached (its names are what is lost).
+    let max = o.max_bdevs.unwrap_or(128);
+    if names.len() > max as usize {
+        tracing::error!(ctrlr = %o.name, bdevs = names.len(), "Maximum number of namespaces supported per NVMe controller is {max}. Unable to return all names of created bdevs");
+        return Err(Error::TooManyBdevs { max });
+    }
     Ok(names)
 }
 

@@ -47,6 +47,14 @@ pub enum Error {
     /// Nothing of that name.
     #[error("{0}")]
     NotFound(String),
+    /// A controller has more namespaces than the bdev names asked for (`max_bdevs`).
+    #[error(
+        "Maximum number of namespaces supported per NVMe controller is {max}. Unable to return all names of created bdevs"
+    )]
+    TooManyBdevs {
+        /// The caller's `max_bdevs`.
+        max: u32,
+    },
     /// Memory for a data buffer.
     #[error(transparent)]
     Core(#[from] bdev_core::Error),

@@ -31,6 +31,7 @@ impl ctrlr::Error {
             ctrlr::Error::Protocol(_) => -libc::EINVAL,
             ctrlr::Error::Exists(_) => -libc::EEXIST,
             ctrlr::Error::NotFound(_) => -libc::ENODEV,
+            ctrlr::Error::TooManyBdevs { .. } => -libc::ERANGE,
             ctrlr::Error::Core(c) => c.errno(),
             _ => -libc::EIO,
         };

@@ -504,6 +504,7 @@ fn nvme_methods_refuse_bad_params_with_spdks_codes() {
         ),
         (json!({"trtype": "rdma"}), "not supported"),
         (json!({"trsvcid": "port"}), "not a port number"),
+        (json!({"max_bdevs": 0}), "max_bdevs cannot be zero"),
     ] {
         let mut p = json!({"name": "X", "trtype": "tcp", "traddr": "127.0.0.1",
             "trsvcid": "1", "subnqn": "nqn.2024-01.io.x:y"});
