@@ -196,6 +196,13 @@ async fn write_to(
 /// member's removal goes ahead, the copy then finding its member gone (or holding its
 /// descriptor until the copy's I/O ends, a few milliseconds).
 pub(crate) async fn repair(r: &Arc<Raid>, slot: usize, off: u64, n: u64) {
+    repair_locked(r, slot, off, n).await;
+    // The member may have its next correction.
+    r.correcting
+        .fetch_and(!(1u64 << slot), std::sync::atomic::Ordering::AcqRel);
+}
+
+async fn repair_locked(r: &Arc<Raid>, slot: usize, off: u64, n: u64) {
     let (dev, bl, align) = {
         let mut st = r.lock();
         let member = st.slots.get(slot).and_then(|s| s.desc.as_ref());

@@ -11,6 +11,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use bdev_core::bdev::{
@@ -126,6 +127,10 @@ pub(crate) struct Raid {
     /// The thread control operations run on.
     pub(crate) ctl_thread: ThreadHandle,
     pub(crate) me: Weak<Raid>,
+    /// A bit per slot with a read-error correction asked for and not finished: at most
+    /// one at a time per member, so a failing member's reads don't flood the control
+    /// thread (a range left out is corrected when a later read of it fails again).
+    pub(crate) correcting: std::sync::atomic::AtomicU64,
     st: Mutex<Ctl>,
 }
 
@@ -147,6 +152,7 @@ impl Raid {
             superblock,
             ctl_thread,
             me: me.clone(),
+            correcting: std::sync::atomic::AtomicU64::new(0),
             st: Mutex::new(Ctl {
                 slots: (0..num_slots).map(|_| Slot::missing()).collect(),
                 state: RaidState::Configuring,
@@ -861,6 +867,11 @@ fn raid1_read(ch: &IoChannel<RaidCh>, io: BdevIo, tried: u64, last: IoStatus, ba
 fn correct_read_error(ch: &IoChannel<RaidCh>, io: BdevIo, bad: usize) {
     let (off, n) = (io.offset_blocks(), io.num_blocks());
     io.complete(IoStatus::Success);
+    let bit = 1u64 << bad;
+    if ch.raid.correcting.fetch_or(bit, Ordering::AcqRel) & bit != 0 {
+        // One is under way for this member already.
+        return;
+    }
     let r = ch.raid.clone();
     let sent =
         ch.raid.ctl_thread.send_msg(move || {
@@ -869,10 +880,12 @@ fn correct_read_error(ch: &IoChannel<RaidCh>, io: BdevIo, bad: usize) {
                 crate::process::repair(&r2, bad, off, n).await
             }) {
                 tracing::warn!(raid = %r.name, "raid1: read error left uncorrected: {e}");
+                r.correcting.fetch_and(!bit, Ordering::AcqRel);
             }
         });
     if let Err(e) = sent {
         tracing::warn!("raid: control thread gone: {e}");
+        ch.raid.correcting.fetch_and(!bit, Ordering::AcqRel);
     }
 }
 
