@@ -132,14 +132,7 @@ fn an_idle_nvme_tcp_channel_lets_an_interrupt_mode_reactor_sleep() {
     let nqn = "nqn.2024-01.io.x:interrupt";
     let addr = bdev_nvme::null_target::spawn(0, nqn).unwrap();
     let (used, again) = in_interrupt_mode(move || async move {
-        let o = bdev_nvme::bdev::AttachOpts {
-            name: "T".into(),
-            trtype: "tcp".into(),
-            traddr: "127.0.0.1".into(),
-            trsvcid: Some(addr.port().to_string()),
-            subnqn: Some(nqn.into()),
-            ..Default::default()
-        };
+        let o = bdev_nvme::null_target::attach_opts("T", addr, nqn);
         let names = bdev_nvme::bdev::attach(o).await.unwrap();
         let d = Desc::open(&names[0], true, |_| {}).unwrap();
         let ch = d.get_io_channel().unwrap();

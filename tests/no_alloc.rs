@@ -134,14 +134,7 @@ fn nvme_tcp_bdev_allocates_nothing_per_io() {
     let nqn = "nqn.2024-01.io.x:noalloc";
     let addr = bdev_nvme::null_target::spawn(0, nqn).unwrap();
     let h = Harness::new(1);
-    let o = bdev_nvme::bdev::AttachOpts {
-        name: "T".into(),
-        trtype: "tcp".into(),
-        traddr: "127.0.0.1".into(),
-        trsvcid: Some(addr.port().to_string()),
-        subnqn: Some(nqn.into()),
-        ..Default::default()
-    };
+    let o = bdev_nvme::null_target::attach_opts("T", addr, nqn);
     let names = h
         .block_on_real(0, std::time::Duration::from_secs(30), async move {
             bdev_nvme::bdev::attach(o).await

@@ -6,9 +6,11 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::{Ordering, fence};
+
+use bdev_core::thread::EventFd;
 
 use crate::engine::{Engine, Op};
 
@@ -74,7 +76,7 @@ pub struct Aio {
     /// Operations the kernel refused at submission, reported by the next reap.
     refused: Vec<(u64, i64)>,
     /// Interrupt mode: an eventfd each operation signals on completion.
-    efd: Option<OwnedFd>,
+    efd: Option<EventFd>,
     /// Events reaped minus completion signals read back from the eventfd: while above
     /// zero, signals are still to come (the kernel publishes an event before it signals,
     /// at times much later) or to be read, and the eventfd is read when the ring is empty.
@@ -86,13 +88,7 @@ impl Aio {
     /// also signal an eventfd (the channel's interrupt fd).
     pub fn new(file: Arc<File>, depth: u32, interrupt: bool) -> io::Result<Aio> {
         let efd = if interrupt {
-            // SAFETY: eventfd takes no pointers; the result is checked.
-            let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-            if fd < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // SAFETY: `fd` was just created and nothing else owns it.
-            Some(unsafe { OwnedFd::from_raw_fd(fd) })
+            Some(EventFd::new()?)
         } else {
             None
         };
@@ -120,12 +116,7 @@ impl Aio {
     /// it is readable again only for signals after this.
     fn clear_efd(&mut self) {
         if let Some(fd) = &self.efd {
-            let mut v: u64 = 0;
-            // SAFETY: reads 8 bytes into a live u64 from our non-blocking eventfd.
-            let r = unsafe { libc::read(fd.as_raw_fd(), (&raw mut v).cast(), 8) };
-            if r == 8 {
-                self.efd_owed -= v as i64;
-            }
+            self.efd_owed -= fd.take() as i64;
         }
     }
 

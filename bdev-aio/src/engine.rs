@@ -102,6 +102,15 @@ mod tests {
         }
     }
 
+    /// One segment per buffer (the buffers must outlive the ops naming the segments).
+    fn iovecs<'a>(bufs: impl Iterator<Item = &'a mut [u8]>) -> Vec<libc::iovec> {
+        bufs.map(|b| libc::iovec {
+            iov_base: b.as_mut_ptr().cast(),
+            iov_len: b.len(),
+        })
+        .collect()
+    }
+
     fn completions_ring_the_interrupt_fd(mut e: Box<dyn Engine>) {
         let fd = e.interrupt_fd().expect("an interrupt fd in interrupt mode");
         assert_eq!(e.reap(&mut |_, _| {}), 0);
@@ -147,13 +156,7 @@ mod tests {
         let mut e = crate::uring::Uring::new(f, 8, None, false, 0, false, false).unwrap();
         let cq = 16; // twice the submission queue
         let mut bufs: Vec<Vec<u8>> = (0..cq + 1).map(|_| vec![0u8; 512]).collect();
-        let iovs: Vec<libc::iovec> = bufs
-            .iter_mut()
-            .map(|b| libc::iovec {
-                iov_base: b.as_mut_ptr().cast(),
-                iov_len: b.len(),
-            })
-            .collect();
+        let iovs = iovecs(bufs.iter_mut().map(|b| &mut b[..]));
         let mut accepted = 0;
         for (i, iov) in iovs.iter().enumerate() {
             let op = || Op::Readv {
@@ -217,13 +220,7 @@ mod tests {
         let mut bufs: Vec<bdev_core::dma::DmaBuf> = (0..8)
             .map(|_| bdev_core::dma::DmaBuf::page_aligned(4096).unwrap())
             .collect();
-        let iovs: Vec<libc::iovec> = bufs
-            .iter_mut()
-            .map(|b| libc::iovec {
-                iov_base: b.as_mut_ptr().cast(),
-                iov_len: b.len(),
-            })
-            .collect();
+        let iovs = iovecs(bufs.iter_mut().map(|b| &mut b[..]));
         for (i, iov) in iovs.iter().enumerate() {
             // SAFETY: `bufs` and `iovs` outlive the reaping below.
             unsafe {

@@ -16,6 +16,19 @@ use crate::ctrlr::DISCOVERY_NQN;
 use crate::spec::{DiscoveryLogEntry, DiscoveryLogHeader, IdentifyController, IdentifyNamespace};
 use crate::tcp::pdu::{flags, pdu_type};
 
+/// What `bdev_nvme_attach_controller` needs to attach controller `name` to the target
+/// [`spawn`] returned `addr` for, serving `nqn`.
+pub fn attach_opts(name: &str, addr: SocketAddr, nqn: &str) -> crate::bdev::AttachOpts {
+    crate::bdev::AttachOpts {
+        name: name.into(),
+        trtype: "tcp".into(),
+        traddr: addr.ip().to_string(),
+        trsvcid: Some(addr.port().to_string()),
+        subnqn: Some(nqn.into()),
+        ..Default::default()
+    }
+}
+
 /// Listens on `127.0.0.1:port` (0: any free port) and serves every connection on a
 /// thread of its own, the subsystem being `nqn`; returns the address.
 pub fn spawn(port: u16, nqn: &str) -> std::io::Result<SocketAddr> {

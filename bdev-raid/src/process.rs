@@ -169,7 +169,7 @@ async fn write_to(
         t.desc.clone().map(|d| (d, t.data_offset))
     };
     let Some((tdesc, toff)) = target else {
-        return Err((Error::Busy("rebuild target gone".into()), None));
+        return Err((Error::Busy(format!("member in slot {slot} gone")), None));
     };
     let ch = tdesc.get_io_channel().map_err(|e| (e.into(), None))?;
     match tdesc.write_blocks(&ch, buf, toff + off, n).await {

@@ -6,30 +6,26 @@
 //! it waits; a sender queues, then (after a full fence) rings if `sleeping` is set. One of
 //! the two always sees the other.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering, fence};
 
+use super::EventFd;
 use crate::error::{Error, Result};
 
 pub(crate) struct Doorbell {
-    fd: OwnedFd,
+    fd: EventFd,
     sleeping: AtomicBool,
 }
 
 impl Doorbell {
     pub(crate) fn new() -> Result<Doorbell> {
-        // SAFETY: eventfd takes no pointers; the result is checked below.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(Error::Reactor {
-                core: 0,
-                op: "eventfd",
-                source: std::io::Error::last_os_error(),
-            });
-        }
+        let fd = EventFd::new().map_err(|source| Error::Reactor {
+            core: 0,
+            op: "eventfd",
+            source,
+        })?;
         Ok(Doorbell {
-            // SAFETY: `fd` was just created and nothing else owns it.
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            fd,
             sleeping: AtomicBool::new(false),
         })
     }
@@ -43,22 +39,8 @@ impl Doorbell {
     pub(crate) fn ring_if_sleeping(&self) {
         fence(Ordering::SeqCst);
         if self.sleeping.load(Ordering::Relaxed) {
-            self.ring();
+            self.fd.signal();
         }
-    }
-
-    #[cold]
-    fn ring(&self) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a live u64 to our eventfd. A full counter (EAGAIN)
-        // still leaves the fd readable, which is all a wake needs.
-        let _ = unsafe {
-            libc::write(
-                self.fd.as_raw_fd(),
-                (&raw const one).cast::<libc::c_void>(),
-                8,
-            )
-        };
     }
 
     /// The reactor's side, before its last look at its queues.
@@ -70,8 +52,6 @@ impl Doorbell {
     /// Awake again: stop asking for rings, and clear those that came.
     pub(crate) fn woke(&self) {
         self.sleeping.store(false, Ordering::Relaxed);
-        let mut v: u64 = 0;
-        // SAFETY: reads 8 bytes into a live u64 from our non-blocking eventfd.
-        let _ = unsafe { libc::read(self.fd.as_raw_fd(), (&raw mut v).cast::<libc::c_void>(), 8) };
+        self.fd.take();
     }
 }

@@ -17,12 +17,14 @@
 
 mod clock;
 pub(crate) mod doorbell;
+mod eventfd;
 mod executor;
 mod io_device;
 mod poller;
 
 pub(crate) use clock::{Clock, us_to_ticks};
 pub use clock::{real_hz, real_ticks};
+pub use eventfd::EventFd;
 pub(crate) use executor::spawn_on as executor_spawn_on;
 pub use executor::{JoinHandle, sleep_us, spawn_local, yield_now};
 pub(crate) use executor::{resume as resume_task, task_of};
