@@ -317,6 +317,30 @@ fn namespace_events(target: &vm::TcpTarget) {
     assert_eq!(nvme["ctrlr_data"]["subnqn"], vm::SUBNQN, "{b}");
     assert_eq!(nvme["ns_data"]["id"], 2, "{b}");
     assert_eq!(nvme["trid"]["trsvcid"], target.port.to_string(), "{b}");
+    // More namespaces than max_bdevs: SPDK's -ERANGE, and the controller stays attached
+    // with all its bdevs (the error only says not every name fits in the answer).
+    let v = rpc(
+        &sock,
+        "bdev_nvme_attach_controller",
+        json!({
+        "name": "E1", "trtype": "tcp", "traddr": "127.0.0.1", "max_bdevs": 1,
+        "trsvcid": target.port.to_string(), "subnqn": vm::SUBNQN}),
+    );
+    assert_eq!(v["error"]["code"], -34, "{v}"); // -ERANGE
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("namespaces")),
+        "{v}"
+    );
+    let names = bdev_names(&sock);
+    assert!(
+        names.iter().any(|n| n == "E1n1") && names.iter().any(|n| n == "E1n2"),
+        "{names:?}"
+    );
+    let v = rpc(&sock, "bdev_nvme_detach_controller", json!({"name": "E1"}));
+    assert_eq!(v["result"], true, "{v}");
+    assert!(!bdev_names(&sock).iter().any(|n| n.starts_with("E1")));
     let ns = format!(
         "/sys/kernel/config/nvmet/subsystems/{}/namespaces/3",
         vm::SUBNQN

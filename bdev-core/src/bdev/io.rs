@@ -561,7 +561,7 @@ fn route_slow(ch: &IoChannel<ChanCtx>, ctx: Box<IoCtx>) {
 
 /// Hands a context to the module, or to the services when the bdev can't take it as it
 /// is (split, bounce, write_zeroes emulation). Completions inside are deferred.
-#[inline]
+#[inline(always)]
 pub(crate) fn route_admitted(ch: &IoChannel<ChanCtx>, ctx: Box<IoCtx>) {
     let c = &**ch;
     let depth = &c.tctx.submit_depth;
