@@ -54,7 +54,13 @@ type MethodFn = Box<dyn Fn(Option<Value>) -> MethodFuture>;
 #[derive(Default)]
 pub struct Methods {
     map: BTreeMap<String, MethodFn>,
+    /// Methods that only a config file may call (SPDK's `SPDK_RPC_STARTUP`): options that
+    /// apply before the application starts. Over RPC they answer SPDK's -1.
+    startup: std::collections::BTreeSet<String>,
 }
+
+/// The message SPDK gives a startup-only method called over RPC once running.
+pub const STARTUP_ONLY: &str = "Method may only be called before framework is initialized. Use --wait-for-rpc command line parameter and then issue this RPC before the framework_start_init RPC.";
 
 impl fmt::Debug for Methods {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -68,7 +74,7 @@ impl Methods {
         let mut m = Methods::default();
         // Applied before the application starts (see ConfigFile::bdev_opts); at load
         // time only checked.
-        m.register_sync("bdev_set_options", |p| {
+        m.register_startup("bdev_set_options", |p| {
             let _: BdevOpts = parse_params("bdev_set_options", p)?;
             Ok(Value::Bool(true))
         });
@@ -238,6 +244,21 @@ impl Methods {
         );
     }
 
+    /// Adds a startup-only method (see [`Methods::call_rpc`]).
+    pub fn register_startup(
+        &mut self,
+        name: &str,
+        f: impl Fn(Option<Value>) -> Result<Value> + 'static,
+    ) {
+        self.register_sync(name, f);
+        self.startup.insert(name.to_string());
+    }
+
+    /// Whether a method may be called over RPC now (`rpc_get_methods` `current`).
+    pub fn is_current(&self, name: &str) -> bool {
+        self.map.contains_key(name) && !self.startup.contains(name)
+    }
+
     /// Whether `name` is known.
     pub fn contains(&self, name: &str) -> bool {
         self.map.contains_key(name)
@@ -248,7 +269,19 @@ impl Methods {
         self.map.keys().map(|s| s.as_str())
     }
 
-    /// Calls a method (on the current thread).
+    /// Calls a method as a JSON-RPC request does, once the application runs: a
+    /// startup-only method answers SPDK's -1 (invalid state) instead of running.
+    pub async fn call_rpc(&self, name: &str, params: Option<Value>) -> Result<Value> {
+        if self.startup.contains(name) {
+            return Err(Error::Rpc {
+                code: -1,
+                message: STARTUP_ONLY.into(),
+            });
+        }
+        self.call(name, params).await
+    }
+
+    /// Calls a method (on the current thread), as a config file does.
     pub async fn call(&self, name: &str, params: Option<Value>) -> Result<Value> {
         match self.map.get(name) {
             Some(f) => f(params).await,
@@ -336,6 +369,29 @@ pub fn parse_params<T: DeserializeOwned>(method: &str, params: Option<Value>) ->
     let v = params.unwrap_or(Value::Object(Default::default()));
     serde_json::from_value(v)
         .map_err(|e| Error::invalid(format!("params of {method}"), e.to_string()))
+}
+
+/// Deserialises a `*_set_options` method's params on top of the options in force, as
+/// SPDK does (it reads the current options, then decodes the params over them): options
+/// the call leaves out keep their values instead of going back to the defaults.
+pub fn parse_params_over<T: Serialize + DeserializeOwned>(
+    method: &str,
+    current: &T,
+    params: Option<Value>,
+) -> Result<T> {
+    let mut v = serde_json::to_value(current)
+        .map_err(|e| Error::Config(format!("{method}: current options: {e}")))?;
+    match (v.as_object_mut(), params) {
+        (Some(o), Some(Value::Object(p))) => o.extend(p),
+        (_, None | Some(Value::Null)) => {}
+        (_, Some(p)) => {
+            return Err(Error::invalid(
+                format!("params of {method}"),
+                format!("expected an object, got {p}"),
+            ));
+        }
+    }
+    parse_params(method, Some(v))
 }
 
 impl ConfigFile {

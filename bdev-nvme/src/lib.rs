@@ -20,7 +20,7 @@ pub mod transport;
 
 use std::sync::Arc;
 
-use bdev_core::config::{Methods, parse_params};
+use bdev_core::config::{Methods, parse_params, parse_params_over};
 use bdev_core::module::BdevModule;
 use serde_json::Value;
 
@@ -131,12 +131,39 @@ impl BdevModule for NvmeModule {
                 Ok(Value::Bool(true))
             })
         });
+        // SPDK writes `{"enable": false, ...}` into every saved config: accepted, so that
+        // those configs load. Hotplug watches the PCIe bus, which this driver does not use.
+        m.register_sync("bdev_nvme_set_hotplug", |p| {
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct P {
+                enable: bool,
+                #[allow(dead_code)]
+                period_us: Option<u64>,
+            }
+            let p: P = parse_params("bdev_nvme_set_hotplug", p)?;
+            if p.enable {
+                return Err(bdev_core::Error::Rpc {
+                    code: -libc::EOPNOTSUPP,
+                    message: "bdev_nvme_set_hotplug: hotplug watches PCIe NVMe devices, and this driver has no PCIe transport".into(),
+                });
+            }
+            Ok(Value::Bool(true))
+        });
         m.register_sync("bdev_nvme_get_discovery_info", |_| {
             let l = discovery::info().map_err(|e| e.rpc("bdev_nvme_get_discovery_info"))?;
             Ok(Value::Array(l))
         });
         m.register_sync("bdev_nvme_set_options", |p| {
-            let o: bdev::NvmeOptions = parse_params("bdev_nvme_set_options", p)?;
+            // SPDK's rule: the options are read when a controller attaches.
+            if bdev::Ctrlrs::get().is_ok_and(|c| !c.all().is_empty()) {
+                return Err(bdev_core::Error::Rpc {
+                    code: -1,
+                    message: "RPC not permitted with nvme controllers already attached".into(),
+                });
+            }
+            let o: bdev::NvmeOptions =
+                parse_params_over("bdev_nvme_set_options", &bdev::options(), p)?;
             bdev::set_options(o).map_err(|e| e.rpc("bdev_nvme_set_options"))?;
             Ok(Value::Bool(true))
         });

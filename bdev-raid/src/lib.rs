@@ -47,7 +47,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
 use bdev_core::bdev::{Bdev, get_by_name};
-use bdev_core::config::{Methods, parse_params};
+use bdev_core::config::{Methods, parse_params, parse_params_over};
 use bdev_core::module::BdevModule;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -813,14 +813,15 @@ impl BdevModule for RaidModule {
             })
         });
         m.register_sync("bdev_raid_set_options", |p| {
-            let o: RaidOptions = parse_params("bdev_raid_set_options", p)?;
+            let raids = Raids::get().map_err(|e| e.at("bdev_raid_set_options"))?;
+            let cur = raids.opts.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let o: RaidOptions = parse_params_over("bdev_raid_set_options", &cur, p)?;
             if o.process_window_size_kb == 0 {
                 return Err(bdev_core::Error::invalid(
                     "process_window_size_kb",
                     "must be greater than 0",
                 ));
             }
-            let raids = Raids::get().map_err(|e| e.at("bdev_raid_set_options"))?;
             *raids.opts.lock().unwrap_or_else(|e| e.into_inner()) = o;
             Ok(Value::Bool(true))
         });

@@ -2,6 +2,7 @@
 
 use std::rc::Rc;
 
+use crate::{RaidOptions, Raids};
 use bdev_core::bdev::{Desc, IoType, get_by_name};
 use bdev_core::config::Methods;
 use bdev_core::dma::DmaBuf;
@@ -896,4 +897,43 @@ fn odd_strips_foreign_superblocks_and_degraded_configs() {
     )
     .unwrap_err();
     assert!(e.contains("needs every base bdev present"), "{e}");
+}
+
+#[test]
+fn set_options_keeps_what_the_call_leaves_out() {
+    let (h, m) = harness();
+    let opts = |h: &Harness| h.run_on(0, || Raids::get().unwrap().opts.lock().unwrap().clone());
+    let dflt = opts(&h);
+    call(
+        &h,
+        &m,
+        "bdev_raid_set_options",
+        json!({"process_window_size_kb": 64}),
+    )
+    .unwrap();
+    call(
+        &h,
+        &m,
+        "bdev_raid_set_options",
+        json!({"process_max_bandwidth_mb_sec": 50}),
+    )
+    .unwrap();
+    assert_eq!(
+        opts(&h),
+        RaidOptions {
+            process_window_size_kb: 64,
+            process_max_bandwidth_mb_sec: 50
+        }
+    );
+    // A refused call changes nothing.
+    call(
+        &h,
+        &m,
+        "bdev_raid_set_options",
+        json!({"process_window_size_kb": 0}),
+    )
+    .unwrap_err();
+    call(&h, &m, "bdev_raid_set_options", json!({"bogus": 1})).unwrap_err();
+    assert_eq!(opts(&h).process_window_size_kb, 64);
+    assert_ne!(dflt.process_window_size_kb, 64);
 }

@@ -372,7 +372,7 @@ fn start_request(c: &mut Conn, methods: &Rc<Methods>, v: Value) {
     let (out, pending, m) = (c.out.clone(), c.pending.clone(), methods.clone());
     *pending.borrow_mut() += 1;
     let spawned = spawn_local(async move {
-        let r = m.call(&method, params).await;
+        let r = m.call_rpc(&method, params).await;
         let r = r.map_err(|e| (error_code(&e), e.to_string()));
         push_response(&out, &id, r);
         *pending.borrow_mut() -= 1;

@@ -3,6 +3,8 @@
 //! a flag the app thread polls, and one async main run on the app thread until it returns
 //! the exit code. Every failure is one line on stderr and exit code 1.
 
+pub mod app_rpc;
+
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;

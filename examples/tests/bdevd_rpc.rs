@@ -524,6 +524,30 @@ fn nvme_methods_refuse_bad_params_with_spdks_codes() {
         json!({"timeout_us": u64::MAX, "action_on_timeout": "reset"}),
     );
     assert_eq!(v["result"], true, "{v}");
+    // A call with one option keeps the others (SPDK decodes over the current options).
+    let v = c.call(
+        "bdev_nvme_set_options",
+        json!({"keep_alive_timeout_ms": 5000}),
+    );
+    assert_eq!(v["result"], true, "{v}");
+    let saved = c.call("save_config", Value::Null);
+    let o = saved["result"]["subsystems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["config"].as_array().unwrap())
+        .find(|m| m["method"] == "bdev_nvme_set_options")
+        .unwrap()["params"]
+        .clone();
+    assert_eq!(
+        (
+            &o["keep_alive_timeout_ms"],
+            &o["timeout_us"],
+            &o["action_on_timeout"]
+        ),
+        (&json!(5000), &json!(u64::MAX), &json!("reset")),
+        "{o}"
+    );
     let v = c.call(
         "bdev_nvme_attach_controller",
         json!({"name": "X", "trtype": "tcp", "traddr": "127.0.0.1", "trsvcid": "1",
@@ -651,4 +675,168 @@ fn in_interrupt_mode_an_idle_bdevd_sleeps_on_its_sockets_and_still_answers() {
         c.call("spdk_get_version", Value::Null)["result"]["fields"]["major"],
         24
     );
+}
+
+/// `rpc.py save_config` as SPDK's script does it: `framework_get_subsystems`, then
+/// `framework_get_config` for each.
+fn rpc_py_save_config(c: &mut RpcClient) -> Value {
+    let subs = c.call("framework_get_subsystems", Value::Null)["result"].clone();
+    let mut out = Vec::new();
+    for s in subs.as_array().unwrap() {
+        let name = s["subsystem"].clone();
+        let cfg = c.call("framework_get_config", json!({ "name": name }));
+        assert!(cfg.get("error").is_none(), "{cfg}");
+        out.push(json!({"subsystem": name, "config": cfg["result"]}));
+    }
+    json!({ "subsystems": out })
+}
+
+/// `rpc.py load_config` as SPDK's script does it: every method must be known to
+/// `rpc_get_methods`; then those `rpc_get_methods {"current": true}` lists are called, the
+/// others skipped. Returns the methods skipped.
+fn rpc_py_load_config(c: &mut RpcClient, cfg: &Value) -> Vec<String> {
+    let known = c.call("rpc_get_methods", json!({"include_aliases": false}))["result"].clone();
+    let current = c.call(
+        "rpc_get_methods",
+        json!({"current": true, "include_aliases": false}),
+    )["result"]
+        .clone();
+    let has = |l: &Value, m: &Value| l.as_array().unwrap().iter().any(|x| x == m);
+    let mut skipped = Vec::new();
+    for s in cfg["subsystems"].as_array().unwrap() {
+        for e in s["config"].as_array().into_iter().flatten() {
+            assert!(has(&known, &e["method"]), "unknown method {e}");
+            if has(&current, &e["method"]) {
+                let mut p = e["params"].clone();
+                if p.is_null() {
+                    p = Value::Null;
+                }
+                let v = c.call(e["method"].as_str().unwrap(), p);
+                assert!(v.get("error").is_none(), "{e}: {v}");
+            } else {
+                skipped.push(e["method"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    skipped
+}
+
+#[test]
+fn rpc_py_save_and_load_config_flows() {
+    let d = start("rpcpy", None);
+    let mut c = RpcClient::connect(&d.sock);
+    // Startup-only methods: known, not current, and -1 when called once running.
+    let all = c.call("rpc_get_methods", Value::Null)["result"].clone();
+    let current = c.call("rpc_get_methods", json!({"current": true}))["result"].clone();
+    let has = |l: &Value, m: &str| l.as_array().unwrap().iter().any(|x| x == m);
+    for m in [
+        "bdev_set_options",
+        "iobuf_set_options",
+        "sock_impl_set_options",
+    ] {
+        assert!(has(&all, m) && !has(&current, m), "{m}: {all} / {current}");
+    }
+    for m in [
+        "rpc_get_methods",
+        "framework_get_config",
+        "bdev_nvme_set_hotplug",
+        "bdev_malloc_create",
+    ] {
+        assert!(has(&current, m), "{m}: {current}");
+    }
+    let v = c.call("bdev_set_options", json!({"bdev_io_pool_size": 1024}));
+    assert_eq!(code(&v), -1, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Method may only be called before framework is initialized"),
+        "{v}"
+    );
+    assert_eq!(
+        code(&c.call("rpc_get_methods", json!({"bogus": 1}))),
+        -32602
+    );
+    assert_eq!(
+        code(&c.call("framework_get_subsystems", json!({"x": 1}))),
+        -32602
+    );
+    let v = c.call("framework_get_config", json!({"name": "nvmf"}));
+    assert_eq!(code(&v), -32602, "{v}");
+    assert_eq!(v["error"]["message"], "Subsystem 'nvmf' not found", "{v}");
+    assert_eq!(code(&c.call("framework_get_config", Value::Null)), -32602);
+    assert_eq!(
+        code(&c.call("bdev_nvme_set_hotplug", json!({"enable": true}))),
+        -95
+    );
+    // A config as SPDK v24.09's save_config writes it, other subsystems and all.
+    let spdk = json!({"subsystems": [
+        {"subsystem": "keyring", "config": []},
+        {"subsystem": "iobuf", "config": [
+            {"method": "iobuf_set_options", "params": {"small_pool_count": 8192, "large_pool_count": 1024, "small_bufsize": 8192, "large_bufsize": 135168}}]},
+        {"subsystem": "sock", "config": [
+            {"method": "sock_set_default_impl", "params": {"impl_name": "posix"}},
+            {"method": "sock_impl_set_options", "params": {"impl_name": "posix", "recv_buf_size": 2097152}}]},
+        {"subsystem": "vmd", "config": []},
+        {"subsystem": "accel", "config": [
+            {"method": "accel_set_options", "params": {"small_cache_size": 128, "large_cache_size": 16, "task_count": 2048, "sequence_count": 2048, "buf_count": 2048}}]},
+        {"subsystem": "bdev", "config": [
+            {"method": "bdev_set_options", "params": {"bdev_io_pool_size": 65535, "bdev_io_cache_size": 256, "bdev_auto_examine": true, "iobuf_small_cache_size": 128, "iobuf_large_cache_size": 16}},
+            {"method": "bdev_raid_set_options", "params": {"process_window_size_kb": 1024, "process_max_bandwidth_mb_sec": 0}},
+            {"method": "bdev_nvme_set_options", "params": {"action_on_timeout": "none", "timeout_us": 0, "keep_alive_timeout_ms": 10000, "bdev_retry_count": 3}},
+            {"method": "bdev_nvme_set_hotplug", "params": {"period_us": 100000, "enable": false}},
+            {"method": "bdev_malloc_create", "params": {"name": "Malloc0", "num_blocks": 8192, "block_size": 512, "physical_block_size": 512, "uuid": "6b1c1bd9-9fba-4a0b-a5a3-0b2e3b8a3d11", "optimal_io_boundary": 0, "md_size": 0, "dif_type": 0, "dif_is_head_of_md": false, "dif_pi_format": 0}},
+            {"method": "bdev_wait_for_examine"}]},
+        {"subsystem": "scheduler", "config": [
+            {"method": "framework_set_scheduler", "params": {"name": "static"}}]}
+    ]});
+    let mut skipped = rpc_py_load_config(&mut c, &spdk);
+    skipped.sort();
+    assert_eq!(
+        skipped,
+        [
+            "accel_set_options",
+            "bdev_set_options",
+            "iobuf_set_options",
+            "sock_impl_set_options",
+            "sock_set_default_impl"
+        ]
+    );
+    assert_eq!(
+        c.call("bdev_get_bdevs", json!({"name": "Malloc0"}))["result"][0]["uuid"],
+        "6b1c1bd9-9fba-4a0b-a5a3-0b2e3b8a3d11"
+    );
+    // The same file loads with -c too (other subsystems skipped with a warning).
+    let f = tmp("spdk-saved.json");
+    std::fs::write(&f, spdk.to_string()).unwrap();
+    let d2 = start("rpcpy2", Some(&f));
+    let mut c2 = RpcClient::connect(&d2.sock);
+    assert_eq!(
+        c2.call("bdev_get_bdevs", json!({"name": "Malloc0"}))["result"][0]["num_blocks"],
+        8192
+    );
+    // rpc.py save_config's assembly is our save_config, and loads back the same bdevs.
+    let saved = rpc_py_save_config(&mut c);
+    let ours = c.call("save_config", Value::Null)["result"].clone();
+    let bdev = |v: &Value| {
+        v["subsystems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["subsystem"] == "bdev")
+            .unwrap()["config"]
+            .clone()
+    };
+    assert_eq!(bdev(&saved), bdev(&ours));
+    let f = tmp("rpcpy-saved.json");
+    std::fs::write(&f, saved.to_string()).unwrap();
+    let d3 = start("rpcpy3", Some(&f));
+    let mut c3 = RpcClient::connect(&d3.sock);
+    assert_eq!(
+        c3.call("bdev_get_bdevs", Value::Null)["result"],
+        c.call("bdev_get_bdevs", Value::Null)["result"]
+    );
+    for d in [d, d2, d3] {
+        assert!(d.terminate().success());
+    }
 }

@@ -425,6 +425,17 @@ fn wait_for_rpc_runs_a_test_per_perform_tests() {
         .unwrap();
     cli::wait_for_socket(&sock, Duration::from_secs(20));
     let mut s = cli::RpcClient::connect(&sock);
+    // SPDK's waitforlisten polls rpc_get_methods before bdevperf.py sends perform_tests.
+    let v = s.call("rpc_get_methods", serde_json::Value::Null);
+    let names = v["result"].as_array().unwrap_or_else(|| panic!("{v}"));
+    for m in [
+        "perform_tests",
+        "rpc_get_methods",
+        "spdk_get_version",
+        "bdev_get_bdevs",
+    ] {
+        assert!(names.iter().any(|n| n == m), "{m}: {v}");
+    }
     let v = s.call("perform_tests", serde_json::Value::Null);
     let r = &v["result"]["results"][0];
     assert_eq!(r["job"], "Malloc0", "{v}");

@@ -317,6 +317,9 @@ fn namespace_events(target: &vm::TcpTarget) {
     assert_eq!(nvme["ctrlr_data"]["subnqn"], vm::SUBNQN, "{b}");
     assert_eq!(nvme["ns_data"]["id"], 2, "{b}");
     assert_eq!(nvme["trid"]["trsvcid"], target.port.to_string(), "{b}");
+    // Options are read at attach: SPDK refuses to change them once a controller is.
+    let v = rpc(&sock, "bdev_nvme_set_options", json!({"timeout_us": 1}));
+    assert_eq!(v["error"]["code"], -1, "{v}");
     // More namespaces than max_bdevs: SPDK's -ERANGE, and the controller stays attached
     // with all its bdevs (the error only says not every name fits in the answer).
     let v = rpc(

@@ -10,11 +10,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bdev_core::app::CpuMask;
-use bdev_core::config::{self, ConfigFile, Methods, parse_params};
+use bdev_core::config::{ConfigFile, Methods};
 use bdev_core::thread;
 use bdev_rpc::RpcServer;
 use clap::Parser;
-use serde_json::{Value, json};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -59,39 +58,8 @@ fn main() {
 fn methods(stop: Arc<AtomicBool>) -> Result<Rc<Methods>, String> {
     let mut m = Methods::new();
     bdev_examples::register_modules(&mut m)?;
-    m.register_sync("spdk_get_version", |_| {
-        Ok(json!({
-            "version": format!("bdev-rs v{} (SPDK v24.09 RPC)", env!("CARGO_PKG_VERSION")),
-            "fields": {"major": 24, "minor": 9, "patch": 0, "suffix": ""}
-        }))
-    });
-    // The config is loaded before the socket opens, so init is always complete here.
-    m.register_sync("framework_wait_init", |_| Ok(Value::Bool(true)));
-    m.register_sync("save_config", |_| Ok(config::save_config()));
-    m.register_sync("spdk_kill_instance", move |p| {
-        #[derive(serde::Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct P {
-            sig_name: String,
-        }
-        let p: P = parse_params("spdk_kill_instance", p)?;
-        match p.sig_name.as_str() {
-            "SIGINT" | "SIGTERM" | "SIGQUIT" | "SIGHUP" | "SIGKILL" | "2" | "15" | "3" | "1"
-            | "9" => {}
-            s => {
-                return Err(bdev_core::Error::invalid(
-                    "params of spdk_kill_instance",
-                    format!("unknown signal {s}"),
-                ));
-            }
-        }
-        stop.store(true, Ordering::Relaxed);
-        Ok(Value::Bool(true))
-    });
-    let mut names: Vec<String> = m.names().map(str::to_string).collect();
-    names.push("rpc_get_methods".into());
-    names.sort();
-    m.register_sync("rpc_get_methods", move |_| Ok(json!(names)));
+    bdev_examples::app_rpc::register_app_methods(&mut m, stop);
+    bdev_examples::app_rpc::register_rpc_get_methods(&mut m);
     Ok(Rc::new(m))
 }
 

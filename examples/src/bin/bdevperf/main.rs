@@ -122,6 +122,10 @@ async fn serve(
             }
         })
     });
+    // What SPDK's app framework serves too: its test scripts wait for rpc_get_methods
+    // before they send perform_tests.
+    bdev_examples::app_rpc::register_app_methods(&mut methods, signal.clone());
+    bdev_examples::app_rpc::register_rpc_get_methods(&mut methods);
     let _server =
         bdev_rpc::RpcServer::listen(&p.rpc_socket, Rc::new(methods)).map_err(|e| e.to_string())?;
     while !signal.load(Ordering::Relaxed) {
