@@ -246,13 +246,13 @@ pub async fn delete(name: &str, module: &'static str) -> Result<(), Error> {
     Ok(find(name, module)?.unregister_async().await?)
 }
 
-/// Re-reads the size of an AIO bdev's file and tells open descriptors if it changed
-/// (`bdev_aio_rescan`).
-pub fn rescan(name: &str) -> Result<(), Error> {
-    let b = find(name, AIO)?;
+/// Re-reads the size of an AIO (`module` [`AIO`]) or io_uring ([`URING`]) bdev's file and
+/// tells open descriptors if it changed (`bdev_aio_rescan`, `bdev_uring_rescan`).
+pub fn rescan(name: &str, module: &'static str) -> Result<(), Error> {
+    let b = find(name, module)?;
     let ops = b.ops::<bdev::FileBdev>().ok_or_else(|| Error::NotFound {
         name: name.to_string(),
-        module: AIO,
+        module,
     })?;
     let size = file::size_of(&ops.file, ops.blockdev)
         .map_err(|e| Error::InvalidOpts(format!("{}: {e}", ops.filename)))?;
@@ -291,7 +291,7 @@ impl BdevModule for AioModule {
         });
         m.register_sync("bdev_aio_rescan", |p| {
             let d: NameParams = parse_params("bdev_aio_rescan", p)?;
-            rescan(&d.name)?;
+            rescan(&d.name, AIO)?;
             Ok(Value::Bool(true))
         });
     }
@@ -316,6 +316,11 @@ impl BdevModule for UringModule {
                 delete(&d.name, URING).await?;
                 Ok(Value::Bool(true))
             })
+        });
+        m.register_sync("bdev_uring_rescan", |p| {
+            let d: NameParams = parse_params("bdev_uring_rescan", p)?;
+            rescan(&d.name, URING)?;
+            Ok(Value::Bool(true))
         });
     }
 }

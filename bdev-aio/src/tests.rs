@@ -374,12 +374,27 @@ fn readonly_refuses_writes_and_rescan_reports_growth() {
         .unwrap()
         .set_len(2 << 20)
         .unwrap();
-    h.run_on(0, || crate::rescan("ro").unwrap());
+    h.run_on(0, || crate::rescan("ro", crate::AIO).unwrap());
     h.poll_threads();
     assert!(resized.get());
     assert_eq!(
         h.run_on(0, || get_by_name("ro").unwrap().num_blocks()),
         4096
+    );
+    // bdev_uring_rescan the same way; each method finds only its own module's bdevs.
+    h.run_on(0, || crate::create_uring(uring("ru", &path)).unwrap());
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(3 << 20)
+        .unwrap();
+    assert!(h.run_on(0, || crate::rescan("ru", crate::AIO)).is_err());
+    assert!(h.run_on(0, || crate::rescan("ro", crate::URING)).is_err());
+    h.run_on(0, || crate::rescan("ru", crate::URING).unwrap());
+    assert_eq!(
+        h.run_on(0, || get_by_name("ru").unwrap().num_blocks()),
+        6144
     );
 }
 

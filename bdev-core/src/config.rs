@@ -78,21 +78,67 @@ impl Methods {
             let _: BdevOpts = parse_params("bdev_set_options", p)?;
             Ok(Value::Bool(true))
         });
-        // Examine runs synchronously at registration, so there is never anything to wait for.
-        m.register_sync("bdev_get_bdevs", |p| {
-            #[derive(Deserialize)]
-            #[serde(deny_unknown_fields)]
-            struct P {
-                name: Option<String>,
-                #[allow(dead_code)]
-                timeout: Option<u64>,
-            }
-            let p: P = parse_params("bdev_get_bdevs", p)?;
-            let bdevs = match p.name {
-                Some(n) => vec![crate::bdev::get_by_name(&n).ok_or(Error::NoSuchBdev { name: n })?],
-                None => crate::bdev::list(),
-            };
-            Ok(Value::Array(bdevs.iter().map(bdev_info).collect()))
+        // With a name and `timeout` (ms), waits up to that long for the bdev to appear, as
+        // SPDK's does (its test scripts' waitforbdev relies on it).
+        m.register("bdev_get_bdevs", |p| {
+            Box::pin(async move {
+                #[derive(Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct P {
+                    name: Option<String>,
+                    #[serde(default)]
+                    timeout: u64,
+                }
+                let p: P = parse_params("bdev_get_bdevs", p)?;
+                let bdevs = match p.name {
+                    Some(n) => {
+                        let until =
+                            std::time::Instant::now() + std::time::Duration::from_millis(p.timeout);
+                        loop {
+                            if let Some(b) = crate::bdev::get_by_name(&n) {
+                                break vec![b];
+                            }
+                            if std::time::Instant::now() >= until {
+                                return Err(Error::NoSuchBdev { name: n });
+                            }
+                            crate::thread::sleep_us(1000).await?;
+                        }
+                    }
+                    None => crate::bdev::list(),
+                };
+                Ok(Value::Array(bdevs.iter().map(bdev_info).collect()))
+            })
+        });
+        m.register("bdev_reset_iostat", |p| {
+            Box::pin(async move {
+                #[derive(Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct P {
+                    name: Option<String>,
+                    mode: Option<String>,
+                }
+                let p: P = parse_params("bdev_reset_iostat", p)?;
+                let mode = match p.mode.as_deref() {
+                    None | Some("all") => crate::bdev::ResetMode::All,
+                    Some("maxmin") => crate::bdev::ResetMode::MaxMin,
+                    Some(m) => {
+                        return Err(Error::invalid(
+                            "params of bdev_reset_iostat",
+                            format!("mode must be all or maxmin, not {m}"),
+                        ));
+                    }
+                };
+                let bdevs = match p.name {
+                    Some(n) => {
+                        vec![crate::bdev::get_by_name(&n).ok_or(Error::NoSuchBdev { name: n })?]
+                    }
+                    None => crate::bdev::list(),
+                };
+                for b in bdevs {
+                    b.reset_iostat(mode).await?;
+                }
+                Ok(Value::Bool(true))
+            })
         });
         m.register("bdev_get_iostat", |p| {
             Box::pin(async move {
@@ -298,11 +344,16 @@ pub fn bdev_info(b: &crate::bdev::Bdev) -> Value {
     if b.name() != u && !aliases.contains(&u) {
         aliases.push(u.clone());
     }
-    let io: serde_json::Map<String, Value> = IoType::ALL
+    // Every I/O type SPDK names, as it lists them; those this layer lacks are false.
+    let io: serde_json::Map<String, Value> = SPDK_IO_TYPES
         .iter()
-        .map(|t| (t.name().to_string(), Value::Bool(b.io_type_supported(*t))))
+        .map(|n| {
+            let ok = IoType::from_name(n).is_some_and(|t| b.io_type_supported(t));
+            (n.to_string(), Value::Bool(ok))
+        })
         .collect();
-    serde_json::json!({
+    let claimed = b.claimed_by().is_some();
+    let mut v = serde_json::json!({
         "name": b.name(),
         "aliases": aliases,
         "product_name": b.product_name(),
@@ -310,12 +361,41 @@ pub fn bdev_info(b: &crate::bdev::Bdev) -> Value {
         "num_blocks": b.num_blocks(),
         "uuid": u,
         "assigned_rate_limits": b.qos_limits(),
-        "claimed": b.claimed_by().is_some(),
+        "claimed": claimed,
         "zoned": false,
         "supported_io_types": io,
         "driver_specific": b.dump_info_json().unwrap_or_else(|| serde_json::json!({})),
-    })
+    });
+    if claimed {
+        // The only claim this layer has is SPDK's exclusive-write one.
+        v["claim_type"] = Value::String("exclusive_write".into());
+    }
+    v
 }
+
+/// The I/O types SPDK v24.09 lists in `supported_io_types`, in its order.
+const SPDK_IO_TYPES: [&str; 20] = [
+    "read",
+    "write",
+    "unmap",
+    "flush",
+    "reset",
+    "nvme_admin",
+    "nvme_io",
+    "nvme_io_md",
+    "write_zeroes",
+    "zcopy",
+    "get_zone_info",
+    "zone_management",
+    "zone_append",
+    "compare",
+    "compare_and_write",
+    "abort",
+    "seek_hole",
+    "seek_data",
+    "copy",
+    "nvme_iov_md",
+];
 
 /// The configuration that recreates the current application's bdevs, in SPDK's format
 /// (`save_config`): bdev options, then each bdev's create call in registration order

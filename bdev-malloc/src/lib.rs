@@ -55,7 +55,11 @@ impl From<Error> for bdev_core::Error {
         match e {
             Error::Core(c) => c,
             Error::NotFound { name, .. } => bdev_core::Error::NoSuchBdev { name },
-            Error::InvalidOpts(m) => bdev_core::Error::invalid("params", m),
+            // SPDK answers a create's refused options with -EINVAL and its message.
+            Error::InvalidOpts(m) => bdev_core::Error::Rpc {
+                code: -22,
+                message: m,
+            },
         }
     }
 }
@@ -117,6 +121,17 @@ impl BdevModule for NullModule {
             let opts: null::NullOpts = parse_params("bdev_null_create", p)?;
             let b = null::create(opts)?;
             Ok(Value::String(b.name().to_string()))
+        });
+        m.register_sync("bdev_null_resize", |p| {
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct P {
+                name: String,
+                new_size: u64,
+            }
+            let p: P = parse_params("bdev_null_resize", p)?;
+            null::resize(&p.name, p.new_size)?;
+            Ok(Value::Bool(true))
         });
         m.register("bdev_null_delete", |p| {
             Box::pin(async move {

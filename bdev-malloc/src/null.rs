@@ -168,6 +168,24 @@ pub fn create(opts: NullOpts) -> Result<Bdev, Error> {
     Ok(register(props, Arc::new(NullBdev { opts }))?)
 }
 
+/// Grows a null bdev to `new_size_mib` MiB (`bdev_null_resize`); open descriptors get the
+/// resize event. As SPDK's, it refuses to shrink below the current size in MiB.
+pub fn resize(name: &str, new_size_mib: u64) -> Result<(), Error> {
+    let b = find(name, MODULE)?;
+    let bs = b.block_len() as u64;
+    let cur_mib = b.num_blocks() * bs / (1 << 20);
+    if new_size_mib < cur_mib {
+        return Err(Error::InvalidOpts(
+            "The new bdev size must not be smaller than current bdev size.".into(),
+        ));
+    }
+    let blocks = new_size_mib
+        .checked_mul(1 << 20)
+        .map(|bytes| bytes / bs)
+        .ok_or_else(|| Error::InvalidOpts(format!("{new_size_mib} MiB is too large")))?;
+    Ok(b.notify_blockcnt_change(blocks)?)
+}
+
 /// Deletes a null bdev (`bdev_null_delete`): returns once it is unregistered.
 pub async fn delete(name: &str) -> Result<(), Error> {
     let b = find(name, MODULE)?;

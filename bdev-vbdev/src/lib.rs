@@ -50,7 +50,11 @@ impl From<Error> for bdev_core::Error {
             Error::Core(c) => c,
             Error::NotFound { name, .. } => bdev_core::Error::NoSuchBdev { name },
             Error::Exists(name) => bdev_core::Error::BdevExists { name },
-            Error::InvalidOpts(m) => bdev_core::Error::invalid("params", m),
+            // SPDK answers refused options with -EINVAL and its message.
+            Error::InvalidOpts(m) => bdev_core::Error::Rpc {
+                code: -22,
+                message: m,
+            },
         }
     }
 }

@@ -99,8 +99,9 @@ fn methods_errors_and_bad_input() {
         "bdev_null_create",
         json!({"name": "n", "num_blocks": 8, "block_size": 500}),
     );
+    // Refused options: SPDK's -EINVAL, with its message.
     assert!(
-        code(&r) < 0
+        code(&r) == -22
             && r["error"]["message"]
                 .as_str()
                 .unwrap()
@@ -839,4 +840,83 @@ fn rpc_py_save_and_load_config_flows() {
     for d in [d, d2, d3] {
         assert!(d.terminate().success());
     }
+}
+
+#[test]
+fn bdev_info_null_resize_and_waiting_for_a_bdev() {
+    let d = start("info", None);
+    let mut c = RpcClient::connect(&d.sock);
+    let r = c.call(
+        "bdev_null_create",
+        json!({"name": "N0", "num_blocks": 2048, "block_size": 4096}),
+    );
+    assert_eq!(r["result"], "N0", "{r}");
+    let b = c.call("bdev_get_bdevs", json!({"name": "N0"}))["result"][0].clone();
+    let io = b["supported_io_types"].as_object().unwrap();
+    assert_eq!(io.len(), 20, "every type SPDK lists: {b}");
+    assert_eq!(
+        (&io["read"], &io["unmap"], &io["abort"]),
+        (&json!(true), &json!(false), &json!(false))
+    );
+    assert!(b.get("claim_type").is_none(), "{b}");
+    let r = c.call(
+        "bdev_passthru_create",
+        json!({"base_bdev_name": "N0", "name": "P0"}),
+    );
+    assert_eq!(r["result"], "P0", "{r}");
+    let b = c.call("bdev_get_bdevs", json!({"name": "N0"}))["result"][0].clone();
+    assert_eq!(
+        (&b["claimed"], &b["claim_type"]),
+        (&json!(true), &json!("exclusive_write")),
+        "{b}"
+    );
+    // bdev_null_resize: new_size in MiB; never smaller.
+    let r = c.call("bdev_null_resize", json!({"name": "N0", "new_size": 16}));
+    assert_eq!(r["result"], true, "{r}");
+    let b = c.call("bdev_get_bdevs", json!({"name": "N0"}))["result"][0].clone();
+    assert_eq!(b["num_blocks"], 4096, "{b}");
+    let r = c.call("bdev_null_resize", json!({"name": "N0", "new_size": 4}));
+    assert_eq!(code(&r), -22, "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("must not be smaller"),
+        "{r}"
+    );
+    assert_eq!(
+        code(&c.call("bdev_null_resize", json!({"name": "P0", "new_size": 32}))),
+        -19
+    );
+    assert_eq!(
+        code(&c.call("bdev_uring_rescan", json!({"name": "N0"}))),
+        -19
+    );
+    // bdev_get_bdevs with a timeout waits for the bdev to appear (SPDK's waitforbdev).
+    let sock = d.sock.clone();
+    let maker = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        RpcClient::connect(&sock).call(
+            "bdev_malloc_create",
+            json!({"name": "Late", "num_blocks": 256, "block_size": 512}),
+        )
+    });
+    let t = std::time::Instant::now();
+    let b = c.call("bdev_get_bdevs", json!({"name": "Late", "timeout": 5000}));
+    assert_eq!(b["result"][0]["name"], "Late", "{b}");
+    assert!(
+        t.elapsed() >= std::time::Duration::from_millis(250),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(maker.join().unwrap()["result"], "Late");
+    let t = std::time::Instant::now();
+    let b = c.call("bdev_get_bdevs", json!({"name": "Never", "timeout": 200}));
+    assert_eq!(code(&b), -19, "{b}");
+    assert!(
+        t.elapsed() >= std::time::Duration::from_millis(200),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(d.terminate().success());
 }

@@ -482,8 +482,7 @@ fn account(ch: &IoChannel<ChanCtx>, ctx: &IoCtx, status: IoStatus, stats: bool) 
     if stats {
         let ticks = ch.tctx.now.get().saturating_sub(ctx.submit_tick);
         let bytes = ctx.num_blocks * ctx.block_len as u64;
-        ch.stats
-            .record(ctx.io_type, bytes, ticks, status.is_success());
+        ch.stats.record(ctx.io_type, bytes, ticks, status);
         ch.tally(ctx.io_type, ticks);
     }
     if ch.nomem_len.get() > 0 {

@@ -52,6 +52,7 @@ pub use queue::IoQueue;
 pub use registry::{Bdev, get_by_name, list, register};
 pub use request::{IoFuture, IoRequest};
 pub use stats::IoStats;
+pub use stats::ResetMode;
 pub use timeout::TimedOutIo;
 pub use types::{BdevEvent, Completion, IoError, IoPayload, IoStatus, IoType, Payload, Reject};
 

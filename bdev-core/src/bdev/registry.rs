@@ -491,6 +491,17 @@ impl Bdev {
         Ok(s)
     }
 
+    /// Resets the I/O statistics (`bdev_reset_iostat`): every channel's, on its thread,
+    /// and what closed channels left.
+    pub async fn reset_iostat(&self, mode: super::ResetMode) -> Result<()> {
+        self.0
+            .retired
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .reset(mode);
+        self.0.each_channel(move |c| c.stats.reset(mode)).await
+    }
+
     /// Sets QoS limits (`bdev_set_qos_limit`): `None` leaves a limit as it is, 0 turns it
     /// off. Returns once every channel applies them.
     pub async fn set_qos_limits(&self, limits: [Option<u64>; 4]) -> Result<()> {

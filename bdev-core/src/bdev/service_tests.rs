@@ -657,6 +657,64 @@ fn histograms_and_per_channel_stats_come_out_in_spdk_shape() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("needs a bdev name"), "{e}");
+    // SPDK's field set: copy counters, an io_error object (per-channel entries have none).
+    let v = call(&h, "bdev_get_iostat", serde_json::json!({"name": "r_hist"})).unwrap();
+    let b = &v["bdevs"][0];
+    assert_eq!(
+        (&b["num_read_ops"], &b["num_copy_ops"]),
+        (&10.into(), &0.into()),
+        "{v}"
+    );
+    assert_eq!(b["io_error"], serde_json::json!({}), "{v}");
+    assert!(b["max_read_latency_ticks"].as_u64().is_some(), "{v}");
+    assert!(
+        chans.iter().all(|c| c.get("io_error").is_none()),
+        "{chans:?}"
+    );
+    // A read that takes 50 ticks (the harness's clock moves only when told).
+    h.run_on(0, || {
+        d.read_blocks(&keep[0], DmaBuf::new(512, 8).unwrap(), 0, 1)
+            .submit(|c| assert!(c.is_success()))
+    });
+    h.advance_time_us(50);
+    h.poll_threads();
+    let v = call(&h, "bdev_get_iostat", serde_json::json!({"name": "r_hist"})).unwrap();
+    let b = &v["bdevs"][0];
+    assert_eq!(
+        (&b["num_read_ops"], &b["max_read_latency_ticks"]),
+        (&11.into(), &50.into()),
+        "{v}"
+    );
+    // bdev_reset_iostat: maxmin keeps the counts, all clears them (on every channel).
+    call(
+        &h,
+        "bdev_reset_iostat",
+        serde_json::json!({"name": "r_hist", "mode": "maxmin"}),
+    )
+    .unwrap();
+    let v = call(&h, "bdev_get_iostat", serde_json::json!({"name": "r_hist"})).unwrap();
+    let b = &v["bdevs"][0];
+    assert_eq!(
+        (
+            &b["num_read_ops"],
+            &b["read_latency_ticks"],
+            &b["max_read_latency_ticks"]
+        ),
+        (&11.into(), &50.into(), &0.into()),
+        "{v}"
+    );
+    call(&h, "bdev_reset_iostat", serde_json::json!({})).unwrap();
+    let v = call(&h, "bdev_get_iostat", serde_json::json!({"name": "r_hist"})).unwrap();
+    let b = &v["bdevs"][0];
+    assert_eq!(
+        (&b["num_read_ops"], &b["io_error"]),
+        (&0.into(), &serde_json::json!({}))
+    );
+    assert!(
+        call(&h, "bdev_reset_iostat", serde_json::json!({"mode": "none"})).is_err(),
+        "SPDK's decoder refuses mode none"
+    );
+    assert!(call(&h, "bdev_reset_iostat", serde_json::json!({"name": "nope"})).is_err());
     for (t, ch) in keep.into_iter().enumerate() {
         h.run_on(t, || drop(ch));
     }

@@ -5,7 +5,7 @@ use std::cell::Cell;
 
 use serde::Serialize;
 
-use super::IoType;
+use super::{IoStatus, IoType};
 
 /// Counts and latencies of successful I/O, with SPDK's `bdev_get_iostat` field names.
 /// Latencies are in ticks of the thread clock (see `tick_rate` in the RPC answer).
@@ -23,6 +23,10 @@ pub struct IoStats {
     pub bytes_unmapped: u64,
     /// Unmaps completed.
     pub num_unmap_ops: u64,
+    /// Bytes copied (no bdev here has the copy I/O type: always 0).
+    pub bytes_copied: u64,
+    /// Copies completed (always 0, as above).
+    pub num_copy_ops: u64,
     /// Sum of read latencies.
     pub read_latency_ticks: u64,
     /// Longest read.
@@ -41,8 +45,48 @@ pub struct IoStats {
     pub max_unmap_latency_ticks: u64,
     /// Shortest unmap (0 when none).
     pub min_unmap_latency_ticks: u64,
-    /// I/Os that completed with an error.
-    pub num_io_errors: u64,
+    /// Sum of copy latencies (always 0).
+    pub copy_latency_ticks: u64,
+    /// Longest copy (always 0).
+    pub max_copy_latency_ticks: u64,
+    /// Shortest copy (always 0).
+    pub min_copy_latency_ticks: u64,
+    /// I/Os that completed with an error, by SPDK's status name ("failed", "aborted",
+    /// "nvme_error", ...); only the statuses seen.
+    pub io_error: std::collections::BTreeMap<&'static str, u64>,
+}
+
+/// The error statuses counted, with SPDK's names (`bdev_io_status_get_string`).
+const ERROR_NAMES: [&str; 6] = [
+    "failed",
+    "nomem",
+    "aborted",
+    "miscompare",
+    "nvme_error",
+    "aio_error",
+];
+
+/// Where an error status is counted (a request refused before submission counts as
+/// failed, as SPDK completes it).
+fn error_slot(s: IoStatus) -> usize {
+    match s {
+        IoStatus::NoMem => 1,
+        IoStatus::Aborted => 2,
+        IoStatus::Miscompare => 3,
+        IoStatus::NvmeError { .. } => 4,
+        IoStatus::AioError(_) => 5,
+        IoStatus::Success | IoStatus::Failed | IoStatus::Rejected(_) => 0,
+    }
+}
+
+/// What `bdev_reset_iostat` resets: everything, or only the latency extremes
+/// (SPDK's modes "all" and "maxmin").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResetMode {
+    /// Every counter.
+    All,
+    /// Only the longest and shortest latencies.
+    MaxMin,
 }
 
 /// One I/O type's counters, as a channel keeps them.
@@ -79,6 +123,14 @@ impl OpStats {
     fn min(&self) -> u64 {
         if self.ops == 0 { 0 } else { self.lat_min }
     }
+
+    fn reset(&mut self, mode: ResetMode) {
+        let d = OpStats::default();
+        match mode {
+            ResetMode::All => *self = d,
+            ResetMode::MaxMin => (self.lat_max, self.lat_min) = (d.lat_max, d.lat_min),
+        }
+    }
 }
 
 /// A channel's counters: plain cells (no borrow flag) in a flat array indexed by I/O
@@ -86,7 +138,7 @@ impl OpStats {
 #[derive(Debug, Default)]
 pub(crate) struct ChannelStats {
     ops: [CellStats; 3],
-    errors: Cell<u64>,
+    errors: [Cell<u64>; ERROR_NAMES.len()],
 }
 
 #[derive(Debug)]
@@ -111,6 +163,17 @@ impl Default for CellStats {
 }
 
 impl CellStats {
+    fn reset(&self, mode: ResetMode) {
+        let d = CellStats::default();
+        if mode == ResetMode::All {
+            self.bytes.set(0);
+            self.ops.set(0);
+            self.lat_sum.set(0);
+        }
+        self.lat_max.set(d.lat_max.get());
+        self.lat_min.set(d.lat_min.get());
+    }
+
     fn snapshot(&self) -> OpStats {
         OpStats {
             bytes: self.bytes.get(),
@@ -141,7 +204,7 @@ fn slot(t: IoType) -> Option<usize> {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct StatsSum {
     ops: [OpStats; 3],
-    errors: u64,
+    errors: [u64; ERROR_NAMES.len()],
 }
 
 impl StatsSum {
@@ -150,7 +213,19 @@ impl StatsSum {
         for (a, b) in self.ops.iter_mut().zip(c.ops.iter()) {
             a.merge(&b.snapshot());
         }
-        self.errors += c.errors.get();
+        for (a, b) in self.errors.iter_mut().zip(c.errors.iter()) {
+            *a += b.get();
+        }
+    }
+
+    /// `bdev_reset_iostat` on what closed channels left.
+    pub(crate) fn reset(&mut self, mode: ResetMode) {
+        for o in &mut self.ops {
+            o.reset(mode);
+        }
+        if mode == ResetMode::All {
+            self.errors = Default::default();
+        }
     }
 
     /// The counters with SPDK's names.
@@ -163,6 +238,8 @@ impl StatsSum {
             num_write_ops: w.ops,
             bytes_unmapped: u.bytes,
             num_unmap_ops: u.ops,
+            bytes_copied: 0,
+            num_copy_ops: 0,
             read_latency_ticks: r.lat_sum,
             max_read_latency_ticks: r.lat_max,
             min_read_latency_ticks: r.min(),
@@ -172,7 +249,15 @@ impl StatsSum {
             unmap_latency_ticks: u.lat_sum,
             max_unmap_latency_ticks: u.lat_max,
             min_unmap_latency_ticks: u.min(),
-            num_io_errors: self.errors,
+            copy_latency_ticks: 0,
+            max_copy_latency_ticks: 0,
+            min_copy_latency_ticks: 0,
+            io_error: ERROR_NAMES
+                .iter()
+                .zip(self.errors)
+                .filter(|(_, n)| *n > 0)
+                .map(|(k, n)| (*k, n))
+                .collect(),
         }
     }
 }
@@ -180,9 +265,10 @@ impl StatsSum {
 impl ChannelStats {
     /// Accounts one completed I/O.
     #[inline]
-    pub(crate) fn record(&self, t: IoType, bytes: u64, ticks: u64, ok: bool) {
-        if !ok {
-            self.errors.set(self.errors.get() + 1);
+    pub(crate) fn record(&self, t: IoType, bytes: u64, ticks: u64, status: IoStatus) {
+        if !status.is_success() {
+            let e = &self.errors[error_slot(status)];
+            e.set(e.get() + 1);
             return;
         }
         if let Some(i) = slot(t) {
@@ -194,6 +280,18 @@ impl ChannelStats {
             s.lat_min.set(s.lat_min.get().min(ticks));
         }
     }
+
+    /// `bdev_reset_iostat` on this channel.
+    pub(crate) fn reset(&self, mode: ResetMode) {
+        for o in &self.ops {
+            o.reset(mode);
+        }
+        if mode == ResetMode::All {
+            for e in &self.errors {
+                e.set(0);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -203,13 +301,15 @@ mod tests {
     #[test]
     fn record_and_merge_keep_min_max_and_sums() {
         let a = ChannelStats::default();
-        a.record(IoType::Read, 4096, 10, true);
-        a.record(IoType::Read, 4096, 4, true);
-        a.record(IoType::Write, 512, 7, true);
-        a.record(IoType::Write, 512, 7, false);
+        a.record(IoType::Read, 4096, 10, IoStatus::Success);
+        a.record(IoType::Read, 4096, 4, IoStatus::Success);
+        a.record(IoType::Write, 512, 7, IoStatus::Success);
+        a.record(IoType::Write, 512, 7, IoStatus::Failed);
+        a.record(IoType::Read, 512, 7, IoStatus::Aborted);
+        a.record(IoType::Read, 512, 7, IoStatus::Aborted);
         let b = ChannelStats::default();
-        b.record(IoType::Read, 512, 20, true);
-        b.record(IoType::Unmap, 1 << 20, 3, true);
+        b.record(IoType::Read, 512, 20, IoStatus::Success);
+        b.record(IoType::Unmap, 1 << 20, 3, IoStatus::Success);
         let mut sum = StatsSum::default();
         sum.add(&a);
         sum.add(&b);
@@ -222,9 +322,10 @@ mod tests {
             (a.min_read_latency_ticks, a.max_read_latency_ticks),
             (4, 20)
         );
+        assert_eq!((a.num_write_ops, a.min_write_latency_ticks), (1, 7));
         assert_eq!(
-            (a.num_write_ops, a.min_write_latency_ticks, a.num_io_errors),
-            (1, 7, 1)
+            a.io_error,
+            [("aborted", 2), ("failed", 1)].into_iter().collect()
         );
         assert_eq!(
             (a.num_unmap_ops, a.min_unmap_latency_ticks, a.bytes_unmapped),
