@@ -268,6 +268,8 @@ struct CtrlState {
     /// Since when the controller has been unreachable.
     failed_at: Option<Instant>,
     reconnecting: bool,
+    /// Waiting out reconnect_delay_sec before the next attempt.
+    delayed: bool,
     /// Gone after ctrlr_loss_timeout_sec: everything fails.
     removed: bool,
 }
@@ -419,7 +421,10 @@ impl NvmeCtrlr {
             }
             if attempt > 0 {
                 let d = t.reconnect_delay_sec.max(1).saturating_mul(1_000_000);
-                if bdev_core::thread::sleep_us(d).await.is_err() {
+                self.st().delayed = true;
+                let slept = bdev_core::thread::sleep_us(d).await;
+                self.st().delayed = false;
+                if slept.is_err() {
                     return;
                 }
             }
@@ -641,6 +646,8 @@ impl NvmeCtrlr {
         let st = self.st();
         if st.removed {
             "deleting"
+        } else if st.delayed {
+            "reconnect_is_delayed"
         } else if st.reconnecting {
             "resetting"
         } else if st.failed_at.is_some() {

@@ -382,8 +382,62 @@ fn namespace_events(target: &vm::TcpTarget) {
     let v = rpc(&sock, "bdev_nvme_detach_controller", json!({"name": "E0"}));
     assert_eq!(v["result"], true, "{v}");
     assert!(!bdev_names(&sock).iter().any(|n| n.starts_with("E0")));
+    controller_states(target, &sock);
     let st = d.terminate();
     assert!(st.success(), "{st:?}");
+}
+
+/// bdev_nvme_get_controllers names the states as SPDK does: with the guest paused and the
+/// connections cut, a failed attempt is followed by "reconnect_is_delayed" while the
+/// reconnect delay runs; resumed, the controller is "enabled" again.
+fn controller_states(target: &vm::TcpTarget, sock: &std::path::Path) {
+    let v = rpc(
+        sock,
+        "bdev_nvme_attach_controller",
+        json!({
+        "name": "E2", "trtype": "tcp", "traddr": "127.0.0.1",
+        "trsvcid": target.port.to_string(), "subnqn": vm::SUBNQN,
+        "ctrlr_loss_timeout_sec": 60, "reconnect_delay_sec": 2}),
+    );
+    assert!(v.get("error").is_none(), "{v}");
+    let state = || {
+        let v = rpc(sock, "bdev_nvme_get_controllers", json!({"name": "E2"}));
+        v["result"][0]["ctrlrs"][0]["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(state(), "enabled");
+    target.pause().expect("pause the guest");
+    assert!(cut(target.port), "ss -K needs root and INET_DIAG_DESTROY");
+    let mut seen = Vec::new();
+    let t = std::time::Instant::now();
+    while t.elapsed() < std::time::Duration::from_secs(12) {
+        let s = state();
+        if seen.last() != Some(&s) {
+            seen.push(s.clone());
+        }
+        if s == "reconnect_is_delayed" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    target.resume().expect("resume the guest");
+    assert!(
+        seen.iter().any(|s| s == "reconnect_is_delayed"),
+        "states seen: {seen:?}"
+    );
+    let t = std::time::Instant::now();
+    while state() != "enabled" {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(30),
+            "never enabled again: {}",
+            state()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let v = rpc(sock, "bdev_nvme_detach_controller", json!({"name": "E2"}));
+    assert_eq!(v["result"], true, "{v}");
 }
 
 /// The output of a finished bdevperf, and its Total row's failure count.
