@@ -109,6 +109,16 @@ impl Methods {
                 Ok(Value::Array(bdevs.iter().map(bdev_info).collect()))
             })
         });
+        m.register_sync("bdev_examine", |p| {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct P {
+                name: String,
+            }
+            let p: P = parse_params("bdev_examine", p)?;
+            crate::module::examine_by_name(&p.name)?;
+            Ok(Value::Bool(true))
+        });
         m.register("bdev_reset_iostat", |p| {
             Box::pin(async move {
                 #[derive(Deserialize)]
@@ -403,6 +413,8 @@ const SPDK_IO_TYPES: [&str; 20] = [
 pub fn save_config() -> Value {
     let opts = crate::thread::with_current(|t| t.runtime().bdev.opts.clone()).unwrap_or_default();
     let mut config = vec![serde_json::json!({"method": "bdev_set_options", "params": opts})];
+    // As SPDK: the examine allow list right after the options.
+    config.extend(crate::module::examine_config_json());
     config.extend(crate::module::config_json());
     let bdevs = crate::bdev::list();
     config.extend(bdevs.iter().filter_map(|b| b.write_config_json()));

@@ -24,7 +24,7 @@ use serde_json::Value;
 
 use crate::bdev::Bdev;
 use crate::config::Methods;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::thread::current_or;
 
 /// An examine that goes on after [`BdevModule::examine`] returned (a module reading a
@@ -157,7 +157,15 @@ pub(crate) fn examine(bdev: &Bdev) {
         return;
     };
     if !rt.bdev.opts.bdev_auto_examine {
-        return;
+        let allow = rt
+            .bdev
+            .examine_allow
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let named = |n: &str| n == bdev.name() || bdev.aliases().iter().any(|a| a == n);
+        if !allow.iter().any(|n| named(n)) {
+            return;
+        }
     }
     for m in rt.bdev.modules.snapshot() {
         if bdev.is_removing() {
@@ -165,6 +173,52 @@ pub(crate) fn examine(bdev: &Bdev) {
         }
         m.examine(bdev);
     }
+}
+
+/// `bdev_examine`: with `bdev_auto_examine` off, lets the modules examine the bdev
+/// `name`, now if it exists and whenever a bdev of that name registers. SPDK's errors:
+/// -EINVAL while auto examine is on, -EEXIST for a name already allowed.
+pub fn examine_by_name(name: &str) -> Result<()> {
+    let rt = crate::thread::current_or("bdev_examine")?.runtime().clone();
+    if rt.bdev.opts.bdev_auto_examine {
+        return Err(Error::Rpc {
+            code: -libc::EINVAL,
+            message: "Manual examine is not allowed if auto examine is enabled".into(),
+        });
+    }
+    {
+        let mut allow = rt
+            .bdev
+            .examine_allow
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if allow.iter().any(|n| n == name) {
+            return Err(Error::Rpc {
+                code: -libc::EEXIST,
+                message: format!("Duplicate bdev name for manual examine: {name}"),
+            });
+        }
+        allow.push(name.to_string());
+    }
+    if let Some(b) = crate::bdev::get_by_name(name) {
+        examine(&b);
+    }
+    Ok(())
+}
+
+/// The `bdev_examine` calls that recreate the allow list (`save_config`).
+pub(crate) fn examine_config_json() -> Vec<Value> {
+    crate::thread::with_current(|t| {
+        t.runtime()
+            .bdev
+            .examine_allow
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|n| serde_json::json!({"method": "bdev_examine", "params": {"name": n}}))
+            .collect()
+    })
+    .unwrap_or_default()
 }
 
 /// The modules' `accel` subsystem entries, in module order.

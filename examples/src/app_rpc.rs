@@ -5,8 +5,9 @@
 //! load_config` checks every method of a file against `rpc_get_methods`, then calls those
 //! that `rpc_get_methods {"current": true}` lists.
 
-use std::sync::Arc;
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bdev_core::Error;
 use bdev_core::config::{self, Methods, parse_params};
@@ -44,6 +45,204 @@ fn subsystems() -> Value {
         {"subsystem": "accel", "depends_on": []},
         {"subsystem": "bdev", "depends_on": ["accel"]},
     ])
+}
+
+type FilterHandle =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+/// What the `log_*` methods control: the stderr filter, rebuilt from SPDK's print level and
+/// log flags at each change.
+struct LogState {
+    handle: FilterHandle,
+    print_level: &'static str,
+    /// SPDK's syslog level: kept and reported, as nothing here logs to syslog.
+    level: &'static str,
+    flags: BTreeSet<&'static str>,
+}
+
+static LOG: OnceLock<Mutex<LogState>> = OnceLock::new();
+
+/// SPDK's levels, most severe first, with the tracing level each prints from. NOTICE has
+/// no tracing twin: it prints what INFO does.
+const LEVELS: [(&str, &str); 5] = [
+    ("ERROR", "error"),
+    ("WARNING", "warn"),
+    ("NOTICE", "info"),
+    ("INFO", "info"),
+    ("DEBUG", "info"),
+];
+
+/// SPDK's log flags this stack has, with the code (tracing targets) each stands for. As
+/// SPDK's `SPDK_DEBUGLOG`, a flag's debug messages print only at print level DEBUG.
+const FLAGS: [(&str, &[&str]); 17] = [
+    ("bdev", &["bdev_core::bdev"]),
+    ("thread", &["bdev_core::thread"]),
+    ("reactor", &["bdev_core::app"]),
+    ("rpc", &["bdev_rpc"]),
+    ("bdev_malloc", &["bdev_malloc::malloc"]),
+    ("bdev_null", &["bdev_malloc::null"]),
+    (
+        "aio",
+        &["bdev_aio::aio", "bdev_aio::bdev", "bdev_aio::file"],
+    ),
+    (
+        "uring",
+        &["bdev_aio::uring", "bdev_aio::bdev", "bdev_aio::file"],
+    ),
+    ("bdev_nvme", &["bdev_nvme"]),
+    (
+        "nvme",
+        &["bdev_nvme::tcp", "bdev_nvme::ctrlr", "bdev_nvme::discovery"],
+    ),
+    ("bdev_raid", &["bdev_raid"]),
+    ("bdev_raid_sb", &["bdev_raid::sb"]),
+    ("vbdev_passthru", &["bdev_vbdev::passthru"]),
+    ("vbdev_delay", &["bdev_vbdev::delay"]),
+    ("vbdev_error", &["bdev_vbdev::error"]),
+    ("vbdev_crypto", &["bdev_crypto"]),
+    ("accel", &["bdev_crypto::keys"]),
+];
+
+/// Hands the filter's reload handle to the `log_*` methods (`init_tracing` calls it).
+/// `rust_log` is the filter it started from: its level, if it is one, is the print level.
+pub fn set_log_handle(handle: FilterHandle, rust_log: Option<&str>) {
+    let print_level = rust_log
+        .and_then(|l| match l.to_ascii_lowercase().as_str() {
+            "error" => Some("ERROR"),
+            "warn" => Some("WARNING"),
+            "info" => Some("INFO"),
+            "debug" | "trace" => Some("DEBUG"),
+            _ => None,
+        })
+        .unwrap_or("WARNING");
+    let _ = LOG.set(Mutex::new(LogState {
+        handle,
+        print_level,
+        level: "NOTICE",
+        flags: BTreeSet::new(),
+    }));
+}
+
+fn log_state() -> Result<std::sync::MutexGuard<'static, LogState>, Error> {
+    let m = LOG.get().ok_or(Error::Rpc {
+        code: -32603,
+        message: "logging is not set up in this process".into(),
+    })?;
+    Ok(m.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+impl LogState {
+    /// Rebuilds the filter from the print level and the flags.
+    fn apply(&self) -> Result<(), Error> {
+        let base = LEVELS
+            .iter()
+            .find(|(n, _)| *n == self.print_level)
+            .map_or("warn", |(_, t)| *t);
+        let mut d = base.to_string();
+        if self.print_level == "DEBUG" {
+            for (_, targets) in FLAGS.iter().filter(|(f, _)| self.flags.contains(f)) {
+                for t in *targets {
+                    d.push_str(&format!(",{t}=debug"));
+                }
+            }
+        }
+        let f = tracing_subscriber::EnvFilter::try_new(&d)
+            .map_err(|e| Error::invalid("log filter", e.to_string()))?;
+        self.handle.reload(f).map_err(|e| Error::Rpc {
+            code: -32603,
+            message: format!("reloading the log filter: {e}"),
+        })
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LevelParams {
+    level: String,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FlagParams {
+    flag: String,
+}
+
+/// SPDK's level name for `l` (any case), or its "invalid log level".
+fn level_of(method: &str, p: Option<Value>) -> Result<&'static str, Error> {
+    let p: LevelParams = parse_params(method, p)?;
+    LEVELS
+        .iter()
+        .map(|(n, _)| *n)
+        .find(|n| n.eq_ignore_ascii_case(&p.level))
+        .ok_or(Error::Rpc {
+            code: -32602,
+            message: "invalid log level".into(),
+        })
+}
+
+/// The flags `flag` names ("all": every one), or SPDK's "invalid log flag".
+fn flags_of(method: &str, p: Option<Value>) -> Result<Vec<&'static str>, Error> {
+    let p: FlagParams = parse_params(method, p)?;
+    if p.flag == "all" {
+        return Ok(FLAGS.iter().map(|(f, _)| *f).collect());
+    }
+    FLAGS
+        .iter()
+        .find(|(f, _)| *f == p.flag)
+        .map(|(f, _)| vec![*f])
+        .ok_or(Error::Rpc {
+            code: -32602,
+            message: "invalid log flag".into(),
+        })
+}
+
+fn register_log_methods(m: &mut Methods) {
+    m.register_sync("log_set_print_level", |p| {
+        let l = level_of("log_set_print_level", p)?;
+        let mut st = log_state()?;
+        st.print_level = l;
+        st.apply()?;
+        Ok(Value::Bool(true))
+    });
+    m.register_sync("log_get_print_level", |p| {
+        no_params("log_get_print_level", &p)?;
+        Ok(Value::from(log_state()?.print_level))
+    });
+    m.register_sync("log_set_level", |p| {
+        let l = level_of("log_set_level", p)?;
+        log_state()?.level = l;
+        Ok(Value::Bool(true))
+    });
+    m.register_sync("log_get_level", |p| {
+        no_params("log_get_level", &p)?;
+        Ok(Value::from(log_state()?.level))
+    });
+    m.register_sync("log_set_flag", |p| {
+        let fl = flags_of("log_set_flag", p)?;
+        let mut st = log_state()?;
+        st.flags.extend(fl);
+        st.apply()?;
+        Ok(Value::Bool(true))
+    });
+    m.register_sync("log_clear_flag", |p| {
+        let fl = flags_of("log_clear_flag", p)?;
+        let mut st = log_state()?;
+        for f in fl {
+            st.flags.remove(f);
+        }
+        st.apply()?;
+        Ok(Value::Bool(true))
+    });
+    m.register_sync("log_get_flags", |p| {
+        no_params("log_get_flags", &p)?;
+        let st = log_state()?;
+        Ok(Value::Object(
+            FLAGS
+                .iter()
+                .map(|(f, _)| (f.to_string(), Value::Bool(st.flags.contains(f))))
+                .collect(),
+        ))
+    });
 }
 
 /// Registers the application's methods. `stop` is the flag `spdk_kill_instance` sets.
@@ -127,6 +326,7 @@ pub fn register_app_methods(m: &mut Methods, stop: Arc<AtomicBool>) {
         }
         Ok(Value::Bool(true))
     });
+    register_log_methods(m);
     for name in FOREIGN_STARTUP {
         m.register_startup(name, |_| Ok(Value::Bool(true)));
     }

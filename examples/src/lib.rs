@@ -34,14 +34,24 @@ pub fn fail(name: &str, msg: &str) -> ! {
     std::process::exit(1);
 }
 
-/// Logs to stderr, `warn` and above unless `RUST_LOG` says otherwise.
+/// Logs to stderr, `warn` and above unless `RUST_LOG` says otherwise; the filter can be
+/// changed at run time by the `log_*` methods ([`app_rpc`]).
 pub fn init_tracing() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let env = std::env::var("RUST_LOG").ok();
+    let filter = env
+        .as_deref()
+        .and_then(|e| tracing_subscriber::EnvFilter::try_new(e).ok())
+        .unwrap_or_else(|| "warn".into());
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let r = tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .try_init();
+    if r.is_ok() {
+        app_rpc::set_log_handle(handle, env.as_deref());
+    }
 }
 
 /// Parses the command line: help and version print and exit 0; an error is one line.

@@ -920,3 +920,137 @@ fn bdev_info_null_resize_and_waiting_for_a_bdev() {
     );
     assert!(d.terminate().success());
 }
+
+#[test]
+fn log_methods_change_what_is_printed() {
+    let mut d = start("log", None);
+    let mut c = RpcClient::connect(&d.sock);
+    assert_eq!(
+        c.call("log_get_print_level", Value::Null)["result"],
+        "WARNING"
+    );
+    assert_eq!(
+        c.call("log_get_flags", Value::Null)["result"]["bdev"],
+        false
+    );
+    assert_eq!(
+        c.call("log_set_print_level", json!({"level": "debug"}))["result"],
+        true
+    );
+    assert_eq!(
+        c.call("log_get_print_level", Value::Null)["result"],
+        "DEBUG"
+    );
+    assert_eq!(
+        c.call("log_set_flag", json!({"flag": "bdev"}))["result"],
+        true
+    );
+    assert_eq!(c.call("log_get_flags", Value::Null)["result"]["bdev"], true);
+    let cycle = |c: &mut RpcClient, name: &str| {
+        let r = c.call(
+            "bdev_malloc_create",
+            json!({"name": name, "num_blocks": 64, "block_size": 512}),
+        );
+        assert_eq!(r["result"], name, "{r}");
+        assert_eq!(
+            c.call("bdev_malloc_delete", json!({"name": name}))["result"],
+            true
+        );
+    };
+    cycle(&mut c, "LogM1");
+    assert_eq!(
+        c.call("log_clear_flag", json!({"flag": "bdev"}))["result"],
+        true
+    );
+    cycle(&mut c, "LogM2");
+    let v = c.call("log_set_flag", json!({"flag": "nope"}));
+    assert_eq!(
+        (code(&v), &v["error"]["message"]),
+        (-32602, &json!("invalid log flag"))
+    );
+    let v = c.call("log_set_print_level", json!({"level": "LOUD"}));
+    assert_eq!(
+        (code(&v), &v["error"]["message"]),
+        (-32602, &json!("invalid log level"))
+    );
+    assert_eq!(
+        c.call("log_set_level", json!({"level": "ERROR"}))["result"],
+        true
+    );
+    assert_eq!(c.call("log_get_level", Value::Null)["result"], "ERROR");
+    let mut err = d.child.stderr.take().unwrap();
+    assert!(d.terminate().success());
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut err, &mut out).unwrap();
+    // The bdev layer's debug messages print only while the flag is set.
+    assert!(out.contains("LogM1"), "{out}");
+    assert!(!out.contains("LogM2"), "{out}");
+}
+
+#[test]
+fn with_auto_examine_off_only_bdev_examine_lets_modules_claim() {
+    let cfg = tmp("no-examine.json");
+    std::fs::write(
+        &cfg,
+        json!({"subsystems": [{"subsystem": "bdev", "config": [
+            {"method": "bdev_set_options", "params": {"bdev_auto_examine": false}},
+            {"method": "bdev_passthru_create", "params": {"base_bdev_name": "B0", "name": "P0"}},
+            {"method": "bdev_passthru_create", "params": {"base_bdev_name": "B1", "name": "P1"}}
+        ]}]})
+        .to_string(),
+    )
+    .unwrap();
+    let d = start("noexamine", Some(&cfg));
+    let mut c = RpcClient::connect(&d.sock);
+    let names = |c: &mut RpcClient| -> Vec<String> {
+        c.call("bdev_get_bdevs", Value::Null)["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let mk = |c: &mut RpcClient, n: &str| {
+        let r = c.call(
+            "bdev_malloc_create",
+            json!({"name": n, "num_blocks": 64, "block_size": 512}),
+        );
+        assert_eq!(r["result"], n, "{r}");
+    };
+    // B0 appears: nobody examines it, so the passthru waiting for it is not built.
+    mk(&mut c, "B0");
+    assert_eq!(names(&mut c), ["B0"]);
+    // bdev_examine on an existing bdev examines it now; on a name not yet there, when
+    // it registers.
+    assert_eq!(
+        c.call("bdev_examine", json!({"name": "B0"}))["result"],
+        true
+    );
+    assert_eq!(
+        c.call("bdev_examine", json!({"name": "B1"}))["result"],
+        true
+    );
+    mk(&mut c, "B1");
+    let mut n = names(&mut c);
+    n.sort();
+    assert_eq!(n, ["B0", "B1", "P0", "P1"]);
+    assert_eq!(code(&c.call("bdev_examine", json!({"name": "B1"}))), -17);
+    // The allow list is saved right after the options.
+    let saved = c.call("save_config", Value::Null)["result"].clone();
+    let cfgs = saved["subsystems"][0]["config"].as_array().unwrap().clone();
+    assert_eq!(
+        cfgs[1],
+        json!({"method": "bdev_examine", "params": {"name": "B0"}})
+    );
+    assert_eq!(
+        cfgs[2],
+        json!({"method": "bdev_examine", "params": {"name": "B1"}})
+    );
+    assert!(d.terminate().success());
+    // With auto examine on (the default), bdev_examine is SPDK's -EINVAL.
+    let d = start("examine-on", None);
+    let mut c = RpcClient::connect(&d.sock);
+    let v = c.call("bdev_examine", json!({"name": "X"}));
+    assert_eq!(code(&v), -22, "{v}");
+    assert!(d.terminate().success());
+}

@@ -156,6 +156,8 @@ pub(crate) struct Globals {
     pub(crate) modules: crate::module::Modules,
     /// The zero buffer write_zeroes emulation writes from (allocated on first use).
     pub(crate) zero_buf: std::sync::OnceLock<Option<Arc<crate::dma::DmaBuf>>>,
+    /// With `bdev_auto_examine` off: the names `bdev_examine` allowed, in call order.
+    pub(crate) examine_allow: Mutex<Vec<String>>,
 }
 
 impl Globals {
@@ -168,6 +170,7 @@ impl Globals {
             registry: Mutex::new(registry::Registry::default()),
             modules: Default::default(),
             zero_buf: std::sync::OnceLock::new(),
+            examine_allow: Mutex::new(Vec::new()),
         }
     }
 
