@@ -439,6 +439,8 @@ fn wait_for_rpc_runs_a_test_per_perform_tests() {
     let v = s.call("perform_tests", serde_json::Value::Null);
     let r = &v["result"]["results"][0];
     assert_eq!(r["job"], "Malloc0", "{v}");
+    assert!(r["verify_range"]["length"].as_u64().unwrap() > 0, "{v}");
+    assert!(r.get("percentage").is_none(), "{v}");
     assert_eq!(r["status"], "finished", "{v}");
     assert!(r["iops"].as_f64().unwrap() > 0.0, "{v}");
     // bdevperf.py's parameters override the command line's for that run.
@@ -456,6 +458,12 @@ fn wait_for_rpc_runs_a_test_per_perform_tests() {
         (Some("randread"), Some(8192), Some(2)),
         "{v}"
     );
+    assert!(r.get("verify_range").is_none(), "{v}");
+    let v = s.call(
+        "perform_tests",
+        serde_json::json!({"workload_type": "randrw", "rw_percentage": 70, "time_in_sec": 1}),
+    );
+    assert_eq!(v["result"]["results"][0]["percentage"], 70, "{v}");
     let v = s.call(
         "perform_tests",
         serde_json::json!({"workload_type": "sideways"}),
@@ -476,7 +484,7 @@ fn wait_for_rpc_runs_a_test_per_perform_tests() {
         .unwrap();
     assert_eq!(
         out.matches("Running I/O for 1 seconds...").count(),
-        2,
+        3,
         "{out}"
     );
 }

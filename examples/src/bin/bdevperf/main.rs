@@ -145,7 +145,7 @@ fn results_json(p: &Params, results: &[JobStats]) -> serde_json::Value {
                 0.0
             };
             let n = j.completed + j.failed;
-            serde_json::json!({
+            let mut v = serde_json::json!({
                 "job": j.spec.bdev,
                 "core_mask": CpuMask::single(j.spec.core).to_string(),
                 "workload": p.workload.name(),
@@ -160,7 +160,17 @@ fn results_json(p: &Params, results: &[JobStats]) -> serde_json::Value {
                 "avg_latency_us": if n == 0 { 0.0 } else { j.lat_sum_us / n as f64 },
                 "min_latency_us": j.lat_min_us,
                 "max_latency_us": j.lat_max_us,
-            })
+            });
+            // As SPDK's: the read percentage of a mixed workload, the verified range (in
+            // I/Os, as the table prints it).
+            if p.workload.is_mixed() {
+                v["percentage"] = p.read_pct.into();
+            }
+            if p.workload.is_verify() {
+                v["verify_range"] =
+                    serde_json::json!({"start": j.spec.ios_base, "length": j.spec.size_in_ios});
+            }
+            v
         })
         .collect();
     serde_json::json!({"results": jobs, "core_count": app::cores().map(|c| c.len()).unwrap_or(0)})
