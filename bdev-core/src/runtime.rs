@@ -23,6 +23,12 @@ pub(crate) struct ReactorShared {
     pub(crate) assigned: AtomicUsize,
     /// Interrupt mode: what wakes the reactor when it sleeps.
     pub(crate) doorbell: Option<Arc<Doorbell>>,
+    /// Ticks of iterations that did work, and of those that found none (written by the
+    /// reactor alone; read by `framework_get_reactors`).
+    pub(crate) busy_ticks: std::sync::atomic::AtomicU64,
+    pub(crate) idle_ticks: std::sync::atomic::AtomicU64,
+    /// The reactor's OS thread id (0 until it runs).
+    pub(crate) tid: std::sync::atomic::AtomicU64,
 }
 
 impl ReactorShared {
@@ -39,6 +45,9 @@ impl ReactorShared {
             incoming: SegQueue::new(),
             assigned: AtomicUsize::new(0),
             doorbell,
+            busy_ticks: Default::default(),
+            idle_ticks: Default::default(),
+            tid: Default::default(),
         })
     }
 

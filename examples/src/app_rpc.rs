@@ -196,6 +196,107 @@ fn flags_of(method: &str, p: Option<Value>) -> Result<Vec<&'static str>, Error> 
         })
 }
 
+/// A thread's core mask as SPDK prints it (`spdk_cpuset_fmt`: hex, no "0x").
+fn mask_of(core: u32) -> String {
+    bdev_core::app::CpuMask::single(core)
+        .to_string()
+        .trim_start_matches("0x")
+        .to_string()
+}
+
+/// user, system and irq time of `core` from /proc/stat (zeros if unreadable), as SPDK's
+/// framework_get_reactors reports them.
+fn proc_stat(core: u32) -> (u64, u64, u64) {
+    let tag = format!("cpu{core}");
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                let mut f = l.split_whitespace();
+                (f.next() == Some(tag.as_str())).then(|| {
+                    let v: Vec<u64> = f.map(|x| x.parse().unwrap_or(0)).collect();
+                    let g = |i: usize| v.get(i).copied().unwrap_or(0);
+                    (g(0), g(2), g(5))
+                })
+            })
+        })
+        .unwrap_or_default()
+}
+
+/// spdk_top's methods: thread_get_stats, thread_get_pollers, framework_get_reactors, with
+/// exactly SPDK's keys (spdk_top decodes them strictly).
+fn register_introspection(m: &mut Methods) {
+    use bdev_core::thread::{self, PollerInfo};
+    m.register("thread_get_stats", |p| {
+        Box::pin(async move {
+            no_params("thread_get_stats", &p)?;
+            let threads: Vec<Value> = thread::threads_info()
+                .await?
+                .into_iter()
+                .map(|t| {
+                    json!({
+                        "name": t.name, "id": t.id, "cpumask": mask_of(t.core),
+                        "busy": t.stats.busy_ticks, "idle": t.stats.idle_ticks,
+                        "active_pollers_count": t.active_pollers.len(),
+                        "timed_pollers_count": t.timed_pollers.len(),
+                        "paused_pollers_count": t.paused_pollers.len(),
+                    })
+                })
+                .collect();
+            Ok(json!({"tick_rate": thread::ticks_hz(), "threads": threads}))
+        })
+    });
+    m.register("thread_get_pollers", |p| {
+        Box::pin(async move {
+            no_params("thread_get_pollers", &p)?;
+            let l = |v: Vec<PollerInfo>| serde_json::to_value(v).unwrap_or(Value::Null);
+            let threads: Vec<Value> = thread::threads_info()
+                .await?
+                .into_iter()
+                .map(|t| {
+                    json!({
+                        "name": t.name, "id": t.id,
+                        "active_pollers": l(t.active_pollers),
+                        "timed_pollers": l(t.timed_pollers),
+                        "paused_pollers": l(t.paused_pollers),
+                    })
+                })
+                .collect();
+            Ok(json!({"tick_rate": thread::ticks_hz(), "threads": threads}))
+        })
+    });
+    m.register("framework_get_reactors", |p| {
+        Box::pin(async move {
+            no_params("framework_get_reactors", &p)?;
+            let threads = thread::threads_info().await?;
+            let reactors: Vec<Value> = bdev_core::app::reactors_info()
+                .into_iter()
+                .map(|r| {
+                    let (usr, sys, irq) = proc_stat(r.lcore);
+                    let lw: Vec<Value> = threads
+                        .iter()
+                        .filter(|t| t.core == r.lcore)
+                        .map(|t| {
+                            json!({"name": t.name, "id": t.id, "cpumask": mask_of(t.core),
+                                "elapsed": t.elapsed})
+                        })
+                        .collect();
+                    json!({
+                        "lcore": r.lcore, "tid": r.tid, "busy": r.busy, "idle": r.idle,
+                        "in_interrupt": r.in_interrupt, "irq": irq, "sys": sys, "usr": usr,
+                        "lw_threads": lw,
+                    })
+                })
+                .collect();
+            Ok(json!({
+                "tick_rate": thread::ticks_hz(),
+                "pid": std::process::id(),
+                "reactors": reactors,
+            }))
+        })
+    });
+}
+
 fn register_log_methods(m: &mut Methods) {
     m.register_sync("log_set_print_level", |p| {
         let l = level_of("log_set_print_level", p)?;
@@ -327,6 +428,7 @@ pub fn register_app_methods(m: &mut Methods, stop: Arc<AtomicBool>) {
         Ok(Value::Bool(true))
     });
     register_log_methods(m);
+    register_introspection(m);
     for name in FOREIGN_STARTUP {
         m.register_startup(name, |_| Ok(Value::Bool(true)));
     }

@@ -1054,3 +1054,128 @@ fn with_auto_examine_off_only_bdev_examine_lets_modules_claim() {
     assert_eq!(code(&v), -22, "{v}");
     assert!(d.terminate().success());
 }
+
+/// The keys of a JSON object, sorted.
+fn keys(v: &Value) -> Vec<String> {
+    let mut k: Vec<String> = v
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {v}"))
+        .keys()
+        .cloned()
+        .collect();
+    k.sort();
+    k
+}
+
+#[test]
+fn spdk_tops_methods_describe_reactors_threads_and_pollers() {
+    let d = start_with("top", None, &["-m", "0x3"]);
+    let mut c = RpcClient::connect(&d.sock);
+    let r = c.call("framework_get_reactors", Value::Null)["result"].clone();
+    assert!(r["tick_rate"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(r["pid"], d.child.id(), "{r}");
+    let reactors = r["reactors"].as_array().unwrap().clone();
+    let mut lcores: Vec<u64> = reactors
+        .iter()
+        .map(|x| x["lcore"].as_u64().unwrap())
+        .collect();
+    lcores.sort();
+    assert_eq!(lcores, [0, 1], "{r}");
+    // spdk_top decodes these entries strictly: exactly SPDK's keys.
+    for x in &reactors {
+        assert_eq!(
+            keys(x),
+            [
+                "busy",
+                "idle",
+                "in_interrupt",
+                "irq",
+                "lcore",
+                "lw_threads",
+                "sys",
+                "tid",
+                "usr"
+            ],
+            "{x}"
+        );
+        assert!(x["tid"].as_u64().unwrap() > 0, "{x}");
+        assert_eq!(x["in_interrupt"], false);
+        for t in x["lw_threads"].as_array().unwrap() {
+            assert_eq!(keys(t), ["cpumask", "elapsed", "id", "name"], "{t}");
+        }
+    }
+    let r0 = reactors.iter().find(|x| x["lcore"] == 0).unwrap();
+    assert!(
+        !r0["lw_threads"].as_array().unwrap().is_empty(),
+        "the app thread: {r0}"
+    );
+    let total = |v: &Value| v["busy"].as_u64().unwrap() + v["idle"].as_u64().unwrap();
+    let before = total(r0);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let r = c.call("framework_get_reactors", Value::Null)["result"].clone();
+    let r0 = r["reactors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["lcore"] == 0)
+        .unwrap()
+        .clone();
+    let hz = r["tick_rate"].as_u64().unwrap();
+    assert!(total(&r0) >= before + hz / 20, "{before} -> {r0}");
+
+    let s = c.call("thread_get_stats", Value::Null)["result"].clone();
+    let threads = s["threads"].as_array().unwrap();
+    assert!(!threads.is_empty(), "{s}");
+    for t in threads {
+        assert_eq!(
+            keys(t),
+            [
+                "active_pollers_count",
+                "busy",
+                "cpumask",
+                "id",
+                "idle",
+                "name",
+                "paused_pollers_count",
+                "timed_pollers_count"
+            ],
+            "{t}"
+        );
+    }
+    let app = threads.iter().find(|t| t["cpumask"] == "1").unwrap();
+    assert!(app["busy"].as_u64().unwrap() + app["idle"].as_u64().unwrap() > 0);
+
+    let p = c.call("thread_get_pollers", Value::Null)["result"].clone();
+    let pollers: Vec<Value> = p["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|t| {
+            ["active_pollers", "timed_pollers", "paused_pollers"]
+                .iter()
+                .flat_map(|k| t[*k].as_array().unwrap().clone())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    // The RPC server polls every millisecond: a timed poller that has run.
+    let rpc = pollers
+        .iter()
+        .find(|x| x["name"] == "rpc_server")
+        .unwrap_or_else(|| panic!("{p}"));
+    assert_eq!(
+        keys(rpc),
+        [
+            "busy_count",
+            "id",
+            "name",
+            "period_ticks",
+            "run_count",
+            "state"
+        ],
+        "{rpc}"
+    );
+    assert_eq!(rpc["state"], "waiting");
+    assert!(rpc["run_count"].as_u64().unwrap() > 10, "{rpc}");
+    assert_eq!(code(&c.call("thread_get_stats", json!({"x": 1}))), -32602);
+    assert!(d.terminate().success());
+}

@@ -179,11 +179,26 @@ fn reactor_loop(rt: &Arc<Runtime>, rs: &ReactorShared) {
     let mut threads: Vec<Thread> = Vec::new();
     let mut fds: Vec<libc::pollfd> = Vec::new();
     let mut raw: Vec<std::os::fd::RawFd> = Vec::new();
+    rs.tid
+        .store(crate::testing::os_thread_id() as u64, Ordering::Relaxed);
+    // The previous iteration, accounted at the start of the next (as threads do theirs).
+    let (mut prev, mut prev_busy) = (rt.clock.now(), false);
     loop {
         while let Some(s) = rs.incoming.pop() {
             threads.push(Thread::new(s));
         }
         let now = rt.clock.now();
+        let c = if prev_busy {
+            &rs.busy_ticks
+        } else {
+            &rs.idle_ticks
+        };
+        // Only this reactor writes: a load and a store, no locked add.
+        c.store(
+            c.load(Ordering::Relaxed) + now.saturating_sub(prev),
+            Ordering::Relaxed,
+        );
+        prev = now;
         let mut exiting = false;
         let mut busy = false;
         for t in &threads {
@@ -205,6 +220,7 @@ fn reactor_loop(rt: &Arc<Runtime>, rs: &ReactorShared) {
         if threads.is_empty() && rs.may_return(rt) {
             break;
         }
+        prev_busy = busy;
         if let Some(bell) = &rs.doorbell {
             if !busy && !exiting {
                 sleep(rt, rs, bell, &threads, &mut fds, &mut raw);
@@ -212,6 +228,41 @@ fn reactor_loop(rt: &Arc<Runtime>, rs: &ReactorShared) {
         }
     }
     set_current(None);
+}
+
+/// A reactor as SPDK's `framework_get_reactors` describes it.
+#[derive(Clone, Debug)]
+pub struct ReactorInfo {
+    /// Its core.
+    pub lcore: u32,
+    /// Its OS thread id.
+    pub tid: u64,
+    /// Ticks of iterations that did work.
+    pub busy: u64,
+    /// Ticks of iterations that found none.
+    pub idle: u64,
+    /// Whether it sleeps when idle (interrupt mode).
+    pub in_interrupt: bool,
+}
+
+/// The reactors of the current thread's application (none in the test harness).
+pub fn reactors_info() -> Vec<ReactorInfo> {
+    let Some(rt) = thread::with_current(|t| t.runtime().clone()) else {
+        return Vec::new();
+    };
+    match &rt.sched {
+        Sched::Reactors { reactors, .. } => reactors
+            .iter()
+            .map(|r| ReactorInfo {
+                lcore: r.core,
+                tid: r.tid.load(Ordering::Relaxed),
+                busy: r.busy_ticks.load(Ordering::Relaxed),
+                idle: r.idle_ticks.load(Ordering::Relaxed),
+                in_interrupt: r.doorbell.is_some(),
+            })
+            .collect(),
+        Sched::Harness { .. } => Vec::new(),
+    }
 }
 
 /// Longest sleep in interrupt mode, whatever the reactor waits for: a bound on the delay

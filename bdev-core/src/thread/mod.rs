@@ -29,7 +29,7 @@ pub(crate) use executor::spawn_on as executor_spawn_on;
 pub use executor::{JoinHandle, sleep_us, spawn_local, yield_now};
 pub(crate) use executor::{resume as resume_task, task_of};
 pub use io_device::{ForEachChannel, IoChannel, IoDevice};
-pub use poller::{PollStatus, Poller, PollerRef};
+pub use poller::{PollStatus, Poller, PollerInfo, PollerRef};
 
 use std::any::{Any, TypeId};
 use std::cell::{Cell, RefCell};
@@ -258,6 +258,53 @@ impl ThreadHandle {
     }
 }
 
+/// A thread as SPDK's introspection methods describe it ([`Thread::info`]).
+#[derive(Clone, Debug)]
+pub struct ThreadInfo {
+    /// Its name.
+    pub name: String,
+    /// Its unique id.
+    pub id: u64,
+    /// The core of its reactor.
+    pub core: u32,
+    /// Busy and idle ticks.
+    pub stats: ThreadStats,
+    /// Ticks since it started running.
+    pub elapsed: u64,
+    /// Its active pollers (run every iteration).
+    pub active_pollers: Vec<PollerInfo>,
+    /// Its timed pollers.
+    pub timed_pollers: Vec<PollerInfo>,
+    /// Its paused pollers.
+    pub paused_pollers: Vec<PollerInfo>,
+}
+
+/// Every live thread of the current application, each described on its own thread
+/// ([`Thread::info`]); a thread that exits meanwhile is left out.
+pub async fn threads_info() -> Result<Vec<ThreadInfo>> {
+    let t = current_or("threads_info")?;
+    let mut out = Vec::new();
+    for h in t.runtime().live_threads() {
+        if h.is_current() {
+            out.push(t.info());
+            continue;
+        }
+        let (tx, rx) = crate::oneshot::channel();
+        let sent = h.send_msg(move || {
+            if let Some(i) = with_current(|t| t.info()) {
+                tx.send(i);
+            }
+        });
+        if sent.is_ok() {
+            if let Some(i) = rx.await {
+                out.push(i);
+            }
+        }
+    }
+    out.sort_by_key(|i| i.id);
+    Ok(out)
+}
+
 /// Busy and idle time of a thread, in ticks (SPDK's `spdk_thread_stats`).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ThreadStats {
@@ -279,6 +326,8 @@ pub(crate) struct ThreadInner {
     exit_started: Cell<Option<u64>>,
     stats: Cell<ThreadStats>,
     last_busy: Cell<bool>,
+    /// When the thread started running (ticks).
+    born: u64,
 }
 
 /// A lightweight thread, as seen from the OS thread that runs it. Not `Send`.
@@ -371,6 +420,7 @@ impl Thread {
                 exit_started: Cell::new(None),
                 stats: Cell::new(ThreadStats::default()),
                 last_busy: Cell::new(false),
+                born: now,
             }),
         }
     }
@@ -404,6 +454,22 @@ impl Thread {
     /// Busy and idle time so far.
     pub fn stats(&self) -> ThreadStats {
         self.inner.stats.get()
+    }
+
+    /// What SPDK's `thread_get_stats`, `thread_get_pollers` and `framework_get_reactors`
+    /// say of this thread.
+    pub fn info(&self) -> ThreadInfo {
+        let [active, timed, paused] = self.inner.pollers.describe();
+        ThreadInfo {
+            name: self.name().to_string(),
+            id: self.id(),
+            core: self.inner.shared.core,
+            stats: self.stats(),
+            elapsed: self.now().saturating_sub(self.inner.born),
+            active_pollers: active,
+            timed_pollers: timed,
+            paused_pollers: paused,
+        }
     }
 
     pub(crate) fn runtime(&self) -> &Arc<Runtime> {

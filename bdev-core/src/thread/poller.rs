@@ -44,6 +44,8 @@ type PollFn = Box<dyn FnMut() -> PollStatus>;
 
 pub(crate) struct PollerCore {
     name: Cow<'static, str>,
+    /// Unique on its thread (`thread_get_pollers`).
+    id: u64,
     period: Cell<u64>,
     next_run: Cell<u64>,
     state: Cell<State>,
@@ -110,8 +112,27 @@ impl PollerCore {
     }
 }
 
+/// A poller as SPDK's `thread_get_pollers` describes it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PollerInfo {
+    /// Its name.
+    pub name: String,
+    /// Unique on its thread.
+    pub id: u64,
+    /// SPDK's state name: "waiting" (registered, not running now) or "paused".
+    pub state: &'static str,
+    /// Times it ran.
+    pub run_count: u64,
+    /// Runs that did work.
+    pub busy_count: u64,
+    /// Its period, for a timed poller.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub period_ticks: Option<u64>,
+}
+
 /// The pollers of one thread.
 pub(crate) struct PollerSet {
+    next_id: Cell<u64>,
     active: RefCell<Vec<Rc<PollerCore>>>,
     timed: RefCell<Vec<Rc<PollerCore>>>,
     next_timed: Cell<u64>,
@@ -122,6 +143,7 @@ pub(crate) struct PollerSet {
 impl Default for PollerSet {
     fn default() -> Self {
         PollerSet {
+            next_id: Cell::new(0),
             active: RefCell::new(Vec::new()),
             timed: RefCell::new(Vec::new()),
             next_timed: Cell::new(u64::MAX),
@@ -147,6 +169,30 @@ impl PollerSet {
     /// Pollers registered and not unregistered (paused ones included).
     pub(crate) fn registered(&self) -> usize {
         self.count.get()
+    }
+
+    /// The live pollers as `thread_get_pollers` lists them: active, timed, paused.
+    pub(crate) fn describe(&self) -> [Vec<PollerInfo>; 3] {
+        let mut out: [Vec<PollerInfo>; 3] = Default::default();
+        for list in [&self.active, &self.timed] {
+            for p in list.borrow().iter() {
+                let (i, state) = match p.state.get() {
+                    State::Unregistered => continue,
+                    State::Paused => (2, "paused"),
+                    State::Active if p.period.get() > 0 => (1, "waiting"),
+                    State::Active => (0, "waiting"),
+                };
+                out[i].push(PollerInfo {
+                    name: p.name.to_string(),
+                    id: p.id,
+                    state,
+                    run_count: p.runs.get(),
+                    busy_count: p.busy.get(),
+                    period_ticks: Some(p.period.get()).filter(|&t| t > 0),
+                });
+            }
+        }
+        out
     }
 
     #[inline]
@@ -288,8 +334,11 @@ impl Poller {
         } else {
             us_to_ticks(period_us, inner.hz).max(1)
         };
+        let id = inner.pollers.next_id.get() + 1;
+        inner.pollers.next_id.set(id);
         let core = Rc::new(PollerCore {
             name: name.into(),
+            id,
             period: Cell::new(period),
             next_run: Cell::new(inner.now.get().saturating_add(period)),
             state: Cell::new(State::Active),
