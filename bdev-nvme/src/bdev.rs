@@ -1653,7 +1653,10 @@ async fn attach_as(o: AttachOpts, from_discovery: bool) -> Result<Vec<String>, E
 }
 
 /// `bdev_nvme_detach_controller`: removes the controller's bdevs and disconnects.
-pub async fn detach(name: &str) -> Result<(), Error> {
+/// With `path` (SPDK's transport fields of `bdev_nvme_detach_controller`), only if the
+/// controller's path matches every field given: a controller here has one path, so
+/// removing it is removing the controller.
+pub async fn detach(name: &str, path: &PathFilter) -> Result<(), Error> {
     let ctrlrs = Ctrlrs::get()?;
     let c = {
         let mut l = ctrlrs.0.lock().unwrap_or_else(|e| e.into_inner());
@@ -1661,10 +1664,52 @@ pub async fn detach(name: &str) -> Result<(), Error> {
             .iter()
             .position(|c| c.opts.name == name)
             .ok_or_else(|| Error::Protocol(format!("controller {name} not found")))?;
+        if !path.matches(&l[i].opts) {
+            return Err(Error::Protocol(format!(
+                "controller {name} has no path matching the one given"
+            )));
+        }
         l.remove(i)
     };
     c.shut_down("detached").await;
     Ok(())
+}
+
+/// The path fields `bdev_nvme_detach_controller` may give (SPDK's names); each one given
+/// must match.
+#[derive(Clone, Debug, Default)]
+pub struct PathFilter {
+    /// Transport type (any case).
+    pub trtype: Option<String>,
+    /// Address.
+    pub traddr: Option<String>,
+    /// Address family (any case).
+    pub adrfam: Option<String>,
+    /// Service id (port).
+    pub trsvcid: Option<String>,
+    /// Subsystem NQN.
+    pub subnqn: Option<String>,
+    /// Host address.
+    pub hostaddr: Option<String>,
+    /// Host service id.
+    pub hostsvcid: Option<String>,
+}
+
+impl PathFilter {
+    fn matches(&self, o: &AttachOpts) -> bool {
+        let eq = |f: &Option<String>, v: Option<&str>| f.as_deref().is_none_or(|f| Some(f) == v);
+        let eq_ci = |f: &Option<String>, v: Option<&str>| {
+            f.as_deref()
+                .is_none_or(|f| v.is_some_and(|v| v.eq_ignore_ascii_case(f)))
+        };
+        eq_ci(&self.trtype, Some(&o.trtype))
+            && eq(&self.traddr, Some(&o.traddr))
+            && eq_ci(&self.adrfam, Some(o.adrfam.as_deref().unwrap_or("ipv4")))
+            && eq(&self.trsvcid, o.trsvcid.as_deref())
+            && eq(&self.subnqn, o.subnqn.as_deref())
+            && eq(&self.hostaddr, o.hostaddr.as_deref())
+            && eq(&self.hostsvcid, o.hostsvcid.as_deref())
+    }
 }
 
 /// At the application's stop (the bdevs are gone by then): every controller lets go of

@@ -618,6 +618,28 @@ fn discovery_attaches_what_the_log_lists_and_detaches_it_on_stop() {
     assert_eq!(b["result"], json!([]), "{b}");
     let ctrl = c.call("bdev_nvme_get_controllers", Value::Null);
     assert_eq!(ctrl["result"], json!([]), "{ctrl}");
+    // Detach by path, as rpc.py bdev_nvme_detach_controller -t/-a/-s sends it: a path
+    // that is not the controller's is -ENODEV and leaves it; its own path detaches it.
+    let v = c.call(
+        "bdev_nvme_attach_controller",
+        json!({"name": "N", "trtype": "tcp", "traddr": "127.0.0.1",
+            "trsvcid": addr.port().to_string(), "subnqn": nqn}),
+    );
+    assert_eq!(v["result"], json!(["Nn1"]), "{v}");
+    let v = c.call(
+        "bdev_nvme_detach_controller",
+        json!({"name": "N", "trtype": "tcp", "traddr": "127.0.0.1", "trsvcid": "1"}),
+    );
+    assert_eq!(code(&v), -19, "{v}");
+    let b = c.call("bdev_get_bdevs", json!({"name": "Nn1"}));
+    assert_eq!(b["result"][0]["name"], "Nn1", "{b}");
+    let v = c.call(
+        "bdev_nvme_detach_controller",
+        json!({"name": "N", "trtype": "TCP", "adrfam": "IPv4", "traddr": "127.0.0.1",
+            "trsvcid": addr.port().to_string(), "subnqn": nqn}),
+    );
+    assert_eq!(v["result"], true, "{v}");
+    assert_eq!(c.call("bdev_get_bdevs", Value::Null)["result"], json!([]));
 }
 
 /// Voluntary context switches (a sleep that ended) of every thread of process `pid`.
