@@ -173,7 +173,7 @@ fn attach_identify_discover_and_move_data_against_the_kernel_target() {
         }
         drop(ch);
         drop(d);
-        bdev_nvme::bdev::detach("Big")
+        bdev_nvme::bdev::detach("Big", &Default::default())
             .await
             .map_err(|e| e.to_string())?;
         Ok(())
