@@ -213,7 +213,7 @@ fn bad_keys_and_requests_get_clear_errors() {
         json!({"base_bdev_name": "M0", "name": "C", "key_name": "nokey"}),
     )
     .unwrap_err();
-    assert!(e.contains("key nokey not found"), "{e}");
+    assert!(e.contains("Key was not found"), "{e}");
     call(
         &h,
         &m,
@@ -291,4 +291,64 @@ fn save_config_writes_keys_in_accel_and_reloads_the_same_stack() {
             Some("crypto")
         );
     });
+}
+
+#[test]
+fn the_legacy_form_makes_a_key_the_bdev_owns() {
+    let (h, m) = harness();
+    call(
+        &h,
+        &m,
+        "bdev_malloc_create",
+        json!({"name": "M0", "num_blocks": 1024, "block_size": 512}),
+    )
+    .unwrap();
+    // As rpc.py bdev_crypto_create M0 CL -p crypto_aesni_mb -k .. -c AES_XTS -k2 .. sends it.
+    let r = call(
+        &h,
+        &m,
+        "bdev_crypto_create",
+        json!({"base_bdev_name": "M0", "name": "CL", "crypto_pmd": "crypto_aesni_mb",
+            "key": K1, "cipher": "AES_XTS", "key2": K2}),
+    )
+    .unwrap();
+    assert_eq!(r, json!("CL"));
+    let keys = |h: &Harness| call(h, &m, "accel_crypto_keys_get", json!({})).unwrap();
+    assert_eq!(keys(&h)[0]["name"], "CL_AES_XTS", "{}", keys(&h));
+    // The bdev's key goes with it.
+    call(&h, &m, "bdev_crypto_delete", json!({"name": "CL"})).unwrap();
+    assert_eq!(keys(&h), json!([]));
+    // No key material: SPDK's "No key was found"; a bad key leaves no key behind, nor
+    // does a bdev that can't be made (its base is claimed).
+    let e = call(
+        &h,
+        &m,
+        "bdev_crypto_create",
+        json!({"base_bdev_name": "M0", "name": "CL"}),
+    )
+    .unwrap_err();
+    assert!(e.contains("No key was found"), "{e}");
+    call(
+        &h,
+        &m,
+        "bdev_crypto_create",
+        json!({"base_bdev_name": "M0", "name": "CL", "key": "00ff", "cipher": "AES_XTS", "key2": K2}),
+    )
+    .unwrap_err();
+    call(
+        &h,
+        &m,
+        "bdev_passthru_create",
+        json!({"base_bdev_name": "M0", "name": "P"}),
+    )
+    .unwrap();
+    let e = call(
+        &h,
+        &m,
+        "bdev_crypto_create",
+        json!({"base_bdev_name": "M0", "name": "CL", "key": K1, "cipher": "AES_XTS", "key2": K2}),
+    )
+    .unwrap_err();
+    assert!(e.contains("already claimed"), "{e}");
+    assert_eq!(keys(&h), json!([]));
 }
