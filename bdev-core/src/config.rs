@@ -92,13 +92,16 @@ impl Methods {
                 let p: P = parse_params("bdev_get_bdevs", p)?;
                 let bdevs = match p.name {
                     Some(n) => {
-                        let until =
-                            std::time::Instant::now() + std::time::Duration::from_millis(p.timeout);
+                        // On the thread's clock, which the sleep below follows too.
+                        let t = crate::thread::current_or("bdev_get_bdevs")?;
+                        let until = t
+                            .now()
+                            .saturating_add(p.timeout.saturating_mul(t.ticks_hz()) / 1000);
                         loop {
                             if let Some(b) = crate::bdev::get_by_name(&n) {
                                 break vec![b];
                             }
-                            if std::time::Instant::now() >= until {
+                            if crate::thread::now() >= until {
                                 return Err(Error::NoSuchBdev { name: n });
                             }
                             crate::thread::sleep_us(1000).await?;

@@ -14,17 +14,22 @@ use bdev_core::config::{self, Methods, parse_params};
 use serde_json::{Value, json};
 
 /// Startup-only methods (`SPDK_RPC_STARTUP`) of SPDK subsystems this stack does not have,
-/// which SPDK's saved configs carry (`iobuf`, `sock`, `accel`). Known, so that `rpc.py
-/// load_config` of such a file does not stop on them; never current, so it skips them ("Some
-/// configs were skipped because the RPC state that can call them passed over"), as against
-/// a running SPDK; called directly, they answer SPDK's -1. A config file (`-c`) skips their
-/// subsystems with a warning.
+/// which SPDK's saved configs carry with their defaults (`iobuf`, `sock`, `accel`, `nvmf`,
+/// `iscsi`). Known, so that `rpc.py load_config` of such a file does not stop on them; never
+/// current, so it skips them ("Some configs were skipped because the RPC state that can
+/// call them passed over"), as against a running SPDK; called directly, they answer SPDK's
+/// -1. A config file (`-c`) skips the subsystems it lacks with a warning, and runs the
+/// accel ones as no-ops, with a warning.
 const FOREIGN_STARTUP: &[&str] = &[
     "iobuf_set_options",
     "sock_set_default_impl",
     "sock_impl_set_options",
     "accel_set_options",
     "accel_assign_opc",
+    "nvmf_set_config",
+    "nvmf_set_max_subsystems",
+    "nvmf_set_crdt",
+    "iscsi_set_options",
 ];
 
 /// A method SPDK defines with no params: anything but none or `null` is refused with
@@ -180,20 +185,24 @@ fn level_of(method: &str, p: Option<Value>) -> Result<&'static str, Error> {
         })
 }
 
-/// The flags `flag` names ("all": every one), or SPDK's "invalid log flag".
+/// The flags `flag` names, or SPDK's "invalid log flag": a name in any case, "all", or a
+/// prefix pattern ("vbdev_*"), as SPDK matches them.
 fn flags_of(method: &str, p: Option<Value>) -> Result<Vec<&'static str>, Error> {
     let p: FlagParams = parse_params(method, p)?;
-    if p.flag == "all" {
-        return Ok(FLAGS.iter().map(|(f, _)| *f).collect());
-    }
-    FLAGS
-        .iter()
-        .find(|(f, _)| *f == p.flag)
-        .map(|(f, _)| vec![*f])
-        .ok_or(Error::Rpc {
+    let want = p.flag.to_ascii_lowercase();
+    let hit = |f: &str| match want.strip_suffix('*') {
+        _ if want == "all" => true,
+        Some(prefix) => f.starts_with(prefix),
+        None => f == want,
+    };
+    let l: Vec<&'static str> = FLAGS.iter().map(|(f, _)| *f).filter(|f| hit(f)).collect();
+    if l.is_empty() {
+        return Err(Error::Rpc {
             code: -32602,
             message: "invalid log flag".into(),
-        })
+        });
+    }
+    Ok(l)
 }
 
 /// A thread's core mask as SPDK prints it (`spdk_cpuset_fmt`: hex, no "0x").
@@ -429,8 +438,11 @@ pub fn register_app_methods(m: &mut Methods, stop: Arc<AtomicBool>) {
     });
     register_log_methods(m);
     register_introspection(m);
-    for name in FOREIGN_STARTUP {
-        m.register_startup(name, |_| Ok(Value::Bool(true)));
+    for &name in FOREIGN_STARTUP {
+        m.register_startup(name, move |_| {
+            tracing::warn!(method = name, "not used by this stack, ignored");
+            Ok(Value::Bool(true))
+        });
     }
 }
 

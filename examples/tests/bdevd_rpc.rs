@@ -995,6 +995,21 @@ fn log_methods_change_what_is_printed() {
         (code(&v), &v["error"]["message"]),
         (-32602, &json!("invalid log level"))
     );
+    // As SPDK's: names in any case, and prefix patterns.
+    assert_eq!(
+        c.call("log_set_flag", json!({"flag": "VBDEV_*"}))["result"],
+        true
+    );
+    let f = c.call("log_get_flags", Value::Null)["result"].clone();
+    assert_eq!(
+        (&f["vbdev_delay"], &f["vbdev_passthru"], &f["bdev_raid"]),
+        (&json!(true), &json!(true), &json!(false)),
+        "{f}"
+    );
+    assert_eq!(
+        c.call("log_clear_flag", json!({"flag": "vbdev_*"}))["result"],
+        true
+    );
     assert_eq!(
         c.call("log_set_level", json!({"level": "ERROR"}))["result"],
         true

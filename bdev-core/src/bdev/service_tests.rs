@@ -698,9 +698,10 @@ fn histograms_and_per_channel_stats_come_out_in_spdk_shape() {
         (
             &b["num_read_ops"],
             &b["read_latency_ticks"],
-            &b["max_read_latency_ticks"]
+            &b["max_read_latency_ticks"],
+            &b["min_read_latency_ticks"]
         ),
-        (&11.into(), &50.into(), &0.into()),
+        (&11.into(), &50.into(), &0.into(), &0.into()),
         "{v}"
     );
     call(&h, "bdev_reset_iostat", serde_json::json!({})).unwrap();

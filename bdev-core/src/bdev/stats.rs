@@ -120,8 +120,14 @@ impl OpStats {
         self.lat_min = self.lat_min.min(o.lat_min);
     }
 
+    /// The shortest latency, 0 when none is known (no I/O yet, or just after a "maxmin"
+    /// reset), as SPDK prints UINT64_MAX.
     fn min(&self) -> u64 {
-        if self.ops == 0 { 0 } else { self.lat_min }
+        if self.ops == 0 || self.lat_min == u64::MAX {
+            0
+        } else {
+            self.lat_min
+        }
     }
 
     fn reset(&mut self, mode: ResetMode) {
