@@ -232,7 +232,8 @@ fn proc_stat(core: u32) -> (u64, u64, u64) {
         .unwrap_or_default()
 }
 
-/// spdk_top's methods: thread_get_stats, thread_get_pollers, framework_get_reactors, with
+/// spdk_top's methods: thread_get_stats, thread_get_pollers, thread_get_io_channels,
+/// framework_get_reactors, with
 /// exactly SPDK's keys (spdk_top decodes them strictly).
 fn register_introspection(m: &mut Methods) {
     use bdev_core::thread::{self, PollerInfo};
@@ -269,6 +270,25 @@ fn register_introspection(m: &mut Methods) {
                         "timed_pollers": l(t.timed_pollers),
                         "paused_pollers": l(t.paused_pollers),
                     })
+                })
+                .collect();
+            Ok(json!({"tick_rate": thread::ticks_hz(), "threads": threads}))
+        })
+    });
+    m.register("thread_get_io_channels", |p| {
+        Box::pin(async move {
+            no_params("thread_get_io_channels", &p)?;
+            // SPDK's thread entries here have no id.
+            let threads: Vec<Value> = thread::threads_info()
+                .await?
+                .into_iter()
+                .map(|t| {
+                    let ch: Vec<Value> = t
+                        .io_channels
+                        .iter()
+                        .map(|(n, r)| json!({"name": n, "ref": r}))
+                        .collect();
+                    json!({"name": t.name, "io_channels": ch})
                 })
                 .collect();
             Ok(json!({"tick_rate": thread::ticks_hz(), "threads": threads}))

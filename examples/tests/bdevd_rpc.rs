@@ -1213,6 +1213,11 @@ fn spdk_tops_methods_describe_reactors_threads_and_pollers() {
     );
     assert_eq!(rpc["state"], "waiting");
     assert!(rpc["run_count"].as_u64().unwrap() > 10, "{rpc}");
+    let ch = c.call("thread_get_io_channels", Value::Null)["result"].clone();
+    for t in ch["threads"].as_array().unwrap() {
+        // SPDK's entries here have no id.
+        assert_eq!(keys(t), ["io_channels", "name"], "{t}");
+    }
     assert_eq!(code(&c.call("thread_get_stats", json!({"x": 1}))), -32602);
     assert!(d.terminate().success());
 }

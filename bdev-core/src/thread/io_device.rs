@@ -80,7 +80,10 @@ impl<C> Drop for ChanReg<C> {
     fn drop(&mut self) {
         if let Some(t) = self.thread.upgrade() {
             let mut map = t.channels.borrow_mut();
-            if map.get(&self.dev.id).is_some_and(|w| w.strong_count() == 0) {
+            if map
+                .get(&self.dev.id)
+                .is_some_and(|(w, _)| w.strong_count() == 0)
+            {
                 map.remove(&self.dev.id);
             }
         }
@@ -222,7 +225,7 @@ impl<C: 'static> Iter<C> {
 
 fn lookup<C: 'static>(id: u64) -> Option<IoChannel<C>> {
     with_current(|t| {
-        let w = t.inner.channels.borrow().get(&id)?.upgrade()?;
+        let w = t.inner.channels.borrow().get(&id)?.0.upgrade()?;
         let inner = w.downcast::<ChanInner<C>>().ok()?;
         Some(IoChannel { inner })
     })
@@ -303,7 +306,10 @@ impl<C: 'static> IoDevice<C> {
             },
         });
         let weak: Weak<dyn Any> = Rc::downgrade(&inner) as Weak<dyn Any>;
-        t.inner.channels.borrow_mut().insert(self.shared.id, weak);
+        t.inner
+            .channels
+            .borrow_mut()
+            .insert(self.shared.id, (weak, self.shared.name.clone()));
         Ok(IoChannel { inner })
     }
 

@@ -277,6 +277,8 @@ pub struct ThreadInfo {
     pub timed_pollers: Vec<PollerInfo>,
     /// Its paused pollers.
     pub paused_pollers: Vec<PollerInfo>,
+    /// Its I/O channels: the device's name, and how many references the thread holds.
+    pub io_channels: Vec<(String, usize)>,
 }
 
 /// Every live thread of the current application, each described on its own thread
@@ -314,6 +316,10 @@ pub struct ThreadStats {
     pub idle_ticks: u64,
 }
 
+/// A thread's channel of a device (weak: the channel's holders keep it), and the device's
+/// name.
+pub(crate) type ChannelEntry = (Weak<dyn Any>, String);
+
 pub(crate) struct ThreadInner {
     pub(crate) shared: Arc<ThreadShared>,
     hz: u64,
@@ -321,7 +327,8 @@ pub(crate) struct ThreadInner {
     pub(crate) pollers: PollerSet,
     deferred: RefCell<VecDeque<Deferred>>,
     pub(crate) exec: Executor,
-    pub(crate) channels: RefCell<HashMap<u64, Weak<dyn Any>>>,
+    /// This thread's channels, by device id, with the device's name.
+    pub(crate) channels: RefCell<HashMap<u64, ChannelEntry>>,
     locals: RefCell<HashMap<TypeId, Rc<dyn Any>>>,
     exit_started: Cell<Option<u64>>,
     stats: Cell<ThreadStats>,
@@ -469,6 +476,18 @@ impl Thread {
             active_pollers: active,
             timed_pollers: timed,
             paused_pollers: paused,
+            io_channels: {
+                let mut l: Vec<(String, usize)> = self
+                    .inner
+                    .channels
+                    .borrow()
+                    .values()
+                    .filter(|(w, _)| w.strong_count() > 0)
+                    .map(|(w, n)| (n.clone(), w.strong_count()))
+                    .collect();
+                l.sort();
+                l
+            },
         }
     }
 
@@ -650,7 +669,7 @@ impl Thread {
             .channels
             .borrow()
             .values()
-            .filter(|w| w.strong_count() > 0)
+            .filter(|(w, _)| w.strong_count() > 0)
             .count();
         let tasks = inner.exec.len();
         let pending = !inner.shared.msgs.is_empty() || !inner.deferred.borrow().is_empty();

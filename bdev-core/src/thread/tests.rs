@@ -631,3 +631,29 @@ fn interrupt_mode_sleeps_when_idle_and_wakes_for_messages_timers_and_threads() {
         "woken by each message, not by the 10 ms sleep cap: median round trip {trips:?}"
     );
 }
+
+#[test]
+fn thread_info_lists_pollers_and_channels() {
+    let h = Harness::new(1);
+    let dev = IoDevice::register("dev_info", || Ok(()));
+    let (p, ch, ch2, timed) = h.run_on(0, || {
+        let p = Poller::register("spin", || PollStatus::Idle).unwrap();
+        let timed = Poller::register_us("tick", 1000, || PollStatus::Idle).unwrap();
+        let ch = dev.get_channel().unwrap();
+        let ch2 = dev.get_channel().unwrap();
+        (p, ch, ch2, timed)
+    });
+    h.poll_threads();
+    timed.pause();
+    let i = h.run_on(0, || current().unwrap().info());
+    assert_eq!(i.io_channels, [("dev_info".to_string(), 2)]);
+    assert_eq!(i.active_pollers.len(), 1);
+    assert_eq!(i.active_pollers[0].name, "spin");
+    assert!(i.active_pollers[0].run_count > 0);
+    assert_eq!(i.paused_pollers.len(), 1);
+    assert_eq!(i.paused_pollers[0].state, "paused");
+    assert_ne!(i.active_pollers[0].id, i.paused_pollers[0].id);
+    h.run_on(0, || drop((p, ch, ch2, timed)));
+    let i = h.run_on(0, || current().unwrap().info());
+    assert!(i.io_channels.is_empty() && i.active_pollers.is_empty());
+}
