@@ -173,7 +173,7 @@ fn attach_identify_discover_and_move_data_against_the_kernel_target() {
         }
         drop(ch);
         drop(d);
-        bdev_nvme::bdev::detach("Big", &Default::default())
+        bdev_nvme::bdev::detach(&bdev_nvme::bdev::DetachParams::named("Big"))
             .await
             .map_err(|e| e.to_string())?;
         Ok(())

@@ -141,13 +141,7 @@ impl Methods {
                         ));
                     }
                 };
-                let bdevs = match p.name {
-                    Some(n) => {
-                        vec![crate::bdev::get_by_name(&n).ok_or(Error::NoSuchBdev { name: n })?]
-                    }
-                    None => crate::bdev::list(),
-                };
-                for b in bdevs {
+                for b in named_or_all(p.name)? {
                     b.reset_iostat(mode).await?;
                 }
                 Ok(Value::Bool(true))
@@ -168,7 +162,7 @@ impl Methods {
                     let Some(n) = p.name else {
                         return Err(Error::invalid("params of bdev_get_iostat", "per_channel needs a bdev name"));
                     };
-                    let b = crate::bdev::get_by_name(&n).ok_or(Error::NoSuchBdev { name: n })?;
+                    let b = bdev_named(n)?;
                     let mut channels = Vec::new();
                     for (id, st) in b.iostat_per_channel().await? {
                         let mut v = serde_json::to_value(st).map_err(|e| Error::Config(e.to_string()))?;
@@ -180,10 +174,7 @@ impl Methods {
                     }
                     return Ok(serde_json::json!({"tick_rate": hz, "ticks": crate::thread::now(), "name": b.name(), "channels": channels}));
                 }
-                let bdevs = match p.name {
-                    Some(n) => vec![crate::bdev::get_by_name(&n).ok_or(Error::NoSuchBdev { name: n })?],
-                    None => crate::bdev::list(),
-                };
+                let bdevs = named_or_all(p.name)?;
                 let mut out = Vec::new();
                 for b in bdevs {
                     let mut v = serde_json::to_value(b.iostat().await?).map_err(|e| Error::Config(e.to_string()))?;
@@ -205,8 +196,7 @@ impl Methods {
                     w_mbytes_per_sec: Option<u64>,
                 }
                 let p: P = parse_params("bdev_set_qos_limit", p)?;
-                let b =
-                    crate::bdev::get_by_name(&p.name).ok_or(Error::NoSuchBdev { name: p.name })?;
+                let b = bdev_named(p.name)?;
                 let l = [
                     p.rw_ios_per_sec,
                     p.rw_mbytes_per_sec,
@@ -230,8 +220,7 @@ impl Methods {
                     opc: Option<String>,
                 }
                 let p: P = parse_params("bdev_enable_histogram", p)?;
-                let b =
-                    crate::bdev::get_by_name(&p.name).ok_or(Error::NoSuchBdev { name: p.name })?;
+                let b = bdev_named(p.name)?;
                 let opc = match p.opc.as_deref() {
                     None => None,
                     Some(o) => Some(
@@ -251,8 +240,7 @@ impl Methods {
                     name: String,
                 }
                 let p: P = parse_params("bdev_get_histogram", p)?;
-                let b =
-                    crate::bdev::get_by_name(&p.name).ok_or(Error::NoSuchBdev { name: p.name })?;
+                let b = bdev_named(p.name)?;
                 let h = b.histogram().await?.ok_or_else(|| {
                     Error::invalid(
                         "bdev_get_histogram",
@@ -346,6 +334,20 @@ impl Methods {
             Some(f) => f(params).await,
             None => Err(Error::invalid("method", format!("unknown method {name}"))),
         }
+    }
+}
+
+/// The bdev named `name`, or SPDK's -ENODEV naming it.
+fn bdev_named(name: String) -> Result<crate::bdev::Bdev> {
+    crate::bdev::get_by_name(&name).ok_or(Error::NoSuchBdev { name })
+}
+
+/// The bdev `name` names, or every bdev when there is no name (the `name` param of the
+/// listing methods).
+fn named_or_all(name: Option<String>) -> Result<Vec<crate::bdev::Bdev>> {
+    match name {
+        Some(n) => Ok(vec![bdev_named(n)?]),
+        None => Ok(crate::bdev::list()),
     }
 }
 

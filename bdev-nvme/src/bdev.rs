@@ -1653,10 +1653,11 @@ async fn attach_as(o: AttachOpts, from_discovery: bool) -> Result<Vec<String>, E
 }
 
 /// `bdev_nvme_detach_controller`: removes the controller's bdevs and disconnects.
-/// With `path` (SPDK's transport fields of `bdev_nvme_detach_controller`), only if the
-/// controller's path matches every field given: a controller here has one path, so
-/// removing it is removing the controller.
-pub async fn detach(name: &str, path: &PathFilter) -> Result<(), Error> {
+/// With path fields in `d` (SPDK's transport fields), only if the controller's path
+/// matches every one given: a controller here has one path, so removing it is removing
+/// the controller.
+pub async fn detach(d: &DetachParams) -> Result<(), Error> {
+    let (name, path) = (d.name.as_str(), d);
     let ctrlrs = Ctrlrs::get()?;
     let c = {
         let mut l = ctrlrs.0.lock().unwrap_or_else(|e| e.into_inner());
@@ -1675,10 +1676,13 @@ pub async fn detach(name: &str, path: &PathFilter) -> Result<(), Error> {
     Ok(())
 }
 
-/// The path fields `bdev_nvme_detach_controller` may give (SPDK's names); each one given
-/// must match.
-#[derive(Clone, Debug, Default)]
-pub struct PathFilter {
+/// `bdev_nvme_detach_controller`'s params: the controller, and the path fields it may give
+/// (SPDK's names), each of which must match.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetachParams {
+    /// The controller.
+    pub name: String,
     /// Transport type (any case).
     pub trtype: Option<String>,
     /// Address.
@@ -1695,7 +1699,15 @@ pub struct PathFilter {
     pub hostsvcid: Option<String>,
 }
 
-impl PathFilter {
+impl DetachParams {
+    /// The whole controller, whatever its path.
+    pub fn named(name: &str) -> Self {
+        DetachParams {
+            name: name.to_string(),
+            ..Default::default()
+        }
+    }
+
     fn matches(&self, o: &AttachOpts) -> bool {
         let eq = |f: &Option<String>, v: Option<&str>| f.as_deref().is_none_or(|f| Some(f) == v);
         let eq_ci = |f: &Option<String>, v: Option<&str>| {

@@ -244,7 +244,7 @@ impl Discovery {
         };
         for (nqn, name) in gone {
             tracing::info!(discovery = %self.opts.name, ctrlr = %name, subnqn = %nqn, "subsystem left the discovery log: detaching");
-            if let Err(e) = bdev::detach(&name, &Default::default()).await {
+            if let Err(e) = bdev::detach(&bdev::DetachParams::named(&name)).await {
                 tracing::warn!(ctrlr = %name, "detach: {e}");
             }
         }
@@ -285,7 +285,7 @@ impl Discovery {
             match bdev::attach_discovered(o).await {
                 Ok(_) if self.stopped.load(Ordering::Relaxed) => {
                     // Stopped while attaching: what stop_discovery detached misses it.
-                    if let Err(err) = bdev::detach(&name, &Default::default()).await {
+                    if let Err(err) = bdev::detach(&bdev::DetachParams::named(&name)).await {
                         tracing::warn!(ctrlr = %name, "detach: {err}");
                     }
                 }
@@ -440,7 +440,7 @@ pub async fn stop(name: &str) -> Result<(), Error> {
     let attached: Vec<(String, String)> =
         std::mem::take(&mut *d.attached.lock().unwrap_or_else(|e| e.into_inner()));
     for (_, c) in attached {
-        if let Err(e) = bdev::detach(&c, &Default::default()).await {
+        if let Err(e) = bdev::detach(&bdev::DetachParams::named(&c)).await {
             tracing::warn!(ctrlr = %c, "stop discovery: {e}");
         }
     }

@@ -87,29 +87,8 @@ impl BdevModule for NvmeModule {
         });
         m.register("bdev_nvme_detach_controller", |p| {
             Box::pin(async move {
-                #[derive(serde::Deserialize)]
-                #[serde(deny_unknown_fields)]
-                struct P {
-                    name: String,
-                    trtype: Option<String>,
-                    traddr: Option<String>,
-                    adrfam: Option<String>,
-                    trsvcid: Option<String>,
-                    subnqn: Option<String>,
-                    hostaddr: Option<String>,
-                    hostsvcid: Option<String>,
-                }
-                let d: P = parse_params("bdev_nvme_detach_controller", p)?;
-                let path = bdev::PathFilter {
-                    trtype: d.trtype,
-                    traddr: d.traddr,
-                    adrfam: d.adrfam,
-                    trsvcid: d.trsvcid,
-                    subnqn: d.subnqn,
-                    hostaddr: d.hostaddr,
-                    hostsvcid: d.hostsvcid,
-                };
-                bdev::detach(&d.name, &path).await.map_err(|e| match e {
+                let d: bdev::DetachParams = parse_params("bdev_nvme_detach_controller", p)?;
+                bdev::detach(&d).await.map_err(|e| match e {
                     ctrlr::Error::Protocol(m) => bdev_core::Error::Rpc {
                         code: -libc::ENODEV,
                         message: m,

@@ -32,15 +32,28 @@ const FOREIGN_STARTUP: &[&str] = &[
     "iscsi_set_options",
 ];
 
+/// SPDK's -32602 (invalid params) with `message`.
+fn invalid_params(message: impl Into<String>) -> Error {
+    Error::Rpc {
+        code: -32602,
+        message: message.into(),
+    }
+}
+
+/// SPDK's -32603 (internal error) with `message`.
+fn internal(message: impl Into<String>) -> Error {
+    Error::Rpc {
+        code: -32603,
+        message: message.into(),
+    }
+}
+
 /// A method SPDK defines with no params: anything but none or `null` is refused with
 /// SPDK's message.
 fn no_params(method: &str, p: &Option<Value>) -> Result<(), Error> {
     match p {
         None | Some(Value::Null) => Ok(()),
-        Some(_) => Err(Error::Rpc {
-            code: -32602,
-            message: format!("'{method}' requires no arguments"),
-        }),
+        Some(_) => Err(invalid_params(format!("'{method}' requires no arguments"))),
     }
 }
 
@@ -129,10 +142,9 @@ pub fn set_log_handle(handle: FilterHandle, rust_log: Option<&str>) {
 }
 
 fn log_state() -> Result<std::sync::MutexGuard<'static, LogState>, Error> {
-    let m = LOG.get().ok_or(Error::Rpc {
-        code: -32603,
-        message: "logging is not set up in this process".into(),
-    })?;
+    let m = LOG
+        .get()
+        .ok_or_else(|| internal("logging is not set up in this process"))?;
     Ok(m.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
@@ -153,10 +165,9 @@ impl LogState {
         }
         let f = tracing_subscriber::EnvFilter::try_new(&d)
             .map_err(|e| Error::invalid("log filter", e.to_string()))?;
-        self.handle.reload(f).map_err(|e| Error::Rpc {
-            code: -32603,
-            message: format!("reloading the log filter: {e}"),
-        })
+        self.handle
+            .reload(f)
+            .map_err(|e| internal(format!("reloading the log filter: {e}")))
     }
 }
 
@@ -179,10 +190,7 @@ fn level_of(method: &str, p: Option<Value>) -> Result<&'static str, Error> {
         .iter()
         .map(|(n, _)| *n)
         .find(|n| n.eq_ignore_ascii_case(&p.level))
-        .ok_or(Error::Rpc {
-            code: -32602,
-            message: "invalid log level".into(),
-        })
+        .ok_or_else(|| invalid_params("invalid log level"))
 }
 
 /// The flags `flag` names, or SPDK's "invalid log flag": a name in any case, "all", or a
@@ -197,10 +205,7 @@ fn flags_of(method: &str, p: Option<Value>) -> Result<Vec<&'static str>, Error> 
     };
     let l: Vec<&'static str> = FLAGS.iter().map(|(f, _)| *f).filter(|f| hit(f)).collect();
     if l.is_empty() {
-        return Err(Error::Rpc {
-            code: -32602,
-            message: "invalid log flag".into(),
-        });
+        return Err(invalid_params("invalid log flag"));
     }
     Ok(l)
 }
@@ -233,66 +238,49 @@ fn proc_stat(core: u32) -> (u64, u64, u64) {
 }
 
 /// spdk_top's methods: thread_get_stats, thread_get_pollers, thread_get_io_channels,
-/// framework_get_reactors, with
-/// exactly SPDK's keys (spdk_top decodes them strictly).
+/// framework_get_reactors, with exactly SPDK's keys (spdk_top decodes them strictly).
 fn register_introspection(m: &mut Methods) {
-    use bdev_core::thread::{self, PollerInfo};
-    m.register("thread_get_stats", |p| {
-        Box::pin(async move {
-            no_params("thread_get_stats", &p)?;
-            let threads: Vec<Value> = thread::threads_info()
-                .await?
-                .into_iter()
-                .map(|t| {
-                    json!({
-                        "name": t.name, "id": t.id, "cpumask": mask_of(t.core),
-                        "busy": t.stats.busy_ticks, "idle": t.stats.idle_ticks,
-                        "active_pollers_count": t.active_pollers.len(),
-                        "timed_pollers_count": t.timed_pollers.len(),
-                        "paused_pollers_count": t.paused_pollers.len(),
-                    })
-                })
-                .collect();
-            Ok(json!({"tick_rate": thread::ticks_hz(), "threads": threads}))
+    use bdev_core::thread::{self, PollerInfo, ThreadInfo};
+    /// A `thread_get_*` method: no params; `{"tick_rate", "threads": [entry(thread)...]}`.
+    fn per_thread(m: &mut Methods, name: &'static str, entry: fn(ThreadInfo) -> Value) {
+        m.register(name, move |p| {
+            Box::pin(async move {
+                no_params(name, &p)?;
+                let threads: Vec<Value> = thread::threads_info()
+                    .await?
+                    .into_iter()
+                    .map(entry)
+                    .collect();
+                Ok(json!({"tick_rate": thread::ticks_hz(), "threads": threads}))
+            })
+        });
+    }
+    per_thread(m, "thread_get_stats", |t| {
+        json!({
+            "name": t.name, "id": t.id, "cpumask": mask_of(t.core),
+            "busy": t.stats.busy_ticks, "idle": t.stats.idle_ticks,
+            "active_pollers_count": t.active_pollers.len(),
+            "timed_pollers_count": t.timed_pollers.len(),
+            "paused_pollers_count": t.paused_pollers.len(),
         })
     });
-    m.register("thread_get_pollers", |p| {
-        Box::pin(async move {
-            no_params("thread_get_pollers", &p)?;
-            let l = |v: Vec<PollerInfo>| serde_json::to_value(v).unwrap_or(Value::Null);
-            let threads: Vec<Value> = thread::threads_info()
-                .await?
-                .into_iter()
-                .map(|t| {
-                    json!({
-                        "name": t.name, "id": t.id,
-                        "active_pollers": l(t.active_pollers),
-                        "timed_pollers": l(t.timed_pollers),
-                        "paused_pollers": l(t.paused_pollers),
-                    })
-                })
-                .collect();
-            Ok(json!({"tick_rate": thread::ticks_hz(), "threads": threads}))
+    per_thread(m, "thread_get_pollers", |t| {
+        let l = |v: Vec<PollerInfo>| serde_json::to_value(v).unwrap_or(Value::Null);
+        json!({
+            "name": t.name, "id": t.id,
+            "active_pollers": l(t.active_pollers),
+            "timed_pollers": l(t.timed_pollers),
+            "paused_pollers": l(t.paused_pollers),
         })
     });
-    m.register("thread_get_io_channels", |p| {
-        Box::pin(async move {
-            no_params("thread_get_io_channels", &p)?;
-            // SPDK's thread entries here have no id.
-            let threads: Vec<Value> = thread::threads_info()
-                .await?
-                .into_iter()
-                .map(|t| {
-                    let ch: Vec<Value> = t
-                        .io_channels
-                        .iter()
-                        .map(|(n, r)| json!({"name": n, "ref": r}))
-                        .collect();
-                    json!({"name": t.name, "io_channels": ch})
-                })
-                .collect();
-            Ok(json!({"tick_rate": thread::ticks_hz(), "threads": threads}))
-        })
+    // SPDK's thread entries here have no id.
+    per_thread(m, "thread_get_io_channels", |t| {
+        let ch: Vec<Value> = t
+            .io_channels
+            .iter()
+            .map(|(n, r)| json!({"name": n, "ref": r}))
+            .collect();
+        json!({"name": t.name, "io_channels": ch})
     });
     m.register("framework_get_reactors", |p| {
         Box::pin(async move {
@@ -398,18 +386,13 @@ pub fn register_app_methods(m: &mut Methods, stop: Arc<AtomicBool>) {
         struct P {
             name: String,
         }
-        let p: P = parse_params("framework_get_config", p).map_err(|_| Error::Rpc {
-            code: -32602,
-            message: "Invalid arguments".into(),
-        })?;
+        let p: P = parse_params("framework_get_config", p)
+            .map_err(|_| invalid_params("Invalid arguments"))?;
         if !subsystems()
             .as_array()
             .is_some_and(|l| l.iter().any(|s| s["subsystem"] == p.name.as_str()))
         {
-            return Err(Error::Rpc {
-                code: -32602,
-                message: format!("Subsystem '{}' not found", p.name),
-            });
+            return Err(invalid_params(format!("Subsystem '{}' not found", p.name)));
         }
         // A subsystem that writes nothing answers null, as SPDK's does.
         let all = config::save_config();
@@ -487,10 +470,8 @@ pub fn register_rpc_get_methods(m: &mut Methods) {
             #[allow(dead_code)]
             include_aliases: bool,
         }
-        let p: P = parse_params("rpc_get_methods", p).map_err(|_| Error::Rpc {
-            code: -32602,
-            message: "Invalid parameters".into(),
-        })?;
+        let p: P =
+            parse_params("rpc_get_methods", p).map_err(|_| invalid_params("Invalid parameters"))?;
         Ok(json!(if p.current { &current } else { &all }))
     });
 }

@@ -169,15 +169,15 @@ impl Default for CellStats {
 }
 
 impl CellStats {
+    /// The reset rule is `OpStats::reset`'s, applied to the cells.
     fn reset(&self, mode: ResetMode) {
-        let d = CellStats::default();
-        if mode == ResetMode::All {
-            self.bytes.set(0);
-            self.ops.set(0);
-            self.lat_sum.set(0);
-        }
-        self.lat_max.set(d.lat_max.get());
-        self.lat_min.set(d.lat_min.get());
+        let mut o = self.snapshot();
+        o.reset(mode);
+        self.bytes.set(o.bytes);
+        self.ops.set(o.ops);
+        self.lat_sum.set(o.lat_sum);
+        self.lat_max.set(o.lat_max);
+        self.lat_min.set(o.lat_min);
     }
 
     fn snapshot(&self) -> OpStats {
