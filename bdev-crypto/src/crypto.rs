@@ -26,6 +26,7 @@ use bdev_core::dma::BufPool;
 use bdev_core::vbdev::{BaseLink, Configs, VbdevConfig};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+use zeroize::Zeroizing;
 
 use crate::Error;
 use crate::keys::{CryptoKey, Keys};
@@ -233,6 +234,90 @@ pub fn create(opts: CryptoOpts) -> Result<String, Error> {
     Configs::<CryptoOpts>::get()?.create(opts, build)
 }
 
+/// `bdev_crypto_create`'s params as SPDK v24.09 decodes them: `key_name`, or the legacy
+/// form (`key`, `cipher`, `key2`; `crypto_pmd` ignored) rpc.py still sends.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateParams {
+    /// The bdev to encrypt.
+    pub base_bdev_name: String,
+    /// The crypto bdev's name.
+    pub name: String,
+    /// A key made with `accel_crypto_key_create`.
+    #[serde(default)]
+    pub key_name: Option<String>,
+    /// Legacy, ignored (SPDK's DPDK driver name).
+    #[serde(default)]
+    pub crypto_pmd: Option<String>,
+    /// Legacy: the key, hex.
+    #[serde(default)]
+    pub key: Option<Zeroizing<String>>,
+    /// Legacy: the cipher (AES_CBC by default).
+    #[serde(default)]
+    pub cipher: Option<String>,
+    /// Legacy: the second key, hex.
+    #[serde(default)]
+    pub key2: Option<Zeroizing<String>>,
+    /// Its UUID (random when absent).
+    #[serde(default)]
+    pub uuid: Option<Uuid>,
+}
+
+/// Keys the legacy form created, by the crypto bdev that owns them.
+#[derive(Default)]
+struct OwnedKeys(std::sync::Mutex<std::collections::BTreeMap<String, String>>);
+
+/// SPDK's default cipher for the legacy form.
+const LEGACY_CIPHER: &str = "AES_CBC";
+
+/// `bdev_crypto_create`, as SPDK's: a named key must exist; without one, the key is
+/// `<name>_<cipher>`, found or made from `key`/`key2` and owned by the bdev (destroyed
+/// with it by [`delete`], or at once if the bdev can't be made).
+pub fn create_with(c: CreateParams) -> Result<String, Error> {
+    let opts = |key_name: String| CryptoOpts {
+        base_bdev_name: c.base_bdev_name.clone(),
+        name: c.name.clone(),
+        key_name,
+        uuid: c.uuid,
+    };
+    let ks = Keys::get()?;
+    if let Some(k) = &c.key_name {
+        ks.find(k).map_err(|_| Error::KeyNameNotFound)?;
+        return create(opts(k.clone()));
+    }
+    if c.crypto_pmd.is_some() {
+        tracing::warn!("bdev_crypto_create: \"crypto_pmd\" parameters is obsolete and ignored");
+    }
+    let cipher = c.cipher.clone().unwrap_or_else(|| LEGACY_CIPHER.into());
+    let key_name = format!("{}_{cipher}", c.name);
+    let created = ks.find(&key_name).is_err();
+    if created {
+        let key = c.key.clone().ok_or(Error::NoKeyGiven)?;
+        ks.create(crate::keys::KeyOpts {
+            name: key_name.clone(),
+            cipher,
+            key,
+            key2: c.key2.clone(),
+            tweak_mode: None,
+        })?;
+    }
+    let r = create(opts(key_name.clone()));
+    match (&r, created) {
+        (Ok(_), true) => {
+            if let Some(o) = bdev_core::module::app_data::<OwnedKeys>() {
+                o.0.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(c.name.clone(), key_name);
+            }
+        }
+        (Err(_), true) => {
+            let _ = ks.destroy(&key_name);
+        }
+        _ => {}
+    }
+    r
+}
+
 /// The examine hook: builds every configured crypto bdev waiting for `base`.
 pub(crate) fn examine(base: &Bdev) {
     if let Ok(c) = Configs::<CryptoOpts>::get() {
@@ -241,6 +326,15 @@ pub(crate) fn examine(base: &Bdev) {
 }
 
 /// Deletes a crypto bdev (`bdev_crypto_delete`).
+/// A key the legacy form made for the bdev goes with it, as in SPDK.
 pub async fn delete(name: &str) -> Result<(), Error> {
-    Ok(Configs::<CryptoOpts>::get()?.delete(name, MODULE).await?)
+    Configs::<CryptoOpts>::get()?.delete(name, MODULE).await?;
+    let owned = bdev_core::module::app_data::<OwnedKeys>()
+        .and_then(|o| o.0.lock().unwrap_or_else(|e| e.into_inner()).remove(name));
+    if let Some(k) = owned {
+        if let Err(e) = Keys::get().and_then(|ks| ks.destroy(&k)) {
+            tracing::warn!(key = %k, "bdev_crypto_delete: key kept: {e}");
+        }
+    }
+    Ok(())
 }

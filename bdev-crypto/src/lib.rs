@@ -34,6 +34,12 @@ pub enum Error {
     /// The key is used by a crypto bdev.
     #[error("key {0} is in use by a crypto bdev")]
     KeyInUse(String),
+    /// `bdev_crypto_create` named a key that does not exist (SPDK's message).
+    #[error("Key was not found")]
+    KeyNameNotFound,
+    /// `bdev_crypto_create`'s legacy form without a key, and none of its name exists.
+    #[error("No key was found")]
+    NoKeyGiven,
     /// The bdev layer refused.
     #[error(transparent)]
     Core(#[from] bdev_core::Error),
@@ -46,101 +52,14 @@ impl From<Error> for bdev_core::Error {
             Error::KeyExists(_) => -libc::EEXIST,
             Error::NoKey(_) => -libc::ENOENT,
             Error::KeyInUse(_) => -libc::EBUSY,
+            // SPDK's JSON-RPC codes for these two.
+            Error::KeyNameNotFound => -32602,
+            Error::NoKeyGiven => -32603,
             Error::Core(c) => c.errno(),
         };
         bdev_core::Error::Rpc {
             code,
             message: e.to_string(),
-        }
-    }
-}
-
-/// `bdev_crypto_create`'s params as SPDK v24.09 decodes them: `key_name`, or the legacy
-/// form (`key`, `cipher`, `key2`; `crypto_pmd` ignored) rpc.py still sends.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateParams {
-    base_bdev_name: String,
-    name: String,
-    #[serde(default)]
-    key_name: Option<String>,
-    #[serde(default)]
-    crypto_pmd: Option<String>,
-    #[serde(default)]
-    key: Option<zeroize::Zeroizing<String>>,
-    #[serde(default)]
-    cipher: Option<String>,
-    #[serde(default)]
-    key2: Option<zeroize::Zeroizing<String>>,
-    #[serde(default)]
-    uuid: Option<uuid::Uuid>,
-}
-
-/// Keys the legacy form created, by the crypto bdev that owns them.
-#[derive(Default)]
-struct OwnedKeys(std::sync::Mutex<std::collections::BTreeMap<String, String>>);
-
-/// SPDK's default cipher for the legacy form.
-const LEGACY_CIPHER: &str = "AES_CBC";
-
-/// `bdev_crypto_create`, as SPDK's: a named key must exist; without one, the key is
-/// `<name>_<cipher>`, found or made from `key`/`key2` and owned by the bdev (destroyed
-/// with it, or at once if the bdev can't be made).
-fn create_rpc(c: CreateParams) -> Result<String, bdev_core::Error> {
-    let opts = |key_name: String| crypto::CryptoOpts {
-        base_bdev_name: c.base_bdev_name.clone(),
-        name: c.name.clone(),
-        key_name,
-        uuid: c.uuid,
-    };
-    if let Some(k) = &c.key_name {
-        if keys::Keys::get()?.find(k).is_err() {
-            return Err(bdev_core::Error::Rpc {
-                code: -32602,
-                message: "Key was not found".into(),
-            });
-        }
-        return Ok(crypto::create(opts(k.clone()))?);
-    }
-    if c.crypto_pmd.is_some() {
-        tracing::warn!("bdev_crypto_create: \"crypto_pmd\" parameters is obsolete and ignored");
-    }
-    let cipher = c.cipher.clone().unwrap_or_else(|| LEGACY_CIPHER.into());
-    let key_name = format!("{}_{cipher}", c.name);
-    let ks = keys::Keys::get()?;
-    let mut created = false;
-    if ks.find(&key_name).is_err() {
-        let Some(key) = c.key.clone() else {
-            return Err(bdev_core::Error::Rpc {
-                code: -32603,
-                message: "No key was found".into(),
-            });
-        };
-        ks.create(keys::KeyOpts {
-            name: key_name.clone(),
-            cipher,
-            key,
-            key2: c.key2.clone(),
-            tweak_mode: None,
-        })?;
-        created = true;
-    }
-    match crypto::create(opts(key_name.clone())) {
-        Ok(n) => {
-            if created {
-                if let Some(o) = bdev_core::module::app_data::<OwnedKeys>() {
-                    o.0.lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(c.name.clone(), key_name);
-                }
-            }
-            Ok(n)
-        }
-        Err(e) => {
-            if created {
-                let _ = ks.destroy(&key_name);
-            }
-            Err(e.into())
         }
     }
 }
@@ -205,24 +124,13 @@ impl BdevModule for CryptoModule {
             Ok(Value::Array(list))
         });
         m.register_sync("bdev_crypto_create", |p| {
-            let c: CreateParams = parse_params("bdev_crypto_create", p)?;
-            Ok(Value::String(create_rpc(c)?))
+            let c: crypto::CreateParams = parse_params("bdev_crypto_create", p)?;
+            Ok(Value::String(crypto::create_with(c)?))
         });
         m.register("bdev_crypto_delete", |p| {
             Box::pin(async move {
                 let d: NameParams = parse_params("bdev_crypto_delete", p)?;
                 crypto::delete(&d.name).await?;
-                // A key the legacy form made for this bdev goes with it, as in SPDK.
-                let owned = bdev_core::module::app_data::<OwnedKeys>().and_then(|o| {
-                    o.0.lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(&d.name)
-                });
-                if let Some(k) = owned {
-                    if let Err(e) = keys::Keys::get().and_then(|ks| ks.destroy(&k)) {
-                        tracing::warn!(key = %k, "bdev_crypto_delete: key kept: {e}");
-                    }
-                }
                 Ok(Value::Bool(true))
             })
         });

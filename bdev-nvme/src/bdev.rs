@@ -198,6 +198,13 @@ pub(crate) struct OptionsCell(pub(crate) Mutex<NvmeOptions>);
 
 /// `bdev_nvme_set_options`.
 pub fn set_options(o: NvmeOptions) -> Result<(), Error> {
+    // SPDK's rule (and its -1): the options are read when a controller attaches.
+    if Ctrlrs::get().is_ok_and(|c| !c.all().is_empty()) {
+        return Err(Error::Core(bdev_core::Error::Rpc {
+            code: -1,
+            message: "RPC not permitted with nvme controllers already attached".into(),
+        }));
+    }
     if !matches!(o.action_on_timeout.as_str(), "none" | "abort" | "reset") {
         return Err(Error::Protocol(format!(
             "action_on_timeout must be none, abort or reset, not {}",

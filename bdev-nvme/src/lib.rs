@@ -155,13 +155,6 @@ impl BdevModule for NvmeModule {
             Ok(Value::Array(l))
         });
         m.register_sync("bdev_nvme_set_options", |p| {
-            // SPDK's rule: the options are read when a controller attaches.
-            if bdev::Ctrlrs::get().is_ok_and(|c| !c.all().is_empty()) {
-                return Err(bdev_core::Error::Rpc {
-                    code: -1,
-                    message: "RPC not permitted with nvme controllers already attached".into(),
-                });
-            }
             let o: bdev::NvmeOptions =
                 parse_params_over("bdev_nvme_set_options", &bdev::options(), p)?;
             bdev::set_options(o).map_err(|e| e.rpc("bdev_nvme_set_options"))?;
