@@ -134,11 +134,12 @@ impl Methods {
                 let mode = match p.mode.as_deref() {
                     None | Some("all") => crate::bdev::ResetMode::All,
                     Some("maxmin") => crate::bdev::ResetMode::MaxMin,
+                    // SPDK's decoder refuses it: a decode failure.
                     Some(m) => {
-                        return Err(Error::invalid(
-                            "params of bdev_reset_iostat",
-                            format!("mode must be all or maxmin, not {m}"),
-                        ));
+                        return Err(Error::Decode {
+                            method: "bdev_reset_iostat".into(),
+                            reason: format!("mode must be all or maxmin, not {m}"),
+                        });
                     }
                 };
                 for b in named_or_all(p.name)? {
@@ -160,7 +161,7 @@ impl Methods {
                 let hz = crate::thread::ticks_hz();
                 if p.per_channel {
                     let Some(n) = p.name else {
-                        return Err(Error::invalid("params of bdev_get_iostat", "per_channel needs a bdev name"));
+                        return Err(Error::invalid("bdev_get_iostat", "per_channel needs a bdev name"));
                     };
                     let b = bdev_named(n)?;
                     let mut channels = Vec::new();
@@ -223,10 +224,12 @@ impl Methods {
                 let b = bdev_named(p.name)?;
                 let opc = match p.opc.as_deref() {
                     None => None,
-                    Some(o) => Some(
-                        crate::bdev::IoType::from_name(o)
-                            .ok_or_else(|| Error::invalid("opc", format!("Invalid Io type {o}")))?,
-                    ),
+                    Some(o) => {
+                        Some(crate::bdev::IoType::from_name(o).ok_or_else(|| Error::Rpc {
+                            code: -32603,
+                            message: format!("Invalid Io type: {o}"),
+                        })?)
+                    }
                 };
                 b.enable_histogram(p.enable, opc).await?;
                 Ok(Value::Bool(true))
@@ -241,11 +244,10 @@ impl Methods {
                 }
                 let p: P = parse_params("bdev_get_histogram", p)?;
                 let b = bdev_named(p.name)?;
-                let h = b.histogram().await?.ok_or_else(|| {
-                    Error::invalid(
-                        "bdev_get_histogram",
-                        format!("histogram is not enabled on bdev {}", b.name()),
-                    )
+                // SPDK answers -EFAULT's text as an internal error.
+                let h = b.histogram().await?.ok_or_else(|| Error::Rpc {
+                    code: -32603,
+                    message: format!("Bad address: histogram is not enabled on bdev {}", b.name()),
                 })?;
                 Ok(serde_json::json!({
                     "histogram": h.to_base64(),
@@ -256,13 +258,12 @@ impl Methods {
         });
         m.register("bdev_wait_for_examine", |p| {
             Box::pin(async move {
-                if p.as_ref()
-                    .is_some_and(|v| !v.is_null() && v.as_object().is_none_or(|o| !o.is_empty()))
-                {
-                    return Err(Error::invalid(
-                        "params",
-                        "bdev_wait_for_examine takes no parameters",
-                    ));
+                // SPDK refuses any params, `{}` too.
+                if p.as_ref().is_some_and(|v| !v.is_null()) {
+                    return Err(Error::Rpc {
+                        code: -32602,
+                        message: "bdev_wait_for_examine requires no parameters".into(),
+                    });
                 }
                 crate::module::wait_for_examine().await;
                 Ok(Value::Bool(true))
@@ -464,8 +465,10 @@ pub fn save_config() -> Value {
 /// method and what is wrong.
 pub fn parse_params<T: DeserializeOwned>(method: &str, params: Option<Value>) -> Result<T> {
     let v = params.unwrap_or(Value::Object(Default::default()));
-    serde_json::from_value(v)
-        .map_err(|e| Error::invalid(format!("params of {method}"), e.to_string()))
+    serde_json::from_value(v).map_err(|e| Error::Decode {
+        method: method.to_string(),
+        reason: e.to_string(),
+    })
 }
 
 /// Deserialises a `*_set_options` method's params on top of the options in force, as
@@ -482,10 +485,10 @@ pub fn parse_params_over<T: Serialize + DeserializeOwned>(
         (Some(o), Some(Value::Object(p))) => o.extend(p),
         (_, None | Some(Value::Null)) => {}
         (_, Some(p)) => {
-            return Err(Error::invalid(
-                format!("params of {method}"),
-                format!("expected an object, got {p}"),
-            ));
+            return Err(Error::Decode {
+                method: method.to_string(),
+                reason: format!("expected an object, got {p}"),
+            });
         }
     }
     parse_params(method, Some(v))

@@ -112,6 +112,16 @@ pub enum Error {
         /// Why it is refused.
         reason: String,
     },
+    /// A method's params could not be decoded: a key missing, unknown or of the wrong
+    /// type (SPDK's `spdk_json_decode_object` failure). The JSON-RPC edge answers with the
+    /// code and message SPDK gives for that method.
+    #[error("invalid params of {method}: {reason}")]
+    Decode {
+        /// The method.
+        method: String,
+        /// What is wrong, from the decoder.
+        reason: String,
+    },
     /// Memory could not be allocated.
     #[error("allocating {len} bytes aligned to {align}: out of memory")]
     NoMem {
@@ -153,6 +163,7 @@ impl Error {
             Error::BdevRemoving { .. } => -libc::ENODEV,
             Error::BdevBusy { .. } => -libc::EBUSY,
             Error::InvalidParam { .. } => -libc::EINVAL,
+            Error::Decode { .. } => -libc::EINVAL,
             Error::NoMem { .. } => -libc::ENOMEM,
             Error::Config(_) => -libc::EINVAL,
             Error::Rpc { code, .. } => *code,

@@ -167,10 +167,11 @@ impl BdevModule for NvmeModule {
             };
             let list = bdev::controllers(o.name.as_deref())
                 .map_err(|e| e.rpc("bdev_nvme_get_controllers"))?;
-            if o.name.is_some() && list.is_empty() {
+            if let (Some(name), true) = (&o.name, list.is_empty()) {
+                // SPDK's code here is a positive EINVAL; scripts compare it as it is.
                 return Err(bdev_core::Error::Rpc {
-                    code: -libc::ENODEV,
-                    message: "Controller not found".into(),
+                    code: libc::EINVAL,
+                    message: format!("Controller {name} does not exist"),
                 });
             }
             Ok(Value::Array(list))

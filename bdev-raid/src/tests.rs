@@ -751,7 +751,7 @@ fn superblock_reassembles_the_array_when_its_members_return() {
         json!({"base_bdev_name": "M0", "name": "P0", "uuid": u0}),
     )
     .unwrap();
-    call(&h, &m, "bdev_wait_for_examine", json!({})).unwrap();
+    call(&h, &m, "bdev_wait_for_examine", serde_json::Value::Null).unwrap();
     let info = &raids(&h, &m, "configuring")[0];
     assert_eq!(info["num_base_bdevs_discovered"], 1, "{info}");
     call(
@@ -761,7 +761,7 @@ fn superblock_reassembles_the_array_when_its_members_return() {
         json!({"base_bdev_name": "M1", "name": "P1", "uuid": u1}),
     )
     .unwrap();
-    call(&h, &m, "bdev_wait_for_examine", json!({})).unwrap();
+    call(&h, &m, "bdev_wait_for_examine", serde_json::Value::Null).unwrap();
     let info = &raids(&h, &m, "online")[0];
     assert_eq!(info["name"], "S1");
     assert_eq!(info["uuid"], "aaaaaaaa-2222-3333-4444-555555555555");
@@ -791,7 +791,7 @@ fn superblock_reassembles_the_array_when_its_members_return() {
             json!({"base_bdev_name": b, "name": n, "uuid": u}),
         )
         .unwrap();
-        call(&h, &m, "bdev_wait_for_examine", json!({})).unwrap();
+        call(&h, &m, "bdev_wait_for_examine", serde_json::Value::Null).unwrap();
     }
     let info = &raids(&h, &m, "online")[0];
     assert_eq!(info["num_base_bdevs_operational"], 1, "{info}");

@@ -13,9 +13,11 @@
 //!
 //! No thread per connection and no blocking call: the server is a poller like any other.
 
+mod decode;
 mod server;
 
-pub use server::{RpcServer, error_code};
+pub use decode::decode_error;
+pub use server::{RpcServer, rpc_error};
 
 /// JSON-RPC error codes SPDK uses.
 pub mod codes {

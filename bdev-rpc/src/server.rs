@@ -14,6 +14,7 @@ use bdev_core::thread::{PollStatus, Poller, PollerRef, spawn_local};
 use serde_json::{Value, json};
 
 use crate::codes;
+use crate::decode::decode_error;
 
 /// Largest request accepted, as the issue asks (SPDK grows its buffer up to a limit too).
 pub const MAX_REQUEST: usize = 1 << 20;
@@ -26,14 +27,20 @@ pub const MAX_CONNS: usize = 64;
 const MAX_OUT: usize = 16 << 20;
 const MAX_PENDING: usize = 1024;
 
-/// The JSON-RPC error code for a method's failure: its negative errno (SPDK's convention),
-/// or "invalid params" for a params error.
-pub fn error_code(e: &bdev_core::Error) -> i32 {
+/// The JSON-RPC error for a method's failure, as SPDK answers it: params that don't decode
+/// get the code and message SPDK gives for that method (see [`decode_error`]), with what
+/// is wrong appended; other params errors get "invalid params"; everything else gets its
+/// negative errno (SPDK's convention) and this error's text.
+pub fn rpc_error(e: &bdev_core::Error) -> (i32, String) {
     match e {
-        bdev_core::Error::InvalidParam { what, .. } if what.starts_with("params") => {
-            codes::INVALID_PARAMS
+        bdev_core::Error::Decode { method, reason } => {
+            let (code, message) = decode_error(method);
+            (code, format!("{message}: {reason}"))
         }
-        _ => e.errno(),
+        bdev_core::Error::InvalidParam { what, .. } if what.starts_with("params") => {
+            (codes::INVALID_PARAMS, e.to_string())
+        }
+        _ => (e.errno(), e.to_string()),
     }
 }
 
@@ -373,7 +380,7 @@ fn start_request(c: &mut Conn, methods: &Rc<Methods>, v: Value) {
     *pending.borrow_mut() += 1;
     let spawned = spawn_local(async move {
         let r = m.call_rpc(&method, params).await;
-        let r = r.map_err(|e| (error_code(&e), e.to_string()));
+        let r = r.map_err(|e| rpc_error(&e));
         push_response(&out, &id, r);
         *pending.borrow_mut() -= 1;
     });

@@ -363,9 +363,37 @@ impl BdevModule for DelayModule {
             })
         });
         m.register_sync("bdev_delay_update_latency", |p| {
-            let o: UpdateLatencyOpts = parse_params("bdev_delay_update_latency", p)?;
-            update_latency(o)?;
-            Ok(Value::Bool(true))
+            // SPDK decodes the type as a string and answers a bad one, and a bdev that is
+            // missing or of another module, with codes of their own.
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct P {
+                delay_bdev_name: String,
+                latency_type: String,
+                latency_us: u64,
+            }
+            let p: P = parse_params("bdev_delay_update_latency", p)?;
+            let rpc = |code, message: &str| bdev_core::Error::Rpc {
+                code,
+                message: message.into(),
+            };
+            let latency_type = serde_json::from_value(Value::String(p.latency_type))
+                .map_err(|_| rpc(-32602, "Please specify a valid latency type."))?;
+            let o = UpdateLatencyOpts {
+                delay_bdev_name: p.delay_bdev_name,
+                latency_type,
+                latency_us: p.latency_us,
+            };
+            match update_latency(o) {
+                Ok(()) => Ok(Value::Bool(true)),
+                Err(Error::NotFound { name, .. }) if bdev::get_by_name(&name).is_some() => {
+                    Err(rpc(-32600, "The requested bdev is not a delay bdev."))
+                }
+                Err(Error::NotFound { .. }) => {
+                    Err(rpc(-32602, "The requested bdev does not exist."))
+                }
+                Err(e) => Err(e.into()),
+            }
         });
     }
 }

@@ -433,7 +433,17 @@ fn delay_bdev_holds_reads_and_writes_for_their_latency() {
         json!({"delay_bdev_name": "D0", "latency_type": "fast", "latency_us": 10}),
     )
     .unwrap_err();
-    assert!(e.contains("unknown variant"), "{e}");
+    assert_eq!(e, "Please specify a valid latency type.");
+    for (name, msg) in [
+        ("nope", "The requested bdev does not exist."),
+        ("M2", "The requested bdev is not a delay bdev."),
+    ] {
+        let p = json!({"delay_bdev_name": name, "latency_type": "avg_read", "latency_us": 1});
+        assert_eq!(
+            call(&h, &m, "bdev_delay_update_latency", p).unwrap_err(),
+            msg
+        );
+    }
     let e = call(&h, &m, "bdev_delay_create", json!({"base_bdev_name": "M2", "name": "D1",
         "avg_read_latency": 100, "p99_read_latency": 10, "avg_write_latency": 1, "p99_write_latency": 1})).unwrap_err();
     assert!(e.contains("p99 latency is less than average"), "{e}");

@@ -53,7 +53,13 @@ fn internal(message: impl Into<String>) -> Error {
 fn no_params(method: &str, p: &Option<Value>) -> Result<(), Error> {
     match p {
         None | Some(Value::Null) => Ok(()),
-        Some(_) => Err(invalid_params(format!("'{method}' requires no arguments"))),
+        // Each SPDK handler words it its own way.
+        Some(_) => Err(invalid_params(match method {
+            "framework_get_reactors" => format!("`{method}` requires no arguments"),
+            "spdk_get_version" => format!("{method} method requires no parameters"),
+            m if m.starts_with("log_") => format!("{method} requires no parameters"),
+            _ => format!("'{method}' requires no arguments"),
+        })),
     }
 }
 
@@ -386,8 +392,7 @@ pub fn register_app_methods(m: &mut Methods, stop: Arc<AtomicBool>) {
         struct P {
             name: String,
         }
-        let p: P = parse_params("framework_get_config", p)
-            .map_err(|_| invalid_params("Invalid arguments"))?;
+        let p: P = parse_params("framework_get_config", p)?;
         if !subsystems()
             .as_array()
             .is_some_and(|l| l.iter().any(|s| s["subsystem"] == p.name.as_str()))
@@ -415,10 +420,9 @@ pub fn register_app_methods(m: &mut Methods, stop: Arc<AtomicBool>) {
             "SIGINT" | "SIGTERM" | "SIGQUIT" | "SIGHUP" | "SIGKILL" | "SIGUSR1" | "2" | "15"
             | "3" | "1" | "9" | "10" => {}
             s => {
-                return Err(Error::invalid(
-                    "params of spdk_kill_instance",
-                    format!("unknown signal {s}"),
-                ));
+                return Err(invalid_params(format!(
+                    "Invalid parameters: unknown signal {s}"
+                )));
             }
         }
         stop.store(true, Ordering::Relaxed);
@@ -432,10 +436,10 @@ pub fn register_app_methods(m: &mut Methods, stop: Arc<AtomicBool>) {
         }
         let p: P = parse_params("framework_set_scheduler", p)?;
         if p.name != "static" {
-            return Err(Error::invalid(
-                "framework_set_scheduler",
-                format!("scheduler {} is not supported (only static)", p.name),
-            ));
+            return Err(internal(format!(
+                "scheduler {} is not supported (only static)",
+                p.name
+            )));
         }
         Ok(Value::Bool(true))
     });
@@ -470,8 +474,7 @@ pub fn register_rpc_get_methods(m: &mut Methods) {
             #[allow(dead_code)]
             include_aliases: bool,
         }
-        let p: P =
-            parse_params("rpc_get_methods", p).map_err(|_| invalid_params("Invalid parameters"))?;
+        let p: P = parse_params("rpc_get_methods", p)?;
         Ok(json!(if p.current { &current } else { &all }))
     });
 }

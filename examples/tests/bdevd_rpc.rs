@@ -76,24 +76,54 @@ fn methods_errors_and_bad_input() {
             .unwrap()
             .contains("already exists")
     );
-    // Wrong type, missing param, unknown param, invalid value.
-    assert_eq!(
-        code(&c.call(
-            "bdev_malloc_create",
-            json!({"num_blocks": "8", "block_size": 512})
-        )),
-        -32602
+    // Wrong type, missing param, unknown param: SPDK's malloc and null handlers answer a
+    // decode failure with -32603 and their message; what is wrong follows it.
+    let v = c.call(
+        "bdev_malloc_create",
+        json!({"num_blocks": "8", "block_size": 512}),
     );
+    assert_eq!(code(&v), -32603, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.starts_with("spdk_json_decode_object failed: "), "{v}");
+    assert!(msg.contains("num_blocks") || msg.contains("string"), "{v}");
     assert_eq!(
         code(&c.call("bdev_null_create", json!({"name": "n", "block_size": 512}))),
-        -32602
+        -32603
     );
     assert_eq!(
         code(&c.call(
             "bdev_null_create",
             json!({"name": "n", "num_blocks": 8, "block_size": 512, "frob": 1})
         )),
-        -32602
+        -32603
+    );
+    // Handlers that chose other codes: raid's -32700, bdev_examine's -32602.
+    assert_eq!(
+        code(&c.call("bdev_raid_delete", json!({"nom": "r"}))),
+        -32700
+    );
+    assert_eq!(code(&c.call("bdev_examine", json!({}))), -32602);
+    // Methods with no params refuse `{}` with their own words.
+    let v = c.call("bdev_wait_for_examine", json!({}));
+    assert_eq!(code(&v), -32602, "{v}");
+    assert_eq!(
+        v["error"]["message"],
+        "bdev_wait_for_examine requires no parameters"
+    );
+    let v = c.call("spdk_get_version", json!({}));
+    assert_eq!(
+        v["error"]["message"],
+        "spdk_get_version method requires no parameters"
+    );
+    let v = c.call("framework_get_reactors", json!({}));
+    assert_eq!(
+        v["error"]["message"],
+        "`framework_get_reactors` requires no arguments"
+    );
+    let v = c.call("log_get_flags", json!({}));
+    assert_eq!(
+        v["error"]["message"],
+        "log_get_flags requires no parameters"
     );
     let r = c.call(
         "bdev_null_create",
@@ -286,7 +316,17 @@ fn virtual_bdevs_qos_and_histograms_over_rpc() {
             "bdev_error_inject_error",
             json!({"name": "EE_PT1", "io_type": "write"})
         )),
+        -32603
+    );
+    // bdev_delay_update_latency's own codes: no such bdev, not a delay bdev.
+    let lat = |n: &str| json!({"delay_bdev_name": n, "latency_type": "avg_read", "latency_us": 5});
+    assert_eq!(
+        code(&c.call("bdev_delay_update_latency", lat("nope"))),
         -32602
+    );
+    assert_eq!(
+        code(&c.call("bdev_delay_update_latency", lat("PT1"))),
+        -32600
     );
     assert_eq!(
         code(&c.call(
@@ -307,7 +347,7 @@ fn virtual_bdevs_qos_and_histograms_over_rpc() {
             "bdev_delay_update_latency",
             json!({"delay_bdev_name": "D9", "latency_type": "p99_write", "latency_us": 5})
         )),
-        -19
+        -32602
     );
     let b = ok(c.call("bdev_get_bdevs", json!({"name": "PT1"})));
     assert_eq!(b[0]["claimed"], true, "claimed by the error bdev");
@@ -439,7 +479,7 @@ fn aio_and_uring_bdevs_over_rpc() {
     );
     assert_eq!(
         code(&c.call("bdev_aio_create", json!({"name": "A3"}))),
-        -32602
+        -32603
     );
     assert_eq!(
         code(&c.call("bdev_uring_create", json!({"name": "U1", "filename": img}))),
@@ -618,6 +658,10 @@ fn discovery_attaches_what_the_log_lists_and_detaches_it_on_stop() {
     assert_eq!(b["result"], json!([]), "{b}");
     let ctrl = c.call("bdev_nvme_get_controllers", Value::Null);
     assert_eq!(ctrl["result"], json!([]), "{ctrl}");
+    // SPDK answers an unknown name with a positive EINVAL.
+    let v = c.call("bdev_nvme_get_controllers", json!({"name": "D0"}));
+    assert_eq!(code(&v), 22, "{v}");
+    assert_eq!(v["error"]["message"], "Controller D0 does not exist");
     // Detach by path, as rpc.py bdev_nvme_detach_controller -t/-a/-s sends it: a path
     // that is not the controller's is -ENODEV and leaves it; its own path detaches it.
     let v = c.call(

@@ -585,7 +585,11 @@ fn histograms_and_per_channel_stats_come_out_in_spdk_shape() {
         serde_json::json!({"name": "r_hist"}),
     )
     .unwrap_err();
-    assert!(e.to_string().contains("not enabled"), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("Bad address: histogram is not enabled"),
+        "{e}"
+    );
     let e = call(
         &h,
         "bdev_enable_histogram",
