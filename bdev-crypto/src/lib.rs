@@ -108,8 +108,15 @@ impl BdevModule for CryptoModule {
             if named {
                 return Err(Error::KeyInUse(k.key_name).into());
             }
-            keys::Keys::get()?.destroy(&k.key_name)?;
-            Ok(Value::Bool(true))
+            match keys::Keys::get()?.destroy(&k.key_name) {
+                Ok(()) => Ok(Value::Bool(true)),
+                // SPDK's code and text.
+                Err(Error::NoKey(_)) => Err(bdev_core::Error::Rpc {
+                    code: -32602,
+                    message: "No key object found".into(),
+                }),
+                Err(e) => Err(e.into()),
+            }
         });
         m.register_sync("accel_crypto_keys_get", |p| {
             let g: KeysGet = match p {
@@ -118,7 +125,17 @@ impl BdevModule for CryptoModule {
             };
             let keys = keys::Keys::get()?;
             let list = match g.key_name {
-                Some(n) => vec![keys.find(&n)?.info()],
+                Some(n) => match keys.find(&n) {
+                    Ok(k) => vec![k.info()],
+                    // SPDK's code and text.
+                    Err(Error::NoKey(_)) => {
+                        return Err(bdev_core::Error::Rpc {
+                            code: -32602,
+                            message: "key was not found".into(),
+                        });
+                    }
+                    Err(e) => return Err(e.into()),
+                },
                 None => keys.all().iter().map(|k| k.info()).collect(),
             };
             Ok(Value::Array(list))
