@@ -205,7 +205,10 @@ impl Methods {
                     p.w_mbytes_per_sec,
                 ];
                 if l.iter().all(|x| x.is_none()) {
-                    return Err(Error::invalid("rate limits", "No rate limits specified"));
+                    return Err(Error::Rpc {
+                        code: -libc::EINVAL,
+                        message: "No rate limits specified".into(),
+                    });
                 }
                 b.set_qos_limits(l).await?;
                 Ok(Value::Bool(true))
@@ -464,7 +467,18 @@ pub fn save_config() -> Value {
 /// Deserialises a method's params into its typed options, with a message naming the
 /// method and what is wrong.
 pub fn parse_params<T: DeserializeOwned>(method: &str, params: Option<Value>) -> Result<T> {
-    let v = params.unwrap_or(Value::Object(Default::default()));
+    // `null` is no params, as in SPDK.
+    let v = match params {
+        None | Some(Value::Null) => Value::Object(Default::default()),
+        Some(v) => v,
+    };
+    // serde would take an array as the fields in order; SPDK's decoder takes objects only.
+    if !v.is_object() {
+        return Err(Error::Decode {
+            method: method.to_string(),
+            reason: "params must be an object".into(),
+        });
+    }
     serde_json::from_value(v).map_err(|e| Error::Decode {
         method: method.to_string(),
         reason: e.to_string(),

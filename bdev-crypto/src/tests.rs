@@ -260,9 +260,15 @@ fn bad_keys_and_requests_get_clear_errors() {
     call(&h, &m, "bdev_crypto_delete", json!({"name": "W"})).unwrap();
     call(&h, &m, "accel_crypto_key_destroy", json!({"key_name": "k"})).unwrap();
     let e = call(&h, &m, "accel_crypto_key_destroy", json!({"key_name": "k"})).unwrap_err();
-    assert!(e.contains("No key object found") && e.contains("code -32602"), "{e}");
+    assert!(
+        e.contains("No key object found") && e.contains("code -32602"),
+        "{e}"
+    );
     let e = call(&h, &m, "accel_crypto_keys_get", json!({"key_name": "k"})).unwrap_err();
-    assert!(e.contains("key was not found") && e.contains("code -32602"), "{e}");
+    assert!(
+        e.contains("key was not found") && e.contains("code -32602"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -156,7 +156,7 @@ impl AttachOpts {
 
 /// Options of `bdev_nvme_set_options` that this driver uses (SPDK's names and defaults);
 /// SPDK's other options are accepted and ignored, with a warning, so that SPDK's saved
-/// configs load.
+/// configs load; names SPDK does not know are refused ([`NvmeOptions::check`]).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default)]
 pub struct NvmeOptions {
@@ -192,6 +192,57 @@ impl Default for NvmeOptions {
     }
 }
 
+/// The options SPDK's `bdev_nvme_set_options` knows (v24.09 and the few added since) that
+/// this driver does not use: accepted with a warning, so that SPDK's saved configs load.
+const SPDK_ONLY_OPTIONS: &[&str] = &[
+    "timeout_admin_us",
+    "arbitration_burst",
+    "low_priority_weight",
+    "medium_priority_weight",
+    "high_priority_weight",
+    "io_queue_requests",
+    "nvme_adminq_poll_period_us",
+    "nvme_ioq_poll_period_us",
+    "delay_cmd_submit",
+    "transport_retry_count",
+    "bdev_retry_count",
+    "transport_ack_timeout",
+    "disable_auto_failback",
+    "generate_uuids",
+    "transport_tos",
+    "nvme_error_stat",
+    "io_path_stat",
+    "allow_accel_sequence",
+    "rdma_srq_size",
+    "rdma_max_cq_size",
+    "rdma_cm_event_timeout_ms",
+    "dhchap_digests",
+    "dhchap_dhgroups",
+    "rdma_umr_per_io",
+    "tcp_connect_timeout_ms",
+    "enable_flush",
+];
+
+impl NvmeOptions {
+    /// What SPDK's decoder refuses: a name it does not know, a bad `action_on_timeout`.
+    pub fn check(&self) -> Result<(), String> {
+        if !matches!(self.action_on_timeout.as_str(), "none" | "abort" | "reset") {
+            return Err(format!(
+                "action_on_timeout must be none, abort or reset, not {}",
+                self.action_on_timeout
+            ));
+        }
+        match self
+            .other
+            .keys()
+            .find(|k| !SPDK_ONLY_OPTIONS.contains(&k.as_str()))
+        {
+            Some(k) => Err(format!("unknown field `{k}`")),
+            None => Ok(()),
+        }
+    }
+}
+
 /// The current application's options.
 #[derive(Default)]
 pub(crate) struct OptionsCell(pub(crate) Mutex<NvmeOptions>);
@@ -205,12 +256,7 @@ pub fn set_options(o: NvmeOptions) -> Result<(), Error> {
             message: "RPC not permitted with nvme controllers already attached".into(),
         }));
     }
-    if !matches!(o.action_on_timeout.as_str(), "none" | "abort" | "reset") {
-        return Err(Error::Protocol(format!(
-            "action_on_timeout must be none, abort or reset, not {}",
-            o.action_on_timeout
-        )));
-    }
+    o.check().map_err(Error::Protocol)?;
     for k in o.other.keys() {
         tracing::warn!(option = %k, "bdev_nvme_set_options: option not used here, ignored");
     }

@@ -157,6 +157,12 @@ impl BdevModule for NvmeModule {
         m.register_sync("bdev_nvme_set_options", |p| {
             let o: bdev::NvmeOptions =
                 parse_params_over("bdev_nvme_set_options", &bdev::options(), p)?;
+            // Refused by SPDK's decoder: a decode failure, before the attached-controllers
+            // check.
+            o.check().map_err(|reason| bdev_core::Error::Decode {
+                method: "bdev_nvme_set_options".into(),
+                reason,
+            })?;
             bdev::set_options(o).map_err(|e| e.rpc("bdev_nvme_set_options"))?;
             Ok(Value::Bool(true))
         });

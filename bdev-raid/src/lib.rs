@@ -68,6 +68,9 @@ pub enum Error {
     /// No RAID of this name.
     #[error("raid bdev {0} not found")]
     NotFound(String),
+    /// The bdev is a member of no RAID.
+    #[error("base bdev {0} is not part of any raid bdev")]
+    NotInRaid(String),
     /// A base bdev named in the request does not exist.
     #[error("base bdev {0} does not exist")]
     NoBase(String),
@@ -104,7 +107,7 @@ impl Error {
         match self {
             Error::InvalidOpts(_) => -libc::EINVAL,
             Error::Exists(_) | Error::ForeignSuperblock(_) => -libc::EEXIST,
-            Error::NotFound(_) | Error::NoBase(_) => -libc::ENODEV,
+            Error::NotFound(_) | Error::NoBase(_) | Error::NotInRaid(_) => -libc::ENODEV,
             Error::Busy(_) => -libc::EPERM,
             Error::Superblock { .. } | Error::MemberIo { .. } => -libc::EIO,
             Error::Core(c) => c.errno(),
@@ -491,7 +494,7 @@ pub async fn add_base_bdev(raid: &str, base: &str) -> Result<(), Error> {
     let raids = Raids::get()?;
     let r = raids
         .find(raid)
-        .ok_or_else(|| Error::NotFound(format!("{raid} (not found in config)")))?;
+        .ok_or_else(|| Error::NotFound(raid.to_string()))?;
     let b = get_by_name(base).ok_or_else(|| Error::NoBase(base.to_string()))?;
     if let Some(m) = b.claimed_by() {
         return Err(Error::Core(bdev_core::Error::Claimed {
@@ -639,9 +642,7 @@ pub async fn remove_base_bdev(base: &str) -> Result<(), Error> {
             return Ok(());
         }
     }
-    Err(Error::NotFound(format!(
-        "base bdev {base} (not part of any raid bdev)"
-    )))
+    Err(Error::NotInRaid(base.to_string()))
 }
 
 /// The `bdev_raid_create` entry that recreates `r` (`save_config`).

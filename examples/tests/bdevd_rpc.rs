@@ -522,12 +522,22 @@ fn aio_and_uring_bdevs_over_rpc() {
 fn nvme_methods_refuse_bad_params_with_spdks_codes() {
     let d = start("nvme", None);
     let mut c = RpcClient::connect(&d.sock);
-    // Options: an action on timeout SPDK doesn't have.
+    // Options: an action on timeout SPDK doesn't have, an option it doesn't know: its
+    // decoder refuses both (-32603). An option SPDK has and we don't use is taken.
     let v = c.call(
         "bdev_nvme_set_options",
         json!({"timeout_us": 1000, "action_on_timeout": "sideways"}),
     );
-    assert_eq!(code(&v), -22, "{v}");
+    assert_eq!(code(&v), -32603, "{v}");
+    let v = c.call("bdev_nvme_set_options", json!({"frobnicate": 1}));
+    assert_eq!(code(&v), -32603, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("frobnicate"),
+        "{v}"
+    );
     assert_eq!(
         c.call(
             "bdev_nvme_set_options",
