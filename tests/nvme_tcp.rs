@@ -43,7 +43,7 @@ fn attach_identify_discover_and_move_data_against_the_kernel_target() {
     }
     let target = vm::start_tcp_target().expect("nvmet-tcp guest");
     let (io, disc) = (target.io_addr(), target.discovery_addr());
-    let h = Harness::new(1);
+    let h = Harness::new(2);
     for dg in [
         Digests::default(),
         Digests {
@@ -171,11 +171,6 @@ fn attach_identify_discover_and_move_data_against_the_kernel_target() {
                 return Err(format!("blocks {lba}.. past the range changed"));
             }
         }
-        drop(ch);
-        drop(d);
-        bdev_nvme::bdev::detach(&bdev_nvme::bdev::DetachParams::named("Big"))
-            .await
-            .map_err(|e| e.to_string())?;
         Ok(())
     });
     if let Err(e) = r {
@@ -184,6 +179,18 @@ fn attach_identify_discover_and_move_data_against_the_kernel_target() {
             target.console_log()
         );
     }
+    // Both namespaces against a model of their first blocks: random batches of reads and
+    // writes over several buffers of any alignment, write_zeroes, unmap and flush, in
+    // flight together from both threads (so on two I/O queue pairs).
+    for (i, ns) in ["Bign1", "Bign2"].into_iter().enumerate() {
+        bdev_tests::model::run_in(&h, ns, 0x51ed_2701 + i as u64, 80, false, 4096);
+    }
+    let r: Result<(), String> = h.block_on_real(0, Duration::from_secs(60), async {
+        bdev_nvme::bdev::detach(&bdev_nvme::bdev::DetachParams::named("Big"))
+            .await
+            .map_err(|e| e.to_string())
+    });
+    r.unwrap_or_else(|e| panic!("detach: {e}"));
     // Nobody listening: a clear error, quickly.
     let e = h.block_on_real(0, Duration::from_secs(30), async {
         let mut o = opts(

@@ -1091,6 +1091,16 @@ impl Drop for ChanState {
     }
 }
 
+/// A Write Zeroes answered as a command the namespace does not have.
+fn write_zeroes_refused(s: spec::Status) -> bool {
+    // By type and code: the Do Not Retry and More bits may be set too.
+    matches!(
+        (s.sct(), s.sc()),
+        (spec::sct::GENERIC, spec::sc::INVALID_OPCODE)
+            | (spec::sct::COMMAND_SPECIFIC, spec::sc::CS_NOT_SUPPORTED)
+    )
+}
+
 fn status_of(s: spec::Status) -> IoStatus {
     if s.is_success() {
         IoStatus::Success
@@ -1329,6 +1339,10 @@ impl ChanState {
             };
             if transport_abort {
                 retry.push((nsid, io));
+            } else if io.io_type() == IoType::WriteZeroes && write_zeroes_refused(c.status) {
+                // Listed in ONCS, yet not done for this namespace: the bdev layer writes
+                // zeroes instead, from now on.
+                io.emulate_write_zeroes();
             } else {
                 io.complete(status);
             }

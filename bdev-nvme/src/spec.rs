@@ -263,6 +263,10 @@ pub mod sc {
     pub const LBA_OUT_OF_RANGE: u8 = 0x80;
     /// Namespace not ready.
     pub const NAMESPACE_NOT_READY: u8 = 0x82;
+    /// Command specific 0x83: what Linux's nvmet answers a command its namespace backend
+    /// can't do (Write Zeroes on a file that can't zero a range: `NVME_SC_ONCS_NOT_SUPPORTED`
+    /// there; NVMe 2.0 names the code Command Size Limit Exceeded).
+    pub const CS_NOT_SUPPORTED: u8 = 0x83;
 }
 
 impl Status {

@@ -2,6 +2,7 @@
 //! targets of this package). The README's example is compiled and run here.
 
 pub mod cli;
+pub mod model;
 pub mod vm;
 
 #[doc = include_str!("../../README.md")]

@@ -5,6 +5,7 @@
 //! allocates nothing; the segment vector keeps its capacity across uses.
 
 use std::fmt;
+use std::sync::atomic::Ordering;
 
 use super::channel::{BdevChannel, ChanCtx};
 use super::desc::Desc;
@@ -365,7 +366,7 @@ impl BdevIo {
         });
         ctx.offset_blocks = offset_blocks;
         c.outstanding.set(c.outstanding.get() + 1);
-        if ctx.internal && c.bdev.has_limits {
+        if ctx.internal && c.bdev.has_limits.load(Ordering::Relaxed) {
             return forward_internal(&ch.ch, ctx);
         }
         route(&ch.ch, ctx);
@@ -393,6 +394,31 @@ impl BdevIo {
                 submit_child(self, desc, ch, t, offset_blocks, n, 0, cb)
             }
         }
+    }
+
+    /// For a write_zeroes the device refused as a command it does not have (an NVMe
+    /// target that lists Write Zeroes but whose namespace backend can't zero, say): from
+    /// now on the bdev layer emulates write_zeroes on this bdev with writes of zeroes, as
+    /// for a bdev that never had it, starting with this I/O. Linux's block layer does the
+    /// same (it turns write zeroes off for the queue and falls back to writing zeroes).
+    /// Any other I/O, or a bdev that can't write, completes as failed.
+    pub fn emulate_write_zeroes(mut self) {
+        let Some(ctx) = self.ctx.take() else { return };
+        std::mem::forget(self);
+        let Some(ch) = ctx.ch.clone() else { return };
+        let b = &ch.bdev;
+        if ctx.io_type != IoType::WriteZeroes || b.supported & IoType::Write.bit() == 0 {
+            return complete_ctx(ctx, IoStatus::Failed);
+        }
+        if !b.emulate_wz.swap(true, Ordering::Relaxed) {
+            tracing::info!(bdev = %b.props.name, "the device refused write_zeroes: emulated with writes from now on");
+        }
+        b.has_limits.store(true, Ordering::Relaxed);
+        // As a submission: what completes inside is deferred.
+        let depth = &ch.tctx.submit_depth;
+        depth.set(depth.get() + 1);
+        service::start(ctx);
+        depth.set(depth.get() - 1);
     }
 
     /// Completes the I/O. The submitter's callback runs on its thread: now, or — when
@@ -566,7 +592,7 @@ pub(crate) fn route_admitted(ch: &IoChannel<ChanCtx>, ctx: Box<IoCtx>) {
     let depth = &c.tctx.submit_depth;
     depth.set(depth.get() + 1);
     let b = &*c.bdev;
-    if b.has_limits
+    if b.has_limits.load(Ordering::Relaxed)
         && !ctx.internal
         && service::needs_service(b, ctx.io_type, ctx.offset_blocks, ctx.num_blocks, &ctx.iovs)
     {

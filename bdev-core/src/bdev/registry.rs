@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use uuid::Uuid;
@@ -62,12 +62,13 @@ pub(crate) struct BdevInner {
     pub(crate) boundary: u64,
     /// Largest segment in bytes (`usize::MAX`: no limit).
     pub(crate) max_seg_bytes: usize,
-    /// Write zeroes is emulated with writes of a zero buffer.
-    pub(crate) emulate_wz: bool,
+    /// Write zeroes is emulated with writes of a zero buffer (from registration, or since
+    /// the device refused the command: [`super::BdevIo::emulate_write_zeroes`]).
+    pub(crate) emulate_wz: AtomicBool,
     /// Largest write_zeroes the module takes (`u64::MAX`: no limit).
     pub(crate) max_wz: u64,
     /// Any of the above in force: I/O must be checked against them.
-    pub(crate) has_limits: bool,
+    pub(crate) has_limits: AtomicBool,
     pub(crate) supported: u32,
     pub(crate) ops: Box<dyn ErasedOps>,
     pub(crate) dev: IoDevice<ChanCtx>,
@@ -254,19 +255,21 @@ pub fn register<T: BdevOps>(mut props: BdevProps, ops: Arc<T>) -> Result<Bdev> {
             } else {
                 props.max_segment_size as usize
             },
-            emulate_wz,
+            emulate_wz: AtomicBool::new(emulate_wz),
             max_wz: if props.max_write_zeroes == 0 {
                 u64::MAX
             } else {
                 props.max_write_zeroes as u64
             },
-            has_limits: emulate_wz
-                || props.max_write_zeroes != 0
-                || props.buf_align > 1
-                || props.max_rw_size != 0
-                || props.max_num_segments != 0
-                || props.max_segment_size != 0
-                || (props.split_on_optimal_io_boundary && props.optimal_io_boundary != 0),
+            has_limits: AtomicBool::new(
+                emulate_wz
+                    || props.max_write_zeroes != 0
+                    || props.buf_align > 1
+                    || props.max_rw_size != 0
+                    || props.max_num_segments != 0
+                    || props.max_segment_size != 0
+                    || (props.split_on_optimal_io_boundary && props.optimal_io_boundary != 0),
+            ),
             supported,
             ops: Box::new(OpsImpl(ops)),
             dev: IoDevice::register(format!("bdev_{}", props.name), move || ChanCtx::create(&w)),

@@ -28,6 +28,8 @@ struct RamBdev {
     write_zeroes: bool,
     /// Keep reads (until the channel goes) instead of completing them.
     hold_reads: bool,
+    /// List write_zeroes, then refuse it as a device without it would.
+    refuse_wz: bool,
 }
 
 impl BdevOps for RamBdev {
@@ -55,6 +57,10 @@ impl BdevOps for RamBdev {
                 *n -= 1;
                 return io.complete(IoStatus::NoMem);
             }
+        }
+        if self.refuse_wz && io.io_type() == IoType::WriteZeroes {
+            let _ = crate::thread::defer(move || io.emulate_write_zeroes());
+            return;
         }
         if self.hold_reads && io.io_type() == IoType::Read {
             return held.borrow_mut().push(io);
@@ -109,6 +115,7 @@ fn ram_with(
             nomem: Mutex::new(nomem),
             write_zeroes: wz,
             hold_reads,
+            refuse_wz: name.starts_with("refuse_wz"),
         }),
     )
     .unwrap();
@@ -326,6 +333,32 @@ fn write_zeroes_is_emulated_with_writes_where_the_bdev_lacks_it() {
             .iter()
             .all(|s| s.t != IoType::WriteZeroes)
     );
+}
+
+#[test]
+fn write_zeroes_the_device_refuses_is_emulated_from_then_on() {
+    let h = Harness::new(1);
+    // Listed, but refused when it arrives (an NVMe target whose backend can't zero).
+    let seen = ram("refuse_wz", |p| p.max_write_zeroes(48), true, 0);
+    zeroes_read_back(&h, "refuse_wz", 10, 200, 1);
+    let wz = |s: &Arc<Mutex<Vec<Seen>>>| {
+        s.lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.t == IoType::WriteZeroes)
+            .count()
+    };
+    // The request's pieces (48 blocks each, in flight together) reached the module and
+    // were refused, each then written as zeroes.
+    assert_eq!(wz(&seen), 5);
+    seen.lock().unwrap().clear();
+    zeroes_read_back(&h, "refuse_wz", 0, 256, 2);
+    assert_eq!(wz(&seen), 0, "no write_zeroes reaches the module any more");
+    assert!(h.run_on(0, || {
+        get_by_name("refuse_wz")
+            .unwrap()
+            .io_type_supported(IoType::WriteZeroes)
+    }));
 }
 
 #[test]
