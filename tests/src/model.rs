@@ -34,14 +34,15 @@ impl Rng {
 
 /// What the bdev should hold: its bytes, and which blocks are known (through the crypto
 /// bdev, never-written and unmapped blocks hold ciphertext zeroes, which read as noise).
-struct Model {
+pub struct Model {
     data: Vec<u8>,
     known: Vec<bool>,
     bs: usize,
 }
 
 impl Model {
-    fn check(&self, what: &str, lba: u64, got: &[u8]) {
+    /// Panics, naming `what`, where `got` (read at `lba`) differs from a known block.
+    pub fn check(&self, what: &str, lba: u64, got: &[u8]) {
         for (i, chunk) in got.chunks(self.bs).enumerate() {
             let b = lba as usize + i;
             if self.known[b] {
@@ -153,11 +154,33 @@ fn submit(desc: &Desc, ch: &BdevChannel, io: &mut Io, done: Done, slot: usize) {
 /// read against the model. `zeroed`: whether the bdev starts zeroed and unmapped blocks
 /// read back as zeroes (not through crypto, nor on an NVMe namespace of unknown content).
 pub fn run(h: &Harness, name: &str, seed: u64, batches: usize, zeroed: bool) {
-    run_in(h, name, seed, batches, zeroed, u64::MAX)
+    run_in(h, name, seed, batches, zeroed, u64::MAX);
 }
 
 /// [`run`] on the first `limit` blocks of the bdev at most (the model holds a copy).
-pub fn run_in(h: &Harness, name: &str, seed: u64, batches: usize, zeroed: bool, limit: u64) {
+pub fn run_in(
+    h: &Harness,
+    name: &str,
+    seed: u64,
+    batches: usize,
+    zeroed: bool,
+    limit: u64,
+) -> Model {
+    run_with(h, name, seed, batches, zeroed, limit, &mut |_| {})
+}
+
+/// [`run_in`], calling `between(batch)` before each batch (with nothing in flight): to
+/// take a member out, add one, resize... while the I/O goes on. Returns the model as it
+/// ends, to check what lies under the bdev.
+pub fn run_with(
+    h: &Harness,
+    name: &str,
+    seed: u64,
+    batches: usize,
+    zeroed: bool,
+    limit: u64,
+    between: &mut dyn FnMut(usize),
+) -> Model {
     let unmap_zeroes = zeroed;
     let threads = h.thread_count();
     // One descriptor and channel per thread, as an application has.
@@ -181,6 +204,7 @@ pub fn run_in(h: &Harness, name: &str, seed: u64, batches: usize, zeroed: bool, 
     let mut r = Rng(seed);
     let max_len = blocks.min(160);
     for batch in 0..batches {
+        between(batch);
         let t = r.below(threads as u64) as usize;
         let (desc, ch) = &per_thread[t];
         let mut ranges: Vec<(u64, u64)> = Vec::new();
@@ -279,4 +303,5 @@ pub fn run_in(h: &Harness, name: &str, seed: u64, batches: usize, zeroed: bool, 
         h.run_on(t, || drop((ch, d)));
     }
     h.poll_threads();
+    model
 }
