@@ -136,6 +136,37 @@ fn every_stack_reads_back_what_the_model_holds() {
         json!({"name": "RK", "raid_level": "raid0", "strip_size_kb": 16,
             "base_bdevs": ["RK_0", "RK_1"]}),
     );
+    // QoS holding I/O back (10 per 1 ms timeslice, batches of up to 8 of any size), with
+    // a latency histogram on: the slow route, queued and released on the clock.
+    malloc(&h, &m, "MQ", 1024, 512, 0);
+    call(
+        &h,
+        &m,
+        "bdev_set_qos_limit",
+        json!({"name": "MQ", "rw_ios_per_sec": 10000}),
+    );
+    call(
+        &h,
+        &m,
+        "bdev_enable_histogram",
+        json!({"name": "MQ", "enable": true}),
+    );
+    // Crypto over raid0: each strip's piece encrypted with its own LBAs.
+    malloc(&h, &m, "CR0_a", 512, 512, 0);
+    malloc(&h, &m, "CR0_b", 512, 512, 0);
+    call(
+        &h,
+        &m,
+        "bdev_raid_create",
+        json!({"name": "CR0", "raid_level": "raid0", "strip_size_kb": 4,
+            "base_bdevs": ["CR0_a", "CR0_b"]}),
+    );
+    call(
+        &h,
+        &m,
+        "bdev_crypto_create",
+        json!({"base_bdev_name": "CR0", "name": "CRR", "key_name": "k"}),
+    );
     // A stack: passthru over raid0 over (passthru over malloc, malloc).
     malloc(&h, &m, "S_a", 512, 512, 0);
     malloc(&h, &m, "S_b", 512, 512, 0);
@@ -187,6 +218,8 @@ fn every_stack_reads_back_what_the_model_holds() {
         ("R1", true),
         ("RK", true),
         ("S", true),
+        ("MQ", true),
+        ("CRR", false),
         ("AIO", true),
         ("URING", true),
     ];
