@@ -185,6 +185,22 @@ fn attach_identify_discover_and_move_data_against_the_kernel_target() {
     for (i, ns) in ["Bign1", "Bign2"].into_iter().enumerate() {
         bdev_tests::model::run_in(&h, ns, 0x51ed_2701 + i as u64, 80, false, 4096);
     }
+    // And a virtual bdev over a namespace: I/O forwarded in place down to the NVMe
+    // queue pairs, completions back up.
+    let pt = bdev_vbdev::passthru::PassthruOpts {
+        base_bdev_name: "Bign2".into(),
+        name: "PTN".into(),
+        uuid: None,
+    };
+    h.run_on(0, || bdev_vbdev::passthru::create(pt))
+        .expect("passthru over Bign2");
+    bdev_tests::model::run_in(&h, "PTN", 0x51ed_2703, 60, false, 4096);
+    let r: Result<(), String> = h.block_on_real(0, Duration::from_secs(60), async {
+        bdev_vbdev::passthru::delete("PTN")
+            .await
+            .map_err(|e| e.to_string())
+    });
+    r.unwrap_or_else(|e| panic!("passthru delete: {e}"));
     let r: Result<(), String> = h.block_on_real(0, Duration::from_secs(60), async {
         bdev_nvme::bdev::detach(&bdev_nvme::bdev::DetachParams::named("Big"))
             .await
