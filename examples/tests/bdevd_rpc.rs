@@ -538,6 +538,12 @@ fn nvme_methods_refuse_bad_params_with_spdks_codes() {
             .contains("frobnicate"),
         "{v}"
     );
+    let v = c.call(
+        "bdev_nvme_attach_controller",
+        json!({"name": "X", "trtype": "tcp", "traddr": "127.0.0.1", "trsvcid": "1",
+            "multipath": "sideways"}),
+    );
+    assert_eq!(code(&v), -32603, "{v}");
     assert_eq!(
         c.call(
             "bdev_nvme_set_options",

@@ -229,7 +229,7 @@ impl BdevOps for Fwd {
         io.forward_and_complete(&self.base, ch);
     }
     fn io_type_supported(&self, t: IoType) -> bool {
-        matches!(t, IoType::Read | IoType::Write)
+        matches!(t, IoType::Read | IoType::Write | IoType::WriteZeroes)
     }
 }
 
@@ -359,6 +359,61 @@ fn write_zeroes_the_device_refuses_is_emulated_from_then_on() {
             .unwrap()
             .io_type_supported(IoType::WriteZeroes)
     }));
+}
+
+#[test]
+fn a_refused_write_zeroes_forwarded_in_place_is_emulated_at_the_base() {
+    let h = Harness::new(1);
+    // The base refuses write_zeroes; the bdev above forwards in place, so the refused I/O
+    // carries the upper bdev's frame (40 blocks: whole), or is a piece of the base's split
+    // at 48 blocks (200 blocks, two of them refused at once).
+    let seen = ram("refuse_wz_base", |p| p.max_write_zeroes(48), true, 0);
+    h.run_on(0, || {
+        let base = Arc::new(Desc::open("refuse_wz_base", true, |_| {}).unwrap());
+        register(
+            BdevProps::new("r_fwd_wz", 512, 256).optimal_io_boundary(16, true),
+            Arc::new(Fwd { base }),
+        )
+        .unwrap();
+    });
+    zeroes_read_back(&h, "r_fwd_wz", 3, 40, 4);
+    zeroes_read_back(&h, "r_fwd_wz", 0, 256, 5);
+    assert!(
+        seen.lock()
+            .unwrap()
+            .iter()
+            .any(|s| s.t == IoType::WriteZeroes),
+        "the base saw (and refused) write_zeroes"
+    );
+    // The upper bdev counted the two pattern writes, the base the 16-block pieces they
+    // were split into above it (write_zeroes is not a counted type, as in SPDK, and the
+    // emulation's writes are internal); both bdevs go away cleanly.
+    let (upper, base) = h.block_on(0, async {
+        let u = get_by_name("r_fwd_wz").unwrap().iostat().await.unwrap();
+        let b = get_by_name("refuse_wz_base")
+            .unwrap()
+            .iostat()
+            .await
+            .unwrap();
+        (u, b)
+    });
+    assert_eq!(upper.num_write_ops, 2, "{upper:?}");
+    assert_eq!(base.num_write_ops, 2 * 16, "{base:?}");
+    h.block_on(0, async {
+        get_by_name("r_fwd_wz")
+            .unwrap()
+            .unregister_async()
+            .await
+            .unwrap();
+        get_by_name("refuse_wz_base")
+            .unwrap()
+            .unregister_async()
+            .await
+            .unwrap();
+    });
+    h.run_on(0, || {
+        assert!(get_by_name("r_fwd_wz").is_none() && get_by_name("refuse_wz_base").is_none())
+    });
 }
 
 #[test]
