@@ -69,6 +69,10 @@ fn attach_identify_discover_and_move_data_against_the_kernel_target() {
                     "ns {nsid}"
                 );
             }
+            // The Write Zeroes Size Limit (Identify CNS 06h from NVMe 1.4): answered, or
+            // refused and taken as none, never an error.
+            let wzsl = c.write_zeroes_limit().await?;
+            eprintln!("kernel target: VS {:#x}, WZSL {wzsl}", c.vs);
             assert!(c.set_num_queues(2).await? >= 1);
             let mut q = c.connect_io_queue(1, 32).await?;
             // A small write (in the capsule when the target allows), a large one (R2T),

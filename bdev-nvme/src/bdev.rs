@@ -296,6 +296,8 @@ pub(crate) struct NvmeCtrlr {
     oncs: u16,
     vwc: bool,
     mdts: u8,
+    /// The NVM command set's Write Zeroes Size Limit (0: none).
+    wzsl: u8,
     /// Identify Controller's fields `bdev_get_bdevs` shows (SPDK's `ctrlr_data`).
     ctrlr_data: serde_json::Value,
     /// The controller's VS property (version).
@@ -891,7 +893,12 @@ impl NvmeCtrlr {
         if self.mdts != 0 {
             max = max.min(((4096u64 << self.mdts.min(20)) / bs as u64).max(1) as u32);
         }
-        props = props.max_rw_size(max).max_write_zeroes(MAX_NLB);
+        // Write Zeroes: the same 16-bit count, less when WZSL says so (a drive answers a
+        // larger one with Command Size Limit Exceeded, which would switch the bdev to
+        // writing zeroes: see `write_zeroes_refused`).
+        props = props
+            .max_rw_size(max)
+            .max_write_zeroes(write_zeroes_blocks(self.wzsl, bs));
         let ops = Arc::new(NsBdev {
             ctrlr: self.clone(),
             nsid,
@@ -1089,6 +1096,16 @@ impl Drop for ChanState {
             c.release_qid(self.qid.get());
         }
     }
+}
+
+/// The most blocks of `bs` bytes one Write Zeroes may cover: the command's 16-bit count,
+/// less when WZSL (a power of two of 4 KiB minimum pages; 0: no limit) says so.
+fn write_zeroes_blocks(wzsl: u8, bs: u32) -> u32 {
+    const MAX_NLB: u64 = 1 << 16;
+    if wzsl == 0 {
+        return MAX_NLB as u32;
+    }
+    ((4096u64 << wzsl.min(20)) / bs as u64).clamp(1, MAX_NLB) as u32
 }
 
 /// A Write Zeroes answered as a command the namespace does not have.
@@ -1652,6 +1669,7 @@ async fn attach_as(o: AttachOpts, from_discovery: bool) -> Result<Vec<String>, E
     let oncs_v = c.id.oncs.get();
     let vwc = c.id.vwc & 1 != 0;
     let mdts = c.id.mdts;
+    let wzsl = c.write_zeroes_limit().await?;
     let ctrlr_data = serde_json::json!({
         "vendor_id": format!("{:#06x}", c.id.vid.get()),
         "model_number": spec::get_str(&c.id.mn),
@@ -1690,6 +1708,7 @@ async fn attach_as(o: AttachOpts, from_discovery: bool) -> Result<Vec<String>, E
             oncs: oncs_v,
             vwc,
             mdts,
+            wzsl,
             ctrlr_data,
             vs: c.vs,
         }
@@ -1862,6 +1881,28 @@ pub fn controllers(name: Option<&str>) -> Result<Vec<serde_json::Value>, Error> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn write_zeroes_size_follows_wzsl() {
+        // No limit: the command's 16-bit count.
+        assert_eq!(write_zeroes_blocks(0, 512), 65536);
+        // 2^4 pages of 4 KiB = 64 KiB.
+        assert_eq!(write_zeroes_blocks(4, 512), 128);
+        assert_eq!(write_zeroes_blocks(4, 4096), 16);
+        // A page smaller than a block still allows one block; a huge limit, the count.
+        assert_eq!(write_zeroes_blocks(1, 65536), 1);
+        assert_eq!(write_zeroes_blocks(30, 512), 65536);
+        // Refusals: Invalid Opcode and command specific 0x83.
+        assert!(write_zeroes_refused(spec::Status::new(
+            0,
+            spec::sc::INVALID_OPCODE
+        )));
+        assert!(write_zeroes_refused(spec::Status::new(1, 0x83)));
+        assert!(!write_zeroes_refused(spec::Status::new(
+            0,
+            spec::sc::INTERNAL_ERROR
+        )));
+    }
 
     fn opts(loss: Option<i64>, delay: Option<u64>, fio: Option<u64>) -> AttachOpts {
         AttachOpts {

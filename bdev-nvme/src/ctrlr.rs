@@ -345,6 +345,30 @@ impl Controller {
         Ok(granted.min(n.max(1) as u32) as u16)
     }
 
+    /// The NVM command set's Write Zeroes Size Limit (WZSL): the largest Write Zeroes in
+    /// minimum pages, as a power of two; 0 for none. From NVMe 1.4 on (Identify CNS 06h,
+    /// CSI 0); 0 before, or when the controller refuses the Identify, as Linux's host
+    /// takes it.
+    pub async fn write_zeroes_limit(&mut self) -> Result<u8, Error> {
+        if self.vs < 0x0001_0400 {
+            return Ok(0);
+        }
+        let buf = DmaBuf::new(4096, 4096)?;
+        let r = self
+            .admin
+            .cmd(
+                "Identify Controller (NVM command set)",
+                spec::identify(0, cns::CS_CONTROLLER, 0),
+                Payload::In(buf, 4096),
+            )
+            .await;
+        match r {
+            Ok(c) => Ok(c.payload.into_buf().map_or(0, |b| b[1])),
+            Err(Error::Command { .. }) => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The active namespace IDs.
     pub async fn active_namespaces(&mut self) -> Result<Vec<u32>, Error> {
         let buf = DmaBuf::new(4096, 4096)?;

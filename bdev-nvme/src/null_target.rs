@@ -184,10 +184,16 @@ fn serve(s: TcpStream, nqn: &str, port: u16) -> std::io::Result<()> {
                         }
                         _ => resp(&mut w, cid, 0, 0)?,
                     },
-                    // Identify: controller, namespace, active namespace list.
+                    // Identify: controller, namespace, the NVM command set's controller
+                    // data (WZSL 4: 64 KiB), active namespace list.
                     0x06 => match sqe[40] {
                         1 => c2h(&mut w, cid, ctrl.as_bytes())?,
                         0 => c2h(&mut w, cid, ns.as_bytes())?,
+                        6 => {
+                            let mut nvm = [0u8; 4096];
+                            nvm[1] = 4;
+                            c2h(&mut w, cid, &nvm)?
+                        }
                         _ => c2h(&mut w, cid, &list)?,
                     },
                     // Set Features (Number of Queues: 64 each way).

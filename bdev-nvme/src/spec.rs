@@ -92,6 +92,9 @@ pub mod cns {
     pub const CONTROLLER: u8 = 0x01;
     /// Active namespace ID list.
     pub const ACTIVE_NS_LIST: u8 = 0x02;
+    /// I/O command set specific Identify Controller (with CSI 0 in CDW11: the NVM
+    /// command set's, whose byte 1 is WZSL, the Write Zeroes Size Limit).
+    pub const CS_CONTROLLER: u8 = 0x06;
 }
 
 /// Log page identifiers.
