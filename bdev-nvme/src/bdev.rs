@@ -136,17 +136,21 @@ impl AttachOpts {
         if self.dhchap_key.is_some() || self.dhchap_ctrlr_key.is_some() {
             return refuse("DH-HMAC-CHAP authentication");
         }
-        if let Some(m) = &self.multipath {
-            if !matches!(m.as_str(), "disable" | "failover" | "multipath") {
-                return Err(Error::Protocol(format!(
-                    "multipath must be disable, failover or multipath, not {m}"
-                )));
-            }
-        }
+        self.check_multipath().map_err(Error::Protocol)?;
         if self.num_io_queues == Some(0) {
             return Err(Error::Protocol("num_io_queues must be at least 1".into()));
         }
         Ok(())
+    }
+
+    /// A multipath mode SPDK knows (its decoder refuses others).
+    pub fn check_multipath(&self) -> Result<(), String> {
+        match self.multipath.as_deref() {
+            None | Some("disable" | "failover" | "multipath") => Ok(()),
+            Some(m) => Err(format!(
+                "multipath must be disable, failover or multipath, not {m}"
+            )),
+        }
     }
 
     fn io_queues(&self) -> u16 {

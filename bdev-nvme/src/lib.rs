@@ -79,16 +79,11 @@ impl BdevModule for NvmeModule {
             Box::pin(async move {
                 let o: bdev::AttachOpts = parse_params("bdev_nvme_attach_controller", p)?;
                 // SPDK's decoder refuses an unknown multipath mode: a decode failure.
-                if let Some(m) = o.multipath.as_deref() {
-                    if !matches!(m, "disable" | "failover" | "multipath") {
-                        return Err(bdev_core::Error::Decode {
-                            method: "bdev_nvme_attach_controller".into(),
-                            reason: format!(
-                                "multipath must be disable, failover or multipath, not {m}"
-                            ),
-                        });
-                    }
-                }
+                o.check_multipath()
+                    .map_err(|reason| bdev_core::Error::Decode {
+                        method: "bdev_nvme_attach_controller".into(),
+                        reason,
+                    })?;
                 let name = o.name.clone();
                 let names = bdev::attach(o)
                     .await

@@ -414,11 +414,7 @@ impl BdevIo {
             tracing::info!(bdev = %b.props.name, "the device refused write_zeroes: emulated with writes from now on");
         }
         b.has_limits.store(true, Ordering::Relaxed);
-        // As a submission: what completes inside is deferred.
-        let depth = &ch.tctx.submit_depth;
-        depth.set(depth.get() + 1);
-        service::start(ctx);
-        depth.set(depth.get() - 1);
+        start_service(&ch, ctx);
     }
 
     /// Completes the I/O. The submitter's callback runs on its thread: now, or — when
@@ -530,13 +526,18 @@ fn forward_internal(ch: &IoChannel<ChanCtx>, ctx: Box<IoCtx>) {
         ctx.num_blocks,
         &ctx.iovs,
     ) {
-        let depth = &c.tctx.submit_depth;
-        depth.set(depth.get() + 1);
-        service::start(ctx);
-        depth.set(depth.get() - 1);
-        return;
+        return start_service(ch, ctx);
     }
     route(ch, ctx);
+}
+
+/// Hands `ctx` to the services as a submission does: what completes inside is deferred.
+#[cold]
+fn start_service(ch: &IoChannel<ChanCtx>, ctx: Box<IoCtx>) {
+    let depth = &ch.tctx.submit_depth;
+    depth.set(depth.get() + 1);
+    service::start(ctx);
+    depth.set(depth.get() - 1);
 }
 
 /// Sends a context on its way: resets, frozen channels, QoS and timeouts take the slow

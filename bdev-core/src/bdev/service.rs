@@ -69,44 +69,44 @@ pub(crate) fn start(ctx: Box<IoCtx>) {
     let Some(ch) = ctx.ch.clone() else { return };
     let b = &ch.bdev;
     let (io_type, offset, num) = (ctx.io_type, ctx.offset_blocks, ctx.num_blocks);
-    let (child_type, src) =
-        if io_type == IoType::WriteZeroes && !b.emulate_wz.load(Ordering::Relaxed) {
-            // Longer than the module takes: split, no data.
-            (io_type, Src::NoData)
-        } else if io_type == IoType::WriteZeroes {
-            match zero_buffer() {
-                Some(z) => (IoType::Write, Src::Zero(z)),
-                None => return super::io::complete_ctx(ctx, IoStatus::Failed),
+    let emulate_wz = b.emulate_wz.load(Ordering::Relaxed);
+    let (child_type, src) = if io_type == IoType::WriteZeroes && !emulate_wz {
+        // Longer than the module takes: split, no data.
+        (io_type, Src::NoData)
+    } else if io_type == IoType::WriteZeroes {
+        match zero_buffer() {
+            Some(z) => (IoType::Write, Src::Zero(z)),
+            None => return super::io::complete_ctx(ctx, IoStatus::Failed),
+        }
+    } else if b.align_mask != 0
+        && ctx
+            .iovs
+            .iter()
+            .any(|v| (v.base() as usize | v.len()) & b.align_mask != 0)
+    {
+        let len = (num * b.block_len as u64) as usize;
+        let mut bounce = match DmaBuf::new(len, b.align_mask + 1) {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(bdev = %b.props.name, "bounce buffer: {e}");
+                return super::io::complete_ctx(ctx, IoStatus::Failed);
             }
-        } else if b.align_mask != 0
-            && ctx
-                .iovs
-                .iter()
-                .any(|v| (v.base() as usize | v.len()) & b.align_mask != 0)
-        {
-            let len = (num * b.block_len as u64) as usize;
-            let mut bounce = match DmaBuf::new(len, b.align_mask + 1) {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(bdev = %b.props.name, "bounce buffer: {e}");
-                    return super::io::complete_ctx(ctx, IoStatus::Failed);
-                }
-            };
-            if io_type == IoType::Write {
-                let mut at = 0;
-                // SAFETY: the parent owns its segments until it completes, and nothing else
-                // uses them while this copy runs on its thread.
-                unsafe {
-                    crate::dma::for_each_segment(&ctx.iovs, |s| {
-                        bounce[at..at + s.len()].copy_from_slice(s);
-                        at += s.len();
-                    })
-                };
-            }
-            (io_type, Src::Bounce(bounce))
-        } else {
-            (io_type, Src::Parent)
         };
+        if io_type == IoType::Write {
+            let mut at = 0;
+            // SAFETY: the parent owns its segments until it completes, and nothing else
+            // uses them while this copy runs on its thread.
+            unsafe {
+                crate::dma::for_each_segment(&ctx.iovs, |s| {
+                    bounce[at..at + s.len()].copy_from_slice(s);
+                    at += s.len();
+                })
+            };
+        }
+        (io_type, Src::Bounce(bounce))
+    } else {
+        (io_type, Src::Parent)
+    };
     let m = Rc::new(Multi {
         ch,
         parent: RefCell::new(Some(ctx)),
