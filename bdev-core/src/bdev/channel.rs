@@ -7,7 +7,7 @@ use std::fmt;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 
-use super::io::{IoCallback, IoCtx, Pending};
+use super::io::{IoCtx, Pending};
 use super::ops::ErasedChannel;
 use super::registry::BdevInner;
 use super::{Bdev, BdevEvent, IoStatus, Payload};
@@ -175,48 +175,52 @@ pub(crate) enum Waiter {
     Waker(std::task::Waker),
 }
 
-/// Where an async I/O's completion meets its future. Pooled per thread: taken when the
-/// future submits, given back when it takes the result (or by the completion, if the
-/// future was dropped first).
-#[derive(Default)]
-pub(crate) struct AsyncCell {
-    pub(crate) waiter: Cell<Waiter>,
-    pub(crate) done: Cell<Option<(IoStatus, Payload)>>,
-    pool: Weak<ThreadCtx>,
-    /// The thread the I/O was submitted on, where it completes and its task runs.
-    thread: Weak<ThreadInner>,
+/// Where an async I/O's completion meets its future: a slot of the thread's table, by
+/// index, taken when the future submits and freed when it takes the result (or by the
+/// completion, if the future was dropped first). No reference counts: the future holds
+/// the index, the I/O context holds it in its `IoCallback::Slot`.
+pub(crate) struct AsyncSlot {
+    /// `Waiter::None` once the future is gone (or the slot is free).
+    waiter: Waiter,
+    done: Option<(IoStatus, Payload)>,
 }
 
-impl AsyncCell {
-    /// The completion side: store the result and resume the waiter.
+/// The table of [`AsyncSlot`]s: a vector and a stack of its free indices (a slab, small
+/// enough to inline into the future's poll).
+#[derive(Default)]
+pub(crate) struct Slots {
+    v: Vec<AsyncSlot>,
+    free: Vec<u32>,
+}
+
+impl Slots {
+    /// Takes a free slot for `waiter` (free slots hold nothing).
     #[inline]
-    pub(crate) fn complete(self: Rc<Self>, status: IoStatus, payload: Payload) {
-        match self.waiter.take() {
-            Waiter::Task(t) => {
-                self.done.set(Some((status, payload)));
-                // Completions run on the submitting thread, which is the task's.
-                let thread = self.thread.upgrade();
-                drop(self);
-                match thread {
-                    Some(th) => th.exec.resume_packed(t),
-                    None => crate::thread::resume_task(t),
-                }
-            }
-            Waiter::Waker(w) => {
-                self.done.set(Some((status, payload)));
-                drop(self);
-                w.wake();
-            }
-            // The future is gone: drop the buffers, recycle the cell.
-            Waiter::None => {
-                drop(payload);
-                if Rc::strong_count(&self) == 1 {
-                    if let Some(t) = self.pool.upgrade() {
-                        t.recycle(self);
-                    }
-                }
+    fn open(&mut self, waiter: Waiter) -> u32 {
+        if let Some(i) = self.free.pop() {
+            if let Some(e) = self.v.get_mut(i as usize) {
+                e.waiter = waiter;
+                return i;
             }
         }
+        self.grow(waiter)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn grow(&mut self, waiter: Waiter) -> u32 {
+        self.v.push(AsyncSlot { waiter, done: None });
+        (self.v.len() - 1) as u32
+    }
+
+    /// Frees slot `i`, giving back its result.
+    #[inline]
+    fn remove(&mut self, i: u32) -> Option<(IoStatus, Payload)> {
+        let e = self.v.get_mut(i as usize)?;
+        e.waiter = Waiter::None;
+        let done = e.done.take();
+        self.free.push(i);
+        done
     }
 }
 
@@ -240,8 +244,11 @@ pub(crate) struct ThreadCtx {
     pub(crate) submit_depth: Cell<u32>,
     pub(crate) now: Rc<Cell<u64>>,
     thread: Weak<ThreadInner>,
+    /// The thread's executor, where tasks awaiting I/O are resumed.
+    exec: Rc<crate::thread::Executor>,
     pub(crate) events: RefCell<HashMap<u64, EventCb>>,
-    cells: RefCell<Vec<Rc<AsyncCell>>>,
+    /// Async I/Os between submission and their future taking the result.
+    slots: RefCell<Slots>,
     /// Timeout pollers of the descriptors opened on this thread, by descriptor id.
     pub(crate) timeouts: RefCell<HashMap<u64, crate::thread::Poller>>,
     /// Shared-I/O states kept for reuse (see `SharedIo`).
@@ -281,8 +288,9 @@ impl ThreadCtx {
             submit_depth: Cell::new(0),
             now: t.now_cell(),
             thread: t.downgrade(),
+            exec: t.inner.exec.clone(),
             events: RefCell::new(HashMap::new()),
-            cells: RefCell::new(Vec::new()),
+            slots: RefCell::new(Slots::default()),
             timeouts: RefCell::new(HashMap::new()),
             shared: RefCell::new(Vec::new()),
         }))
@@ -355,33 +363,79 @@ impl ThreadCtx {
         }
     }
 
-    /// A rendezvous cell for an async I/O, waited on by `waiter`.
+    /// A slot for an async I/O, waited on by `waiter`.
     #[inline]
-    pub(crate) fn cell(self: &Rc<Self>, waiter: Waiter) -> Rc<AsyncCell> {
-        let c = self.cells.borrow_mut().pop();
-        let c = c.unwrap_or_else(|| {
-            Rc::new(AsyncCell {
-                pool: Rc::downgrade(self),
-                thread: self.thread.clone(),
-                ..Default::default()
-            })
-        });
-        c.waiter.set(waiter);
-        c
+    pub(crate) fn slot_open(&self, waiter: Waiter) -> u32 {
+        self.slots.borrow_mut().open(waiter)
     }
 
-    /// Takes back a cell nobody else holds.
+    /// The completion side: store the result and resume the waiter (on this thread,
+    /// where the I/O was submitted and completes); if the future is gone, free the slot
+    /// and the buffers.
     #[inline]
-    pub(crate) fn recycle(&self, c: Rc<AsyncCell>) {
-        if Rc::strong_count(&c) == 1 {
-            self.cells.borrow_mut().push(c);
+    pub(crate) fn slot_complete(&self, i: u32, status: IoStatus, payload: Payload) {
+        let mut slots = self.slots.borrow_mut();
+        let Some(s) = slots.v.get_mut(i as usize) else {
+            return;
+        };
+        match std::mem::take(&mut s.waiter) {
+            Waiter::Task(t) => {
+                s.done = Some((status, payload));
+                drop(slots);
+                self.exec.resume_packed(t);
+            }
+            Waiter::Waker(w) => {
+                s.done = Some((status, payload));
+                drop(slots);
+                w.wake();
+            }
+            Waiter::None => {
+                slots.remove(i);
+                drop(slots);
+                drop(payload);
+            }
         }
     }
 
-    /// A raw callback completing `cell`.
-    #[inline]
-    pub(crate) fn cell_callback(cell: Rc<AsyncCell>) -> IoCallback {
-        IoCallback::Cell(cell)
+    /// The future's side: the result if it has come (the slot is then freed).
+    #[inline(always)]
+    pub(crate) fn slot_take(&self, i: u32) -> Option<(IoStatus, Payload)> {
+        let mut slots = self.slots.borrow_mut();
+        // The completion took the waiter: only the result is left to take.
+        let done = slots.v.get_mut(i as usize)?.done.take()?;
+        slots.free.push(i);
+        Some(done)
+    }
+
+    /// Polled before the result came (a spurious wake): `waiter` is who to wake now.
+    #[cold]
+    pub(crate) fn slot_rewait(&self, i: u32, waiter: Waiter) {
+        if let Some(s) = self.slots.borrow_mut().v.get_mut(i as usize) {
+            s.waiter = waiter;
+        }
+    }
+
+    /// Async I/O slots taken and not freed.
+    #[cfg(test)]
+    pub(crate) fn slots_in_use(&self) -> usize {
+        let s = self.slots.borrow();
+        s.v.len() - s.free.len()
+    }
+
+    /// The future is dropped: free the slot if the I/O has completed (dropping its
+    /// buffers), else leave it for the completion to free.
+    pub(crate) fn slot_drop(&self, i: u32) {
+        let mut slots = self.slots.borrow_mut();
+        let Some(s) = slots.v.get_mut(i as usize) else {
+            return;
+        };
+        if s.done.is_some() {
+            let gone = slots.remove(i);
+            drop(slots);
+            drop(gone);
+        } else {
+            s.waiter = Waiter::None;
+        }
     }
 }
 

@@ -16,10 +16,9 @@
 use std::fmt;
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
-use std::rc::Rc;
 use std::task::{Context, Poll};
 
-use super::channel::{AsyncCell, BdevChannel, ThreadCtx, Waiter};
+use super::channel::{BdevChannel, Waiter};
 use super::desc::Desc;
 use super::io::{IoCallback, submit};
 use super::{Completion, IoError, IoPayload, IoType};
@@ -101,7 +100,7 @@ impl<'a, P: IoPayload> IntoFuture for IoRequest<'a, P> {
             offset: self.offset,
             num: self.num,
             payload: Some(self.payload),
-            cell: None,
+            slot: NO_SLOT,
         }
     }
 }
@@ -116,9 +115,11 @@ pub struct IoFuture<'a, P: IoPayload> {
     num: u64,
     /// Present until submitted.
     payload: Option<P>,
-    /// Present while in flight.
-    cell: Option<Rc<AsyncCell>>,
+    /// Its slot in the thread's table while in flight ([`NO_SLOT`] before and after).
+    slot: u32,
 }
+
+const NO_SLOT: u32 = u32::MAX;
 
 impl<P: IoPayload> fmt::Debug for IoFuture<'_, P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -136,36 +137,42 @@ fn waiter(cx: &Context<'_>) -> Waiter {
     }
 }
 
+impl<P: IoPayload> IoFuture<'_, P> {
+    /// The first poll: submit, with this future's slot as the completion.
+    #[inline(never)]
+    fn start(&mut self, payload: P, cx: &Context<'_>) {
+        let slot = self.ch.ch.tctx.slot_open(waiter(cx));
+        submit(
+            self.desc,
+            self.ch,
+            self.io_type,
+            self.offset,
+            self.num,
+            payload,
+            IoCallback::Slot(slot),
+        );
+        self.slot = slot;
+    }
+}
+
 impl<P: IoPayload> Future for IoFuture<'_, P> {
     type Output = Result<P, IoError<P>>;
 
-    #[inline]
+    // Always inlined: the second poll is a few instructions, worth no call of its own.
+    #[inline(always)]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let tctx = &self.ch.ch.tctx;
         if let Some(payload) = self.payload.take() {
-            let cell = tctx.cell(waiter(cx));
-            let cb = ThreadCtx::cell_callback(cell.clone());
-            submit(
-                self.desc,
-                self.ch,
-                self.io_type,
-                self.offset,
-                self.num,
-                payload,
-                cb,
-            );
-            self.cell = Some(cell);
+            self.start(payload, cx);
             // Completions never run inside submit, so nothing can be done yet.
             return Poll::Pending;
         }
-        let Some(cell) = self.cell.as_ref() else {
+        if self.slot == NO_SLOT {
             panic!("IoFuture polled after completion");
-        };
-        match cell.done.take() {
+        }
+        let tctx = &self.ch.ch.tctx;
+        match tctx.slot_take(self.slot) {
             Some((status, payload)) => {
-                if let Some(c) = self.cell.take() {
-                    self.ch.ch.tctx.recycle(c);
-                }
+                self.slot = NO_SLOT;
                 Poll::Ready(
                     Completion {
                         status,
@@ -175,8 +182,7 @@ impl<P: IoPayload> Future for IoFuture<'_, P> {
                 )
             }
             None => {
-                // Polled early (a spurious wake): refresh who to wake.
-                cell.waiter.set(waiter(cx));
+                tctx.slot_rewait(self.slot, waiter(cx));
                 Poll::Pending
             }
         }
@@ -185,13 +191,10 @@ impl<P: IoPayload> Future for IoFuture<'_, P> {
 
 impl<P: IoPayload> Drop for IoFuture<'_, P> {
     fn drop(&mut self) {
-        if let Some(c) = self.cell.take() {
-            // Completed but not taken: the cell goes back now. Still in flight: the
-            // completion sees no waiter, drops the buffers and recycles the cell.
-            c.waiter.set(Waiter::None);
-            if c.done.take().is_some() {
-                self.ch.ch.tctx.recycle(c);
-            }
+        if self.slot != NO_SLOT {
+            // Completed but not taken: the slot and buffers go now. Still in flight: the
+            // completion sees no waiter and frees them.
+            self.ch.ch.tctx.slot_drop(self.slot);
         }
     }
 }

@@ -216,11 +216,14 @@ fn a_channel_created_during_a_reset_starts_frozen() {
 }
 
 #[test]
-fn a_dropped_io_future_loses_nothing_and_its_cell_is_reused() {
+fn a_dropped_io_future_loses_nothing_and_its_slot_is_reused() {
     let h = Harness::new(1);
     test_bdev("t_cancel", Behaviour::Inline, 1);
     let d = Rc::new(Desc::open("t_cancel", true, |_| {}).unwrap());
     let ch = Rc::new(d.get_io_channel().unwrap());
+    let tctx = ch.ch.tctx.clone();
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
     // Poll an awaited read once (it is submitted), then drop it while in flight.
     {
         let mut fut = std::pin::pin!(std::future::IntoFuture::into_future(d.read_blocks(
@@ -229,14 +232,28 @@ fn a_dropped_io_future_loses_nothing_and_its_cell_is_reused() {
             0,
             1
         )));
-        let waker = std::task::Waker::noop();
-        let mut cx = std::task::Context::from_waker(waker);
         assert!(fut.as_mut().poll(&mut cx).is_pending());
         assert_eq!(ch.outstanding(), 1);
+        assert_eq!(tctx.slots_in_use(), 1);
     }
     h.poll_threads();
     assert_eq!(ch.outstanding(), 0, "the abandoned I/O still completed");
-    // The next awaited I/O works and reuses the pooled cell.
+    assert_eq!(tctx.slots_in_use(), 0, "its completion freed the slot");
+    // Dropped after completing but before its result was taken: the slot goes with it.
+    {
+        let mut fut = std::pin::pin!(std::future::IntoFuture::into_future(d.read_blocks(
+            &ch,
+            DmaBuf::page_aligned(512).unwrap(),
+            0,
+            1
+        )));
+        assert!(fut.as_mut().poll(&mut cx).is_pending());
+        h.poll_threads();
+        assert_eq!(ch.outstanding(), 0);
+        assert_eq!(tctx.slots_in_use(), 1, "the result waits in the slot");
+    }
+    assert_eq!(tctx.slots_in_use(), 0);
+    // The next awaited I/O works and reuses the slot.
     let (d2, ch2) = (d.clone(), ch.clone());
     let ok = h.block_on(0, async move {
         d2.read_blocks(&ch2, DmaBuf::page_aligned(512).unwrap(), 0, 1)
@@ -244,4 +261,55 @@ fn a_dropped_io_future_loses_nothing_and_its_cell_is_reused() {
             .is_ok()
     });
     assert!(ok);
+    assert_eq!(tctx.slots_in_use(), 0);
+}
+
+#[test]
+fn an_io_future_polled_by_another_executor_is_woken_through_its_waker() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    struct Count(AtomicUsize);
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let h = Harness::new(1);
+    test_bdev("t_foreign", Behaviour::Inline, 1);
+    let d = Desc::open("t_foreign", true, |_| {}).unwrap();
+    let ch = d.get_io_channel().unwrap();
+    let (first, second) = (
+        Arc::new(Count(AtomicUsize::new(0))),
+        Arc::new(Count(AtomicUsize::new(0))),
+    );
+    let (w1, w2) = (
+        std::task::Waker::from(first.clone()),
+        std::task::Waker::from(second.clone()),
+    );
+    let mut fut = std::pin::pin!(std::future::IntoFuture::into_future(d.read_blocks(
+        &ch,
+        DmaBuf::page_aligned(512).unwrap(),
+        0,
+        1
+    )));
+    assert!(
+        fut.as_mut()
+            .poll(&mut std::task::Context::from_waker(&w1))
+            .is_pending()
+    );
+    // Polled again before completing (a spurious wake), with another waker: that one is
+    // woken, not the first.
+    assert!(
+        fut.as_mut()
+            .poll(&mut std::task::Context::from_waker(&w2))
+            .is_pending()
+    );
+    h.poll_threads();
+    assert_eq!(first.0.load(Ordering::SeqCst), 0);
+    assert_eq!(second.0.load(Ordering::SeqCst), 1);
+    match fut.as_mut().poll(&mut std::task::Context::from_waker(&w2)) {
+        std::task::Poll::Ready(r) => assert_eq!(r.map(|b| b.len()).ok(), Some(512)),
+        std::task::Poll::Pending => panic!("completed I/O still pending"),
+    }
+    assert_eq!(ch.ch.tctx.slots_in_use(), 0);
 }

@@ -149,26 +149,6 @@ pub(crate) fn task_of(w: &Waker) -> Option<usize> {
     std::ptr::eq(w.vtable(), &VTABLE).then(|| w.data() as usize)
 }
 
-/// Continues the task `task_of` returned, from the completion of what it awaited: inline
-/// on its own thread, else by message.
-#[inline]
-pub(crate) fn resume(task: usize) {
-    let (slot, g, idx) = unpack(task as *const ());
-    let here = with_current(|t| {
-        if t.inner.shared.slot == slot {
-            t.inner.exec.resume(slot, idx, g);
-            true
-        } else {
-            false
-        }
-    });
-    if here != Some(true) {
-        send_to_slot(slot, move || {
-            with_current(|t| t.inner.exec.wake(idx, g));
-        });
-    }
-}
-
 // Waker data: slot (16 bits) | generation (16 bits) | task index (32 bits).
 fn pack(slot: u16, g: u16, idx: u32) -> usize {
     ((slot as u64) << 48 | (g as u64) << 32 | idx as u64) as usize

@@ -26,8 +26,8 @@ pub(crate) use clock::{Clock, us_to_ticks};
 pub use clock::{real_hz, real_ticks};
 pub use eventfd::EventFd;
 pub(crate) use executor::spawn_on as executor_spawn_on;
+pub(crate) use executor::task_of;
 pub use executor::{JoinHandle, sleep_us, spawn_local, yield_now};
-pub(crate) use executor::{resume as resume_task, task_of};
 pub use io_device::{ForEachChannel, IoChannel, IoDevice};
 pub use poller::{PollStatus, Poller, PollerInfo, PollerRef};
 
@@ -43,7 +43,7 @@ use crossbeam_queue::SegQueue;
 
 use crate::error::{Error, Result};
 use crate::runtime::Runtime;
-use executor::Executor;
+pub(crate) use executor::Executor;
 use poller::PollerSet;
 
 /// A message: a closure run once on the target thread.
@@ -326,7 +326,8 @@ pub(crate) struct ThreadInner {
     pub(crate) now: Rc<Cell<u64>>,
     pub(crate) pollers: PollerSet,
     deferred: RefCell<VecDeque<Deferred>>,
-    pub(crate) exec: Executor,
+    /// Shared with the thread's bdev context, which resumes awaiting tasks.
+    pub(crate) exec: Rc<Executor>,
     /// This thread's channels, by device id, with the device's name.
     pub(crate) channels: RefCell<HashMap<u64, ChannelEntry>>,
     locals: RefCell<HashMap<TypeId, Rc<dyn Any>>>,
@@ -421,7 +422,7 @@ impl Thread {
                 now: Rc::new(Cell::new(now)),
                 pollers: PollerSet::default(),
                 deferred: RefCell::new(VecDeque::with_capacity(64)),
-                exec: Executor::default(),
+                exec: Rc::default(),
                 channels: RefCell::new(HashMap::new()),
                 locals: RefCell::new(HashMap::new()),
                 exit_started: Cell::new(None),

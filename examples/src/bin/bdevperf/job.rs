@@ -350,8 +350,15 @@ impl Job {
     /// Accounts one finished task; returns whether to go on.
     #[inline]
     fn account(&self, idx: usize, ok: bool) -> bool {
-        let now = self.thread.now();
         let start = self.tasks.borrow()[idx].submit_tick;
+        self.account_at(start, || self.tasks.borrow()[idx].off_ios, ok)
+    }
+
+    /// Accounts one finished I/O, submitted at tick `start` at `off()` (in I/Os; asked
+    /// for a failure's message only).
+    #[inline]
+    fn account_at(&self, start: u64, off: impl FnOnce() -> u64, ok: bool) -> bool {
+        let now = self.thread.now();
         let lat = now.saturating_sub(start);
         let mut st = self.st.borrow_mut();
         st.in_flight -= 1;
@@ -366,7 +373,7 @@ impl Job {
         } else {
             st.failed += 1;
             if !self.p.continue_on_failure && self.p.workload != Workload::Reset && !st.draining {
-                let off = self.lba(self.tasks.borrow()[idx].off_ios);
+                let off = self.lba(off());
                 st.errors.push(format!(
                     "task offset: {off} on job bdev={} fails",
                     self.spec.bdev
@@ -465,8 +472,14 @@ impl Job {
         }
     }
 
-    /// One task as an async loop (`--async`): the same accounting, through `.await`.
+    /// One task as an async loop (`--async`): the same accounting, through `.await`. The
+    /// task's buffers live in the loop while it runs, as async code holds what it uses.
     async fn task_loop(self: Rc<Self>, idx: usize) {
+        let (mut buf, mut rbuf) = {
+            let mut tasks = self.tasks.borrow_mut();
+            let t = &mut tasks[idx];
+            (t.buf.take(), t.rbuf.take())
+        };
         loop {
             let (op, off) = {
                 let mut st = self.st.borrow_mut();
@@ -478,50 +491,54 @@ impl Job {
             };
             let lba = self.lba(off);
             let n = self.spec.io_blocks;
-            let buf = {
-                let mut tasks = self.tasks.borrow_mut();
-                let t = &mut tasks[idx];
-                t.submit_tick = self.thread.now();
-                t.off_ios = off;
-                t.buf.take()
-            };
-            let ok = match (op, buf) {
-                (Op::Read, Some(buf)) => {
-                    self.io_result(idx, self.desc.read_blocks(&self.ch, buf, lba, n).await)
+            let start = self.thread.now();
+            let ok = match op {
+                Op::Read | Op::Write | Op::Verify => {
+                    let Some(b) = buf.take() else {
+                        self.lost_buffer(idx);
+                        break;
+                    };
+                    let (b, ok) = match op {
+                        Op::Read => data_result(self.desc.read_blocks(&self.ch, b, lba, n).await),
+                        Op::Write => data_result(self.desc.write_blocks(&self.ch, b, lba, n).await),
+                        _ => {
+                            let (b, r, ok) = self.verify_async(off, lba, b, rbuf.take()).await;
+                            rbuf = r;
+                            (b, ok)
+                        }
+                    };
+                    buf = Some(b);
+                    ok
                 }
-                (Op::Write, Some(buf)) => {
-                    self.io_result(idx, self.desc.write_blocks(&self.ch, buf, lba, n).await)
-                }
-                (Op::Unmap, _) => self.desc.unmap_blocks(&self.ch, lba, n).await.is_ok(),
-                (Op::Flush, _) => self.desc.flush_blocks(&self.ch, lba, n).await.is_ok(),
-                (Op::WriteZeroes, _) => self
+                Op::Unmap => self.desc.unmap_blocks(&self.ch, lba, n).await.is_ok(),
+                Op::Flush => self.desc.flush_blocks(&self.ch, lba, n).await.is_ok(),
+                Op::WriteZeroes => self
                     .desc
                     .write_zeroes_blocks(&self.ch, lba, n)
                     .await
                     .is_ok(),
-                (Op::Verify, Some(buf)) => self.verify_async(idx, off, lba, buf).await,
-                (_, None) => {
-                    self.lost_buffer(idx);
-                    break;
-                }
             };
-            if !self.account(idx, ok) {
+            if !self.account_at(start, || off, ok) {
                 break;
             }
+        }
+        {
+            let mut tasks = self.tasks.borrow_mut();
+            let t = &mut tasks[idx];
+            (t.buf, t.rbuf) = (buf, rbuf);
         }
         self.maybe_finish();
     }
 
-    fn io_result(&self, idx: usize, r: Result<DmaBuf, bdev_core::bdev::IoError<DmaBuf>>) -> bool {
-        let (buf, ok) = match r {
-            Ok(b) => (b, true),
-            Err(e) => (e.payload, false),
-        };
-        self.tasks.borrow_mut()[idx].buf = Some(buf);
-        ok
-    }
-
-    async fn verify_async(&self, idx: usize, off: u64, lba: u64, mut buf: DmaBuf) -> bool {
+    /// Verify through `.await`: write the pattern, read it back into `rbuf`, compare.
+    /// Gives back both buffers and whether both I/Os succeeded.
+    async fn verify_async(
+        &self,
+        off: u64,
+        lba: u64,
+        mut buf: DmaBuf,
+        rbuf: Option<DmaBuf>,
+    ) -> (DmaBuf, Option<DmaBuf>, bool) {
         let id = {
             let mut st = self.st.borrow_mut();
             st.next_write_id += 1;
@@ -529,30 +546,21 @@ impl Job {
         };
         pattern::fill(&mut buf, self.spec.block_len as usize, lba, id);
         let n = self.spec.io_blocks;
-        let w = self.desc.write_blocks(&self.ch, buf, lba, n).await;
-        let ok = self.io_result(idx, w);
-        let rbuf = self.tasks.borrow_mut()[idx].rbuf.take();
-        let result = match (ok, rbuf) {
+        let (buf, ok) = data_result(self.desc.write_blocks(&self.ch, buf, lba, n).await);
+        let (rbuf, ok) = match (ok, rbuf) {
             (true, Some(rbuf)) => {
-                let (rbuf, ok) = match self.desc.read_blocks(&self.ch, rbuf, lba, n).await {
-                    Ok(b) => (b, true),
-                    Err(e) => (e.payload, false),
-                };
+                let (rbuf, ok) = data_result(self.desc.read_blocks(&self.ch, rbuf, lba, n).await);
                 if ok {
                     if let Some(m) = pattern::check(&rbuf, self.spec.block_len as usize, lba, id) {
                         self.miscompare(m);
                     }
                 }
-                self.tasks.borrow_mut()[idx].rbuf = Some(rbuf);
-                ok
+                (Some(rbuf), ok)
             }
-            (_, rbuf) => {
-                self.tasks.borrow_mut()[idx].rbuf = rbuf;
-                false
-            }
+            (_, rbuf) => (rbuf, false),
         };
         self.clear_busy(off);
-        result
+        (buf, rbuf, ok)
     }
 
     fn submit_reset(self: &Rc<Self>) {
@@ -634,5 +642,14 @@ impl Job {
             self.thread.now()
         };
         self.stats_of(&st, now)
+    }
+}
+
+/// A data I/O's buffer back, and whether it succeeded.
+#[inline]
+fn data_result(r: Result<DmaBuf, bdev_core::bdev::IoError<DmaBuf>>) -> (DmaBuf, bool) {
+    match r {
+        Ok(b) => (b, true),
+        Err(e) => (e.payload, false),
     }
 }
