@@ -2,7 +2,9 @@
 //! and a poller; reads, writes and flushes go through the engine (pushed at submission,
 //! handed to the kernel once per poll, reaped by the poller); unmap and write_zeroes are
 //! fallocate (files) or BLKDISCARD / BLKZEROOUT (block devices), done at submission, as
-//! SPDK's aio bdev does.
+//! SPDK's aio bdev does. Where the filesystem can't zero a range (EOPNOTSUPP from
+//! `FALLOC_FL_ZERO_RANGE`: ext2/ext3 files, FAT, ...), write_zeroes goes back to the bdev
+//! layer, which writes zeroes instead from then on; SPDK fails those I/Os.
 
 use std::cell::RefCell;
 use std::fs::File;
@@ -223,6 +225,12 @@ impl BdevOps for FileBdev {
             IoType::Read | IoType::Write | IoType::Flush => {}
             IoType::Unmap | IoType::WriteZeroes => {
                 let st = self.sync_op(&io);
+                if t == IoType::WriteZeroes && st == IoStatus::AioError(-libc::EOPNOTSUPP) {
+                    // The filesystem can't zero a range (FALLOC_FL_ZERO_RANGE: ext2/ext3
+                    // files, FAT, ...): the bdev layer writes zeroes from now on, as
+                    // Linux's block layer falls back.
+                    return io.emulate_write_zeroes();
+                }
                 return io.complete(st);
             }
             // Nothing of ours to reset: what is in the kernel completes on its own.

@@ -425,3 +425,81 @@ fn a_file_truncated_underneath_gives_io_errors_not_a_panic() {
         assert_eq!(st, IoStatus::Failed, "a short read past the new end");
     }
 }
+
+/// A filesystem mounted from an image for the test, unmounted (lazily) on drop.
+struct Mount(PathBuf);
+
+impl Mount {
+    /// An ext2 filesystem (files without extents: no punch, no zero range) on a loop
+    /// device; `None` (with a message) when that can't be done here.
+    fn ext2() -> Option<Mount> {
+        use std::process::Command;
+        if !unsafe_free_is_root() {
+            eprintln!("skipping ext2 test: needs root");
+            return None;
+        }
+        let img = file("ext2.img", 32 << 20);
+        let dir = dir().join("ext2");
+        std::fs::create_dir_all(&dir).unwrap();
+        let run = |c: &mut Command| match c.output() {
+            Ok(o) if o.status.success() => true,
+            Ok(o) => {
+                eprintln!(
+                    "skipping ext2 test: {c:?}: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                );
+                false
+            }
+            Err(e) => {
+                eprintln!("skipping ext2 test: {c:?}: {e}");
+                false
+            }
+        };
+        if !run(Command::new("mkfs.ext2").args(["-q", "-F", &img])) {
+            return None;
+        }
+        let m = dir.to_str().unwrap();
+        run(Command::new("mount").args(["-o", "loop", &img, m])).then(|| Mount(dir))
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn write_zeroes_falls_back_to_writes_where_the_filesystem_cannot_zero() {
+    let Some(mnt) = Mount::ext2() else {
+        return;
+    };
+    let path = mnt.0.join("disk.img");
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(4 << 20)
+        .unwrap();
+    let path = path.to_str().unwrap().to_string();
+    // ext2 files punch holes but refuse FALLOC_FL_ZERO_RANGE (EOPNOTSUPP).
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    let mode = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
+    // SAFETY: plain syscall on a descriptor we own, integer arguments.
+    let r = unsafe { libc::fallocate(std::os::fd::AsRawFd::as_raw_fd(&f), mode, 0, 4096) };
+    assert_eq!(
+        (r, std::io::Error::last_os_error().raw_os_error()),
+        (-1, Some(libc::EOPNOTSUPP)),
+        "the premise: ext2 can't zero a range"
+    );
+    drop(f);
+    let h = Harness::new(1);
+    h.run_on(0, || crate::create_aio(aio("e2", &path, true)).unwrap());
+    // The suite's write_zeroes must read back zeroes: the first is refused by fallocate
+    // and handed back to the bdev layer, which writes zeroes then and from then on.
+    conformance(&h, "e2");
+    conformance(&h, "e2");
+    h.block_on(0, async { crate::delete("e2", crate::AIO).await.unwrap() });
+    h.stop();
+}
