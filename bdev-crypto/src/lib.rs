@@ -100,6 +100,15 @@ impl BdevModule for CryptoModule {
         });
         m.register_sync("accel_crypto_key_destroy", |p| {
             let k: KeyName = parse_params("accel_crypto_key_destroy", p)?;
+            // SPDK's code and text for a key that isn't there, checked first, as SPDK does.
+            let no_key = || bdev_core::Error::Rpc {
+                code: -32602,
+                message: "No key object found".into(),
+            };
+            let keys = keys::Keys::get()?;
+            if keys.find(&k.key_name).is_err() {
+                return Err(no_key());
+            }
             // A crypto bdev waiting for its base (configured, not built) still names the
             // key: destroyed, a new key of that name would come back under the old data.
             let named = bdev_core::vbdev::Configs::<crypto::CryptoOpts>::get()
@@ -108,13 +117,9 @@ impl BdevModule for CryptoModule {
             if named {
                 return Err(Error::KeyInUse(k.key_name).into());
             }
-            match keys::Keys::get()?.destroy(&k.key_name) {
+            match keys.destroy(&k.key_name) {
                 Ok(()) => Ok(Value::Bool(true)),
-                // SPDK's code and text.
-                Err(Error::NoKey(_)) => Err(bdev_core::Error::Rpc {
-                    code: -32602,
-                    message: "No key object found".into(),
-                }),
+                Err(Error::NoKey(_)) => Err(no_key()),
                 Err(e) => Err(e.into()),
             }
         });
