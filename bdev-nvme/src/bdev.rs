@@ -196,39 +196,75 @@ impl Default for NvmeOptions {
     }
 }
 
+/// How SPDK's decoder reads an option.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    /// An unsigned integer up to this.
+    Unsigned(u64),
+    /// A signed 32-bit integer.
+    I32,
+    Bool,
+    /// An array of strings.
+    Strings,
+}
+
 /// The options SPDK's `bdev_nvme_set_options` knows (v24.09 and the few added since) that
-/// this driver does not use: accepted with a warning, so that SPDK's saved configs load.
-const SPDK_ONLY_OPTIONS: &[&str] = &[
-    "timeout_admin_us",
-    "arbitration_burst",
-    "low_priority_weight",
-    "medium_priority_weight",
-    "high_priority_weight",
-    "io_queue_requests",
-    "nvme_adminq_poll_period_us",
-    "nvme_ioq_poll_period_us",
-    "delay_cmd_submit",
-    "transport_retry_count",
-    "bdev_retry_count",
-    "transport_ack_timeout",
-    "disable_auto_failback",
-    "generate_uuids",
-    "transport_tos",
-    "nvme_error_stat",
-    "io_path_stat",
-    "allow_accel_sequence",
-    "rdma_srq_size",
-    "rdma_max_cq_size",
-    "rdma_cm_event_timeout_ms",
-    "dhchap_digests",
-    "dhchap_dhgroups",
-    "rdma_umr_per_io",
-    "tcp_connect_timeout_ms",
-    "enable_flush",
+/// this driver does not use, with their types: accepted with a warning, so that SPDK's
+/// saved configs load, and type-checked as SPDK's decoder does.
+const SPDK_ONLY_OPTIONS: &[(&str, Kind)] = &[
+    ("timeout_admin_us", Kind::Unsigned(u64::MAX)),
+    ("arbitration_burst", Kind::Unsigned(u32::MAX as u64)),
+    ("low_priority_weight", Kind::Unsigned(u32::MAX as u64)),
+    ("medium_priority_weight", Kind::Unsigned(u32::MAX as u64)),
+    ("high_priority_weight", Kind::Unsigned(u32::MAX as u64)),
+    ("io_queue_requests", Kind::Unsigned(u32::MAX as u64)),
+    ("nvme_adminq_poll_period_us", Kind::Unsigned(u64::MAX)),
+    ("nvme_ioq_poll_period_us", Kind::Unsigned(u64::MAX)),
+    ("delay_cmd_submit", Kind::Bool),
+    ("transport_retry_count", Kind::Unsigned(u32::MAX as u64)),
+    ("bdev_retry_count", Kind::I32),
+    ("transport_ack_timeout", Kind::Unsigned(u8::MAX as u64)),
+    ("disable_auto_failback", Kind::Bool),
+    ("generate_uuids", Kind::Bool),
+    ("transport_tos", Kind::Unsigned(u8::MAX as u64)),
+    ("nvme_error_stat", Kind::Bool),
+    ("io_path_stat", Kind::Bool),
+    ("allow_accel_sequence", Kind::Bool),
+    ("rdma_srq_size", Kind::Unsigned(u32::MAX as u64)),
+    ("rdma_max_cq_size", Kind::Unsigned(u32::MAX as u64)),
+    ("rdma_cm_event_timeout_ms", Kind::Unsigned(u16::MAX as u64)),
+    ("dhchap_digests", Kind::Strings),
+    ("dhchap_dhgroups", Kind::Strings),
+    ("rdma_umr_per_io", Kind::Bool),
+    ("tcp_connect_timeout_ms", Kind::Unsigned(u32::MAX as u64)),
+    ("enable_flush", Kind::Bool),
 ];
 
+impl Kind {
+    fn admits(self, v: &serde_json::Value) -> bool {
+        match self {
+            Kind::Unsigned(max) => v.as_u64().is_some_and(|n| n <= max),
+            Kind::I32 => v.as_i64().is_some_and(|n| i32::try_from(n).is_ok()),
+            Kind::Bool => v.is_boolean(),
+            Kind::Strings => v
+                .as_array()
+                .is_some_and(|a| a.iter().all(serde_json::Value::is_string)),
+        }
+    }
+
+    fn describe(self) -> String {
+        match self {
+            Kind::Unsigned(max) => format!("an unsigned integer up to {max}"),
+            Kind::I32 => "a 32-bit signed integer".into(),
+            Kind::Bool => "true or false".into(),
+            Kind::Strings => "an array of strings".into(),
+        }
+    }
+}
+
 impl NvmeOptions {
-    /// What SPDK's decoder refuses: a name it does not know, a bad `action_on_timeout`.
+    /// What SPDK's decoder refuses: a name it does not know, a value of the wrong type
+    /// or out of its type's range, a bad `action_on_timeout`.
     pub fn check(&self) -> Result<(), String> {
         if !matches!(self.action_on_timeout.as_str(), "none" | "abort" | "reset") {
             return Err(format!(
@@ -236,14 +272,15 @@ impl NvmeOptions {
                 self.action_on_timeout
             ));
         }
-        match self
-            .other
-            .keys()
-            .find(|k| !SPDK_ONLY_OPTIONS.contains(&k.as_str()))
-        {
-            Some(k) => Err(format!("unknown field `{k}`")),
-            None => Ok(()),
+        for (k, v) in &self.other {
+            let Some((_, kind)) = SPDK_ONLY_OPTIONS.iter().find(|(n, _)| n == k) else {
+                return Err(format!("unknown field `{k}`"));
+            };
+            if !kind.admits(v) {
+                return Err(format!("`{k}` must be {}, not {v}", kind.describe()));
+            }
         }
+        Ok(())
     }
 }
 
@@ -1885,6 +1922,46 @@ pub fn controllers(name: Option<&str>) -> Result<Vec<serde_json::Value>, Error> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn nvme_options(v: serde_json::Value) -> Result<(), String> {
+        serde_json::from_value::<NvmeOptions>(v)
+            .map_err(|e| e.to_string())?
+            .check()
+    }
+
+    #[test]
+    fn ignored_options_are_type_checked_as_spdks_decoder_does() {
+        // What SPDK's save_config writes for bdev_nvme_set_options loads.
+        let saved = serde_json::json!({
+            "action_on_timeout": "none", "timeout_us": 0, "timeout_admin_us": 0,
+            "keep_alive_timeout_ms": 10000, "arbitration_burst": 0,
+            "low_priority_weight": 0, "medium_priority_weight": 0, "high_priority_weight": 0,
+            "nvme_adminq_poll_period_us": 10000, "nvme_ioq_poll_period_us": 0,
+            "io_queue_requests": 0, "delay_cmd_submit": true, "transport_retry_count": 4,
+            "bdev_retry_count": -1, "transport_ack_timeout": 0, "ctrlr_loss_timeout_sec": 0,
+            "reconnect_delay_sec": 0, "fast_io_fail_timeout_sec": 0,
+            "disable_auto_failback": false, "generate_uuids": false, "transport_tos": 0,
+            "nvme_error_stat": false, "rdma_srq_size": 0, "io_path_stat": false,
+            "allow_accel_sequence": false, "rdma_max_cq_size": 0,
+            "rdma_cm_event_timeout_ms": 0, "dhchap_digests": ["sha256", "sha384", "sha512"],
+            "dhchap_dhgroups": ["null", "ffdhe2048"]
+        });
+        assert_eq!(nvme_options(saved), Ok(()));
+        for bad in [
+            serde_json::json!({"delay_cmd_submit": 1}),
+            serde_json::json!({"transport_tos": 256}),
+            serde_json::json!({"bdev_retry_count": 1u64 << 31}),
+            serde_json::json!({"transport_retry_count": -1}),
+            serde_json::json!({"rdma_cm_event_timeout_ms": "10"}),
+            serde_json::json!({"dhchap_digests": ["sha256", 1]}),
+            serde_json::json!({"dhchap_dhgroups": "null"}),
+            serde_json::json!({"frobnicate": 1}),
+        ] {
+            let k = bad.as_object().unwrap().keys().next().unwrap().clone();
+            let e = nvme_options(bad).unwrap_err();
+            assert!(e.contains(&k), "{e}");
+        }
+    }
 
     #[test]
     fn write_zeroes_size_follows_wzsl() {
