@@ -69,20 +69,25 @@ impl<'a, P: IoPayload> IoRequest<'a, P> {
     /// [`crate::thread::DEFER_INLINE`] bytes.
     #[inline]
     pub fn submit(self, cb: impl FnOnce(Completion<P>) + 'static) {
-        let raw = IoCallback::new(move |status, payload| {
+        self.send(IoCallback::new(move |status, payload| {
             cb(Completion {
                 status,
                 payload: P::from_payload(payload),
             })
-        });
+        }));
+    }
+
+    /// Submits with `cb` as the completion (a callback or a future's slot).
+    #[inline]
+    fn send(self, cb: IoCallback) {
         submit(
             self.desc,
             self.ch,
             self.io_type,
             self.offset,
             self.num,
-            self.payload.into_payload(),
-            raw,
+            self.payload,
+            cb,
         );
     }
 }
@@ -142,15 +147,15 @@ impl<P: IoPayload> IoFuture<'_, P> {
     #[inline(never)]
     fn start(&mut self, payload: P, cx: &Context<'_>) {
         let slot = self.ch.ch.tctx.slot_open(waiter(cx));
-        submit(
+        IoRequest::new(
             self.desc,
             self.ch,
             self.io_type,
             self.offset,
             self.num,
             payload,
-            IoCallback::Slot(slot),
-        );
+        )
+        .send(IoCallback::Slot(slot));
         self.slot = slot;
     }
 }

@@ -481,7 +481,7 @@ impl Job {
     /// One task as an async loop (`--async`): the same accounting, through `.await`. The
     /// task's buffer lives in the loop while it runs, as async code holds what it uses.
     async fn task_loop(self: Rc<Self>, idx: usize) {
-        let mut buf = self.tasks.borrow_mut()[idx].buf.take();
+        let (mut buf, _) = self.take_buffers(idx);
         while let Some((op, off)) = self.next_io() {
             let lba = self.lba(off);
             let n = self.spec.io_blocks;
@@ -514,17 +514,12 @@ impl Job {
                 break;
             }
         }
-        self.tasks.borrow_mut()[idx].buf = buf;
-        self.maybe_finish();
+        self.end_task(idx, buf, None);
     }
 
     /// [`Job::task_loop`] for verify (and reset, which runs verify I/O).
     async fn verify_loop(self: Rc<Self>, idx: usize) {
-        let (mut buf, mut rbuf) = {
-            let mut tasks = self.tasks.borrow_mut();
-            let t = &mut tasks[idx];
-            (t.buf.take(), t.rbuf.take())
-        };
+        let (mut buf, mut rbuf) = self.take_buffers(idx);
         while let Some((_, off)) = self.next_io() {
             let start = self.thread.now();
             let Some(b) = buf.take() else {
@@ -537,6 +532,19 @@ impl Job {
                 break;
             }
         }
+        self.end_task(idx, buf, rbuf);
+    }
+
+    /// An async task's buffers (data, and verify's read-back), held by its loop while
+    /// it runs.
+    fn take_buffers(&self, idx: usize) -> (Option<DmaBuf>, Option<DmaBuf>) {
+        let mut tasks = self.tasks.borrow_mut();
+        let t = &mut tasks[idx];
+        (t.buf.take(), t.rbuf.take())
+    }
+
+    /// An async task's loop ended: its buffers go back to the task table.
+    fn end_task(&self, idx: usize, buf: Option<DmaBuf>, rbuf: Option<DmaBuf>) {
         {
             let mut tasks = self.tasks.borrow_mut();
             let t = &mut tasks[idx];
