@@ -727,6 +727,27 @@ impl RaidCh {
     }
 }
 
+impl RaidBdev {
+    /// Everything but a raid0 read or write (see `submit_request`).
+    #[inline(never)]
+    fn submit_other(&self, ch: &IoChannel<RaidCh>, io: BdevIo) {
+        match (&self.layout, io.io_type()) {
+            (_, IoType::Reset) => fan_out_all(ch, io),
+            (Layout::Raid1, IoType::Read) => raid1_read(ch, io, 0, IoStatus::Failed, None),
+            (Layout::Raid1, _) => raid1_write(ch, io),
+            (Layout::Concat { starts }, IoType::Read | IoType::Write) => {
+                let lba = io.offset_blocks();
+                let i = starts.partition_point(|&s| s <= lba) - 1;
+                if lba + io.num_blocks() > starts[i + 1] {
+                    return io.complete(IoStatus::Failed);
+                }
+                forward(ch, io, i, lba - starts[i]);
+            }
+            (layout, _) => fan_out_ranges(ch, io, layout),
+        }
+    }
+}
+
 impl BdevOps for RaidBdev {
     type Channel = IoChannel<RaidCh>;
 
@@ -739,11 +760,11 @@ impl BdevOps for RaidBdev {
     }
 
     fn submit_request(&self, ch: &IoChannel<RaidCh>, io: BdevIo) {
-        match (&self.layout, io.io_type()) {
-            (_, IoType::Reset) => fan_out_all(ch, io),
-            (Layout::Raid1, IoType::Read) => raid1_read(ch, io, 0, IoStatus::Failed, None),
-            (Layout::Raid1, _) => raid1_write(ch, io),
-            (Layout::Raid0 { shift, mask, n }, IoType::Read | IoType::Write) => {
+        // A raid0 read or write, the hot case, is all this function does inline; the
+        // rest is a call of its own, so that the hot path saves registers once, not in
+        // two functions (callgrind: ~15 instructions per I/O).
+        if let Layout::Raid0 { shift, mask, n } = &self.layout {
+            if matches!(io.io_type(), IoType::Read | IoType::Write) {
                 let lba = io.offset_blocks();
                 let (row, i) = n.div_rem(lba >> shift);
                 let mlba = (row << shift) | (lba & mask);
@@ -751,18 +772,10 @@ impl BdevOps for RaidBdev {
                     // The layer splits on the strip boundary; this can't arrive.
                     return io.complete(IoStatus::Failed);
                 }
-                forward(ch, io, i, mlba);
+                return forward(ch, io, i, mlba);
             }
-            (Layout::Concat { starts }, IoType::Read | IoType::Write) => {
-                let lba = io.offset_blocks();
-                let i = starts.partition_point(|&s| s <= lba) - 1;
-                if lba + io.num_blocks() > starts[i + 1] {
-                    return io.complete(IoStatus::Failed);
-                }
-                forward(ch, io, i, lba - starts[i]);
-            }
-            (layout, _) => fan_out_ranges(ch, io, layout),
         }
+        self.submit_other(ch, io);
     }
 
     fn io_type_supported(&self, io_type: IoType) -> bool {
@@ -793,8 +806,10 @@ impl BdevOps for RaidBdev {
     }
 }
 
-/// Sends `io` to member `i` at its block `mlba` (of the array's data on it).
-#[inline]
+/// Sends `io` to member `i` at its block `mlba` (of the array's data on it). Always
+/// inlined: as a call of its own it saved and restored registers a second time on
+/// raid0's path (callgrind: ~17 instructions per I/O).
+#[inline(always)]
 fn forward(ch: &IoChannel<RaidCh>, io: BdevIo, i: usize, mlba: u64) {
     let members = ch.members.borrow();
     match members.get(i) {

@@ -154,10 +154,17 @@ impl ChanCtx {
     #[inline]
     pub(crate) fn tally(&self, t: super::IoType, ticks: u64) {
         if self.hist_on.get() {
-            if let Some((f, h)) = self.hist.borrow_mut().as_mut() {
-                if f.is_none_or(|f| f == t) {
-                    h.tally(ticks);
-                }
+            self.tally_hist(t, ticks);
+        }
+    }
+
+    // A call of its own: inlined, the compiler computed the bucket on every completion,
+    // histogram on or off, once the latency was known before the check (~20 instructions).
+    #[inline(never)]
+    fn tally_hist(&self, t: super::IoType, ticks: u64) {
+        if let Some((f, h)) = self.hist.borrow_mut().as_mut() {
+            if f.is_none_or(|f| f == t) {
+                h.tally(ticks);
             }
         }
     }

@@ -464,11 +464,16 @@ fn finish(mut ctx: Box<IoCtx>) {
         // The module ran out of resources: wait on the channel and try again.
         return service::nomem_queue(ctx);
     }
+    // Every level of an I/O forwarded in place was submitted at the same tick and
+    // completes now, with the same length: one latency and byte count serves them all.
+    let Some(ch) = ctx.ch.as_ref() else { return };
+    let ticks = ch.tctx.now.get().saturating_sub(ctx.submit_tick);
+    let bytes = ctx.num_blocks * ctx.block_len as u64;
     while let Some(f) = ctx.frames.pop() {
         // A forwarded I/O completed at the lower bdev: account it there and step back
         // up to the upper bdev's view.
         if let Some(ch) = ctx.ch.replace(f.ch) {
-            account(&ch, &ctx, ctx.status, true);
+            account(&ch, ctx.io_type, bytes, ticks, ctx.status, true);
         }
         ctx.offset_blocks = f.offset_blocks;
         if let Some(cb) = f.has_cb.then(|| ctx.cbs.pop()).flatten() {
@@ -490,7 +495,7 @@ fn finish(mut ctx: Box<IoCtx>) {
     }
     ctx.desc_id = 0;
     // A piece of a serviced I/O isn't counted: its parent counts once for all pieces.
-    account(&ch, &ctx, status, !ctx.internal);
+    account(&ch, ctx.io_type, bytes, ticks, status, !ctx.internal);
     ctx.internal = false;
     let tctx = &ch.tctx;
     tctx.free(ctx);
@@ -506,13 +511,18 @@ fn finish(mut ctx: Box<IoCtx>) {
 /// and (`stats`) statistics and histogram; then lets what waits for resources on the
 /// channel try again.
 #[inline(always)]
-fn account(ch: &IoChannel<ChanCtx>, ctx: &IoCtx, status: IoStatus, stats: bool) {
+fn account(
+    ch: &IoChannel<ChanCtx>,
+    io_type: IoType,
+    bytes: u64,
+    ticks: u64,
+    status: IoStatus,
+    stats: bool,
+) {
     ch.outstanding.set(ch.outstanding.get() - 1);
     if stats {
-        let ticks = ch.tctx.now.get().saturating_sub(ctx.submit_tick);
-        let bytes = ctx.num_blocks * ctx.block_len as u64;
-        ch.stats.record(ctx.io_type, bytes, ticks, status);
-        ch.tally(ctx.io_type, ticks);
+        ch.stats.record(io_type, bytes, ticks, status);
+        ch.tally(io_type, ticks);
     }
     if ch.nomem_len.get() > 0 {
         service::nomem_retry(ch);

@@ -332,10 +332,11 @@ pub(crate) fn needs_service(
         && (num > b.max_rw
             || iovs.len() > b.max_segs
             || (b.boundary != 0 && crosses(offset, num, b.boundary))
-            || iovs.iter().any(|v| {
-                // Alignment holds for each segment's start and length (O_DIRECT's rule).
-                (v.base() as usize | v.len()) & b.align_mask != 0 || v.len() > b.max_seg_bytes
-            }))
+            || (b.seg_limits
+                && iovs.iter().any(|v| {
+                    // Alignment holds for each segment's start and length (O_DIRECT's rule).
+                    (v.base() as usize | v.len()) & b.align_mask != 0 || v.len() > b.max_seg_bytes
+                })))
 }
 
 /// Whether blocks `offset..offset + num` cross a multiple of `boundary` (not 0). A power
