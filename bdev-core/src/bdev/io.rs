@@ -465,14 +465,14 @@ fn finish(mut ctx: Box<IoCtx>) {
         return service::nomem_queue(ctx);
     }
     // Every level of an I/O forwarded in place was submitted at the same tick and
-    // completes now, with the same length: one latency and byte count serves them all.
-    let Some(ch) = ctx.ch.as_ref() else { return };
-    let ticks = ch.tctx.now.get().saturating_sub(ctx.submit_tick);
-    let bytes = ctx.num_blocks * ctx.block_len as u64;
+    // completes now, with the same length: one latency and byte count serves them all,
+    // worked out at the first level that needs them.
+    let mut lat: Option<(u64, u64)> = None;
     while let Some(f) = ctx.frames.pop() {
         // A forwarded I/O completed at the lower bdev: account it there and step back
         // up to the upper bdev's view.
         if let Some(ch) = ctx.ch.replace(f.ch) {
+            let (ticks, bytes) = *lat.get_or_insert_with(|| latency(&ch, &ctx));
             account(&ch, ctx.io_type, bytes, ticks, ctx.status, true);
         }
         ctx.offset_blocks = f.offset_blocks;
@@ -494,6 +494,7 @@ fn finish(mut ctx: Box<IoCtx>) {
         ctx.track = NOT_TRACKED;
     }
     ctx.desc_id = 0;
+    let (ticks, bytes) = lat.unwrap_or_else(|| latency(&ch, &ctx));
     // A piece of a serviced I/O isn't counted: its parent counts once for all pieces.
     account(&ch, ctx.io_type, bytes, ticks, status, !ctx.internal);
     ctx.internal = false;
@@ -505,6 +506,15 @@ fn finish(mut ctx: Box<IoCtx>) {
     if tctx.waiting.get() > 0 {
         tctx.retry_waiters();
     }
+}
+
+/// A completed I/O's latency in ticks, and its length in bytes.
+#[inline(always)]
+fn latency(ch: &IoChannel<ChanCtx>, ctx: &IoCtx) -> (u64, u64) {
+    (
+        ch.tctx.now.get().saturating_sub(ctx.submit_tick),
+        ctx.num_blocks * ctx.block_len as u64,
+    )
 }
 
 /// Accounts a completed I/O on the channel of the level it completes at: outstanding,
