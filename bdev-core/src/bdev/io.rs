@@ -62,19 +62,69 @@ impl IoCallback {
 
 /// What a forwarded I/O left behind on its way down (see [`BdevIo::forward`]): the
 /// upper bdev's channel and offset, and the upper module's callback.
+#[derive(Default)]
 struct Frame {
-    ch: IoChannel<ChanCtx>,
+    /// Always there in a pushed frame (an `Option` so that an empty slot needs no
+    /// channel).
+    ch: Option<IoChannel<ChanCtx>>,
     offset_blocks: u64,
     /// Whether the upper module left a callback (the top of `cbs`); if not, the upper I/O
     /// completes with the lower one's status.
     has_cb: bool,
 }
 
+/// How many levels an I/O goes down in place; below that, a forward makes a child I/O
+/// (a context of its own, with frames of its own).
+const MAX_FRAMES: usize = 4;
+
+/// The frames of a context, innermost last, kept in the context itself: a forward then
+/// calls nothing before the lower module (no allocation path), so that call can be its
+/// last act.
+#[derive(Default)]
+struct Frames {
+    f: [Frame; MAX_FRAMES],
+    len: u8,
+}
+
+impl Frames {
+    #[inline(always)]
+    fn is_full(&self) -> bool {
+        self.len as usize >= MAX_FRAMES
+    }
+
+    #[inline(always)]
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Pushes a frame; the caller has checked [`Frames::is_full`].
+    #[inline(always)]
+    fn push(&mut self, ch: Option<IoChannel<ChanCtx>>, offset_blocks: u64, has_cb: bool) {
+        debug_assert!(!self.is_full());
+        // The mask keeps the index in bounds with no branch (the caller checked).
+        let f = &mut self.f[self.len as usize & (MAX_FRAMES - 1)];
+        // A slot above `len` is empty; forgetting what it held skips a drop check.
+        debug_assert!(f.ch.is_none());
+        std::mem::forget(std::mem::replace(&mut f.ch, ch));
+        f.offset_blocks = offset_blocks;
+        f.has_cb = has_cb;
+        self.len += 1;
+    }
+
+    #[inline(always)]
+    fn pop(&mut self) -> Option<(Option<IoChannel<ChanCtx>>, u64, bool)> {
+        let i = (self.len as usize).checked_sub(1)?;
+        self.len = i as u8;
+        let f = self.f.get_mut(i)?;
+        Some((f.ch.take(), f.offset_blocks, f.has_cb))
+    }
+}
+
 /// The pooled context of one I/O.
 pub(crate) struct IoCtx {
     /// Frames of the bdevs above the current one, for an I/O forwarded down a stack of
-    /// virtual bdevs in place (innermost last). Keeps its capacity across uses.
-    frames: Vec<Frame>,
+    /// virtual bdevs in place.
+    frames: Frames,
     /// The callbacks of the frames that have one (kept apart: most frames have none).
     cbs: Vec<ChildCb>,
     pub(crate) ch: Option<IoChannel<ChanCtx>>,
@@ -103,7 +153,7 @@ const NOT_TRACKED: usize = usize::MAX;
 impl Default for IoCtx {
     fn default() -> Self {
         IoCtx {
-            frames: Vec::with_capacity(2),
+            frames: Frames::default(),
             cbs: Vec::new(),
             ch: None,
             io_type: IoType::Read,
@@ -315,7 +365,7 @@ impl BdevIo {
         offset_blocks: u64,
         cb: impl FnOnce(IoStatus, BdevIo) + 'static,
     ) {
-        self.forward_in_place(desc, ch, offset_blocks, Some(ChildCb::new(cb)));
+        self.forward_in_place(desc, ch, offset_blocks, ChildCb::new(cb));
     }
 
     /// Forwards this I/O unchanged and completes it with the lower bdev's status, with no
@@ -324,7 +374,7 @@ impl BdevIo {
     #[inline]
     pub fn forward_and_complete(self, desc: &Desc, ch: &BdevChannel) {
         let o = self.offset_blocks();
-        self.forward_in_place(desc, ch, o, None);
+        self.forward_in_place(desc, ch, o, NoCb);
     }
 
     /// Forwards this I/O to `desc`'s bdev at another offset and completes it with the
@@ -332,51 +382,61 @@ impl BdevIo {
     /// bdev that maps each I/O onto one block range of one base (a stripe, a partition).
     #[inline]
     pub fn forward_to_and_complete(self, desc: &Desc, ch: &BdevChannel, offset_blocks: u64) {
-        self.forward_in_place(desc, ch, offset_blocks, None);
+        self.forward_in_place(desc, ch, offset_blocks, NoCb);
     }
 
     // Always inlined: it is most of a forwarding bdev's data path, and as a call it
-    // costs a passthru level ~20 instructions more (callgrind).
+    // costs a passthru level ~20 instructions more (callgrind). Every way out is a call
+    // made last (a tail call), so the forward saves no registers: with nothing allocated
+    // on the way (frames inline) and the lower module's call last, which it can be
+    // inside the upper module's submission, where completions are deferred already.
     #[inline(always)]
-    fn forward_in_place(
+    fn forward_in_place<C: ForwardCb>(
         mut self,
         desc: &Desc,
         ch: &BdevChannel,
         offset_blocks: u64,
-        cb: Option<ChildCb>,
+        cb: C,
     ) {
         let c = &*ch.ch;
-        let Some(ctx) = self.ctx.as_deref() else {
-            return;
-        };
-        let (t, n) = (ctx.io_type, ctx.num_blocks);
-        if c.bdev.block_len != ctx.block_len {
-            return self.forward_slow(desc, ch, offset_blocks, cb, None);
-        }
-        if let Err(r) = validate_common(desc, c, t, offset_blocks, n) {
-            return self.forward_slow(desc, ch, offset_blocks, cb, Some(r));
-        }
+        // The context out of `self` first: a `BdevIo` kept in a stack slot through the
+        // checks stopped the compiler making the calls below tail calls.
         let Some(mut ctx) = self.ctx.take() else {
             return;
         };
         std::mem::forget(self);
-        let up = ctx.ch.replace(ch.ch.clone());
-        let Some(up) = up else { return };
-        let has_cb = cb.is_some();
-        if let Some(cb) = cb {
-            ctx.cbs.push(cb);
+        let (t, n) = (ctx.io_type, ctx.num_blocks);
+        if c.bdev.block_len != ctx.block_len || ctx.frames.is_full() {
+            return cb.slow(BdevIo { ctx: Some(ctx) }, desc, ch, offset_blocks, None);
         }
-        ctx.frames.push(Frame {
-            ch: up,
-            offset_blocks: ctx.offset_blocks,
-            has_cb,
-        });
+        if let Err(r) = validate_common(desc, c, t, offset_blocks, n) {
+            return cb.slow(BdevIo { ctx: Some(ctx) }, desc, ch, offset_blocks, Some(r));
+        }
+        let has_cb = cb.push(&mut ctx.cbs);
+        let up = ctx.ch.replace(ch.ch.clone());
+        let o = ctx.offset_blocks;
+        ctx.frames.push(up, o, has_cb);
         ctx.offset_blocks = offset_blocks;
         c.outstanding.set(c.outstanding.get() + 1);
-        if ctx.internal && c.bdev.has_limits.load(Ordering::Relaxed) {
+        let b = &*c.bdev;
+        if ctx.internal && b.has_limits.load(Ordering::Relaxed) {
             return forward_internal(&ch.ch, ctx);
         }
-        route(&ch.ch, ctx);
+        if (c.flags.get() != 0 || ctx.io_type == IoType::Reset) && !ctx.internal {
+            return route_slow(&ch.ch, ctx);
+        }
+        if c.tctx.submit_depth.get() == 0 {
+            // From outside a submission (a poller, a completion): what completes inside
+            // the lower module must be deferred, as for any submission.
+            return route_admitted_outside(&ch.ch, ctx);
+        }
+        if b.has_limits.load(Ordering::Relaxed)
+            && !ctx.internal
+            && service::needs_service(b, ctx.io_type, ctx.offset_blocks, ctx.num_blocks, &ctx.iovs)
+        {
+            return service::start(ctx);
+        }
+        c.module.submit(BdevIo { ctx: Some(ctx) })
     }
 
     /// A forward that can't go in place: refused (`r`), or to a bdev of another block size
@@ -437,6 +497,50 @@ impl BdevIo {
     }
 }
 
+/// The upper module's callback of a forward, or none ([`NoCb`]): with none, nothing about
+/// it is materialised on the forward's path.
+trait ForwardCb {
+    /// Stores the callback in `cbs`; whether there was one.
+    fn push(self, cbs: &mut Vec<ChildCb>) -> bool;
+    /// The forward can't go in place: [`BdevIo::forward_slow`].
+    fn slow(self, io: BdevIo, desc: &Desc, ch: &BdevChannel, offset: u64, r: Option<Reject>);
+}
+
+/// No callback: the upper I/O completes with the lower one's status.
+struct NoCb;
+
+impl ForwardCb for NoCb {
+    #[inline(always)]
+    fn push(self, _: &mut Vec<ChildCb>) -> bool {
+        false
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn slow(self, io: BdevIo, desc: &Desc, ch: &BdevChannel, offset: u64, r: Option<Reject>) {
+        io.forward_slow(desc, ch, offset, None, r)
+    }
+}
+
+impl ForwardCb for ChildCb {
+    #[inline(always)]
+    fn push(self, cbs: &mut Vec<ChildCb>) -> bool {
+        cbs.push(self);
+        true
+    }
+
+    #[inline(always)]
+    fn slow(self, io: BdevIo, desc: &Desc, ch: &BdevChannel, offset: u64, r: Option<Reject>) {
+        io.forward_slow(desc, ch, offset, Some(self), r)
+    }
+}
+
+/// [`route_admitted`] for a forward made outside any submission.
+#[inline(never)]
+fn route_admitted_outside(ch: &IoChannel<ChanCtx>, ctx: Box<IoCtx>) {
+    route_admitted(ch, ctx)
+}
+
 impl Drop for BdevIo {
     fn drop(&mut self) {
         if let Some(ctx) = self.ctx.take() {
@@ -468,15 +572,15 @@ fn finish(mut ctx: Box<IoCtx>) {
     // completes now, with the same length: one latency and byte count serves them all,
     // worked out at the first level that needs them.
     let mut lat: Option<(u64, u64)> = None;
-    while let Some(f) = ctx.frames.pop() {
+    while let Some((up, offset, has_cb)) = ctx.frames.pop() {
         // A forwarded I/O completed at the lower bdev: account it there and step back
         // up to the upper bdev's view.
-        if let Some(ch) = ctx.ch.replace(f.ch) {
+        if let Some(ch) = std::mem::replace(&mut ctx.ch, up) {
             let (ticks, bytes) = *lat.get_or_insert_with(|| latency(&ch, &ctx));
             account(&ch, ctx.io_type, bytes, ticks, ctx.status, true);
         }
-        ctx.offset_blocks = f.offset_blocks;
-        if let Some(cb) = f.has_cb.then(|| ctx.cbs.pop()).flatten() {
+        ctx.offset_blocks = offset;
+        if let Some(cb) = has_cb.then(|| ctx.cbs.pop()).flatten() {
             // The upper module decides; it completes the I/O again later.
             let status = std::mem::replace(&mut ctx.status, IoStatus::Success);
             return cb.call(status, BdevIo { ctx: Some(ctx) });
@@ -640,7 +744,7 @@ pub(crate) fn resubmit(ch: &IoChannel<ChanCtx>, ctx: Box<IoCtx>) {
 }
 
 /// Checks what every request needs: descriptor, channel, permissions, type and range.
-#[inline]
+#[inline(always)]
 fn validate_common(
     desc: &Desc,
     c: &ChanCtx,

@@ -275,6 +275,46 @@ fn pieces_of_a_split_forwarded_in_place_meet_the_base_limits_too() {
 }
 
 #[test]
+fn a_stack_deeper_than_the_in_place_frames_goes_on_as_child_ios() {
+    // Seven levels of forwarding over the RAM bdev: the first four go down in place, the
+    // rest as child I/Os. Data arrives, and every level counts each I/O once.
+    let h = Harness::new(1);
+    let seen = ram("r_deep0", |p| p, true, 0);
+    let names: Vec<String> = (0..8).map(|i| format!("r_deep{i}")).collect();
+    let top = names[7].clone();
+    let levels = names.clone();
+    h.run_on(0, move || {
+        for w in levels.windows(2) {
+            let base = Arc::new(Desc::open(&w[0], true, |_| {}).unwrap());
+            register(BdevProps::new(&w[1], 512, 256), Arc::new(Fwd { base })).unwrap();
+        }
+    });
+    let data = pattern(16 * 512, 3);
+    let back = h.block_on(0, async move {
+        let d = Desc::open(&top, true, |_| {}).unwrap();
+        let ch = d.get_io_channel().unwrap();
+        d.writev_blocks(&ch, bufs(&[16 * 512], &data), 100, 16)
+            .await
+            .unwrap();
+        let out = d
+            .readv_blocks(&ch, bufs(&[16 * 512], &[0; 16 * 512]), 100, 16)
+            .await
+            .unwrap();
+        (concat(&out), data)
+    });
+    assert_eq!(back.0, back.1);
+    assert_eq!(seen.lock().unwrap().len(), 2);
+    for n in names {
+        let m = n.clone();
+        let st = h.block_on(0, async move {
+            get_by_name(&m).unwrap().iostat().await.unwrap()
+        });
+        assert_eq!((st.num_write_ops, st.num_read_ops), (1, 1), "{n}");
+        assert_eq!(st.bytes_read, 16 * 512);
+    }
+}
+
+#[test]
 fn misaligned_buffers_go_through_an_aligned_bounce_buffer() {
     let h = Harness::new(1);
     let seen = ram("r_align", |p| p.buf_align(4096), true, 0);
