@@ -19,6 +19,9 @@ struct DescInner {
     id: u64,
     bdev: Arc<BdevInner>,
     write: AtomicBool,
+    /// The I/O types it may submit: the bdev's, less the writes if it can't write (one
+    /// check per I/O for both).
+    allowed: std::sync::atomic::AtomicU32,
     thread: ThreadHandle,
     closed: AtomicBool,
 }
@@ -94,11 +97,13 @@ impl Desc {
         tctx.events
             .borrow_mut()
             .insert(id, std::rc::Rc::new(std::cell::RefCell::new(event_cb)));
+        let allowed = allowed_types(&bdev, write);
         Ok(Desc {
             inner: Arc::new(DescInner {
                 id,
                 bdev,
                 write: AtomicBool::new(write),
+                allowed: std::sync::atomic::AtomicU32::new(allowed),
                 thread: t.handle(),
                 closed: AtomicBool::new(false),
             }),
@@ -180,6 +185,12 @@ impl Desc {
         self.inner.write.load(Ordering::Relaxed)
     }
 
+    /// The I/O types (bits of [`super::IoType::bit`]) it may submit now.
+    #[inline(always)]
+    pub(crate) fn allowed(&self) -> u32 {
+        self.inner.allowed.load(Ordering::Relaxed)
+    }
+
     /// The thread that opened it.
     pub fn thread(&self) -> &ThreadHandle {
         &self.inner.thread
@@ -221,6 +232,9 @@ impl Desc {
             d.write = true;
         }
         self.inner.write.store(true, Ordering::Relaxed);
+        self.inner
+            .allowed
+            .store(allowed_types(b, true), Ordering::Relaxed);
         Ok(())
     }
 
@@ -399,4 +413,17 @@ impl Drop for Desc {
     fn drop(&mut self) {
         self.close_inner();
     }
+}
+
+/// The I/O types a descriptor of `b` may submit: all the bdev supports, less the writes
+/// when it is read-only.
+fn allowed_types(b: &BdevInner, write: bool) -> u32 {
+    if write {
+        return b.supported;
+    }
+    let writes = IoType::ALL
+        .iter()
+        .filter(|t| t.is_write())
+        .fold(0, |m, t| m | t.bit());
+    b.supported & !writes
 }

@@ -115,7 +115,8 @@ impl Frames {
     fn pop(&mut self) -> Option<(Option<IoChannel<ChanCtx>>, u64, bool)> {
         let i = (self.len as usize).checked_sub(1)?;
         self.len = i as u8;
-        let f = self.f.get_mut(i)?;
+        // In bounds: `len` never passes MAX_FRAMES (the mask spares the check).
+        let f = &mut self.f[i & (MAX_FRAMES - 1)];
         Some((f.ch.take(), f.offset_blocks, f.has_cb))
     }
 }
@@ -345,8 +346,7 @@ impl BdevIo {
         ch: &BdevChannel,
         cb: impl FnOnce(IoStatus, BdevIo) + 'static,
     ) {
-        let o = self.offset_blocks();
-        self.forward_to(desc, ch, o, cb);
+        self.forward_in_place(desc, ch, None, ChildCb::new(cb));
     }
 
     /// Forwards this I/O to `desc`'s bdev at another offset (same type, length and data):
@@ -365,7 +365,7 @@ impl BdevIo {
         offset_blocks: u64,
         cb: impl FnOnce(IoStatus, BdevIo) + 'static,
     ) {
-        self.forward_in_place(desc, ch, offset_blocks, ChildCb::new(cb));
+        self.forward_in_place(desc, ch, Some(offset_blocks), ChildCb::new(cb));
     }
 
     /// Forwards this I/O unchanged and completes it with the lower bdev's status, with no
@@ -373,8 +373,7 @@ impl BdevIo {
     /// ([`BdevIo::forward`] with `|status, io| io.complete(status)`, a little cheaper).
     #[inline]
     pub fn forward_and_complete(self, desc: &Desc, ch: &BdevChannel) {
-        let o = self.offset_blocks();
-        self.forward_in_place(desc, ch, o, NoCb);
+        self.forward_in_place(desc, ch, None, NoCb);
     }
 
     /// Forwards this I/O to `desc`'s bdev at another offset and completes it with the
@@ -382,7 +381,7 @@ impl BdevIo {
     /// bdev that maps each I/O onto one block range of one base (a stripe, a partition).
     #[inline]
     pub fn forward_to_and_complete(self, desc: &Desc, ch: &BdevChannel, offset_blocks: u64) {
-        self.forward_in_place(desc, ch, offset_blocks, NoCb);
+        self.forward_in_place(desc, ch, Some(offset_blocks), NoCb);
     }
 
     // Always inlined: it is most of a forwarding bdev's data path, and as a call it
@@ -395,16 +394,20 @@ impl BdevIo {
         mut self,
         desc: &Desc,
         ch: &BdevChannel,
-        offset_blocks: u64,
+        offset_blocks: Option<u64>,
         cb: C,
     ) {
         let c = &*ch.ch;
         // The context out of `self` first: a `BdevIo` kept in a stack slot through the
         // checks stopped the compiler making the calls below tail calls.
-        let Some(mut ctx) = self.ctx.take() else {
+        let ctx = self.ctx.take();
+        std::mem::forget(self);
+        let Some(mut ctx) = ctx else {
             return;
         };
-        std::mem::forget(self);
+        // `None`: the same offset (read here, not through `BdevIo::offset_blocks`, whose
+        // check for a context would be a panic path on the hot one).
+        let offset_blocks = offset_blocks.unwrap_or(ctx.offset_blocks);
         let (t, n) = (ctx.io_type, ctx.num_blocks);
         if c.bdev.block_len != ctx.block_len || ctx.frames.is_full() {
             return cb.slow(BdevIo { ctx: Some(ctx) }, desc, ch, offset_blocks, None);
@@ -418,9 +421,8 @@ impl BdevIo {
         ctx.frames.push(up, o, has_cb);
         ctx.offset_blocks = offset_blocks;
         c.outstanding.set(c.outstanding.get() + 1);
-        let b = &*c.bdev;
-        if ctx.internal && b.has_limits.load(Ordering::Relaxed) {
-            return forward_internal(&ch.ch, ctx);
+        if c.bdev.has_limits.load(Ordering::Relaxed) {
+            return forward_limited(&ch.ch, ctx);
         }
         if (c.flags.get() != 0 || ctx.io_type == IoType::Reset) && !ctx.internal {
             return route_slow(&ch.ch, ctx);
@@ -429,12 +431,6 @@ impl BdevIo {
             // From outside a submission (a poller, a completion): what completes inside
             // the lower module must be deferred, as for any submission.
             return route_admitted_outside(&ch.ch, ctx);
-        }
-        if b.has_limits.load(Ordering::Relaxed)
-            && !ctx.internal
-            && service::needs_service(b, ctx.io_type, ctx.offset_blocks, ctx.num_blocks, &ctx.iovs)
-        {
-            return service::start(ctx);
         }
         c.module.submit(BdevIo { ctx: Some(ctx) })
     }
@@ -533,6 +529,16 @@ impl ForwardCb for ChildCb {
     fn slow(self, io: BdevIo, desc: &Desc, ch: &BdevChannel, offset: u64, r: Option<Reject>) {
         io.forward_slow(desc, ch, offset, Some(self), r)
     }
+}
+
+/// A forward to a bdev with limits (split, bounce, write_zeroes emulation): a piece of
+/// a split upper I/O is serviced here if need be, anything else is routed as usual.
+#[inline(never)]
+fn forward_limited(ch: &IoChannel<ChanCtx>, ctx: Box<IoCtx>) {
+    if ctx.internal {
+        return forward_internal(ch, ctx);
+    }
+    route(ch, ctx)
 }
 
 /// [`route_admitted`] for a forward made outside any submission.
@@ -756,11 +762,13 @@ fn validate_common(
     if !std::ptr::eq(desc.bdev_inner(), b) {
         return Err(Reject::WrongChannel);
     }
-    if io_type.is_write() && !desc.is_writable() {
-        return Err(Reject::ReadOnly);
-    }
-    if b.supported & io_type.bit() == 0 {
-        return Err(Reject::Unsupported);
+    // One check for both refusals; which one it is, only when it fails.
+    if desc.allowed() & io_type.bit() == 0 {
+        return Err(if io_type.is_write() && !desc.is_writable() {
+            Reject::ReadOnly
+        } else {
+            Reject::Unsupported
+        });
     }
     match offset.checked_add(num) {
         Some(end) if end <= b.num_blocks.load(std::sync::atomic::Ordering::Relaxed) => {}
