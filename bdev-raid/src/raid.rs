@@ -759,6 +759,7 @@ impl BdevOps for RaidBdev {
         self.dev.get_channel()
     }
 
+    #[inline]
     fn submit_request(&self, ch: &IoChannel<RaidCh>, io: BdevIo) {
         // A raid0 read or write, the hot case, is all this function does inline; the
         // rest is a call of its own, so that the hot path saves registers once, not in

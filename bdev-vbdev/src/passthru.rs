@@ -89,6 +89,9 @@ impl BdevOps for Passthru {
         Ok(PtChannel { desc, base })
     }
 
+    // Inlined into the core's type-erased channel, which calls it: one call per I/O at
+    // this level instead of two (callgrind: 8 instructions).
+    #[inline]
     fn submit_request(&self, ch: &PtChannel, io: BdevIo) {
         // The whole data path: down to the base, completed with its status. Were there
         // something to do on completion, it would be
