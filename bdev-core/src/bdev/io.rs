@@ -77,76 +77,71 @@ struct Frame {
 /// (a context of its own, with frames of its own).
 const MAX_FRAMES: usize = 4;
 
-/// The frames of a context, innermost last, kept in the context itself: a forward then
-/// calls nothing before the lower module (no allocation path), so that call can be its
-/// last act.
-#[derive(Default)]
-struct Frames {
-    f: [Frame; MAX_FRAMES],
-    len: u8,
-}
-
-impl Frames {
-    #[inline(always)]
-    fn is_full(&self) -> bool {
-        self.len as usize >= MAX_FRAMES
-    }
-
-    #[inline(always)]
-    fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Pushes a frame; the caller has checked [`Frames::is_full`].
-    #[inline(always)]
-    fn push(&mut self, ch: Option<IoChannel<ChanCtx>>, offset_blocks: u64, has_cb: bool) {
-        debug_assert!(!self.is_full());
-        // The mask keeps the index in bounds with no branch (the caller checked).
-        let f = &mut self.f[self.len as usize & (MAX_FRAMES - 1)];
-        // A slot above `len` is empty; forgetting what it held skips a drop check.
-        debug_assert!(f.ch.is_none());
-        std::mem::forget(std::mem::replace(&mut f.ch, ch));
-        f.offset_blocks = offset_blocks;
-        f.has_cb = has_cb;
-        self.len += 1;
-    }
-
-    #[inline(always)]
-    fn pop(&mut self) -> Option<(Option<IoChannel<ChanCtx>>, u64, bool)> {
-        let i = (self.len as usize).checked_sub(1)?;
-        self.len = i as u8;
-        // In bounds: `len` never passes MAX_FRAMES (the mask spares the check).
-        let f = &mut self.f[i & (MAX_FRAMES - 1)];
-        Some((f.ch.take(), f.offset_blocks, f.has_cb))
-    }
-}
-
 /// The pooled context of one I/O.
+///
+/// `repr(C)`, in this order: what every I/O touches first (the scalars in the first
+/// cache line, then the callback, payload and segments), the frames of forwarded I/O
+/// last, so that an I/O that is not forwarded touches three cache lines of it.
+#[repr(C)]
 pub(crate) struct IoCtx {
-    /// Frames of the bdevs above the current one, for an I/O forwarded down a stack of
-    /// virtual bdevs in place.
-    frames: Frames,
-    /// The callbacks of the frames that have one (kept apart: most frames have none).
-    cbs: Vec<ChildCb>,
     pub(crate) ch: Option<IoChannel<ChanCtx>>,
-    pub(crate) io_type: IoType,
     pub(crate) offset_blocks: u64,
     pub(crate) num_blocks: u64,
-    block_len: u32,
-    pub(crate) iovs: Vec<Iov>,
-    payload: Payload,
-    /// For a child I/O: the parent whose data it uses, held until the child completes.
-    parent: Option<BdevIo>,
-    pub(crate) cb: Option<IoCallback>,
     submit_tick: u64,
     pub(crate) status: IoStatus,
-    /// A piece of a serviced I/O (split, bounced, emulated): not counted in statistics,
-    /// never serviced again.
-    pub(crate) internal: bool,
     /// The descriptor it was submitted through (0: a child or internal I/O).
     desc_id: u64,
     /// Its key in the channel's timeout table ([`NOT_TRACKED`]: none).
     track: usize,
+    block_len: u32,
+    pub(crate) io_type: IoType,
+    /// A piece of a serviced I/O (split, bounced, emulated): not counted in statistics,
+    /// never serviced again.
+    pub(crate) internal: bool,
+    /// How many of `frames` are in use.
+    nframes: u8,
+    pub(crate) cb: Option<IoCallback>,
+    payload: Payload,
+    pub(crate) iovs: Vec<Iov>,
+    /// For a child I/O: the parent whose data it uses, held until the child completes.
+    parent: Option<BdevIo>,
+    /// The callbacks of the frames that have one (kept apart: most frames have none).
+    cbs: Vec<ChildCb>,
+    /// Frames of the bdevs above the current one, for an I/O forwarded down a stack of
+    /// virtual bdevs in place, innermost last. Kept in the context itself: a forward then
+    /// calls nothing before the lower module (no allocation path), so that call can be
+    /// its last act.
+    frames: [Frame; MAX_FRAMES],
+}
+
+impl IoCtx {
+    #[inline(always)]
+    fn frames_full(&self) -> bool {
+        self.nframes as usize >= MAX_FRAMES
+    }
+
+    /// Pushes a frame; the caller has checked [`IoCtx::frames_full`].
+    #[inline(always)]
+    fn push_frame(&mut self, ch: Option<IoChannel<ChanCtx>>, offset_blocks: u64, has_cb: bool) {
+        debug_assert!(!self.frames_full());
+        // The mask keeps the index in bounds with no branch (the caller checked).
+        let f = &mut self.frames[self.nframes as usize & (MAX_FRAMES - 1)];
+        // A slot above `nframes` is empty; forgetting what it held skips a drop check.
+        debug_assert!(f.ch.is_none());
+        std::mem::forget(std::mem::replace(&mut f.ch, ch));
+        f.offset_blocks = offset_blocks;
+        f.has_cb = has_cb;
+        self.nframes += 1;
+    }
+
+    #[inline(always)]
+    fn pop_frame(&mut self) -> Option<(Option<IoChannel<ChanCtx>>, u64, bool)> {
+        let i = (self.nframes as usize).checked_sub(1)?;
+        self.nframes = i as u8;
+        // In bounds: `nframes` never passes MAX_FRAMES (the mask spares the check).
+        let f = &mut self.frames[i & (MAX_FRAMES - 1)];
+        Some((f.ch.take(), f.offset_blocks, f.has_cb))
+    }
 }
 
 const NOT_TRACKED: usize = usize::MAX;
@@ -154,7 +149,8 @@ const NOT_TRACKED: usize = usize::MAX;
 impl Default for IoCtx {
     fn default() -> Self {
         IoCtx {
-            frames: Frames::default(),
+            frames: Default::default(),
+            nframes: 0,
             cbs: Vec::new(),
             ch: None,
             io_type: IoType::Read,
@@ -409,7 +405,7 @@ impl BdevIo {
         // check for a context would be a panic path on the hot one).
         let offset_blocks = offset_blocks.unwrap_or(ctx.offset_blocks);
         let (t, n) = (ctx.io_type, ctx.num_blocks);
-        if c.bdev.block_len != ctx.block_len || ctx.frames.is_full() {
+        if c.bdev.block_len != ctx.block_len || ctx.frames_full() {
             return cb.slow(BdevIo { ctx: Some(ctx) }, desc, ch, offset_blocks, None);
         }
         if let Err(r) = validate_common(desc, c, t, offset_blocks, n) {
@@ -418,7 +414,7 @@ impl BdevIo {
         let has_cb = cb.push(&mut ctx.cbs);
         let up = ctx.ch.replace(ch.ch.clone());
         let o = ctx.offset_blocks;
-        ctx.frames.push(up, o, has_cb);
+        ctx.push_frame(up, o, has_cb);
         ctx.offset_blocks = offset_blocks;
         c.outstanding.set(c.outstanding.get() + 1);
         if c.bdev.has_limits.load(Ordering::Relaxed) {
@@ -578,7 +574,7 @@ fn finish(mut ctx: Box<IoCtx>) {
     // completes now, with the same length: one latency and byte count serves them all,
     // worked out at the first level that needs them.
     let mut lat: Option<(u64, u64)> = None;
-    while let Some((up, offset, has_cb)) = ctx.frames.pop() {
+    while let Some((up, offset, has_cb)) = ctx.pop_frame() {
         // A forwarded I/O completed at the lower bdev: account it there and step back
         // up to the upper bdev's view.
         if let Some(ch) = std::mem::replace(&mut ctx.ch, up) {
@@ -705,7 +701,7 @@ fn route_slow(ch: &IoChannel<ChanCtx>, ctx: Box<IoCtx>) {
     if flags & super::channel::FLAG_TIMEOUT != 0
         && ctx.desc_id != 0
         && ctx.track == NOT_TRACKED
-        && ctx.frames.is_empty()
+        && ctx.nframes == 0
     {
         ctx.track = super::timeout::track(
             ch,
