@@ -61,27 +61,40 @@ impl IoCallback {
 }
 
 /// What a forwarded I/O left behind on its way down (see [`BdevIo::forward`]): the
-/// upper bdev's channel and offset, and the upper module's callback.
+/// upper bdev's channel and offset, and whether the upper module left a callback (the
+/// top of `cbs`; if not, the upper I/O completes with the lower one's status). The first
+/// frame has its flag in [`IoCtx::bits`] instead (`FRAME0_CB`).
 #[derive(Default)]
 struct Frame {
     /// Always there in a pushed frame (an `Option` so that an empty slot needs no
     /// channel).
     ch: Option<IoChannel<ChanCtx>>,
     offset_blocks: u64,
-    /// Whether the upper module left a callback (the top of `cbs`); if not, the upper I/O
-    /// completes with the lower one's status.
     has_cb: bool,
 }
 
+/// [`IoCtx::bits`]: the first frame has a callback.
+const FRAME0_CB: u8 = 1;
+/// [`IoCtx::bits`]: `desc_id` is set.
+const HAS_DESC: u8 = 1 << 1;
+/// [`IoCtx::bits`]: the I/O is in its channel's timeout table (`track`).
+const TRACKED: u8 = 1 << 2;
+
 /// How many levels an I/O goes down in place; below that, a forward makes a child I/O
 /// (a context of its own, with frames of its own).
-const MAX_FRAMES: usize = 4;
+const MAX_FRAMES: usize = 5;
+
+/// Frames below the first, kept with the colder fields (a power of two: the index is
+/// masked, not checked).
+const MORE_FRAMES: usize = MAX_FRAMES - 1;
+const _: () = assert!(MORE_FRAMES.is_power_of_two() && MAX_FRAMES <= 5);
 
 /// The pooled context of one I/O.
 ///
-/// `repr(C)`, in this order: what every I/O touches first (the scalars in the first
-/// cache line, then the callback, payload and segments), the frames of forwarded I/O
-/// last, so that an I/O that is not forwarded touches three cache lines of it.
+/// `repr(C)`, in this order: the first cache line holds the scalars every I/O touches and
+/// the first frame of a forwarded one; the next two the callback, payload and segments;
+/// then what only some I/O touches (timeouts, deeper frames), behind bits of the first
+/// line. An I/O touches three lines of it, forwarded once or not at all.
 #[repr(C)]
 pub(crate) struct IoCtx {
     pub(crate) ch: Option<IoChannel<ChanCtx>>,
@@ -89,32 +102,41 @@ pub(crate) struct IoCtx {
     pub(crate) num_blocks: u64,
     submit_tick: u64,
     pub(crate) status: IoStatus,
-    /// The descriptor it was submitted through (0: a child or internal I/O).
-    desc_id: u64,
-    /// Its key in the channel's timeout table ([`NOT_TRACKED`]: none).
-    track: usize,
+    /// Frames of the bdevs above the current one, for an I/O forwarded down a stack of
+    /// virtual bdevs in place, innermost last: the first here, the others in `frames`.
+    /// Kept in the context itself: a forward then calls nothing before the lower module
+    /// (no allocation path), so that call can be its last act.
+    frame0: Frame,
     block_len: u32,
     pub(crate) io_type: IoType,
     /// A piece of a serviced I/O (split, bounced, emulated): not counted in statistics,
     /// never serviced again.
     pub(crate) internal: bool,
-    /// How many of `frames` are in use.
+    /// How many frames are in use.
     nframes: u8,
+    /// `FRAME0_CB`, `HAS_DESC`, `TRACKED`.
+    bits: u8,
     pub(crate) cb: Option<IoCallback>,
     payload: Payload,
     pub(crate) iovs: Vec<Iov>,
     /// For a child I/O: the parent whose data it uses, held until the child completes.
     parent: Option<BdevIo>,
+    /// The descriptor it was submitted through, when a timeout may track it (`HAS_DESC`).
+    desc_id: u64,
+    /// Its key in the channel's timeout table (`TRACKED`).
+    track: usize,
     /// The callbacks of the frames that have one (kept apart: most frames have none).
     cbs: Vec<ChildCb>,
-    /// Frames of the bdevs above the current one, for an I/O forwarded down a stack of
-    /// virtual bdevs in place, innermost last. Kept in the context itself: a forward then
-    /// calls nothing before the lower module (no allocation path), so that call can be
-    /// its last act.
-    frames: [Frame; MAX_FRAMES],
+    /// Frames 1 and below.
+    frames: [Frame; MORE_FRAMES],
 }
 
 impl IoCtx {
+    fn set_desc(&mut self, id: u64) {
+        self.desc_id = id;
+        self.bits |= HAS_DESC;
+    }
+
     #[inline(always)]
     fn frames_full(&self) -> bool {
         self.nframes as usize >= MAX_FRAMES
@@ -124,23 +146,47 @@ impl IoCtx {
     #[inline(always)]
     fn push_frame(&mut self, ch: Option<IoChannel<ChanCtx>>, offset_blocks: u64, has_cb: bool) {
         debug_assert!(!self.frames_full());
-        // The mask keeps the index in bounds with no branch (the caller checked).
-        let f = &mut self.frames[self.nframes as usize & (MAX_FRAMES - 1)];
+        let i = self.nframes as usize;
+        self.nframes += 1;
+        let f = match i.checked_sub(1) {
+            None => {
+                if has_cb {
+                    self.bits |= FRAME0_CB;
+                }
+                &mut self.frame0
+            }
+            Some(j) => {
+                // The mask keeps the index in bounds with no check (i < MAX_FRAMES).
+                let f = &mut self.frames[j & (MORE_FRAMES - 1)];
+                f.has_cb = has_cb;
+                f
+            }
+        };
         // A slot above `nframes` is empty; forgetting what it held skips a drop check.
         debug_assert!(f.ch.is_none());
         std::mem::forget(std::mem::replace(&mut f.ch, ch));
         f.offset_blocks = offset_blocks;
-        f.has_cb = has_cb;
-        self.nframes += 1;
     }
 
     #[inline(always)]
     fn pop_frame(&mut self) -> Option<(Option<IoChannel<ChanCtx>>, u64, bool)> {
         let i = (self.nframes as usize).checked_sub(1)?;
         self.nframes = i as u8;
-        // In bounds: `nframes` never passes MAX_FRAMES (the mask spares the check).
-        let f = &mut self.frames[i & (MAX_FRAMES - 1)];
-        Some((f.ch.take(), f.offset_blocks, f.has_cb))
+        let (f, has_cb) = match i.checked_sub(1) {
+            None => {
+                let has_cb = self.bits & FRAME0_CB != 0;
+                if has_cb {
+                    self.bits &= !FRAME0_CB;
+                }
+                (&mut self.frame0, has_cb)
+            }
+            Some(j) => {
+                let f = &mut self.frames[j & (MORE_FRAMES - 1)];
+                let has_cb = f.has_cb;
+                (f, has_cb)
+            }
+        };
+        Some((f.ch.take(), f.offset_blocks, has_cb))
     }
 }
 
@@ -149,8 +195,10 @@ const NOT_TRACKED: usize = usize::MAX;
 impl Default for IoCtx {
     fn default() -> Self {
         IoCtx {
+            frame0: Frame::default(),
             frames: Default::default(),
             nframes: 0,
+            bits: 0,
             cbs: Vec::new(),
             ch: None,
             io_type: IoType::Read,
@@ -595,11 +643,12 @@ fn finish(mut ctx: Box<IoCtx>) {
     let parent = ctx.parent.take();
     let status = ctx.status;
     ctx.iovs.clear();
-    if ctx.track != NOT_TRACKED {
-        super::timeout::untrack(&ch, ctx.track);
-        ctx.track = NOT_TRACKED;
+    if ctx.bits & (HAS_DESC | TRACKED) != 0 {
+        if ctx.bits & TRACKED != 0 {
+            super::timeout::untrack(&ch, ctx.track);
+        }
+        ctx.bits &= !(HAS_DESC | TRACKED);
     }
-    ctx.desc_id = 0;
     let (ticks, bytes) = lat.unwrap_or_else(|| latency(&ch, &ctx));
     // A piece of a serviced I/O isn't counted: its parent counts once for all pieces.
     account(&ch, ctx.io_type, bytes, ticks, status, !ctx.internal);
@@ -699,10 +748,10 @@ fn route_slow(ch: &IoChannel<ChanCtx>, ctx: Box<IoCtx>) {
     }
     let mut ctx = ctx;
     if flags & super::channel::FLAG_TIMEOUT != 0
-        && ctx.desc_id != 0
-        && ctx.track == NOT_TRACKED
+        && ctx.bits & (HAS_DESC | TRACKED) == HAS_DESC
         && ctx.nframes == 0
     {
+        ctx.bits |= TRACKED;
         ctx.track = super::timeout::track(
             ch,
             ctx.desc_id,
@@ -842,7 +891,10 @@ pub(crate) fn submit<P: IoPayload>(
             }
             ctx.payload = payload.into_payload();
             ctx.cb = Some(cb);
-            ctx.desc_id = desc.id();
+            if c.flags.get() & super::channel::FLAG_TIMEOUT != 0 {
+                // Only a timeout needs it (kept off the first cache line).
+                ctx.set_desc(desc.id());
+            }
             return dispatch(&ch.ch, ctx, io_type, offset, num);
         }
     }
@@ -920,7 +972,9 @@ pub(crate) fn start(p: Pending, mut ctx: Box<IoCtx>) {
         cb,
         desc_id,
     } = p;
-    ctx.desc_id = desc_id;
+    if desc_id != 0 {
+        ctx.set_desc(desc_id);
+    }
     let need = (num_blocks * ch.bdev.block_len as u64) as usize;
     match parent {
         Some((ParentRef::Owned(parent), data_offset)) => {
