@@ -94,8 +94,9 @@ const _: () = assert!(MORE_FRAMES.is_power_of_two() && MAX_FRAMES <= 5);
 /// `repr(C)`, in this order: the first cache line holds the scalars every I/O touches and
 /// the first frame of a forwarded one; the next two the callback, payload and segments;
 /// then what only some I/O touches (timeouts, deeper frames), behind bits of the first
-/// line. An I/O touches three lines of it, forwarded once or not at all.
-#[repr(C)]
+/// line. An I/O touches three lines of it, forwarded once or not at all: aligned to a
+/// line, or the boxed context (16-byte aligned by malloc) straddles a fourth.
+#[repr(C, align(64))]
 pub(crate) struct IoCtx {
     pub(crate) ch: Option<IoChannel<ChanCtx>>,
     pub(crate) offset_blocks: u64,
