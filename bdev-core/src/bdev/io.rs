@@ -61,16 +61,16 @@ impl IoCallback {
 }
 
 /// What a forwarded I/O left behind on its way down (see [`BdevIo::forward`]): the
-/// upper bdev's channel and offset, and whether the upper module left a callback (the
-/// top of `cbs`; if not, the upper I/O completes with the lower one's status). The first
-/// frame has its flag in [`IoCtx::bits`] instead (`FRAME0_CB`).
+/// upper bdev's channel and offset. Whether the upper module left a callback (the top of
+/// `cbs`; if not, the upper I/O completes with the lower one's status) is kept apart, so
+/// that a frame is two words: `FRAME0_CB` in [`IoCtx::bits`] for the first,
+/// `IoCtx::more_cb` for the others.
 #[derive(Default)]
 struct Frame {
     /// Always there in a pushed frame (an `Option` so that an empty slot needs no
     /// channel).
     ch: Option<IoChannel<ChanCtx>>,
     offset_blocks: u64,
-    has_cb: bool,
 }
 
 /// [`IoCtx::bits`]: the first frame has a callback.
@@ -120,19 +120,40 @@ pub(crate) struct IoCtx {
     pub(crate) cb: Option<IoCallback>,
     payload: Payload,
     pub(crate) iovs: Vec<Iov>,
-    /// For a child I/O: the parent whose data it uses, held until the child completes.
-    parent: Option<BdevIo>,
+    /// For a child I/O: the parent whose data it uses, held until the child completes
+    /// (an empty `BdevIo` otherwise: one word, where an `Option` would take two and cross
+    /// into the fourth cache line).
+    parent: BdevIo,
     /// The descriptor it was submitted through, when a timeout may track it (`HAS_DESC`).
     desc_id: u64,
     /// Its key in the channel's timeout table (`TRACKED`).
     track: usize,
     /// The callbacks of the frames that have one (kept apart: most frames have none).
     cbs: Vec<ChildCb>,
-    /// Frames 1 and below.
+    /// Frames 1 and below, and whether each has a callback.
     frames: [Frame; MORE_FRAMES],
+    more_cb: [bool; MORE_FRAMES],
 }
 
+// The layout the comment above promises: the scalars and the first frame in line 0, the
+// callback in line 1, payload, segments and parent in line 2.
+const _: () = {
+    use std::mem::offset_of;
+    assert!(offset_of!(IoCtx, bits) < 64 && offset_of!(IoCtx, frame0) + 16 <= 64);
+    assert!(offset_of!(IoCtx, cb) == 64 && offset_of!(IoCtx, payload) == 128);
+    assert!(offset_of!(IoCtx, parent) + std::mem::size_of::<BdevIo>() <= 192);
+    assert!(offset_of!(IoCtx, desc_id) >= 192);
+};
+
 impl IoCtx {
+    /// Holds a child's parent until the child completes.
+    fn hold_parent(&mut self, mut parent: BdevIo) {
+        debug_assert!(self.parent.ctx.is_none());
+        self.parent.ctx = parent.ctx.take();
+        // Empty now: nothing to complete.
+        std::mem::forget(parent);
+    }
+
     fn set_desc(&mut self, id: u64) {
         self.desc_id = id;
         self.bits |= HAS_DESC;
@@ -158,9 +179,9 @@ impl IoCtx {
             }
             Some(j) => {
                 // The mask keeps the index in bounds with no check (i < MAX_FRAMES).
-                let f = &mut self.frames[j & (MORE_FRAMES - 1)];
-                f.has_cb = has_cb;
-                f
+                let j = j & (MORE_FRAMES - 1);
+                self.more_cb[j] = has_cb;
+                &mut self.frames[j]
             }
         };
         // A slot above `nframes` is empty; forgetting what it held skips a drop check.
@@ -182,22 +203,20 @@ impl IoCtx {
                 (&mut self.frame0, has_cb)
             }
             Some(j) => {
-                let f = &mut self.frames[j & (MORE_FRAMES - 1)];
-                let has_cb = f.has_cb;
-                (f, has_cb)
+                let j = j & (MORE_FRAMES - 1);
+                (&mut self.frames[j], self.more_cb[j])
             }
         };
         Some((f.ch.take(), f.offset_blocks, has_cb))
     }
 }
 
-const NOT_TRACKED: usize = usize::MAX;
-
 impl Default for IoCtx {
     fn default() -> Self {
         IoCtx {
             frame0: Frame::default(),
             frames: Default::default(),
+            more_cb: [false; MORE_FRAMES],
             nframes: 0,
             bits: 0,
             cbs: Vec::new(),
@@ -208,13 +227,13 @@ impl Default for IoCtx {
             block_len: 0,
             iovs: Vec::with_capacity(4),
             payload: Payload::None,
-            parent: None,
+            parent: BdevIo { ctx: None },
             cb: None,
             submit_tick: 0,
             status: IoStatus::Success,
             internal: false,
             desc_id: 0,
-            track: NOT_TRACKED,
+            track: 0,
         }
     }
 }
@@ -641,7 +660,8 @@ fn finish(mut ctx: Box<IoCtx>) {
     let Some(ch) = ctx.ch.take() else { return };
     let cb = ctx.cb.take();
     let payload = std::mem::take(&mut ctx.payload);
-    let parent = ctx.parent.take();
+    // Taken out of the empty-or-not `BdevIo` without dropping one (its drop is a call).
+    let parent = ctx.parent.ctx.take().map(|p| BdevIo { ctx: Some(p) });
     let status = ctx.status;
     ctx.iovs.clear();
     if ctx.bits & (HAS_DESC | TRACKED) != 0 {
@@ -936,7 +956,7 @@ fn submit_child(
                 let need = (num * c.bdev.block_len as u64) as usize;
                 dma::push_sub_iovs(&parent.c().iovs, &mut ctx.iovs, data_offset, need);
             }
-            ctx.parent = Some(parent);
+            ctx.hold_parent(parent);
             ctx.cb = Some(cb);
             return dispatch(&ch.ch, ctx, io_type, offset, num);
         }
@@ -982,7 +1002,7 @@ pub(crate) fn start(p: Pending, mut ctx: Box<IoCtx>) {
             if io_type.has_data() {
                 dma::push_sub_iovs(&parent.c().iovs, &mut ctx.iovs, data_offset, need);
             }
-            ctx.parent = Some(parent);
+            ctx.hold_parent(parent);
         }
         Some((ParentRef::Shared(parent), data_offset)) => {
             // The child's callback holds the parent; the segments are copied, as above.

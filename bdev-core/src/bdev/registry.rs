@@ -62,8 +62,6 @@ pub(crate) struct BdevInner {
     pub(crate) boundary: u64,
     /// Largest segment in bytes (`usize::MAX`: no limit).
     pub(crate) max_seg_bytes: usize,
-    /// An alignment or segment size limit: each segment must be checked.
-    pub(crate) seg_limits: bool,
     /// Write zeroes is emulated with writes of a zero buffer (from registration, or since
     /// the device refused the command: [`super::BdevIo::emulate_write_zeroes`]).
     pub(crate) emulate_wz: AtomicBool,
@@ -257,7 +255,6 @@ pub fn register<T: BdevOps>(mut props: BdevProps, ops: Arc<T>) -> Result<Bdev> {
             } else {
                 props.max_segment_size as usize
             },
-            seg_limits: props.buf_align > 1 || props.max_segment_size != 0,
             emulate_wz: AtomicBool::new(emulate_wz),
             max_wz: if props.max_write_zeroes == 0 {
                 u64::MAX

@@ -332,7 +332,8 @@ pub(crate) fn needs_service(
         && (num > b.max_rw
             || iovs.len() > b.max_segs
             || (b.boundary != 0 && crosses(offset, num, b.boundary))
-            || (b.seg_limits
+            // Segments are checked only on a bdev with a limit for them.
+            || ((b.align_mask != 0 || b.max_seg_bytes != usize::MAX)
                 && iovs.iter().any(|v| {
                     // Alignment holds for each segment's start and length (O_DIRECT's rule).
                     (v.base() as usize | v.len()) & b.align_mask != 0 || v.len() > b.max_seg_bytes
