@@ -17,7 +17,8 @@ use crate::thread::{DEFER_INLINE, IoChannel};
 
 tiny_fn::tiny_fn! {
     /// A completion callback, stored inline in the I/O context.
-    pub(crate) struct RawCallback = FnOnce(status: IoStatus, payload: Payload);
+    /// The payload is lent in place: the callback takes what it keeps of it.
+    pub(crate) struct RawCallback = <'a> FnOnce(status: IoStatus, payload: &'a mut Payload);
     /// A child I/O's completion callback: its status and the parent I/O back.
     pub(crate) struct RawChildCallback = FnOnce(status: IoStatus, parent: BdevIo);
 }
@@ -36,7 +37,7 @@ pub(crate) enum IoCallback {
 
 impl IoCallback {
     #[inline]
-    pub(crate) fn new(f: impl FnOnce(IoStatus, Payload) + 'static) -> Self {
+    pub(crate) fn new(f: impl for<'a> FnOnce(IoStatus, &'a mut Payload) + 'static) -> Self {
         IoCallback::Fn(RawCb::new(f))
     }
 
@@ -45,12 +46,12 @@ impl IoCallback {
         self,
         tctx: &ThreadCtx,
         status: IoStatus,
-        payload: Payload,
+        payload: &mut Payload,
         parent: Option<BdevIo>,
     ) {
         match self {
             IoCallback::Fn(f) => f.call(status, payload),
-            IoCallback::Slot(i) => tctx.slot_complete(i, status, payload),
+            IoCallback::Slot(i) => tctx.slot_complete(i, status, std::mem::take(payload)),
             IoCallback::Child(f) => match parent {
                 Some(p) => f.call(status, p),
                 // A child always carries its parent; nothing to give back otherwise.
@@ -620,7 +621,7 @@ impl Drop for BdevIo {
     }
 }
 
-#[inline]
+#[inline(always)]
 pub(crate) fn complete_ctx(mut ctx: Box<IoCtx>, status: IoStatus) {
     ctx.status = status;
     let Some(ch) = ctx.ch.as_ref() else { return };
@@ -658,10 +659,6 @@ fn finish(mut ctx: Box<IoCtx>) {
         // No callback: the upper I/O completes with the same status; go on up.
     }
     let Some(ch) = ctx.ch.take() else { return };
-    let cb = ctx.cb.take();
-    let payload = std::mem::take(&mut ctx.payload);
-    // Taken out of the empty-or-not `BdevIo` without dropping one (its drop is a call).
-    let parent = ctx.parent.ctx.take().map(|p| BdevIo { ctx: Some(p) });
     let status = ctx.status;
     ctx.iovs.clear();
     if ctx.bits & (HAS_DESC | TRACKED) != 0 {
@@ -675,10 +672,24 @@ fn finish(mut ctx: Box<IoCtx>) {
     account(&ch, ctx.io_type, bytes, ticks, status, !ctx.internal);
     ctx.internal = false;
     let tctx = &ch.tctx;
-    tctx.free(ctx);
-    if let Some(cb) = cb {
-        cb.call(tctx, status, payload, parent);
+    // The callback runs before the context goes back to the cache, and takes the payload
+    // from it in place: the callback and payload are not moved through temporaries kept
+    // across the free (callgrind: ~30 instructions, half of them loads and stores, and
+    // 8 % more null IOPS with those of `set_cb`). A callback that submits again takes
+    // another context meanwhile: a thread holds one more than its depth of I/O.
+    // The parent is taken out of the empty-or-not `BdevIo` without dropping one (its drop
+    // is a call).
+    let parent = ctx.parent.ctx.take().map(|p| BdevIo { ctx: Some(p) });
+    match ctx.cb.take() {
+        Some(cb) => cb.call(tctx, status, &mut ctx.payload, parent),
+        None => drop(parent),
     }
+    // What the callback left of the payload (all of it, if it ignores it) goes now, not
+    // with the context's next use.
+    if !matches!(ctx.payload, Payload::None) {
+        ctx.payload = Payload::None;
+    }
+    tctx.free(ctx);
     if tctx.waiting.get() > 0 {
         tctx.retry_waiters();
     }
@@ -900,18 +911,15 @@ pub(crate) fn submit<P: IoPayload>(
     cb: IoCallback,
 ) {
     let c = &*ch.ch;
-    if let Err(r) = validate(desc, c, io_type, offset, num, &payload) {
-        return reject(c, r, payload.into_payload(), None, cb);
-    }
     let tctx = &c.tctx;
     // Don't jump the queue of requests already waiting for a context.
-    if tctx.waiting.get() == 0 {
+    if tctx.waiting.get() == 0 && validate(desc, c, io_type, offset, num, &payload).is_ok() {
         if let Some(mut ctx) = tctx.alloc() {
             if io_type.has_data() {
                 payload.push_iovs(&mut ctx.iovs, (num * c.bdev.block_len as u64) as usize);
             }
             ctx.payload = payload.into_payload();
-            ctx.cb = Some(cb);
+            set_cb(&mut ctx.cb, cb);
             if c.flags.get() & super::channel::FLAG_TIMEOUT != 0 {
                 // Only a timeout needs it (kept off the first cache line).
                 ctx.set_desc(desc.id());
@@ -919,7 +927,28 @@ pub(crate) fn submit<P: IoPayload>(
             return dispatch(&ch.ch, ctx, io_type, offset, num);
         }
     }
-    tctx.wait(Pending {
+    submit_slow(desc, ch, io_type, offset, num, payload, cb);
+}
+
+/// [`submit`] of a request that is refused, or that waits for a context (behind those
+/// already waiting): apart, so that the hot path moves the callback once.
+#[cold]
+#[inline(never)]
+fn submit_slow<P: IoPayload>(
+    desc: &Desc,
+    ch: &BdevChannel,
+    io_type: IoType,
+    offset: u64,
+    num: u64,
+    payload: P,
+    cb: IoCallback,
+) {
+    let c = &*ch.ch;
+    if let Err(r) = validate(desc, c, io_type, offset, num, &payload) {
+        return reject(c, r, payload.into_payload(), None, cb);
+    }
+    // Valid: it waits, behind others or for want of a context.
+    c.tctx.wait(Pending {
         ch: ch.ch.clone(),
         io_type,
         offset_blocks: offset,
@@ -929,6 +958,15 @@ pub(crate) fn submit<P: IoPayload>(
         cb,
         desc_id: desc.id(),
     });
+}
+
+/// Stores a context's callback. A cached context has none (its completion took it):
+/// written then straight into place, where a plain assignment, which drops what was
+/// there first, went through a copy on the stack (callgrind: 8 loads and stores).
+#[inline(always)]
+fn set_cb(slot: &mut Option<IoCallback>, cb: IoCallback) {
+    debug_assert!(slot.is_none(), "a cached context keeps no callback");
+    std::mem::forget(slot.replace(cb));
 }
 
 /// Submits a child of `parent` (see [`BdevIo::submit_child`]).
@@ -977,8 +1015,10 @@ fn submit_child(
 fn reject(c: &ChanCtx, r: Reject, payload: Payload, parent: Option<BdevIo>, cb: IoCallback) {
     // Completes later, not inside the caller's submit, as every completion does.
     let tctx = c.tctx.clone();
-    c.tctx
-        .defer(move || cb.call(&tctx, IoStatus::Rejected(r), payload, parent));
+    c.tctx.defer(move || {
+        let mut payload = payload;
+        cb.call(&tctx, IoStatus::Rejected(r), &mut payload, parent)
+    });
 }
 
 /// Starts a request that waited for a context.

@@ -21,7 +21,7 @@ use std::task::{Context, Poll};
 use super::channel::{BdevChannel, Waiter};
 use super::desc::Desc;
 use super::io::{IoCallback, submit};
-use super::{Completion, IoError, IoPayload, IoType};
+use super::{Completion, IoError, IoPayload, IoType, Payload};
 use crate::thread::task_of;
 
 /// An I/O ready to go: call [`IoRequest::submit`] or `.await` it.
@@ -69,10 +69,10 @@ impl<'a, P: IoPayload> IoRequest<'a, P> {
     /// [`crate::thread::DEFER_INLINE`] bytes.
     #[inline]
     pub fn submit(self, cb: impl FnOnce(Completion<P>) + 'static) {
-        self.send(IoCallback::new(move |status, payload| {
+        self.send(IoCallback::new(move |status, payload: &mut Payload| {
             cb(Completion {
                 status,
-                payload: P::from_payload(payload),
+                payload: P::from_payload(std::mem::take(payload)),
             })
         }));
     }

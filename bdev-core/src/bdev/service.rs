@@ -178,7 +178,9 @@ fn issue(m: &Rc<Multi>) {
             .map(|n| (n, (n * bl) as usize))
         };
         let Some((n, bytes)) = n else {
-            // No whole block fits the segment limits: the bdev can't take this I/O.
+            // No whole block fits the segment limits: the bdev can't take this I/O. (The
+            // segments gathered for less than a block go too: a cached context has none.)
+            child.iovs.clear();
             c.tctx.free(child);
             m.status.set(IoStatus::Rejected(Reject::TooLarge));
             break;
