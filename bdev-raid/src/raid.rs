@@ -859,7 +859,7 @@ fn raid1_read(ch: &IoChannel<RaidCh>, io: BdevIo, tried: u64, last: IoStatus, ba
     };
     let lba = m.data_offset + io.offset_blocks();
     let ch2 = ch.clone();
-    io.forward_to(&m.desc, &m.ch, lba, move |status, io| {
+    let done = move |status: IoStatus, io: BdevIo| {
         if status.is_success() {
             return match bad {
                 Some(b) => correct_read_error(&ch2, io, b as usize),
@@ -873,7 +873,13 @@ fn raid1_read(ch: &IoChannel<RaidCh>, io: BdevIo, tried: u64, last: IoStatus, ba
             _ => bad.or(u8::try_from(i).ok()),
         };
         raid1_read(&ch2, io, tried | 1 << i, status, bad);
-    });
+    };
+    if bad.is_none() {
+        // Nothing to correct on success: the read completes with no call back here.
+        io.forward_to_on_error(&m.desc, &m.ch, lba, done)
+    } else {
+        io.forward_to(&m.desc, &m.ch, lba, done)
+    }
 }
 
 /// A read served by another member after member `bad` failed it: the read completes

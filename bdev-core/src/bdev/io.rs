@@ -64,8 +64,8 @@ impl IoCallback {
 /// What a forwarded I/O left behind on its way down (see [`BdevIo::forward`]): the
 /// upper bdev's channel and offset. Whether the upper module left a callback (the top of
 /// `cbs`; if not, the upper I/O completes with the lower one's status) is kept apart, so
-/// that a frame is two words: `FRAME0_CB` in [`IoCtx::bits`] for the first,
-/// `IoCtx::more_cb` for the others.
+/// that a frame is two words: its `CB_*` kind in [`IoCtx::bits`] for the first
+/// (`FRAME0_CB`), in `IoCtx::more_cb` for the others.
 #[derive(Default)]
 struct Frame {
     /// Always there in a pushed frame (an `Option` so that an empty slot needs no
@@ -74,12 +74,19 @@ struct Frame {
     offset_blocks: u64,
 }
 
-/// [`IoCtx::bits`]: the first frame has a callback.
-const FRAME0_CB: u8 = 1;
+/// A frame's callback: none (the upper I/O completes with the lower one's status).
+const CB_NONE: u8 = 0;
+/// A frame's callback: called whatever the status.
+const CB_ALWAYS: u8 = 1;
+/// A frame's callback: called when the lower I/O did not succeed; on success it is
+/// dropped and the upper I/O completes ([`BdevIo::forward_to_on_error`]).
+const CB_ON_ERROR: u8 = 2;
+/// [`IoCtx::bits`]: the first frame's `CB_*` kind.
+const FRAME0_CB: u8 = CB_ALWAYS | CB_ON_ERROR;
 /// [`IoCtx::bits`]: `desc_id` is set.
-const HAS_DESC: u8 = 1 << 1;
+const HAS_DESC: u8 = 1 << 2;
 /// [`IoCtx::bits`]: the I/O is in its channel's timeout table (`track`).
-const TRACKED: u8 = 1 << 2;
+const TRACKED: u8 = 1 << 3;
 
 /// How many levels an I/O goes down in place; below that, a forward makes a child I/O
 /// (a context of its own, with frames of its own).
@@ -131,9 +138,9 @@ pub(crate) struct IoCtx {
     track: usize,
     /// The callbacks of the frames that have one (kept apart: most frames have none).
     cbs: Vec<ChildCb>,
-    /// Frames 1 and below, and whether each has a callback.
+    /// Frames 1 and below, and the `CB_*` kind of each.
     frames: [Frame; MORE_FRAMES],
-    more_cb: [bool; MORE_FRAMES],
+    more_cb: [u8; MORE_FRAMES],
 }
 
 // The layout the comment above promises: the scalars and the first frame in line 0, the
@@ -167,21 +174,19 @@ impl IoCtx {
 
     /// Pushes a frame; the caller has checked [`IoCtx::frames_full`].
     #[inline(always)]
-    fn push_frame(&mut self, ch: Option<IoChannel<ChanCtx>>, offset_blocks: u64, has_cb: bool) {
+    fn push_frame(&mut self, ch: Option<IoChannel<ChanCtx>>, offset_blocks: u64, kind: u8) {
         debug_assert!(!self.frames_full());
         let i = self.nframes as usize;
         self.nframes += 1;
         let f = match i.checked_sub(1) {
             None => {
-                if has_cb {
-                    self.bits |= FRAME0_CB;
-                }
+                self.bits |= kind;
                 &mut self.frame0
             }
             Some(j) => {
                 // The mask keeps the index in bounds with no check (i < MAX_FRAMES).
                 let j = j & (MORE_FRAMES - 1);
-                self.more_cb[j] = has_cb;
+                self.more_cb[j] = kind;
                 &mut self.frames[j]
             }
         };
@@ -192,23 +197,23 @@ impl IoCtx {
     }
 
     #[inline(always)]
-    fn pop_frame(&mut self) -> Option<(Option<IoChannel<ChanCtx>>, u64, bool)> {
+    fn pop_frame(&mut self) -> Option<(Option<IoChannel<ChanCtx>>, u64, u8)> {
         let i = (self.nframes as usize).checked_sub(1)?;
         self.nframes = i as u8;
-        let (f, has_cb) = match i.checked_sub(1) {
+        let (f, kind) = match i.checked_sub(1) {
             None => {
-                let has_cb = self.bits & FRAME0_CB != 0;
-                if has_cb {
+                let kind = self.bits & FRAME0_CB;
+                if kind != CB_NONE {
                     self.bits &= !FRAME0_CB;
                 }
-                (&mut self.frame0, has_cb)
+                (&mut self.frame0, kind)
             }
             Some(j) => {
                 let j = j & (MORE_FRAMES - 1);
                 (&mut self.frames[j], self.more_cb[j])
             }
         };
-        Some((f.ch.take(), f.offset_blocks, has_cb))
+        Some((f.ch.take(), f.offset_blocks, kind))
     }
 }
 
@@ -217,7 +222,7 @@ impl Default for IoCtx {
         IoCtx {
             frame0: Frame::default(),
             frames: Default::default(),
-            more_cb: [false; MORE_FRAMES],
+            more_cb: [CB_NONE; MORE_FRAMES],
             nframes: 0,
             bits: 0,
             cbs: Vec::new(),
@@ -449,6 +454,23 @@ impl BdevIo {
         self.forward_in_place(desc, ch, Some(offset_blocks), NoCb);
     }
 
+    /// Forwards this I/O to `desc`'s bdev at another offset; when the lower bdev succeeds,
+    /// the I/O completes with success, with no callback in between (what `cb` captured is
+    /// dropped), and only otherwise does `cb` get it back: to retry elsewhere, say, as a
+    /// mirror's read does. `cb` must take a success too: an I/O that can't go down in
+    /// place (another block size, a stack too deep) goes as a child, or is refused, and
+    /// then `cb` hears of every status, as with [`BdevIo::forward_to`].
+    #[inline]
+    pub fn forward_to_on_error(
+        self,
+        desc: &Desc,
+        ch: &BdevChannel,
+        offset_blocks: u64,
+        cb: impl FnOnce(IoStatus, BdevIo) + 'static,
+    ) {
+        self.forward_in_place(desc, ch, Some(offset_blocks), OnError(ChildCb::new(cb)));
+    }
+
     // Always inlined: it is most of a forwarding bdev's data path, and as a call it
     // costs a passthru level ~20 instructions more (callgrind). Every way out is a call
     // made last (a tail call), so the forward saves no registers: with nothing allocated
@@ -480,10 +502,10 @@ impl BdevIo {
         if let Err(r) = validate_common(desc, c, t, offset_blocks, n) {
             return cb.slow(BdevIo { ctx: Some(ctx) }, desc, ch, offset_blocks, Some(r));
         }
-        let has_cb = cb.push(&mut ctx.cbs);
+        let kind = cb.push(&mut ctx.cbs);
         let up = ctx.ch.replace(ch.ch.clone());
         let o = ctx.offset_blocks;
-        ctx.push_frame(up, o, has_cb);
+        ctx.push_frame(up, o, kind);
         ctx.offset_blocks = offset_blocks;
         c.outstanding.set(c.outstanding.get() + 1);
         if c.bdev.has_limits.load(Ordering::Relaxed) {
@@ -561,8 +583,8 @@ impl BdevIo {
 /// The upper module's callback of a forward, or none ([`NoCb`]): with none, nothing about
 /// it is materialised on the forward's path.
 trait ForwardCb {
-    /// Stores the callback in `cbs`; whether there was one.
-    fn push(self, cbs: &mut Vec<ChildCb>) -> bool;
+    /// Stores the callback in `cbs`; its `CB_*` kind.
+    fn push(self, cbs: &mut Vec<ChildCb>) -> u8;
     /// The forward can't go in place: [`BdevIo::forward_slow`].
     fn slow(self, io: BdevIo, desc: &Desc, ch: &BdevChannel, offset: u64, r: Option<Reject>);
 }
@@ -572,8 +594,8 @@ struct NoCb;
 
 impl ForwardCb for NoCb {
     #[inline(always)]
-    fn push(self, _: &mut Vec<ChildCb>) -> bool {
-        false
+    fn push(self, _: &mut Vec<ChildCb>) -> u8 {
+        CB_NONE
     }
 
     #[cold]
@@ -585,14 +607,31 @@ impl ForwardCb for NoCb {
 
 impl ForwardCb for ChildCb {
     #[inline(always)]
-    fn push(self, cbs: &mut Vec<ChildCb>) -> bool {
+    fn push(self, cbs: &mut Vec<ChildCb>) -> u8 {
         cbs.push(self);
-        true
+        CB_ALWAYS
     }
 
     #[inline(always)]
     fn slow(self, io: BdevIo, desc: &Desc, ch: &BdevChannel, offset: u64, r: Option<Reject>) {
         io.forward_slow(desc, ch, offset, Some(self), r)
+    }
+}
+
+/// A callback wanted only when the lower I/O fails ([`BdevIo::forward_to_on_error`]).
+struct OnError(ChildCb);
+
+impl ForwardCb for OnError {
+    #[inline(always)]
+    fn push(self, cbs: &mut Vec<ChildCb>) -> u8 {
+        cbs.push(self.0);
+        CB_ON_ERROR
+    }
+
+    #[inline(always)]
+    fn slow(self, io: BdevIo, desc: &Desc, ch: &BdevChannel, offset: u64, r: Option<Reject>) {
+        // Not in place: the callback hears of every status.
+        io.forward_slow(desc, ch, offset, Some(self.0), r)
     }
 }
 
@@ -643,7 +682,7 @@ fn finish(mut ctx: Box<IoCtx>) {
     // completes now, with the same length: one latency and byte count serves them all,
     // worked out at the first level that needs them.
     let mut lat: Option<(u64, u64)> = None;
-    while let Some((up, offset, has_cb)) = ctx.pop_frame() {
+    while let Some((up, offset, kind)) = ctx.pop_frame() {
         // A forwarded I/O completed at the lower bdev: account it there and step back
         // up to the upper bdev's view.
         if let Some(ch) = std::mem::replace(&mut ctx.ch, up) {
@@ -651,10 +690,17 @@ fn finish(mut ctx: Box<IoCtx>) {
             account(&ch, ctx.io_type, bytes, ticks, ctx.status, true);
         }
         ctx.offset_blocks = offset;
-        if let Some(cb) = has_cb.then(|| ctx.cbs.pop()).flatten() {
-            // The upper module decides; it completes the I/O again later.
-            let status = std::mem::replace(&mut ctx.status, IoStatus::Success);
-            return cb.call(status, BdevIo { ctx: Some(ctx) });
+        if kind != CB_NONE {
+            if kind == CB_ON_ERROR && ctx.status.is_success() {
+                // Wanted on failure only: the upper I/O succeeds too; go on up.
+                drop(ctx.cbs.pop());
+                continue;
+            }
+            if let Some(cb) = ctx.cbs.pop() {
+                // The upper module decides; it completes the I/O again later.
+                let status = std::mem::replace(&mut ctx.status, IoStatus::Success);
+                return cb.call(status, BdevIo { ctx: Some(ctx) });
+            }
         }
         // No callback: the upper I/O completes with the same status; go on up.
     }

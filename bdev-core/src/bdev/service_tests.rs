@@ -899,3 +899,90 @@ fn a_timeout_reports_each_late_io_once_on_its_thread() {
     h.poll_threads();
     assert_eq!(ch.ch.flags.get() & super::channel::FLAG_TIMEOUT, 0);
 }
+
+/// Completes reads at once, failed from block 128 on.
+struct HalfBad;
+
+impl BdevOps for HalfBad {
+    type Channel = ();
+    fn module_name(&self) -> &'static str {
+        "half_bad_test"
+    }
+    fn create_channel(&self) -> crate::Result<()> {
+        Ok(())
+    }
+    fn submit_request(&self, _: &(), io: BdevIo) {
+        let failed = io.offset_blocks() >= 128;
+        io.complete(if failed {
+            IoStatus::Failed
+        } else {
+            IoStatus::Success
+        });
+    }
+    fn io_type_supported(&self, t: IoType) -> bool {
+        t == IoType::Read
+    }
+}
+
+/// Forwards with `forward_to_on_error`, counting its callback's calls.
+struct OnErrFwd {
+    base: Arc<Desc>,
+    calls: Arc<Mutex<Vec<IoStatus>>>,
+}
+
+impl BdevOps for OnErrFwd {
+    type Channel = BdevChannel;
+    fn module_name(&self) -> &'static str {
+        "on_error_test"
+    }
+    fn create_channel(&self) -> crate::Result<BdevChannel> {
+        self.base.get_io_channel()
+    }
+    fn submit_request(&self, ch: &BdevChannel, io: BdevIo) {
+        let calls = self.calls.clone();
+        let off = io.offset_blocks();
+        io.forward_to_on_error(&self.base, ch, off, move |st, io| {
+            calls.lock().unwrap().push(st);
+            io.complete(st)
+        });
+    }
+    fn io_type_supported(&self, t: IoType) -> bool {
+        t == IoType::Read
+    }
+}
+
+#[test]
+fn a_forward_on_error_calls_back_on_failure_only() {
+    let h = Harness::new(1);
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let c2 = calls.clone();
+    h.run_on(0, move || {
+        register(BdevProps::new("half_bad", 512, 256), Arc::new(HalfBad)).unwrap();
+        let base = Arc::new(Desc::open("half_bad", true, |_| {}).unwrap());
+        let fwd = OnErrFwd { base, calls: c2 };
+        register(BdevProps::new("on_err", 512, 256), Arc::new(fwd)).unwrap();
+    });
+    let (good, bad) = h.block_on(0, async move {
+        let d = Desc::open("on_err", false, |_| {}).unwrap();
+        let ch = d.get_io_channel().unwrap();
+        let buf = || DmaBuf::page_aligned(512).unwrap();
+        let good = d.read_blocks(&ch, buf(), 10, 1).await.is_ok();
+        let bad = d
+            .read_blocks(&ch, buf(), 200, 1)
+            .await
+            .err()
+            .map(|e| e.status);
+        (good, bad)
+    });
+    // The success went up with no call back; the failure came back to the module.
+    assert!(good);
+    assert_eq!(bad, Some(IoStatus::Failed));
+    assert_eq!(*calls.lock().unwrap(), vec![IoStatus::Failed]);
+    // Both levels counted the read that succeeded.
+    for name in ["half_bad", "on_err"] {
+        let st = h.block_on(0, async move {
+            get_by_name(name).unwrap().iostat().await.unwrap()
+        });
+        assert_eq!(st.num_read_ops, 1, "{name}");
+    }
+}
