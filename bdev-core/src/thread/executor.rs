@@ -108,7 +108,8 @@ impl Executor {
             return self.wake(idx, g);
         };
         let Some(f) = fut.as_mut() else { return };
-        let waker = make_waker(slot, g, idx);
+        // Its drop would be a call through the vtable to a function that does nothing.
+        let waker = std::mem::ManuallyDrop::new(make_waker(slot, g, idx));
         let mut cx = Context::from_waker(&waker);
         self.running.set(self.running.get() + 1);
         let r = f.as_mut().poll(&mut cx);
