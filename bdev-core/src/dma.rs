@@ -205,6 +205,10 @@ pub struct Iov {
 }
 
 const _: () = assert!(std::mem::size_of::<Iov>() == std::mem::size_of::<libc::iovec>());
+
+/// An I/O's segment list: the first segment inline (most I/O has one).
+pub(crate) type Iovs = smallvec::SmallVec<[Iov; 1]>;
+const _: () = assert!(std::mem::size_of::<Iovs>() == std::mem::size_of::<Vec<Iov>>());
 const _: () = assert!(std::mem::align_of::<Iov>() == std::mem::align_of::<libc::iovec>());
 
 impl Iov {
@@ -239,7 +243,7 @@ impl Iov {
 }
 
 /// Appends the segments covering bytes `[skip, skip + need)` of `src`.
-pub(crate) fn push_sub_iovs(src: &[Iov], dst: &mut Vec<Iov>, mut skip: usize, mut need: usize) {
+pub(crate) fn push_sub_iovs(src: &[Iov], dst: &mut Iovs, mut skip: usize, mut need: usize) {
     for s in src {
         if need == 0 {
             break;

@@ -2,7 +2,8 @@
 //!
 //! An [`IoCtx`] is a pooled, boxed context; a module holds it as a [`BdevIo`] while the
 //! I/O is in flight. Boxes are recycled through the thread's cache, so the steady state
-//! allocates nothing; the segment vector keeps its capacity across uses.
+//! allocates nothing; the segment list holds its first segment inline and keeps what it
+//! spilled to the heap (an I/O with more segments) across uses.
 
 use std::fmt;
 use std::sync::atomic::Ordering;
@@ -127,7 +128,7 @@ pub(crate) struct IoCtx {
     bits: u8,
     pub(crate) cb: Option<IoCallback>,
     payload: Payload,
-    pub(crate) iovs: Vec<Iov>,
+    pub(crate) iovs: crate::dma::Iovs,
     /// For a child I/O: the parent whose data it uses, held until the child completes
     /// (an empty `BdevIo` otherwise: one word, where an `Option` would take two and cross
     /// into the fourth cache line).
@@ -231,7 +232,7 @@ impl Default for IoCtx {
             offset_blocks: 0,
             num_blocks: 0,
             block_len: 0,
-            iovs: Vec::with_capacity(4),
+            iovs: crate::dma::Iovs::new(),
             payload: Payload::None,
             parent: BdevIo { ctx: None },
             cb: None,

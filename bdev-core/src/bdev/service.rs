@@ -235,7 +235,7 @@ fn next_child(
     lba: u64,
     end: u64,
     c: &ChanCtx,
-    out: &mut Vec<Iov>,
+    out: &mut crate::dma::Iovs,
 ) -> Option<u64> {
     let b = &*c.bdev;
     let bl = b.block_len as usize;

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::dma::{DmaBuf, Iov};
+use crate::dma::DmaBuf;
 
 /// The kinds of I/O a bdev may support (SPDK's `spdk_bdev_io_type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -210,7 +210,7 @@ impl Payload {
 
     /// Appends segments covering the first `need` bytes.
     #[inline]
-    pub(crate) fn push_iovs(&self, iovs: &mut Vec<Iov>, need: usize) {
+    pub(crate) fn push_iovs(&self, iovs: &mut crate::dma::Iovs, need: usize) {
         match self {
             Payload::None => {}
             Payload::Buf(b) => b.push_iovs(iovs, need),
@@ -242,7 +242,7 @@ pub trait IoPayload: sealed::Sealed + Sized + 'static {
     fn misaligned(&self, mask: usize) -> bool;
     /// Appends segments covering the first `need` bytes.
     #[doc(hidden)]
-    fn push_iovs(&self, iovs: &mut Vec<Iov>, need: usize);
+    fn push_iovs(&self, iovs: &mut crate::dma::Iovs, need: usize);
 }
 
 impl IoPayload for DmaBuf {
@@ -271,7 +271,7 @@ impl IoPayload for DmaBuf {
         self.addr() & mask != 0
     }
     #[inline]
-    fn push_iovs(&self, iovs: &mut Vec<Iov>, need: usize) {
+    fn push_iovs(&self, iovs: &mut crate::dma::Iovs, need: usize) {
         if need > 0 {
             iovs.push(self.iov(need));
         }
@@ -297,7 +297,7 @@ impl IoPayload for Vec<DmaBuf> {
     fn misaligned(&self, mask: usize) -> bool {
         self.iter().any(|b| b.addr() & mask != 0)
     }
-    fn push_iovs(&self, iovs: &mut Vec<Iov>, mut need: usize) {
+    fn push_iovs(&self, iovs: &mut crate::dma::Iovs, mut need: usize) {
         for b in self {
             if need == 0 {
                 break;
@@ -329,7 +329,7 @@ impl IoPayload for () {
         false
     }
     #[inline]
-    fn push_iovs(&self, _: &mut Vec<Iov>, _: usize) {}
+    fn push_iovs(&self, _: &mut crate::dma::Iovs, _: usize) {}
 }
 
 impl IoPayload for Payload {
@@ -362,7 +362,7 @@ impl IoPayload for Payload {
         }
     }
     #[inline]
-    fn push_iovs(&self, iovs: &mut Vec<Iov>, need: usize) {
+    fn push_iovs(&self, iovs: &mut crate::dma::Iovs, need: usize) {
         Payload::push_iovs(self, iovs, need)
     }
 }
