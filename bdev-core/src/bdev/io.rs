@@ -631,8 +631,8 @@ impl ForwardCb for OnError {
 
     #[inline(always)]
     fn slow(self, io: BdevIo, desc: &Desc, ch: &BdevChannel, offset: u64, r: Option<Reject>) {
-        // Not in place: the callback hears of every status.
-        io.forward_slow(desc, ch, offset, Some(self.0), r)
+        // Not in place: the callback hears of every status, as `forward_to`'s does.
+        self.0.slow(io, desc, ch, offset, r)
     }
 }
 
