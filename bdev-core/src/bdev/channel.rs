@@ -173,9 +173,12 @@ impl ChanCtx {
 /// Who waits for an async I/O.
 #[derive(Default)]
 pub(crate) enum Waiter {
-    /// Nobody yet, or nobody any more (the future was dropped).
+    /// Nobody any more (the future was dropped), or a free slot.
     #[default]
     None,
+    /// The future exists but has not been polled yet: a completion stores the result
+    /// and wakes nobody.
+    Unpolled,
     /// A task of this crate's executor (packed reference): resumed inline.
     Task(usize),
     /// Any other executor's waker.
@@ -192,6 +195,15 @@ pub(crate) struct AsyncSlot {
     done: Option<(IoStatus, Payload)>,
 }
 
+/// Stores a waiter over one that owns nothing (`None` or `Unpolled`): in place, with no
+/// drop of the old one, where an assignment built the new one on the stack and loaded it
+/// back whole (a store-forwarding stall, `perf annotate`).
+#[inline(always)]
+fn set_waiter(w: &mut Waiter, new: Waiter) {
+    debug_assert!(matches!(w, Waiter::None | Waiter::Unpolled));
+    std::mem::forget(std::mem::replace(w, new));
+}
+
 /// The table of [`AsyncSlot`]s: a vector and a stack of its free indices (a slab, small
 /// enough to inline into the future's poll).
 #[derive(Default)]
@@ -201,22 +213,25 @@ pub(crate) struct Slots {
 }
 
 impl Slots {
-    /// Takes a free slot for `waiter` (free slots hold nothing).
+    /// Takes a free slot for a future not yet polled (free slots hold nothing).
     #[inline]
-    fn open(&mut self, waiter: Waiter) -> u32 {
+    fn open(&mut self) -> u32 {
         if let Some(i) = self.free.pop() {
             if let Some(e) = self.v.get_mut(i as usize) {
-                e.waiter = waiter;
+                set_waiter(&mut e.waiter, Waiter::Unpolled);
                 return i;
             }
         }
-        self.grow(waiter)
+        self.grow()
     }
 
     #[cold]
     #[inline(never)]
-    fn grow(&mut self, waiter: Waiter) -> u32 {
-        self.v.push(AsyncSlot { waiter, done: None });
+    fn grow(&mut self) -> u32 {
+        self.v.push(AsyncSlot {
+            waiter: Waiter::Unpolled,
+            done: None,
+        });
         (self.v.len() - 1) as u32
     }
 
@@ -370,10 +385,10 @@ impl ThreadCtx {
         }
     }
 
-    /// A slot for an async I/O, waited on by `waiter`.
+    /// A slot for an async I/O whose future has not been polled yet.
     #[inline]
-    pub(crate) fn slot_open(&self, waiter: Waiter) -> u32 {
-        self.slots.borrow_mut().open(waiter)
+    pub(crate) fn slot_open(&self) -> u32 {
+        self.slots.borrow_mut().open()
     }
 
     /// The completion side: store the result and resume the waiter (on this thread,
@@ -396,6 +411,7 @@ impl ThreadCtx {
                 drop(slots);
                 w.wake();
             }
+            Waiter::Unpolled => s.done = Some((status, payload)),
             Waiter::None => {
                 slots.remove(i);
                 drop(slots);
@@ -404,21 +420,31 @@ impl ThreadCtx {
         }
     }
 
-    /// The future's side: the result if it has come (the slot is then freed).
+    /// The future's side: the result if it has come (the slot is then freed); else
+    /// `waiter` is who to wake when it comes.
     #[inline(always)]
-    pub(crate) fn slot_take(&self, i: u32) -> Option<(IoStatus, Payload)> {
+    pub(crate) fn slot_poll(
+        &self,
+        i: u32,
+        waiter: impl FnOnce() -> Waiter,
+    ) -> Option<(IoStatus, Payload)> {
         let mut slots = self.slots.borrow_mut();
-        // The completion took the waiter: only the result is left to take.
-        let done = slots.v.get_mut(i as usize)?.done.take()?;
-        slots.free.push(i);
-        Some(done)
-    }
-
-    /// Polled before the result came (a spurious wake): `waiter` is who to wake now.
-    #[cold]
-    pub(crate) fn slot_rewait(&self, i: u32, waiter: Waiter) {
-        if let Some(s) = self.slots.borrow_mut().v.get_mut(i as usize) {
-            s.waiter = waiter;
+        let s = slots.v.get_mut(i as usize)?;
+        match s.done.take() {
+            // The completion took the waiter: only the result is left to take.
+            Some(done) => {
+                slots.free.push(i);
+                Some(done)
+            }
+            None => {
+                // Polled before: a spurious wake replaces its waiter (dropping it).
+                if matches!(s.waiter, Waiter::Unpolled) {
+                    set_waiter(&mut s.waiter, waiter());
+                } else {
+                    s.waiter = waiter();
+                }
+                None
+            }
         }
     }
 

@@ -1,5 +1,6 @@
 //! The consumer's I/O call: a request built by a [`super::Desc`] method, then either
-//! submitted with a callback or awaited.
+//! submitted with a callback or awaited. An awaited request is submitted when it becomes
+//! a future (`.await` does that right before polling it).
 //!
 //! ```no_run
 //! # use bdev_core::bdev::{Desc, BdevChannel};
@@ -15,10 +16,11 @@
 
 use std::fmt;
 use std::future::{Future, IntoFuture};
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use super::channel::{BdevChannel, Waiter};
+use super::channel::{BdevChannel, ThreadCtx, Waiter};
 use super::desc::Desc;
 use super::io::{IoCallback, submit};
 use super::{Completion, IoError, IoPayload, IoType, Payload};
@@ -69,17 +71,19 @@ impl<'a, P: IoPayload> IoRequest<'a, P> {
     /// [`crate::thread::DEFER_INLINE`] bytes.
     #[inline]
     pub fn submit(self, cb: impl FnOnce(Completion<P>) + 'static) {
-        self.send(IoCallback::new(move |status, payload: &mut Payload| {
-            cb(Completion {
-                status,
-                payload: P::from_payload(std::mem::take(payload)),
+        self.send(move || {
+            IoCallback::new(move |status, payload: &mut Payload| {
+                cb(Completion {
+                    status,
+                    payload: P::from_payload(std::mem::take(payload)),
+                })
             })
-        }));
+        });
     }
 
-    /// Submits with `cb` as the completion (a callback or a future's slot).
+    /// Submits with what `cb` makes as the completion (a callback or a future's slot).
     #[inline]
-    fn send(self, cb: IoCallback) {
+    fn send(self, cb: impl FnOnce() -> IoCallback) {
         submit(
             self.desc,
             self.ch,
@@ -96,32 +100,34 @@ impl<'a, P: IoPayload> IntoFuture for IoRequest<'a, P> {
     type Output = Result<P, IoError<P>>;
     type IntoFuture = IoFuture<'a, P>;
 
+    /// Submits the I/O now (`.await` polls right after), with a slot of the thread's
+    /// table as its completion. The payload goes straight to the I/O context: a future
+    /// that held it until its first poll would store it into the task's state and load it
+    /// back at once, and that round trip (a store-forwarding stall) cost more than all
+    /// the rest of the submission.
     #[inline]
     fn into_future(self) -> IoFuture<'a, P> {
+        let tctx: &'a ThreadCtx = &self.ch.ch.tctx;
+        let slot = tctx.slot_open();
+        self.send(move || IoCallback::Slot(slot));
         IoFuture {
-            desc: self.desc,
-            ch: self.ch,
-            io_type: self.io_type,
-            offset: self.offset,
-            num: self.num,
-            payload: Some(self.payload),
-            slot: NO_SLOT,
+            tctx,
+            slot,
+            _p: PhantomData,
         }
     }
 }
 
-/// The future of an awaited [`IoRequest`]. Dropping it before completion abandons the
-/// result (the I/O itself still completes, and its buffers are freed).
+/// The future of an awaited [`IoRequest`], which is submitted when it becomes this future.
+/// Dropping it before completion abandons the result (the I/O itself still completes,
+/// and its buffers are freed).
 pub struct IoFuture<'a, P: IoPayload> {
-    desc: &'a Desc,
-    ch: &'a BdevChannel,
-    io_type: IoType,
-    offset: u64,
-    num: u64,
-    /// Present until submitted.
-    payload: Option<P>,
-    /// Its slot in the thread's table while in flight ([`NO_SLOT`] before and after).
+    /// The thread's I/O state, where the slot is (held directly: the channel's way to it
+    /// is a chain of dependent loads, on the path of every resumption).
+    tctx: &'a ThreadCtx,
+    /// Its slot in the thread's table while in flight ([`NO_SLOT`] after).
     slot: u32,
+    _p: PhantomData<fn() -> P>,
 }
 
 const NO_SLOT: u32 = u32::MAX;
@@ -132,8 +138,6 @@ impl<P: IoPayload> fmt::Debug for IoFuture<'_, P> {
     }
 }
 
-impl<P: IoPayload> Unpin for IoFuture<'_, P> {}
-
 #[inline]
 fn waiter(cx: &Context<'_>) -> Waiter {
     match task_of(cx.waker()) {
@@ -142,40 +146,16 @@ fn waiter(cx: &Context<'_>) -> Waiter {
     }
 }
 
-impl<P: IoPayload> IoFuture<'_, P> {
-    /// The first poll: submit, with this future's slot as the completion.
-    #[inline(never)]
-    fn start(&mut self, payload: P, cx: &Context<'_>) {
-        let slot = self.ch.ch.tctx.slot_open(waiter(cx));
-        IoRequest::new(
-            self.desc,
-            self.ch,
-            self.io_type,
-            self.offset,
-            self.num,
-            payload,
-        )
-        .send(IoCallback::Slot(slot));
-        self.slot = slot;
-    }
-}
-
 impl<P: IoPayload> Future for IoFuture<'_, P> {
     type Output = Result<P, IoError<P>>;
 
-    // Always inlined: the second poll is a few instructions, worth no call of its own.
+    // Always inlined: a poll is a few instructions, worth no call of its own.
     #[inline(always)]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if let Some(payload) = self.payload.take() {
-            self.start(payload, cx);
-            // Completions never run inside submit, so nothing can be done yet.
-            return Poll::Pending;
-        }
         if self.slot == NO_SLOT {
             panic!("IoFuture polled after completion");
         }
-        let tctx = &self.ch.ch.tctx;
-        match tctx.slot_take(self.slot) {
+        match self.tctx.slot_poll(self.slot, || waiter(cx)) {
             Some((status, payload)) => {
                 self.slot = NO_SLOT;
                 Poll::Ready(
@@ -186,10 +166,7 @@ impl<P: IoPayload> Future for IoFuture<'_, P> {
                     .into_result(),
                 )
             }
-            None => {
-                tctx.slot_rewait(self.slot, waiter(cx));
-                Poll::Pending
-            }
+            None => Poll::Pending,
         }
     }
 }
@@ -199,7 +176,7 @@ impl<P: IoPayload> Drop for IoFuture<'_, P> {
         if self.slot != NO_SLOT {
             // Completed but not taken: the slot and buffers go now. Still in flight: the
             // completion sees no waiter and frees them.
-            self.ch.ch.tctx.slot_drop(self.slot);
+            self.tctx.slot_drop(self.slot);
         }
     }
 }

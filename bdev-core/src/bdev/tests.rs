@@ -253,6 +253,24 @@ fn a_dropped_io_future_loses_nothing_and_its_slot_is_reused() {
         assert_eq!(tctx.slots_in_use(), 1, "the result waits in the slot");
     }
     assert_eq!(tctx.slots_in_use(), 0);
+    // Submitted when it becomes a future, before any poll: a result that comes first
+    // waits in the slot, and the first poll takes it.
+    {
+        let mut fut = std::pin::pin!(std::future::IntoFuture::into_future(d.read_blocks(
+            &ch,
+            DmaBuf::page_aligned(512).unwrap(),
+            0,
+            1
+        )));
+        assert_eq!(ch.outstanding(), 1, "in flight before its first poll");
+        h.poll_threads();
+        assert_eq!(ch.outstanding(), 0);
+        match fut.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(r) => assert_eq!(r.map(|b| b.len()).ok(), Some(512)),
+            std::task::Poll::Pending => panic!("a completed I/O polled as pending"),
+        }
+        assert_eq!(tctx.slots_in_use(), 0);
+    }
     // The next awaited I/O works and reuses the slot.
     let (d2, ch2) = (d.clone(), ch.clone());
     let ok = h.block_on(0, async move {

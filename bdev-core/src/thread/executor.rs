@@ -21,11 +21,14 @@ use crate::error::Result;
 
 type BoxFuture = Pin<Box<dyn Future<Output = ()>>>;
 
+/// A task, held in the table itself: the future's box, its generation and whether it is
+/// queued. A resumption finds all it needs in the entry (no reference count to chase).
 struct Task {
     gen_: u16,
-    /// `None` once finished (until removed from the table).
-    fut: RefCell<Option<BoxFuture>>,
-    scheduled: Cell<bool>,
+    scheduled: bool,
+    /// Out of the table while the task is being polled (so that its code may spawn, which
+    /// grows the table), and put back after.
+    fut: Option<BoxFuture>,
 }
 
 /// Tasks polled per thread iteration at most, so that pollers keep running.
@@ -33,7 +36,7 @@ const TASK_BATCH: usize = 256;
 
 #[derive(Default)]
 pub(crate) struct Executor {
-    tasks: RefCell<Slab<Rc<Task>>>,
+    tasks: RefCell<Slab<Task>>,
     ready: RefCell<VecDeque<(u32, u16)>>,
     next_gen: Cell<u16>,
     /// Tasks being polled right now (nesting happens when a task's code completes I/O).
@@ -54,20 +57,20 @@ impl Executor {
     fn spawn(&self, slot: u16, fut: BoxFuture) {
         let g = self.next_gen.get().wrapping_add(1);
         self.next_gen.set(g);
-        let idx = self.tasks.borrow_mut().insert(Rc::new(Task {
+        let idx = self.tasks.borrow_mut().insert(Task {
             gen_: g,
-            fut: RefCell::new(Some(fut)),
-            scheduled: Cell::new(true),
-        }));
+            fut: Some(fut),
+            scheduled: true,
+        });
         self.ready.borrow_mut().push_back((idx as u32, g));
         let _ = slot;
     }
 
     /// Marks a task ready (local wake).
     fn wake(&self, idx: u32, g: u16) {
-        let tasks = self.tasks.borrow();
-        if let Some(t) = tasks.get(idx as usize) {
-            if t.gen_ == g && !t.scheduled.replace(true) {
+        let mut tasks = self.tasks.borrow_mut();
+        if let Some(t) = tasks.get_mut(idx as usize) {
+            if t.gen_ == g && !std::mem::replace(&mut t.scheduled, true) {
                 self.ready.borrow_mut().push_back((idx, g));
             }
         }
@@ -98,29 +101,39 @@ impl Executor {
     /// Polls task `idx` now, unless it is already running (then it is queued).
     #[inline]
     fn poll_task(&self, slot: u16, idx: u32, g: u16) {
-        let task = match self.tasks.borrow().get(idx as usize) {
-            Some(t) if t.gen_ == g => t.clone(),
-            _ => return,
+        let mut fut = {
+            let mut tasks = self.tasks.borrow_mut();
+            let Some(t) = tasks.get_mut(idx as usize).filter(|t| t.gen_ == g) else {
+                return;
+            };
+            t.scheduled = false;
+            match t.fut.take() {
+                Some(f) => f,
+                None => {
+                    // Polling itself (a wake from inside its own poll): run it again later.
+                    drop(tasks);
+                    return self.wake(idx, g);
+                }
+            }
         };
-        task.scheduled.set(false);
-        let Ok(mut fut) = task.fut.try_borrow_mut() else {
-            // Polling itself (a wake from inside its own poll): run it again later.
-            return self.wake(idx, g);
-        };
-        let Some(f) = fut.as_mut() else { return };
         // Its drop would be a call through the vtable to a function that does nothing.
         let waker = std::mem::ManuallyDrop::new(make_waker(slot, g, idx));
         let mut cx = Context::from_waker(&waker);
         self.running.set(self.running.get() + 1);
-        let r = f.as_mut().poll(&mut cx);
+        let r = fut.as_mut().poll(&mut cx);
         self.running.set(self.running.get() - 1);
-        if r.is_ready() {
-            let done = fut.take();
-            drop(fut);
-            drop(done);
-            let mut tasks = self.tasks.borrow_mut();
-            if tasks.get(idx as usize).is_some_and(|t| t.gen_ == g) {
+        let mut tasks = self.tasks.borrow_mut();
+        match tasks.get_mut(idx as usize).filter(|t| t.gen_ == g) {
+            Some(t) if r.is_pending() => t.fut = Some(fut),
+            Some(_) => {
                 tasks.remove(idx as usize);
+                drop(tasks);
+                drop(fut);
+            }
+            // The table was cleared while it ran (the thread exits).
+            None => {
+                drop(tasks);
+                drop(fut);
             }
         }
     }
