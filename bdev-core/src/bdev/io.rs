@@ -404,7 +404,7 @@ impl BdevIo {
             offset_blocks,
             num_blocks,
             data_offset,
-            IoCallback::Child(ChildCb::new(cb)),
+            move || IoCallback::Child(ChildCb::new(cb)),
         );
     }
 
@@ -417,7 +417,7 @@ impl BdevIo {
         ch: &BdevChannel,
         cb: impl FnOnce(IoStatus, BdevIo) + 'static,
     ) {
-        self.forward_in_place(desc, ch, None, ChildCb::new(cb));
+        self.forward_in_place(desc, ch, None, Always(cb));
     }
 
     /// Forwards this I/O to `desc`'s bdev at another offset (same type, length and data):
@@ -436,7 +436,7 @@ impl BdevIo {
         offset_blocks: u64,
         cb: impl FnOnce(IoStatus, BdevIo) + 'static,
     ) {
-        self.forward_in_place(desc, ch, Some(offset_blocks), ChildCb::new(cb));
+        self.forward_in_place(desc, ch, Some(offset_blocks), Always(cb));
     }
 
     /// Forwards this I/O unchanged and completes it with the lower bdev's status, with no
@@ -469,7 +469,7 @@ impl BdevIo {
         offset_blocks: u64,
         cb: impl FnOnce(IoStatus, BdevIo) + 'static,
     ) {
-        self.forward_in_place(desc, ch, Some(offset_blocks), OnError(ChildCb::new(cb)));
+        self.forward_in_place(desc, ch, Some(offset_blocks), OnError(cb));
     }
 
     // Always inlined: it is most of a forwarding bdev's data path, and as a call it
@@ -535,11 +535,13 @@ impl BdevIo {
         cb: Option<ChildCb>,
         r: Option<Reject>,
     ) {
-        let cb = IoCallback::Child(
-            cb.unwrap_or_else(|| ChildCb::new(|s: IoStatus, io: BdevIo| io.complete(s))),
-        );
+        let cb = move || {
+            IoCallback::Child(
+                cb.unwrap_or_else(|| ChildCb::new(|s: IoStatus, io: BdevIo| io.complete(s))),
+            )
+        };
         match r {
-            Some(r) => reject(&ch.ch, r, Payload::None, Some(self), cb),
+            Some(r) => reject(&ch.ch, r, Payload::None, Some(self), cb()),
             None => {
                 let (t, n) = (self.io_type(), self.num_blocks());
                 submit_child(self, desc, ch, t, offset_blocks, n, 0, cb)
@@ -606,33 +608,38 @@ impl ForwardCb for NoCb {
     }
 }
 
-impl ForwardCb for ChildCb {
+/// A callback called whatever the lower I/O's status: the upper module's closure, made
+/// into a [`ChildCb`] only where it is stored (built first and moved, its 64 bytes went
+/// through the stack; see [`submit`]).
+struct Always<F>(F);
+
+impl<F: FnOnce(IoStatus, BdevIo) + 'static> ForwardCb for Always<F> {
     #[inline(always)]
     fn push(self, cbs: &mut Vec<ChildCb>) -> u8 {
-        cbs.push(self);
+        cbs.push(ChildCb::new(self.0));
         CB_ALWAYS
     }
 
     #[inline(always)]
     fn slow(self, io: BdevIo, desc: &Desc, ch: &BdevChannel, offset: u64, r: Option<Reject>) {
-        io.forward_slow(desc, ch, offset, Some(self), r)
+        io.forward_slow(desc, ch, offset, Some(ChildCb::new(self.0)), r)
     }
 }
 
 /// A callback wanted only when the lower I/O fails ([`BdevIo::forward_to_on_error`]).
-struct OnError(ChildCb);
+struct OnError<F>(F);
 
-impl ForwardCb for OnError {
+impl<F: FnOnce(IoStatus, BdevIo) + 'static> ForwardCb for OnError<F> {
     #[inline(always)]
     fn push(self, cbs: &mut Vec<ChildCb>) -> u8 {
-        cbs.push(self.0);
+        cbs.push(ChildCb::new(self.0));
         CB_ON_ERROR
     }
 
     #[inline(always)]
     fn slow(self, io: BdevIo, desc: &Desc, ch: &BdevChannel, offset: u64, r: Option<Reject>) {
         // Not in place: the callback hears of every status, as `forward_to`'s does.
-        self.0.slow(io, desc, ch, offset, r)
+        Always(self.0).slow(io, desc, ch, offset, r)
     }
 }
 
@@ -1020,7 +1027,8 @@ fn set_cb(slot: &mut Option<IoCallback>, cb: IoCallback) {
     std::mem::forget(slot.replace(cb));
 }
 
-/// Submits a child of `parent` (see [`BdevIo::submit_child`]).
+/// Submits a child of `parent` (see [`BdevIo::submit_child`]). `cb` makes the callback
+/// where it is stored, as in [`submit`].
 #[inline]
 #[allow(clippy::too_many_arguments)]
 fn submit_child(
@@ -1031,11 +1039,11 @@ fn submit_child(
     offset: u64,
     num: u64,
     data_offset: u64,
-    cb: IoCallback,
+    cb: impl FnOnce() -> IoCallback,
 ) {
     let c = &*ch.ch;
     if let Err(r) = validate_child(desc, c, io_type, offset, num, parent.c(), data_offset) {
-        return reject(c, r, Payload::None, Some(parent), cb);
+        return reject(c, r, Payload::None, Some(parent), cb());
     }
     let tctx = &c.tctx;
     let data_offset = data_offset as usize;
@@ -1046,7 +1054,7 @@ fn submit_child(
                 dma::push_sub_iovs(&parent.c().iovs, &mut ctx.iovs, data_offset, need);
             }
             ctx.hold_parent(parent);
-            ctx.cb = Some(cb);
+            set_cb(&mut ctx.cb, cb());
             return dispatch(&ch.ch, ctx, io_type, offset, num);
         }
     }
@@ -1057,7 +1065,7 @@ fn submit_child(
         num_blocks: num,
         payload: Payload::None,
         parent: Some((ParentRef::Owned(parent), data_offset)),
-        cb,
+        cb: cb(),
         desc_id: 0,
     });
 }
@@ -1315,12 +1323,13 @@ impl SharedIo {
         cb: impl FnOnce(IoStatus, SharedIo) + 'static,
     ) {
         let me = self.clone();
-        let cb = IoCallback::new(move |status, _| cb(status, me));
+        // Made where it is stored (see `submit`).
+        let cb = move || IoCallback::new(move |status, _| cb(status, me));
         let c = &*ch.ch;
         let r = self
             .with(|p| validate_child(desc, c, io_type, offset_blocks, num_blocks, p, data_offset));
         if let Err(r) = r {
-            return reject(c, r, Payload::None, None, cb);
+            return reject(c, r, Payload::None, None, cb());
         }
         let tctx = &c.tctx;
         let data_offset = data_offset as usize;
@@ -1330,7 +1339,7 @@ impl SharedIo {
                     let need = (num_blocks * c.bdev.block_len as u64) as usize;
                     self.with(|p| dma::push_sub_iovs(&p.iovs, &mut ctx.iovs, data_offset, need));
                 }
-                ctx.cb = Some(cb);
+                set_cb(&mut ctx.cb, cb());
                 return dispatch(&ch.ch, ctx, io_type, offset_blocks, num_blocks);
             }
         }
@@ -1341,7 +1350,7 @@ impl SharedIo {
             num_blocks,
             payload: Payload::None,
             parent: Some((ParentRef::Shared(self.clone()), data_offset)),
-            cb,
+            cb: cb(),
             desc_id: 0,
         });
     }
