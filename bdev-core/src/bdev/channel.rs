@@ -6,13 +6,14 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
+use std::task::Waker;
 
 use super::io::{IoCtx, Pending};
 use super::ops::ErasedChannel;
 use super::registry::BdevInner;
 use super::{Bdev, BdevEvent, IoStatus, Payload};
 use crate::error::{Error, Result};
-use crate::thread::{IoChannel, Thread, ThreadInner, current_or};
+use crate::thread::{IoChannel, Thread, ThreadInner, current_or, task_of};
 
 /// A thread's channel to a bdev: what every I/O call takes. Not `Send`; get one per thread
 /// with [`super::Desc::get_io_channel`]. Clones share the channel.
@@ -186,7 +187,7 @@ pub(crate) enum Waiter {
 }
 
 /// Where an async I/O's completion meets its future: a slot of the thread's table, by
-/// index, taken when the future submits and freed when it takes the result (or by the
+/// index, taken when the request becomes a future (and is submitted) and freed when it takes the result (or by the
 /// completion, if the future was dropped first). No reference counts: the future holds
 /// the index, the I/O context holds it in its `IoCallback::Slot`.
 pub(crate) struct AsyncSlot {
@@ -195,12 +196,12 @@ pub(crate) struct AsyncSlot {
     done: Option<(IoStatus, Payload)>,
 }
 
-/// Stores a waiter over one that owns nothing (`None` or `Unpolled`): in place, with no
+/// Stores a waiter over one that owns nothing (not a foreign `Waker`): in place, with no
 /// drop of the old one, where an assignment built the new one on the stack and loaded it
 /// back whole (a store-forwarding stall, `perf annotate`).
 #[inline(always)]
 fn set_waiter(w: &mut Waiter, new: Waiter) {
-    debug_assert!(matches!(w, Waiter::None | Waiter::Unpolled));
+    debug_assert!(!matches!(w, Waiter::Waker(_)));
     std::mem::forget(std::mem::replace(w, new));
 }
 
@@ -421,13 +422,10 @@ impl ThreadCtx {
     }
 
     /// The future's side: the result if it has come (the slot is then freed); else
-    /// `waiter` is who to wake when it comes.
+    /// `waker` is who to wake when it comes: a task of this thread's executor (by its
+    /// packed reference), or any other waker (the cold path).
     #[inline(always)]
-    pub(crate) fn slot_poll(
-        &self,
-        i: u32,
-        waiter: impl FnOnce() -> Waiter,
-    ) -> Option<(IoStatus, Payload)> {
+    pub(crate) fn slot_poll(&self, i: u32, waker: &Waker) -> Option<(IoStatus, Payload)> {
         let mut slots = self.slots.borrow_mut();
         let s = slots.v.get_mut(i as usize)?;
         match s.done.take() {
@@ -436,16 +434,42 @@ impl ThreadCtx {
                 slots.free.push(i);
                 Some(done)
             }
-            None => {
-                // Polled before: a spurious wake replaces its waiter (dropping it).
-                if matches!(s.waiter, Waiter::Unpolled) {
-                    set_waiter(&mut s.waiter, waiter());
-                } else {
-                    s.waiter = waiter();
+            None => match task_of(waker) {
+                Some(t) if !matches!(s.waiter, Waiter::Waker(_)) => {
+                    set_waiter(&mut s.waiter, Waiter::Task(t));
+                    None
                 }
-                None
-            }
+                _ => {
+                    drop(slots);
+                    self.slot_poll_foreign(i, waker)
+                }
+            },
         }
+    }
+
+    /// [`ThreadCtx::slot_poll`] with another executor's waker, or over one: the new waiter
+    /// made, and the old one dropped, outside the table's borrow, since a foreign
+    /// waker's code may reach back into it.
+    #[cold]
+    #[inline(never)]
+    fn slot_poll_foreign(&self, i: u32, waker: &Waker) -> Option<(IoStatus, Payload)> {
+        let new = match task_of(waker) {
+            Some(t) => Waiter::Task(t),
+            None => Waiter::Waker(waker.clone()),
+        };
+        let mut slots = self.slots.borrow_mut();
+        let s = slots.v.get_mut(i as usize)?;
+        if let Some(done) = s.done.take() {
+            // Came while the waker was cloned: its completion woke the old waiter.
+            slots.free.push(i);
+            drop(slots);
+            drop(new);
+            return Some(done);
+        }
+        let old = std::mem::replace(&mut s.waiter, new);
+        drop(slots);
+        drop(old);
+        None
     }
 
     /// Async I/O slots taken and not freed.

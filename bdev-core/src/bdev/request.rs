@@ -20,14 +20,13 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use super::channel::{BdevChannel, ThreadCtx, Waiter};
+use super::channel::{BdevChannel, ThreadCtx};
 use super::desc::Desc;
 use super::io::{IoCallback, submit};
 use super::{Completion, IoError, IoPayload, IoType, Payload};
-use crate::thread::task_of;
 
 /// An I/O ready to go: call [`IoRequest::submit`] or `.await` it.
-#[must_use = "an I/O request does nothing until submitted or awaited"]
+#[must_use = "an I/O request does nothing until submitted or made a future (awaited)"]
 pub struct IoRequest<'a, P: IoPayload> {
     desc: &'a Desc,
     ch: &'a BdevChannel,
@@ -118,9 +117,12 @@ impl<'a, P: IoPayload> IntoFuture for IoRequest<'a, P> {
     }
 }
 
-/// The future of an awaited [`IoRequest`], which is submitted when it becomes this future.
-/// Dropping it before completion abandons the result (the I/O itself still completes,
-/// and its buffers are freed).
+/// The future of an awaited [`IoRequest`]. Unlike most futures, its work has started
+/// when it exists: the I/O is submitted when the request becomes this future
+/// ([`IntoFuture::into_future`], which `.await` calls), so one that is never polled still
+/// performs its I/O (a write lands). Dropping it before completion abandons the result
+/// (the I/O itself still completes, and its buffers are freed).
+#[must_use = "the I/O is already submitted; dropping this future discards its result"]
 pub struct IoFuture<'a, P: IoPayload> {
     /// The thread's I/O state, where the slot is (held directly: the channel's way to it
     /// is a chain of dependent loads, on the path of every resumption).
@@ -138,14 +140,6 @@ impl<P: IoPayload> fmt::Debug for IoFuture<'_, P> {
     }
 }
 
-#[inline]
-fn waiter(cx: &Context<'_>) -> Waiter {
-    match task_of(cx.waker()) {
-        Some(t) => Waiter::Task(t),
-        None => Waiter::Waker(cx.waker().clone()),
-    }
-}
-
 impl<P: IoPayload> Future for IoFuture<'_, P> {
     type Output = Result<P, IoError<P>>;
 
@@ -155,7 +149,7 @@ impl<P: IoPayload> Future for IoFuture<'_, P> {
         if self.slot == NO_SLOT {
             panic!("IoFuture polled after completion");
         }
-        match self.tctx.slot_poll(self.slot, || waiter(cx)) {
+        match self.tctx.slot_poll(self.slot, cx.waker()) {
             Some((status, payload)) => {
                 self.slot = NO_SLOT;
                 Poll::Ready(

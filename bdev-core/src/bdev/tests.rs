@@ -271,6 +271,40 @@ fn a_dropped_io_future_loses_nothing_and_its_slot_is_reused() {
         }
         assert_eq!(tctx.slots_in_use(), 0);
     }
+    // Dropped before its first poll, in flight: the I/O still completes (it was
+    // submitted when it became a future) and its completion frees the slot.
+    {
+        let fut = std::future::IntoFuture::into_future(d.read_blocks(
+            &ch,
+            DmaBuf::page_aligned(512).unwrap(),
+            0,
+            1,
+        ));
+        assert_eq!(ch.outstanding(), 1);
+        drop(fut);
+    }
+    h.poll_threads();
+    assert_eq!(ch.outstanding(), 0);
+    assert_eq!(tctx.slots_in_use(), 0);
+    // Polled twice by its task before completing (the second a spurious wake), then
+    // awaited: the waiter is replaced, and the task is resumed once.
+    let (d3, ch3) = (d.clone(), ch.clone());
+    let ok = h.block_on(0, async move {
+        let buf = DmaBuf::page_aligned(512).unwrap();
+        let mut f = std::pin::pin!(std::future::IntoFuture::into_future(
+            d3.read_blocks(&ch3, buf, 0, 1)
+        ));
+        for _ in 0..2 {
+            std::future::poll_fn(|cx| {
+                assert!(f.as_mut().poll(cx).is_pending());
+                std::task::Poll::Ready(())
+            })
+            .await;
+        }
+        f.await.is_ok()
+    });
+    assert!(ok);
+    assert_eq!(tctx.slots_in_use(), 0);
     // The next awaited I/O works and reuses the slot.
     let (d2, ch2) = (d.clone(), ch.clone());
     let ok = h.block_on(0, async move {
