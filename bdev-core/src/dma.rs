@@ -205,11 +205,11 @@ pub struct Iov {
 }
 
 const _: () = assert!(std::mem::size_of::<Iov>() == std::mem::size_of::<libc::iovec>());
+const _: () = assert!(std::mem::align_of::<Iov>() == std::mem::align_of::<libc::iovec>());
 
 /// An I/O's segment list: the first segment inline (most I/O has one).
 pub(crate) type Iovs = smallvec::SmallVec<[Iov; 1]>;
 const _: () = assert!(std::mem::size_of::<Iovs>() == std::mem::size_of::<Vec<Iov>>());
-const _: () = assert!(std::mem::align_of::<Iov>() == std::mem::align_of::<libc::iovec>());
 
 impl Iov {
     /// Start address.

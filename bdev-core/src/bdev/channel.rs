@@ -187,9 +187,10 @@ pub(crate) enum Waiter {
 }
 
 /// Where an async I/O's completion meets its future: a slot of the thread's table, by
-/// index, taken when the request becomes a future (and is submitted) and freed when it takes the result (or by the
-/// completion, if the future was dropped first). No reference counts: the future holds
-/// the index, the I/O context holds it in its `IoCallback::Slot`.
+/// index, taken when the request becomes a future (and is submitted) and freed when the
+/// future takes the result (or by the completion, if the future was dropped first). No
+/// reference counts: the future holds the index, the I/O context holds it in its
+/// `IoCallback::Slot`.
 pub(crate) struct AsyncSlot {
     /// `Waiter::None` once the future is gone (or the slot is free).
     waiter: Waiter,

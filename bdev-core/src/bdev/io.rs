@@ -417,7 +417,7 @@ impl BdevIo {
         ch: &BdevChannel,
         cb: impl FnOnce(IoStatus, BdevIo) + 'static,
     ) {
-        self.forward_in_place(desc, ch, None, Always(cb));
+        self.forward_in_place(desc, ch, None, WithCb::<_, CB_ALWAYS>(cb));
     }
 
     /// Forwards this I/O to `desc`'s bdev at another offset (same type, length and data):
@@ -436,7 +436,7 @@ impl BdevIo {
         offset_blocks: u64,
         cb: impl FnOnce(IoStatus, BdevIo) + 'static,
     ) {
-        self.forward_in_place(desc, ch, Some(offset_blocks), Always(cb));
+        self.forward_in_place(desc, ch, Some(offset_blocks), WithCb::<_, CB_ALWAYS>(cb));
     }
 
     /// Forwards this I/O unchanged and completes it with the lower bdev's status, with no
@@ -469,7 +469,7 @@ impl BdevIo {
         offset_blocks: u64,
         cb: impl FnOnce(IoStatus, BdevIo) + 'static,
     ) {
-        self.forward_in_place(desc, ch, Some(offset_blocks), OnError(cb));
+        self.forward_in_place(desc, ch, Some(offset_blocks), WithCb::<_, CB_ON_ERROR>(cb));
     }
 
     // Always inlined: it is most of a forwarding bdev's data path, and as a call it
@@ -608,38 +608,23 @@ impl ForwardCb for NoCb {
     }
 }
 
-/// A callback called whatever the lower I/O's status: the upper module's closure, made
-/// into a [`ChildCb`] only where it is stored (built first and moved, its 64 bytes went
-/// through the stack; see [`submit`]).
-struct Always<F>(F);
+/// The upper module's closure and its `CB_*` kind (`CB_ALWAYS`, or `CB_ON_ERROR` for
+/// [`BdevIo::forward_to_on_error`]), made into a [`ChildCb`] only where it is stored
+/// (built first and moved, its 64 bytes went through the stack; see [`submit`]).
+struct WithCb<F, const KIND: u8>(F);
 
-impl<F: FnOnce(IoStatus, BdevIo) + 'static> ForwardCb for Always<F> {
+impl<F: FnOnce(IoStatus, BdevIo) + 'static, const KIND: u8> ForwardCb for WithCb<F, KIND> {
     #[inline(always)]
     fn push(self, cbs: &mut Vec<ChildCb>) -> u8 {
         cbs.push(ChildCb::new(self.0));
-        CB_ALWAYS
+        KIND
     }
 
+    // Not in place, either kind: the callback hears of every status, as `forward_to`'s
+    // does.
     #[inline(always)]
     fn slow(self, io: BdevIo, desc: &Desc, ch: &BdevChannel, offset: u64, r: Option<Reject>) {
         io.forward_slow(desc, ch, offset, Some(ChildCb::new(self.0)), r)
-    }
-}
-
-/// A callback wanted only when the lower I/O fails ([`BdevIo::forward_to_on_error`]).
-struct OnError<F>(F);
-
-impl<F: FnOnce(IoStatus, BdevIo) + 'static> ForwardCb for OnError<F> {
-    #[inline(always)]
-    fn push(self, cbs: &mut Vec<ChildCb>) -> u8 {
-        cbs.push(ChildCb::new(self.0));
-        CB_ON_ERROR
-    }
-
-    #[inline(always)]
-    fn slow(self, io: BdevIo, desc: &Desc, ch: &BdevChannel, offset: u64, r: Option<Reject>) {
-        // Not in place: the callback hears of every status, as `forward_to`'s does.
-        Always(self.0).slow(io, desc, ch, offset, r)
     }
 }
 
