@@ -42,6 +42,7 @@
 pub mod process;
 pub mod raid;
 pub mod sb;
+pub(crate) mod split;
 
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
