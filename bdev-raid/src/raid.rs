@@ -25,8 +25,11 @@ use crate::split::ReadSplit;
 use crate::{Error, RaidLevel, RaidState};
 
 /// raid1 reads: a home member takes a read while it has at most twice the least busy
-/// member's outstanding I/O plus this many.
+/// member's outstanding I/O plus this many (both averaged, see [`AVG_READS`]).
 const HOME_CAP_SLACK: u64 = 32;
+/// raid1 reads: a member's outstanding I/O is averaged over about this many reads (an
+/// exponential average, updated at each read) before the home cap compares it.
+const AVG_READS: u64 = 64;
 
 /// The module's name, which also names its claims.
 pub const MODULE: &str = "raid";
@@ -600,6 +603,9 @@ pub(crate) struct Member {
     read: Cell<bool>,
     /// It failed I/O on this thread: use it no more (the control thread removes it).
     failed: Cell<bool>,
+    /// raid1 reads: its outstanding I/O on this thread, averaged over the last reads
+    /// (times [`AVG_READS`]).
+    avg_out: Cell<u64>,
 }
 
 /// A thread's channel to the RAID: its channel to each member, and the state that keeps
@@ -631,6 +637,7 @@ impl RaidCh {
                     data_offset: s.data_offset,
                     read: Cell::new(s.state == SlotState::Configured),
                     failed: Cell::new(false),
+                    avg_out: Cell::new(0),
                 }),
                 _ => None,
             });
@@ -704,6 +711,7 @@ impl RaidCh {
                 data_offset,
                 read: Cell::new(false),
                 failed: Cell::new(false),
+                avg_out: Cell::new(0),
             });
         }
         Ok(())
@@ -832,20 +840,19 @@ fn forward(ch: &IoChannel<RaidCh>, io: BdevIo, i: usize, mlba: u64) {
 
 /// A raid1 read: to the member whose home part of the array holds it ([`crate::split`]),
 /// unless that member can't read or has more than twice (plus [`HOME_CAP_SLACK`]) the
-/// I/Os outstanding on this thread of the least busy readable member; then, and for a
-/// retry, to the readable member with the fewest I/Os outstanding (SPDK's rule). When it
-/// fails, the read goes to the next member (`tried` has a bit for each member tried);
-/// once it is served, the first member that failed (`bad`) gets those blocks rewritten
-/// ([`correct_read_error`]). `bad` leaves the array only if that write fails too, or if
-/// no member could serve the read.
+/// I/Os outstanding on this thread of the least busy readable member, averaged over the
+/// last reads; then, and for a retry, to the readable member with the fewest I/Os
+/// outstanding now (SPDK's rule). When it fails, the read goes to the next member
+/// (`tried` has a bit for each member tried); once it is served, the first member that
+/// failed (`bad`) gets those blocks rewritten ([`correct_read_error`]). `bad` leaves the
+/// array only if that write fails too, or if no member could serve the read.
 // The cap keeps a burst that falls in one part (a sequential read at a high queue depth)
-// on both members: the home one holds about twice the other's I/O, plus the slack. It
-// is loose because completions come in batches, a member's poller finishing its whole
-// batch at once: for a moment its count is near zero while the other's is not, and the
-// reads submitted then went away from home under a tighter cap (the least busy + 8
-// measured the same as no locality at all on malloc disks). Under an even load it still
-// sends some reads away at those moments: 0.905 of one malloc disk with the cap against
-// 0.927 with none (docs/benchmarks.md, session 14).
+// on both members, the home one holding about twice the other's I/O, and it sends reads
+// away from a member that has fallen behind (a slower device). It compares averages
+// because completions come in batches, a member's poller finishing its whole batch at
+// once: for a moment its count is near zero while the other's is not, and a cap on the
+// counts of the moment sent the reads submitted then away from home (the least busy + 8
+// measured the same as no locality at all on malloc disks).
 // `bad` is a u8 to keep the completion's captures within the callback's inline room
 // (DEFER_INLINE): a usize there made every raid1 read allocate (tests/no_alloc.rs).
 fn raid1_read(ch: &IoChannel<RaidCh>, io: BdevIo, tried: u64, last: IoStatus, bad: Option<u8>) {
@@ -858,22 +865,26 @@ fn raid1_read(ch: &IoChannel<RaidCh>, io: BdevIo, tried: u64, last: IoStatus, ba
             usize::MAX
         };
         let mut best: Option<(usize, u64)> = None;
-        let mut home_o = None;
+        let (mut home_a, mut min_a) = (None, u64::MAX);
         for (i, m) in members.iter().enumerate() {
             let Some(m) = m else { continue };
             if !m.read.get() || tried & (1 << i) != 0 {
                 continue;
             }
             let o = m.ch.outstanding();
+            let a = m.avg_out.get();
+            let a = a - a / AVG_READS + o;
+            m.avg_out.set(a);
+            min_a = min_a.min(a);
             if i == home {
-                home_o = Some(o);
+                home_a = Some(a);
             }
             if best.is_none_or(|(_, b)| o < b) {
                 best = Some((i, o));
             }
         }
-        match (home_o, best) {
-            (Some(h), Some((_, b))) if h <= 2 * b + HOME_CAP_SLACK => Some(home),
+        match home_a {
+            Some(h) if h <= 2 * min_a + HOME_CAP_SLACK * AVG_READS => Some(home),
             _ => best.map(|(i, _)| i),
         }
     };

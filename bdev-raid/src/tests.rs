@@ -937,3 +937,63 @@ fn set_options_keeps_what_the_call_leaves_out() {
     assert_eq!(opts(&h).process_window_size_kb, 64);
     assert_ne!(dflt.process_window_size_kb, 64);
 }
+
+fn read_ops(h: &Harness, m: &Rc<Methods>, bdev: &str) -> u64 {
+    let v = call(h, m, "bdev_get_iostat", json!({ "name": bdev })).unwrap();
+    v["bdevs"][0]["num_read_ops"].as_u64().unwrap()
+}
+
+/// Submits `lbas.len()` one-block reads of `name` at once on thread 0, then awaits them.
+fn read_burst(h: &Harness, name: &str, lbas: Vec<u64>) {
+    let name = name.to_string();
+    h.block_on(0, async move {
+        let d = Desc::open(&name, false, |_| {}).unwrap();
+        let bl = d.bdev().block_len() as usize;
+        let ch = d.get_io_channel().unwrap();
+        let futs: Vec<_> = lbas
+            .iter()
+            .map(|&lba| {
+                let buf = DmaBuf::page_aligned(bl).unwrap();
+                std::future::IntoFuture::into_future(d.read_blocks(&ch, buf, lba, 1))
+            })
+            .collect();
+        for f in futs {
+            f.await.map_err(|e| e.status.to_string()).unwrap();
+        }
+    })
+}
+
+#[test]
+fn raid1_reads_go_home_by_part_and_a_burst_spills_over() {
+    let (h, m) = harness();
+    for n in ["M0", "M1"] {
+        malloc(&h, &m, n, 8192, 512);
+    }
+    call(
+        &h,
+        &m,
+        "bdev_raid_create",
+        json!({"name": "R1", "raid_level": "raid1", "base_bdevs": ["M0", "M1"]}),
+    )
+    .unwrap();
+    let ops = |h: &Harness| (read_ops(h, &m, "M0"), read_ops(h, &m, "M1"));
+    let before = ops(&h);
+    // One at a time: each half of the array is read from its own member.
+    for i in 0..16 {
+        read(&h, 0, "R1", i * 200, 1).unwrap();
+    }
+    let first = ops(&h);
+    assert_eq!((first.0 - before.0, first.1 - before.1), (16, 0));
+    for i in 0..16 {
+        read(&h, 0, "R1", 4096 + i * 200, 1).unwrap();
+    }
+    let second = ops(&h);
+    assert_eq!((second.0 - first.0, second.1 - first.1), (0, 16));
+    // 512 reads at once, all in the first half: the home member's queue grows past twice
+    // the other's plus the slack, and the rest spills over to the other member.
+    read_burst(&h, "R1", (0..512).map(|i| i % 4096).collect());
+    let third = ops(&h);
+    let (a, b) = (third.0 - second.0, third.1 - second.1);
+    assert_eq!(a + b, 512);
+    assert!(a > b && b > 0, "home {a}, other {b}");
+}
