@@ -13,14 +13,18 @@
 //!   degraded. A failed read goes on to the next member; then the blocks are rewritten
 //!   on the member that failed it from one in service (SPDK's read-error correction),
 //!   which leaves only if that write fails too, or if no member could serve the read.
-//!   Reads go to the member with the
-//!   fewest I/Os outstanding on the thread. `bdev_raid_add_base_bdev` puts a new member in
-//!   an empty slot and rebuilds it ([`process`]).
+//!   Reads go to a home member by LBA part, with SPDK's least-outstanding rule as the
+//!   fallback (a deviation, below). `bdev_raid_add_base_bdev` puts a new member in an
+//!   empty slot and rebuilds it ([`process`]).
 //! - **superblock** ([`sb`]): SPDK's on-disk layout, at block 0 of every member; with
 //!   `superblock: true` the array's data starts 1 MiB into each member, and the array
 //!   reassembles itself through examine when its members appear.
 //!
 //! Deviations from SPDK v24.09, on purpose:
+//! - raid1 reads go to the member whose contiguous part of the array holds them, the
+//!   parts' bounds moving toward equal read shares, unless that member is far busier
+//!   than the least busy one (see `split`): each member then caches half the working
+//!   set. SPDK sends every read to the member with the fewest blocks outstanding.
 //! - a base bdev that does not exist at `bdev_raid_create` is an error (-ENODEV), not a
 //!   slot left waiting: a mistyped name otherwise leaves an array silently `configuring`.
 //!   Arrays with a superblock still assemble from whichever members appear, and SPDK's

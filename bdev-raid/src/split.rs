@@ -7,16 +7,17 @@
 //! serves half the array's working set (of two), not all of it, and what it caches keeps
 //! twice the reach: a device's mapping-table cache, the host's page cache under a file,
 //! the page-table and TLB entries of a RAM disk. Measured on this machine's malloc disks
-//! (docs/benchmarks.md, session 14): raid1 randread over two 256 MiB malloc disks went from
-//! 0.84 to 0.91 of one malloc disk, in six rounds out of six, with every read still split
-//! half and half between the members.
+//! (docs/benchmarks.md, session 14): raid1 randread over two 256 MiB malloc disks went
+//! from 0.85 to 0.92 of one malloc disk, in twelve rounds out of twelve, with the reads
+//! still split half and half between the members.
 //!
 //! The parts' bounds move so that each part gets an equal share of the reads, which keeps
 //! the members balanced under a skewed load too: every [`ADJUST_EVERY`] reads, each bound
 //! moves toward the busier of its two parts by the width that, were the reads spread
-//! evenly over the narrower part, would carry a quarter of the difference over. A load that moves (a
-//! sequential read sweeping the array) spreads its reads over the parts in time, and the
-//! bounds stay put; its short-term bursts are what the outstanding-I/O cap is for.
+//! evenly over the narrower part, would carry a quarter of the difference over. A load
+//! that moves (a sequential read sweeping the array) spreads its reads over the parts in
+//! time, and the bounds stay put; its short-term bursts are what the outstanding-I/O cap
+//! is for.
 
 use smallvec::SmallVec;
 
