@@ -4,7 +4,7 @@
 //! Threads: control operations (create, delete, add and remove a base, a member's
 //! hot-remove, the rebuild) run on the thread that created the RAID (the application's
 //! thread); the data path runs on every thread with a channel. Each thread's
-//! [`RaidCh`] holds its own channel to every member. Control changes reach the channels
+//! `RaidCh` holds its own channel to every member. Control changes reach the channels
 //! through `for_each_channel` on the RAID's own io_device, as SPDK's raid does: a member
 //! leaves each channel before its descriptor closes, a new member joins each channel
 //! before any write counts on it.
