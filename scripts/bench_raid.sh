@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 5's figures (1 core, 4 KiB, queue depth 128): raid0 over two null bdevs against
 # one null bdev (randread); raid1 over two malloc bdevs against one malloc bdev, reads
-# (randread) and writes (randwrite). Interleaved N times; medians and ratios.
+# (randread) and writes (randwrite); raid1 reads also with our raid1_read_affinity
+# option. Interleaved N times; medians and ratios.
 #   N=5 T=5 scripts/bench_raid.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,7 @@ NULL=target/bench-raid-null.json
 R0=target/bench-raid0.json
 MAL=target/bench-raid-malloc.json
 R1=target/bench-raid1.json
+R1A=target/bench-raid1-affinity.json
 null() { echo "{\"method\":\"bdev_null_create\",\"params\":{\"name\":\"$1\",\"num_blocks\":2097152,\"block_size\":4096}}"; }
 mal() { echo "{\"method\":\"bdev_malloc_create\",\"params\":{\"name\":\"$1\",\"num_blocks\":65536,\"block_size\":4096}}"; }
 cfg() { echo "{\"subsystems\":[{\"subsystem\":\"bdev\",\"config\":[$1]}]}"; }
@@ -20,12 +22,14 @@ cfg "$(null Null0)" > "$NULL"
 cfg "$(null Null0),$(null Null1),{\"method\":\"bdev_raid_create\",\"params\":{\"name\":\"R0\",\"raid_level\":\"raid0\",\"strip_size_kb\":64,\"base_bdevs\":[\"Null0\",\"Null1\"]}}" > "$R0"
 cfg "$(mal Malloc0)" > "$MAL"
 cfg "$(mal Malloc0),$(mal Malloc1),{\"method\":\"bdev_raid_create\",\"params\":{\"name\":\"R1\",\"raid_level\":\"raid1\",\"base_bdevs\":[\"Malloc0\",\"Malloc1\"]}}" > "$R1"
+# The same with our raid1_read_affinity option (reads to a home member by LBA part).
+cfg "{\"method\":\"bdev_raid_set_options\",\"params\":{\"raid1_read_affinity\":true}},$(mal Malloc0),$(mal Malloc1),{\"method\":\"bdev_raid_create\",\"params\":{\"name\":\"R1\",\"raid_level\":\"raid1\",\"base_bdevs\":[\"Malloc0\",\"Malloc1\"]}}" > "$R1A"
 iops() { grep -a 'Total' | tail -1 | awk -F: '{print $2}' | awk '{print $1}'; }
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.3f", a/b}'; }
 run() { $BP -c "$1" -T "$2" -q 128 -o 4096 -w "$3" -t "$T" -m 0x1 | iops; }
 declare -A runs
-keys=(null raid0_null malloc_read raid1_read malloc_write raid1_write)
+keys=(null raid0_null malloc_read raid1_read raid1_read_affinity malloc_write raid1_write)
 for i in $(seq "$N"); do
   for k in "${keys[@]}"; do
     case $k in
@@ -33,6 +37,7 @@ for i in $(seq "$N"); do
       raid0_null) v=$(run "$R0" R0 randread) ;;
       malloc_read) v=$(run "$MAL" Malloc0 randread) ;;
       raid1_read) v=$(run "$R1" R1 randread) ;;
+      raid1_read_affinity) v=$(run "$R1A" R1 randread) ;;
       malloc_write) v=$(run "$MAL" Malloc0 randwrite) ;;
       raid1_write) v=$(run "$R1" R1 randwrite) ;;
     esac
@@ -47,4 +52,5 @@ for k in "${keys[@]}"; do
 done
 echo "raid0(2 x null) / null: $(ratio "${med[raid0_null]}" "${med[null]}")"
 echo "raid1(2 x malloc) / malloc, reads: $(ratio "${med[raid1_read]}" "${med[malloc_read]}")"
+echo "raid1(2 x malloc, raid1_read_affinity) / malloc, reads: $(ratio "${med[raid1_read_affinity]}" "${med[malloc_read]}")"
 echo "raid1(2 x malloc) / malloc, writes: $(ratio "${med[raid1_write]}" "${med[malloc_write]}")"

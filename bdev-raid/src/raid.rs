@@ -24,8 +24,9 @@ use uuid::Uuid;
 use crate::split::ReadSplit;
 use crate::{Error, RaidLevel, RaidState};
 
-/// raid1 reads: a home member takes a read while it has at most twice the least busy
-/// member's outstanding I/O plus this many (both averaged, see [`AVG_READS`]).
+/// raid1 reads with `raid1_read_affinity`: a home member takes a read while it has at
+/// most twice the least busy member's outstanding I/O plus this many (both averaged, see
+/// [`AVG_READS`]).
 const HOME_CAP_SLACK: u64 = 32;
 /// raid1 reads: a member's outstanding I/O is averaged over about this many reads (an
 /// exponential average, updated at each read) before the home cap compares it.
@@ -621,12 +622,15 @@ pub(crate) struct RaidCh {
     epoch: Cell<usize>,
     /// A window lock waiting for the older generation's writes to finish.
     drain: RefCell<Option<ForEachChannel>>,
-    /// raid1 reads: each member slot's home part of the array (see [`crate::split`]).
-    split: RefCell<ReadSplit>,
+    /// raid1 reads with `raid1_read_affinity`: each member slot's home part of the
+    /// array on this thread (see [`crate::split`]).
+    split: Option<RefCell<ReadSplit>>,
 }
 
 impl RaidCh {
     fn new(r: &Arc<Raid>) -> bdev_core::Result<RaidCh> {
+        // Read before the array's lock: that one is never held while taking the module's.
+        let affinity = crate::Raids::get().is_ok_and(|r| r.opts().raid1_read_affinity);
         let st = r.lock();
         let mut members = Vec::with_capacity(st.slots.len());
         for s in &st.slots {
@@ -650,7 +654,7 @@ impl RaidCh {
             writes: [Cell::new(0), Cell::new(0)],
             epoch: Cell::new(0),
             drain: RefCell::new(None),
-            split: RefCell::new(ReadSplit::new(st.raid_size, st.slots.len())),
+            split: affinity.then(|| RefCell::new(ReadSplit::new(st.raid_size, st.slots.len()))),
         })
     }
 
@@ -838,31 +842,33 @@ fn forward(ch: &IoChannel<RaidCh>, io: BdevIo, i: usize, mlba: u64) {
     }
 }
 
-/// A raid1 read: to the member whose home part of the array holds it ([`crate::split`]),
-/// unless that member can't read or has more than twice (plus [`HOME_CAP_SLACK`]) the
-/// I/Os outstanding on this thread of the least busy readable member, averaged over the
-/// last reads; then, and for a retry, to the readable member with the fewest I/Os
-/// outstanding now (SPDK's rule). When it fails, the read goes to the next member
-/// (`tried` has a bit for each member tried); once it is served, the first member that
-/// failed (`bad`) gets those blocks rewritten ([`correct_read_error`]). `bad` leaves the
-/// array only if that write fails too, or if no member could serve the read.
-// The cap keeps a burst that falls in one part (a sequential read at a high queue depth)
-// on both members, the home one holding about twice the other's I/O, and it sends reads
-// away from a member that has fallen behind (a slower device). It compares averages
-// because completions come in batches, a member's poller finishing its whole batch at
-// once: for a moment its count is near zero while the other's is not, and a cap on the
-// counts of the moment sent the reads submitted then away from home (the least busy + 8
-// measured the same as no locality at all on malloc disks).
+/// A raid1 read: to the readable member with the fewest I/Os outstanding on this thread
+/// (ties to the lowest slot). With `raid1_read_affinity`, to the member whose home part
+/// of the array holds it ([`crate::split`]) unless that member can't read or has more
+/// than twice (plus [`HOME_CAP_SLACK`]) the I/Os outstanding of the least busy readable
+/// member, both averaged over the last reads; a retry always goes by fewest outstanding.
+/// When it fails, the read goes to the next member (`tried` has a bit for each member
+/// tried); once it is served, the first member that failed (`bad`) gets those blocks
+/// rewritten ([`correct_read_error`]). `bad` leaves the array only if that write fails
+/// too, or if no member could serve the read.
+// The cap spreads a burst that falls in one part (a sequential read at a high queue
+// depth) over both members, the home one holding about twice the other's I/O, and sends
+// reads away from a member whose queue has grown far past the others'. It compares
+// averages because completions come in batches, a member's poller finishing its whole
+// batch at once: for a moment its count is near zero while the other's is not, and a
+// cap on the counts of the moment sent the reads submitted then away from home (the
+// least busy + 8 measured the same as no locality at all on malloc disks). Below the
+// cap a sequential stream stays on its home member, and a slow member keeps its half
+// of the reads: the trade-off that keeps the option off by default.
 // `bad` is a u8 to keep the completion's captures within the callback's inline room
 // (DEFER_INLINE): a usize there made every raid1 read allocate (tests/no_alloc.rs).
 fn raid1_read(ch: &IoChannel<RaidCh>, io: BdevIo, tried: u64, last: IoStatus, bad: Option<u8>) {
     let pick = {
         let members = ch.members.borrow();
         // A retry goes by outstanding I/O alone (its home member has failed it).
-        let home = if tried == 0 {
-            ch.split.borrow_mut().home(io.offset_blocks())
-        } else {
-            usize::MAX
+        let home = match &ch.split {
+            Some(s) if tried == 0 => s.borrow_mut().home(io.offset_blocks()),
+            _ => usize::MAX,
         };
         let mut best: Option<(usize, u64)> = None;
         let (mut home_a, mut min_a) = (None, u64::MAX);
@@ -872,12 +878,14 @@ fn raid1_read(ch: &IoChannel<RaidCh>, io: BdevIo, tried: u64, last: IoStatus, ba
                 continue;
             }
             let o = m.ch.outstanding();
-            let a = m.avg_out.get();
-            let a = a - a / AVG_READS + o;
-            m.avg_out.set(a);
-            min_a = min_a.min(a);
-            if i == home {
-                home_a = Some(a);
+            if home != usize::MAX {
+                let a = m.avg_out.get();
+                let a = a - a / AVG_READS + o;
+                m.avg_out.set(a);
+                min_a = min_a.min(a);
+                if i == home {
+                    home_a = Some(a);
+                }
             }
             if best.is_none_or(|(_, b)| o < b) {
                 best = Some((i, o));

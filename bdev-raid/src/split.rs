@@ -1,23 +1,26 @@
-//! Where a raid1 read goes first: each member slot has a home part of the array, one
+//! Where a raid1 read goes first with `bdev_raid_set_options {"raid1_read_affinity":
+//! true}` (ours; off by default): each member slot has a home part of the array, one
 //! contiguous range of blocks, and a read goes to the member whose part holds it
 //! (`raid1_read` falls back to the least busy member when that one can't take it, or
-//! when it has far more I/O outstanding than the least busy one).
+//! when it has far more I/O outstanding than the least busy one). Each thread's raid
+//! channel keeps its own parts.
 //!
-//! Why parts rather than only the least outstanding I/O (SPDK's rule): a member then
-//! serves half the array's working set (of two), not all of it, and what it caches keeps
-//! twice the reach: a device's mapping-table cache, the host's page cache under a file,
-//! the page-table and TLB entries of a RAM disk. Measured on this machine's malloc disks
-//! (docs/benchmarks.md, session 14): raid1 randread over two 256 MiB malloc disks went
-//! from 0.85 to 0.92 of one malloc disk, in twelve rounds out of twelve, with the reads
-//! still split half and half between the members.
+//! Why parts rather than only the least outstanding I/O (the default, as SPDK): a member
+//! then serves half the array's working set (of two), not all of it, and what it caches
+//! keeps twice the reach: a device's mapping-table cache, the host's page cache under a
+//! file, the page-table and TLB entries of a RAM disk. Measured on this machine's malloc
+//! disks (docs/benchmarks.md, session 14): raid1 randread over two 256 MiB malloc disks
+//! went from 0.85 to 0.92 of one malloc disk, in twelve rounds out of twelve, with the
+//! reads still split half and half between the members. What it costs: below the
+//! outstanding-I/O cap a sequential stream stays on one member, and a slow member keeps
+//! its share of the reads.
 //!
 //! The parts' bounds move so that each part gets an equal share of the reads, which keeps
 //! the members balanced under a skewed load too: every [`ADJUST_EVERY`] reads, each bound
-//! moves toward the busier of its two parts by the width that, were the reads spread
-//! evenly over the narrower part, would carry a quarter of the difference over. A load
-//! that moves (a sequential read sweeping the array) spreads its reads over the parts in
-//! time, and the bounds stay put; its short-term bursts are what the outstanding-I/O cap
-//! is for.
+//! moves toward the busier of its two parts by the narrower part's width times
+//! `(busier - other) / (4 * busier)`, the two parts' read counts. A sequential sweep puts
+//! every read of a period in one part, so the bound chases the sweep's front across the
+//! array while it runs (the counts stay even over time; the locality is lost meanwhile).
 
 use smallvec::SmallVec;
 
