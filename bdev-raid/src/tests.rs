@@ -330,7 +330,25 @@ fn mirror(h: &Harness, m: &Rc<Methods>, superblock: bool) {
 
 #[test]
 fn raid1_mirrors_survives_a_failing_member_and_rebuilds_a_new_one() {
+    mirror_fails_and_rebuilds(false);
+}
+
+/// The same with reads by home part (`raid1_read_affinity`): a home member that leaves,
+/// and one being rebuilt, give their reads to the others.
+#[test]
+fn raid1_with_read_affinity_survives_a_failing_member_and_rebuilds_a_new_one() {
+    mirror_fails_and_rebuilds(true);
+}
+
+fn mirror_fails_and_rebuilds(affinity: bool) {
     let (h, m) = harness();
+    call(
+        &h,
+        &m,
+        "bdev_raid_set_options",
+        json!({ "raid1_read_affinity": affinity }),
+    )
+    .unwrap();
     mirror(&h, &m, false);
     let size = h.run_on(0, || get_by_name("R1").unwrap().num_blocks());
     assert_eq!(size, 8192);
@@ -1029,4 +1047,43 @@ fn raid1_reads_by_default_go_to_the_least_busy_member() {
     );
     assert_eq!(a + b, 512);
     assert!(a.abs_diff(b) <= 2, "M0 {a}, M1 {b}");
+}
+
+#[test]
+fn three_way_mirror_with_read_affinity_reads_each_third_from_its_member() {
+    let (h, m) = harness();
+    call(
+        &h,
+        &m,
+        "bdev_raid_set_options",
+        json!({"raid1_read_affinity": true}),
+    )
+    .unwrap();
+    for n in ["M0", "M1", "M2"] {
+        malloc(&h, &m, n, 3000, 512);
+    }
+    call(
+        &h,
+        &m,
+        "bdev_raid_create",
+        json!({"name": "R1", "raid_level": "raid1", "base_bdevs": ["M0", "M1", "M2"]}),
+    )
+    .unwrap();
+    for i in 0..30u64 {
+        write(&h, 0, "R1", i * 100, 100, i).unwrap();
+    }
+    let ops = |h: &Harness| ["M0", "M1", "M2"].map(|b| read_ops(h, &m, b));
+    for third in 0..3u64 {
+        let before = ops(&h);
+        for i in 0..10u64 {
+            let lba = third * 1000 + i * 100;
+            let back = read(&h, 0, "R1", lba, 100).unwrap();
+            assert_eq!(&back[..], &pattern(100 * 512, lba / 100)[..], "block {lba}");
+        }
+        let after = ops(&h);
+        let got: Vec<u64> = (0..3).map(|j| after[j] - before[j]).collect();
+        let mut want = vec![0; 3];
+        want[third as usize] = 10;
+        assert_eq!(got, want, "third {third}");
+    }
 }
