@@ -21,9 +21,10 @@ cfg() { echo "{\"subsystems\":[{\"subsystem\":\"bdev\",\"config\":[$1]}]}"; }
 cfg "$(null Null0)" > "$NULL"
 cfg "$(null Null0),$(null Null1),{\"method\":\"bdev_raid_create\",\"params\":{\"name\":\"R0\",\"raid_level\":\"raid0\",\"strip_size_kb\":64,\"base_bdevs\":[\"Null0\",\"Null1\"]}}" > "$R0"
 cfg "$(mal Malloc0)" > "$MAL"
-cfg "$(mal Malloc0),$(mal Malloc1),{\"method\":\"bdev_raid_create\",\"params\":{\"name\":\"R1\",\"raid_level\":\"raid1\",\"base_bdevs\":[\"Malloc0\",\"Malloc1\"]}}" > "$R1"
+r1="$(mal Malloc0),$(mal Malloc1),{\"method\":\"bdev_raid_create\",\"params\":{\"name\":\"R1\",\"raid_level\":\"raid1\",\"base_bdevs\":[\"Malloc0\",\"Malloc1\"]}}"
+cfg "$r1" > "$R1"
 # The same with our raid1_read_affinity option (reads to a home member by LBA part).
-cfg "{\"method\":\"bdev_raid_set_options\",\"params\":{\"raid1_read_affinity\":true}},$(mal Malloc0),$(mal Malloc1),{\"method\":\"bdev_raid_create\",\"params\":{\"name\":\"R1\",\"raid_level\":\"raid1\",\"base_bdevs\":[\"Malloc0\",\"Malloc1\"]}}" > "$R1A"
+cfg "{\"method\":\"bdev_raid_set_options\",\"params\":{\"raid1_read_affinity\":true}},$r1" > "$R1A"
 iops() { grep -a 'Total' | tail -1 | awk -F: '{print $2}' | awk '{print $1}'; }
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.3f", a/b}'; }

@@ -867,8 +867,8 @@ fn raid1_read(ch: &IoChannel<RaidCh>, io: BdevIo, tried: u64, last: IoStatus, ba
         let members = ch.members.borrow();
         // A retry goes by outstanding I/O alone (its home member has failed it).
         let home = match &ch.split {
-            Some(s) if tried == 0 => s.borrow_mut().home(io.offset_blocks()),
-            _ => usize::MAX,
+            Some(s) if tried == 0 => Some(s.borrow_mut().home(io.offset_blocks())),
+            _ => None,
         };
         let mut best: Option<(usize, u64)> = None;
         let (mut home_a, mut min_a) = (None, u64::MAX);
@@ -878,13 +878,13 @@ fn raid1_read(ch: &IoChannel<RaidCh>, io: BdevIo, tried: u64, last: IoStatus, ba
                 continue;
             }
             let o = m.ch.outstanding();
-            if home != usize::MAX {
+            if let Some(h) = home {
                 let a = m.avg_out.get();
                 let a = a - a / AVG_READS + o;
                 m.avg_out.set(a);
                 min_a = min_a.min(a);
-                if i == home {
-                    home_a = Some(a);
+                if i == h {
+                    home_a = Some((h, a));
                 }
             }
             if best.is_none_or(|(_, b)| o < b) {
@@ -892,7 +892,7 @@ fn raid1_read(ch: &IoChannel<RaidCh>, io: BdevIo, tried: u64, last: IoStatus, ba
             }
         }
         match home_a {
-            Some(h) if h <= 2 * min_a + HOME_CAP_SLACK * AVG_READS => Some(home),
+            Some((h, a)) if a <= 2 * min_a + HOME_CAP_SLACK * AVG_READS => Some(h),
             _ => best.map(|(i, _)| i),
         }
     };

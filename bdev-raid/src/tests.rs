@@ -342,13 +342,7 @@ fn raid1_with_read_affinity_survives_a_failing_member_and_rebuilds_a_new_one() {
 
 fn mirror_fails_and_rebuilds(affinity: bool) {
     let (h, m) = harness();
-    call(
-        &h,
-        &m,
-        "bdev_raid_set_options",
-        json!({ "raid1_read_affinity": affinity }),
-    )
-    .unwrap();
+    read_affinity(&h, &m, affinity);
     mirror(&h, &m, false);
     let size = h.run_on(0, || get_by_name("R1").unwrap().num_blocks());
     assert_eq!(size, 8192);
@@ -982,19 +976,25 @@ fn read_burst(h: &Harness, name: &str, lbas: Vec<u64>) {
     })
 }
 
-#[test]
-fn raid1_reads_go_home_by_part_and_a_burst_spills_over() {
+/// Turns `raid1_read_affinity` on or off for raid channels opened from now on.
+fn read_affinity(h: &Harness, m: &Rc<Methods>, on: bool) {
+    call(
+        h,
+        m,
+        "bdev_raid_set_options",
+        json!({ "raid1_read_affinity": on }),
+    )
+    .unwrap();
+}
+
+/// A harness with R1, a raid1 over two malloc disks M0 and M1 of 8192 blocks of 512 B,
+/// its reads by home part or not (`affinity`).
+fn malloc_mirror(affinity: bool) -> (Harness, Rc<Methods>) {
     let (h, m) = harness();
     for n in ["M0", "M1"] {
         malloc(&h, &m, n, 8192, 512);
     }
-    call(
-        &h,
-        &m,
-        "bdev_raid_set_options",
-        json!({"raid1_read_affinity": true}),
-    )
-    .unwrap();
+    read_affinity(&h, &m, affinity);
     call(
         &h,
         &m,
@@ -1002,6 +1002,12 @@ fn raid1_reads_go_home_by_part_and_a_burst_spills_over() {
         json!({"name": "R1", "raid_level": "raid1", "base_bdevs": ["M0", "M1"]}),
     )
     .unwrap();
+    (h, m)
+}
+
+#[test]
+fn raid1_reads_go_home_by_part_and_a_burst_spills_over() {
+    let (h, m) = malloc_mirror(true);
     let ops = |h: &Harness| (read_ops(h, &m, "M0"), read_ops(h, &m, "M1"));
     let before = ops(&h);
     // One at a time: each half of the array is read from its own member.
@@ -1027,17 +1033,7 @@ fn raid1_reads_go_home_by_part_and_a_burst_spills_over() {
 
 #[test]
 fn raid1_reads_by_default_go_to_the_least_busy_member() {
-    let (h, m) = harness();
-    for n in ["M0", "M1"] {
-        malloc(&h, &m, n, 8192, 512);
-    }
-    call(
-        &h,
-        &m,
-        "bdev_raid_create",
-        json!({"name": "R1", "raid_level": "raid1", "base_bdevs": ["M0", "M1"]}),
-    )
-    .unwrap();
+    let (h, m) = malloc_mirror(false);
     // A burst in one half goes to both members, evenly.
     let before = (read_ops(&h, &m, "M0"), read_ops(&h, &m, "M1"));
     read_burst(&h, "R1", (0..512).map(|i| i % 4096).collect());
@@ -1052,13 +1048,7 @@ fn raid1_reads_by_default_go_to_the_least_busy_member() {
 #[test]
 fn three_way_mirror_with_read_affinity_reads_each_third_from_its_member() {
     let (h, m) = harness();
-    call(
-        &h,
-        &m,
-        "bdev_raid_set_options",
-        json!({"raid1_read_affinity": true}),
-    )
-    .unwrap();
+    read_affinity(&h, &m, true);
     for n in ["M0", "M1", "M2"] {
         malloc(&h, &m, n, 3000, 512);
     }
