@@ -19,13 +19,14 @@ declare -A cmd=(
   [null_randread_qd1_1core]="$BP -c $NULL -q 1 -o 4096 -w randread -t $T -m 0x1"
   [null_randread_qd128_2core]="$BP -c $NULL -q 128 -o 4096 -w randread -t $T -m 0x3"
   [null_randread_qd128_1core_async]="$BP -c $NULL -q 128 -o 4096 -w randread -t $T -m 0x1 --async"
+  [null_randread_qd128_1core_async_set]="$BP -c $NULL -q 128 -o 4096 -w randread -t $T -m 0x1 --async-set"
   [malloc_randread_qd32_1core]="$BP -q 32 -o 4096 -w randread -t $T -m 0x1"
   [malloc_randwrite_qd32_1core]="$BP -q 32 -o 4096 -w randwrite -t $T -m 0x1"
   [memcpy_4k_random_read]="target/release/examples/memcpy_limit read $T"
   [memcpy_4k_random_write]="target/release/examples/memcpy_limit write $T"
 )
 order=(null_randread_qd128_1core null_randread_qd1_1core null_randread_qd128_2core
-       null_randread_qd128_1core_async malloc_randread_qd32_1core malloc_randwrite_qd32_1core
+       null_randread_qd128_1core_async null_randread_qd128_1core_async_set malloc_randread_qd32_1core malloc_randwrite_qd32_1core
        memcpy_4k_random_read memcpy_4k_random_write)
 declare -A runs
 for i in $(seq "$N"); do
@@ -48,5 +49,6 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", a/b}'; }
 echo
 echo "two cores / one core (null qd128): $(ratio "${med[null_randread_qd128_2core]}" "${med[null_randread_qd128_1core]}")"
 echo "async / callback (null qd128): $(ratio "${med[null_randread_qd128_1core_async]}" "${med[null_randread_qd128_1core]}")"
+echo "async IoSet / callback (null qd128): $(ratio "${med[null_randread_qd128_1core_async_set]}" "${med[null_randread_qd128_1core]}")"
 echo "malloc randread / memcpy read bound: $(ratio "${med[malloc_randread_qd32_1core]}" "${med[memcpy_4k_random_read]}")"
 echo "malloc randwrite / memcpy write bound: $(ratio "${med[malloc_randwrite_qd32_1core]}" "${med[memcpy_4k_random_write]}")"

@@ -1,5 +1,5 @@
 //! The data path allocates nothing in steady state: a million I/Os through the null and
-//! malloc bdevs, by callback and by `.await`, through raid0 and raid1, and 200 k over
+//! malloc bdevs, by callback, by `.await` and through an `IoSet`, through raid0 and raid1, and 200 k over
 //! NVMe/TCP (against the null target), with a counting global allocator. Counts are
 //! per OS thread (the harness runs every lightweight thread on the test's own thread), so
 //! other tests running in parallel don't disturb them.
@@ -54,6 +54,18 @@ const MEASURED: u64 = 1_000_000;
 /// Runs a closed loop of QD tasks (reads and writes, or awaited reads); returns the
 /// allocations made during the measured million I/Os that follow the warm-up.
 fn allocations_in_steady_state(bdev: &str, awaited: bool) -> u64 {
+    allocations_with(bdev, if awaited { Mode::Await } else { Mode::Callback })
+}
+
+#[derive(Clone, Copy)]
+enum Mode {
+    Callback,
+    Await,
+    /// One task keeping the depth in flight in an `IoSet`.
+    Set,
+}
+
+fn allocations_with(bdev: &str, mode: Mode) -> u64 {
     let h = Harness::new(1);
     if let Some(level) = bdev.strip_prefix("raid_") {
         // A raid over two null bdevs.
@@ -76,10 +88,10 @@ fn allocations_in_steady_state(bdev: &str, awaited: bool) -> u64 {
         malloc::create(MallocOpts::new(bdev, 8192, 4096)).unwrap();
     }
     let l = IoLoop::open(bdev).unwrap();
-    if awaited {
-        l.start_async(QD)
-    } else {
-        l.start(QD, true)
+    match mode {
+        Mode::Callback => l.start(QD, true),
+        Mode::Await => l.start_async(QD),
+        Mode::Set => l.start_set(QD),
     }
     .unwrap();
     // Warm up: caches, queues and pools reach their steady size.
@@ -114,6 +126,15 @@ fn malloc_bdev_callbacks_allocate_nothing_per_io() {
 fn async_io_allocates_nothing_per_io() {
     let n = allocations_in_steady_state("null_async", true);
     assert_eq!(n, 0, "{n} heap allocations during {MEASURED} awaited I/Os");
+}
+
+#[test]
+fn io_set_allocates_nothing_per_io() {
+    let n = allocations_with("null_set", Mode::Set);
+    assert_eq!(
+        n, 0,
+        "{n} heap allocations during {MEASURED} I/Os in an IoSet"
+    );
 }
 
 #[test]

@@ -325,6 +325,28 @@ impl IoLoop {
         Ok(())
     }
 
+    /// Starts one task that keeps `depth` reads in flight in an [`crate::bdev::IoSet`].
+    pub fn start_set(self: &std::rc::Rc<Self>, depth: usize) -> crate::Result<()> {
+        let set = crate::bdev::IoSet::<u64>::with_capacity(depth);
+        for i in 0..depth {
+            set.push(
+                self.desc.read_blocks(&self.ch, self.buf()?, self.lba(), 1),
+                i as u64,
+            );
+        }
+        let me = self.clone();
+        crate::thread::spawn_local(async move {
+            while let Some((i, c)) = set.next().await {
+                me.count(c.is_success());
+                let buf = c.payload;
+                if !me.stop.get() {
+                    set.push(me.desc.read_blocks(&me.ch, buf, me.lba(), 1), i);
+                }
+            }
+        })?;
+        Ok(())
+    }
+
     /// I/Os completed so far.
     pub fn done(&self) -> u64 {
         self.done.get()

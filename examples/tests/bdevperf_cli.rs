@@ -288,6 +288,9 @@ fn every_workload_runs_on_malloc() {
         ("flush", &[][..]),
         ("write_zeroes", &[][..]),
         ("randread", &["--async"][..]),
+        ("randrw", &["-M", "30", "--async-set"][..]),
+        ("unmap", &["--async-set"][..]),
+        ("verify", &["--async-set"][..]),
     ] {
         let mut args = vec!["-q", "8", "-o", "8k", "-w", w, "-t", "1"];
         args.extend_from_slice(extra);

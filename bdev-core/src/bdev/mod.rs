@@ -4,7 +4,8 @@
 //! Three tiers, as SPDK has:
 //! - consumers: [`Desc::open`] a bdev by name, [`Desc::get_io_channel`] on each thread,
 //!   then `desc.read_blocks(&ch, buf, lba, n)` and friends, which build an [`IoRequest`]
-//!   to `.submit(callback)` or `.await`;
+//!   to `.submit(callback)`, `.await`, or push into an [`IoSet`] (one task taking many
+//!   I/Os' completions);
 //! - module authors: implement [`BdevOps`], describe the bdev with [`BdevProps`],
 //!   [`register`] it, complete each [`BdevIo`] they are handed;
 //! - everything else is private to the crate.
@@ -29,6 +30,7 @@ mod channel;
 mod desc;
 mod histogram;
 mod io;
+mod ioset;
 mod ops;
 mod props;
 mod qos;
@@ -45,6 +47,7 @@ pub use channel::BdevChannel;
 pub use desc::Desc;
 pub use histogram::{BUCKET_SHIFT as HISTOGRAM_BUCKET_SHIFT, Histogram};
 pub use io::{BdevIo, SharedIo};
+pub use ioset::{IoSet, Next as IoSetNext};
 pub use ops::{BdevOps, DestructDone};
 pub use props::BdevProps;
 pub use qos::QosLimits;

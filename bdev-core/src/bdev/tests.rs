@@ -365,3 +365,95 @@ fn an_io_future_polled_by_another_executor_is_woken_through_its_waker() {
     }
     assert_eq!(ch.ch.tctx.slots_in_use(), 0);
 }
+
+#[test]
+fn an_io_set_hands_back_every_completion_with_its_tag() {
+    let h = Harness::new(1);
+    test_bdev("t_set", Behaviour::Inline, 1);
+    let d = Rc::new(Desc::open("t_set", true, |_| {}).unwrap());
+    let ch = Rc::new(d.get_io_channel().unwrap());
+    let (d2, ch2) = (d.clone(), ch.clone());
+    let got = h.block_on(0, async move {
+        let set: IoSet<u32> = IoSet::new();
+        assert!(set.next().await.is_none(), "an empty set ends at once");
+        for i in 0..8u32 {
+            let buf = DmaBuf::page_aligned(512).unwrap();
+            set.push(d2.read_blocks(&ch2, buf, i as u64, 1), i);
+        }
+        // Past the end of the bdev (1024 blocks): refused, and handed back as a failure
+        // with its buffer.
+        let buf = DmaBuf::page_aligned(512).unwrap();
+        set.push(d2.read_blocks(&ch2, buf, 1024, 1), 99);
+        assert_eq!(set.len(), 9);
+        let mut got = Vec::new();
+        while let Some((tag, r)) = set.next().await {
+            let r = r.into_result();
+            got.push((
+                tag,
+                r.map(|b| b.len()).map_err(|e| (e.status, e.payload.len())),
+            ));
+        }
+        assert!(set.is_empty());
+        got
+    });
+    let mut tags: Vec<u32> = got.iter().map(|(t, _)| *t).collect();
+    tags.sort();
+    assert_eq!(tags, [0, 1, 2, 3, 4, 5, 6, 7, 99]);
+    for (tag, r) in got {
+        match tag {
+            99 => assert!(matches!(
+                r,
+                Err((IoStatus::Rejected(Reject::OutOfRange), 512))
+            )),
+            _ => assert_eq!(r, Ok(512)),
+        }
+    }
+    assert_eq!(ch.outstanding(), 0);
+}
+
+#[test]
+fn an_io_set_wakes_its_waiter_once_per_batch_and_loses_nothing_when_dropped() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    struct Count(AtomicUsize);
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let h = Harness::new(1);
+    test_bdev("t_set_wake", Behaviour::Inline, 1);
+    let d = Desc::open("t_set_wake", true, |_| {}).unwrap();
+    let ch = d.get_io_channel().unwrap();
+    let count = Arc::new(Count(AtomicUsize::new(0)));
+    let w = std::task::Waker::from(count.clone());
+    let set: IoSet<u32> = IoSet::with_capacity(4);
+    for i in 0..4u32 {
+        set.push(
+            d.read_blocks(&ch, DmaBuf::page_aligned(512).unwrap(), 0, 1),
+            i,
+        );
+    }
+    {
+        let mut next = std::pin::pin!(set.next());
+        let mut cx = std::task::Context::from_waker(&w);
+        assert!(next.as_mut().poll(&mut cx).is_pending());
+    }
+    h.poll_threads();
+    assert_eq!(count.0.load(Ordering::SeqCst), 1, "one wake for the four");
+    let mut tags: Vec<u32> = std::iter::from_fn(|| set.try_next())
+        .map(|(t, _)| t)
+        .collect();
+    tags.sort();
+    assert_eq!(tags, [0, 1, 2, 3]);
+    // Dropped with I/O in flight and results not taken: every I/O still completes.
+    for i in 0..4u32 {
+        set.push(
+            d.read_blocks(&ch, DmaBuf::page_aligned(512).unwrap(), 0, 1),
+            i,
+        );
+    }
+    assert_eq!(ch.outstanding(), 4);
+    drop(set);
+    h.poll_threads();
+    assert_eq!(ch.outstanding(), 0);
+}

@@ -46,6 +46,19 @@ impl Workload {
         })
     }
 
+    /// Reads and writes only (of a buffer each, no verify).
+    pub fn is_read_write(self) -> bool {
+        matches!(
+            self,
+            Workload::Read
+                | Workload::Write
+                | Workload::RandRead
+                | Workload::RandWrite
+                | Workload::Rw
+                | Workload::RandRw
+        )
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Workload::Read => "read",
@@ -162,6 +175,11 @@ struct Cli {
     /// Submit I/O through the async (future) API instead of callbacks
     #[arg(long = "async")]
     async_api: bool,
+    /// With the async API, one task per job keeping the whole queue depth in flight in an
+    /// IoSet (completions taken as they come), instead of a task per slot awaiting each
+    /// I/O; verify and reset still run a task per slot
+    #[arg(long = "async-set")]
+    async_set: bool,
     /// Wait for the perform_tests RPC (SPDK's bdevperf.py) instead of running at once
     #[arg(short = 'z')]
     wait_for_rpc: bool,
@@ -201,6 +219,7 @@ pub struct Params {
     pub show_period_s: Option<u64>,
     pub continue_on_failure: bool,
     pub async_api: bool,
+    pub async_set: bool,
     pub wait_for_rpc: bool,
     pub rpc_socket: PathBuf,
     pub plot: Option<PathBuf>,
@@ -334,7 +353,8 @@ pub fn parse() -> Result<Parsed, String> {
         target: cli.target,
         show_period_s: cli.show_period,
         continue_on_failure: cli.continue_on_failure,
-        async_api: cli.async_api,
+        async_api: cli.async_api || cli.async_set,
+        async_set: cli.async_set,
         wait_for_rpc: cli.wait_for_rpc,
         rpc_socket: cli.rpc_socket,
         plot: cli.plot,

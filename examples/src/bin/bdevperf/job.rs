@@ -9,7 +9,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 
-use bdev_core::bdev::{BdevChannel, BdevEvent, Completion, Desc, Histogram};
+use bdev_core::bdev::{BdevChannel, BdevEvent, Completion, Desc, Histogram, IoSet};
 use bdev_core::dma::DmaBuf;
 use bdev_core::oneshot;
 use bdev_core::thread::{self, PollStatus, Poller, Thread};
@@ -214,6 +214,16 @@ impl Job {
         }
 
         job.st.borrow_mut().start = thread.now();
+        if p.async_set && !p.workload.is_verify() && p.workload != Workload::Reset {
+            let j = job.clone();
+            let r = if p.workload.is_read_write() {
+                thread::spawn_local(j.set_loop())
+            } else {
+                thread::spawn_local(j.set_loop_nodata())
+            };
+            r.map_err(|e| e.to_string())?;
+            return Ok(());
+        }
         for idx in 0..job.spec.queue_depth as usize {
             if p.async_api {
                 let j = job.clone();
@@ -517,6 +527,98 @@ impl Job {
         self.end_task(idx, buf, None);
     }
 
+    /// The whole job as one async task over an [`IoSet`]: every slot's I/O in flight at
+    /// once, their completions taken in the order they come. The tag is the slot, whose
+    /// submission tick and offset wait in the task table, as on the callback path (a tag
+    /// of one word keeps the completion's captures to two).
+    async fn set_loop(self: Rc<Self>) {
+        let qd = self.spec.queue_depth as usize;
+        let set: IoSet<usize> = IoSet::with_capacity(qd);
+        for idx in 0..qd {
+            let Some(b) = self.take_buffers(idx).0 else {
+                self.lost_buffer(idx);
+                continue;
+            };
+            if let Err(b) = self.set_submit(&set, idx, b) {
+                self.tasks.borrow_mut()[idx].buf = Some(b);
+                break;
+            }
+        }
+        while let Some((idx, c)) = set.next().await {
+            let (b, ok) = (c.payload, c.status.is_success());
+            if !self.account(idx, ok) {
+                self.tasks.borrow_mut()[idx].buf = Some(b);
+            } else if let Err(b) = self.set_submit(&set, idx, b) {
+                self.tasks.borrow_mut()[idx].buf = Some(b);
+            }
+        }
+        self.maybe_finish();
+    }
+
+    /// [`Job::set_loop`] for unmap, flush and write_zeroes (no buffers).
+    async fn set_loop_nodata(self: Rc<Self>) {
+        let qd = self.spec.queue_depth as usize;
+        let set: IoSet<usize, ()> = IoSet::with_capacity(qd);
+        for idx in 0..qd {
+            if !self.set_submit_nodata(&set, idx) {
+                break;
+            }
+        }
+        while let Some((idx, c)) = set.next().await {
+            if self.account(idx, c.is_success()) {
+                self.set_submit_nodata(&set, idx);
+            }
+        }
+        self.maybe_finish();
+    }
+
+    /// Slot `idx`'s next I/O in [`Job::set_loop_nodata`]; false if the job is draining.
+    fn set_submit_nodata(&self, set: &IoSet<usize, ()>, idx: usize) -> bool {
+        let Some((op, off)) = self.next_io() else {
+            return false;
+        };
+        let lba = self.lba(off);
+        let n = self.spec.io_blocks;
+        {
+            let mut tasks = self.tasks.borrow_mut();
+            let t = &mut tasks[idx];
+            t.submit_tick = self.thread.now();
+            t.off_ios = off;
+        }
+        let (d, ch) = (&self.desc, &self.ch);
+        let req = match op {
+            Op::Unmap => d.unmap_blocks(ch, lba, n),
+            Op::Flush => d.flush_blocks(ch, lba, n),
+            _ => d.write_zeroes_blocks(ch, lba, n),
+        };
+        set.push(req, idx);
+        true
+    }
+
+    /// Slot `idx`'s next read or write in [`Job::set_loop`], into `set`; the buffer back if
+    /// the job is draining.
+    #[inline]
+    fn set_submit(&self, set: &IoSet<usize>, idx: usize, b: DmaBuf) -> Result<(), DmaBuf> {
+        let Some((op, off)) = self.next_io() else {
+            return Err(b);
+        };
+        let lba = self.lba(off);
+        let n = self.spec.io_blocks;
+        {
+            let mut tasks = self.tasks.borrow_mut();
+            let t = &mut tasks[idx];
+            t.submit_tick = self.thread.now();
+            t.off_ios = off;
+        }
+        let req = if op == Op::Read {
+            self.desc.read_blocks(&self.ch, b, lba, n)
+        } else {
+            self.desc.write_blocks(&self.ch, b, lba, n)
+        };
+        set.push(req, idx);
+        Ok(())
+    }
+
     /// [`Job::task_loop`] for verify (and reset, which runs verify I/O).
     async fn verify_loop(self: Rc<Self>, idx: usize) {
         let (mut buf, mut rbuf) = self.take_buffers(idx);
@@ -554,7 +656,7 @@ impl Job {
     }
 
     /// The next I/O of an async task (counted in flight), or `None` once draining.
-    #[inline]
+    #[inline(always)]
     fn next_io(&self) -> Option<(Op, u64)> {
         let mut st = self.st.borrow_mut();
         if st.draining {
