@@ -327,7 +327,7 @@ impl IoLoop {
 
     /// Starts one task that keeps `depth` reads in flight in an [`crate::bdev::IoSet`].
     pub fn start_set(self: &std::rc::Rc<Self>, depth: usize) -> crate::Result<()> {
-        let set = crate::bdev::IoSet::<u64>::with_capacity(depth);
+        let mut set = crate::bdev::IoSet::<u64>::with_capacity(depth);
         for i in 0..depth {
             set.push(
                 self.desc.read_blocks(&self.ch, self.buf()?, self.lba(), 1),
@@ -336,7 +336,7 @@ impl IoLoop {
         }
         let me = self.clone();
         crate::thread::spawn_local(async move {
-            while let Some((i, c)) = set.next().await {
+            while let Some((i, c)) = set.join_next().await {
                 me.count(c.is_success());
                 let buf = c.payload;
                 if !me.stop.get() {

@@ -13,11 +13,11 @@
 //! # use bdev_core::bdev::{Desc, BdevChannel, IoSet};
 //! # use bdev_core::dma::DmaBuf;
 //! # async fn f(desc: &Desc, ch: &BdevChannel) -> Result<(), Box<dyn std::error::Error>> {
-//! let set = IoSet::new();
+//! let mut set = IoSet::new();
 //! for i in 0..32u64 {
 //!     set.push(desc.read_blocks(ch, DmaBuf::page_aligned(4096)?, i, 1), i);
 //! }
-//! while let Some((lba, c)) = set.next().await {
+//! while let Some((lba, c)) = set.join_next().await {
 //!     if !c.is_success() {
 //!         return Err(format!("read of block {lba}: {}", c.status).into());
 //!     }
@@ -38,14 +38,15 @@ use super::{Completion, IoPayload, IoRequest};
 use crate::dma::DmaBuf;
 
 /// I/Os in flight, each with a tag of the caller's (`T`: a slot index, an offset),
-/// completed into one queue that [`IoSet::next`] takes from in the order they complete.
+/// completed into one queue that [`IoSet::join_next`] takes from in the order they complete.
 /// Steady state allocates nothing as long as a tag is at most 24 bytes (the completion's
 /// captures, the set's reference and the tag, then fit inline in the I/O context; see
 /// [`crate::thread::DEFER_INLINE`]).
 ///
-/// One task takes the completions (a second waiter replaces the first). The set lives on
-/// one thread. Dropping it with I/O in flight is fine: each I/O still completes, and its
-/// result (and buffers) go once the last one has.
+/// One task takes the completions ([`IoSet::join_next`] takes `&mut self`). The set lives on
+/// one thread. An I/O can't be taken back once pushed (as with any bdev I/O: a reset of
+/// the bdev is what aborts); dropping the set drops the results that came and, as each
+/// I/O still in flight completes, its result (and buffers) then.
 pub struct IoSet<T: 'static, P: IoPayload = DmaBuf> {
     inner: Rc<Inner<T, P>>,
 }
@@ -53,11 +54,15 @@ pub struct IoSet<T: 'static, P: IoPayload = DmaBuf> {
 struct Inner<T, P> {
     /// Completed and not yet taken, oldest first.
     done: RefCell<VecDeque<(T, Completion<P>)>>,
-    /// The task waiting in [`IoSet::next`], while `done` is empty. (Waking this crate's
-    /// executor's task costs a thread-local lookup, once per batch of completions.)
-    waker: RefCell<Option<Waker>>,
-    /// Whether `waker` is set (one load on each completion's path, not a borrow).
+    /// The task waiting in [`IoSet::join_next`], while `done` is empty. A `Cell`, not a
+    /// `RefCell`: a waker's `wake` or drop may run any code, this set's included, and no
+    /// borrow is held meanwhile. (Waking this crate's executor's task costs a thread-local
+    /// lookup, once per batch of completions.)
+    waker: Cell<Option<Waker>>,
+    /// Whether `waker` is set (one load on each completion's path).
     waiting: Cell<bool>,
+    /// The set was dropped: completions still in flight are dropped as they come.
+    closed: Cell<bool>,
     in_flight: Cell<usize>,
 }
 
@@ -89,14 +94,15 @@ impl<T: 'static, P: IoPayload> IoSet<T, P> {
         IoSet {
             inner: Rc::new(Inner {
                 done: RefCell::new(VecDeque::with_capacity(n)),
-                waker: RefCell::new(None),
+                waker: Cell::new(None),
                 waiting: Cell::new(false),
+                closed: Cell::new(false),
                 in_flight: Cell::new(0),
             }),
         }
     }
 
-    /// Submits `req` now; its result comes out of [`IoSet::next`] with `tag`. A request
+    /// Submits `req` now; its result comes out of [`IoSet::join_next`] with `tag`. A request
     /// the layer refuses (range, permissions, buffer) comes out as a failure too.
     #[inline]
     pub fn push(&self, req: IoRequest<'_, P>, tag: T) {
@@ -108,15 +114,16 @@ impl<T: 'static, P: IoPayload> IoSet<T, P> {
 
     /// The next completion, as `(tag, completion)` (status and payload, as a callback gets
     /// them; [`Completion::into_result`] makes it a `Result`); waits for one if none is
-    /// there yet. `None` when nothing is in flight and nothing is left to take.
+    /// there yet. `None` when nothing is in flight and nothing is left to take. Dropping
+    /// the future loses nothing (it holds no state). `&mut self`: one waiter at a time.
     #[inline]
-    pub fn next(&self) -> Next<'_, T, P> {
+    pub fn join_next(&mut self) -> Next<'_, T, P> {
         Next { set: self }
     }
 
-    /// The next completion if one is there now.
+    /// The next completion if one is there now (never waits).
     #[inline]
-    pub fn try_next(&self) -> Option<(T, Completion<P>)> {
+    pub fn try_join_next(&mut self) -> Option<(T, Completion<P>)> {
         let mut done = self.inner.done.borrow_mut();
         let (tag, c) = done.pop_front()?;
         if done.is_empty() {
@@ -125,6 +132,27 @@ impl<T: 'static, P: IoPayload> IoSet<T, P> {
             done.clear();
         }
         Some((tag, c))
+    }
+
+    /// [`IoSet::join_next`] as a poll function (for a `Stream` adapter, or a hand-written
+    /// future): `Ready(None)` when nothing is in flight and nothing is left to take.
+    #[inline]
+    pub fn poll_join_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<(T, Completion<P>)>> {
+        if let Some(r) = self.try_join_next() {
+            return Poll::Ready(Some(r));
+        }
+        let inner = &self.inner;
+        if inner.in_flight.get() == 0 {
+            return Poll::Ready(None);
+        }
+        let new = match inner.waker.take() {
+            Some(old) if old.will_wake(cx.waker()) => old,
+            // The old one (if any) is dropped here, with no borrow held.
+            _ => cx.waker().clone(),
+        };
+        inner.waker.set(Some(new));
+        inner.waiting.set(true);
+        Poll::Pending
     }
 
     /// I/Os submitted and not yet completed.
@@ -143,10 +171,25 @@ impl<T: 'static, P: IoPayload> IoSet<T, P> {
     }
 }
 
+impl<T: 'static, P: IoPayload> Drop for IoSet<T, P> {
+    fn drop(&mut self) {
+        // What is in flight still completes (each I/O holds the set's queue); its result
+        // is dropped then, and what completed already goes now.
+        self.inner.closed.set(true);
+        self.inner.waiting.set(false);
+        drop(self.inner.waker.take());
+        let done = std::mem::take(&mut *self.inner.done.borrow_mut());
+        drop(done);
+    }
+}
+
 impl<T, P> Inner<T, P> {
     #[inline]
     fn complete(&self, tag: T, c: Completion<P>) {
         self.in_flight.set(self.in_flight.get() - 1);
+        if self.closed.get() {
+            return;
+        }
         self.done.borrow_mut().push_back((tag, c));
         // Only the first completion after the task went to sleep wakes it, and through the
         // executor's queue: the rest of the batch (a poller's whole drain) lands before it
@@ -154,17 +197,17 @@ impl<T, P> Inner<T, P> {
         // instead, as an awaited I/O's task is, measured ~15 % slower.)
         if self.waiting.get() {
             self.waiting.set(false);
-            if let Some(w) = self.waker.borrow_mut().take() {
+            if let Some(w) = self.waker.take() {
                 w.wake();
             }
         }
     }
 }
 
-/// The future of [`IoSet::next`].
+/// The future of [`IoSet::join_next`].
 #[must_use = "futures do nothing unless awaited"]
 pub struct Next<'a, T: 'static, P: IoPayload> {
-    set: &'a IoSet<T, P>,
+    set: &'a mut IoSet<T, P>,
 }
 
 impl<T: 'static, P: IoPayload> fmt::Debug for Next<'_, T, P> {
@@ -177,20 +220,7 @@ impl<T: 'static, P: IoPayload> Future for Next<'_, T, P> {
     type Output = Option<(T, Completion<P>)>;
 
     #[inline]
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if let Some(r) = self.set.try_next() {
-            return Poll::Ready(Some(r));
-        }
-        let inner = &self.set.inner;
-        if inner.in_flight.get() == 0 {
-            return Poll::Ready(None);
-        }
-        let mut w = inner.waker.borrow_mut();
-        match &*w {
-            Some(old) if old.will_wake(cx.waker()) => {}
-            _ => *w = Some(cx.waker().clone()),
-        }
-        inner.waiting.set(true);
-        Poll::Pending
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.set.poll_join_next(cx)
     }
 }

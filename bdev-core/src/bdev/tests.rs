@@ -374,8 +374,8 @@ fn an_io_set_hands_back_every_completion_with_its_tag() {
     let ch = Rc::new(d.get_io_channel().unwrap());
     let (d2, ch2) = (d.clone(), ch.clone());
     let got = h.block_on(0, async move {
-        let set: IoSet<u32> = IoSet::new();
-        assert!(set.next().await.is_none(), "an empty set ends at once");
+        let mut set: IoSet<u32> = IoSet::new();
+        assert!(set.join_next().await.is_none(), "an empty set ends at once");
         for i in 0..8u32 {
             let buf = DmaBuf::page_aligned(512).unwrap();
             set.push(d2.read_blocks(&ch2, buf, i as u64, 1), i);
@@ -386,7 +386,7 @@ fn an_io_set_hands_back_every_completion_with_its_tag() {
         set.push(d2.read_blocks(&ch2, buf, 1024, 1), 99);
         assert_eq!(set.len(), 9);
         let mut got = Vec::new();
-        while let Some((tag, r)) = set.next().await {
+        while let Some((tag, r)) = set.join_next().await {
             let r = r.into_result();
             got.push((
                 tag,
@@ -426,7 +426,7 @@ fn an_io_set_wakes_its_waiter_once_per_batch_and_loses_nothing_when_dropped() {
     let ch = d.get_io_channel().unwrap();
     let count = Arc::new(Count(AtomicUsize::new(0)));
     let w = std::task::Waker::from(count.clone());
-    let set: IoSet<u32> = IoSet::with_capacity(4);
+    let mut set: IoSet<u32> = IoSet::with_capacity(4);
     for i in 0..4u32 {
         set.push(
             d.read_blocks(&ch, DmaBuf::page_aligned(512).unwrap(), 0, 1),
@@ -434,13 +434,13 @@ fn an_io_set_wakes_its_waiter_once_per_batch_and_loses_nothing_when_dropped() {
         );
     }
     {
-        let mut next = std::pin::pin!(set.next());
+        let mut next = std::pin::pin!(set.join_next());
         let mut cx = std::task::Context::from_waker(&w);
         assert!(next.as_mut().poll(&mut cx).is_pending());
     }
     h.poll_threads();
     assert_eq!(count.0.load(Ordering::SeqCst), 1, "one wake for the four");
-    let mut tags: Vec<u32> = std::iter::from_fn(|| set.try_next())
+    let mut tags: Vec<u32> = std::iter::from_fn(|| set.try_join_next())
         .map(|(t, _)| t)
         .collect();
     tags.sort();

@@ -176,8 +176,9 @@ struct Cli {
     #[arg(long = "async")]
     async_api: bool,
     /// With the async API, one task per job keeping the whole queue depth in flight in an
-    /// IoSet (completions taken as they come), instead of a task per slot awaiting each
-    /// I/O; verify and reset still run a task per slot
+    /// IoSet (completions taken as they come, latency counted until the task takes
+    /// them), instead of a task per slot awaiting each I/O; verify and reset still run a
+    /// task per slot
     #[arg(long = "async-set")]
     async_set: bool,
     /// Wait for the perform_tests RPC (SPDK's bdevperf.py) instead of running at once

@@ -133,15 +133,7 @@ impl Job {
         let buf_len = (spec.io_blocks * spec.block_len as u64) as usize;
         let align = desc.bdev().buf_align().max(bdev_core::dma::DEFAULT_ALIGN);
         let verify = p.workload.is_verify();
-        let data = matches!(
-            p.workload,
-            Workload::Read
-                | Workload::Write
-                | Workload::RandRead
-                | Workload::RandWrite
-                | Workload::Rw
-                | Workload::RandRw
-        ) || verify;
+        let data = p.workload.is_read_write() || verify;
         let mut tasks = Vec::with_capacity(spec.queue_depth as usize);
         for _ in 0..spec.queue_depth {
             let alloc = || {
@@ -214,7 +206,7 @@ impl Job {
         }
 
         job.st.borrow_mut().start = thread.now();
-        if p.async_set && !p.workload.is_verify() && p.workload != Workload::Reset {
+        if p.async_set && !p.workload.is_verify() {
             let j = job.clone();
             let r = if p.workload.is_read_write() {
                 thread::spawn_local(j.set_loop())
@@ -533,9 +525,11 @@ impl Job {
     /// of one word keeps the completion's captures to two).
     async fn set_loop(self: Rc<Self>) {
         let qd = self.spec.queue_depth as usize;
-        let set: IoSet<usize> = IoSet::with_capacity(qd);
+        let mut set: IoSet<usize> = IoSet::with_capacity(qd);
         for idx in 0..qd {
             let Some(b) = self.take_buffers(idx).0 else {
+                // Nothing submitted for this slot: nothing to count out of flight.
+                self.st.borrow_mut().in_flight += 1;
                 self.lost_buffer(idx);
                 continue;
             };
@@ -544,7 +538,7 @@ impl Job {
                 break;
             }
         }
-        while let Some((idx, c)) = set.next().await {
+        while let Some((idx, c)) = set.join_next().await {
             let (b, ok) = (c.payload, c.status.is_success());
             if !self.account(idx, ok) {
                 self.tasks.borrow_mut()[idx].buf = Some(b);
@@ -558,13 +552,13 @@ impl Job {
     /// [`Job::set_loop`] for unmap, flush and write_zeroes (no buffers).
     async fn set_loop_nodata(self: Rc<Self>) {
         let qd = self.spec.queue_depth as usize;
-        let set: IoSet<usize, ()> = IoSet::with_capacity(qd);
+        let mut set: IoSet<usize, ()> = IoSet::with_capacity(qd);
         for idx in 0..qd {
             if !self.set_submit_nodata(&set, idx) {
                 break;
             }
         }
-        while let Some((idx, c)) = set.next().await {
+        while let Some((idx, c)) = set.join_next().await {
             if self.account(idx, c.is_success()) {
                 self.set_submit_nodata(&set, idx);
             }
@@ -589,7 +583,17 @@ impl Job {
         let req = match op {
             Op::Unmap => d.unmap_blocks(ch, lba, n),
             Op::Flush => d.flush_blocks(ch, lba, n),
-            _ => d.write_zeroes_blocks(ch, lba, n),
+            Op::WriteZeroes => d.write_zeroes_blocks(ch, lba, n),
+            // set_loop_nodata runs only the unmap, flush and write_zeroes workloads.
+            Op::Read | Op::Write | Op::Verify => {
+                self.fail(format!(
+                    "internal error: {} in a no-data loop",
+                    self.spec.bdev
+                ));
+                self.st.borrow_mut().in_flight -= 1;
+                self.drain();
+                return false;
+            }
         };
         set.push(req, idx);
         true
