@@ -1,4 +1,5 @@
-//! The cost of one I/O through the bdev layer, by callback and by `.await`, on the null
+//! The cost of one I/O through the bdev layer, by callback, by `.await` and through an
+//! `IoSet`, on the null
 //! bdev (no data movement: pure layer overhead) and the malloc bdev, at queue depth 128 on
 //! one thread; and the machine's random 4 KiB memcpy rate, the bound of the malloc bdev.
 //!
@@ -34,23 +35,30 @@ fn measure(h: &Harness, l: &IoLoop, iters: u64) -> Duration {
     t.elapsed()
 }
 
-fn bench(c: &mut Criterion, name: &str, is_null: bool, awaited: bool) {
+#[derive(Clone, Copy)]
+enum Mode {
+    Callback,
+    /// A task per slot awaiting each read.
+    Await,
+    /// One task keeping the depth in flight in an `IoSet`.
+    Set,
+}
+
+fn bench(c: &mut Criterion, name: &str, is_null: bool, mode: Mode) {
     let h = Harness::new(1);
     let l = setup(&h, name, is_null);
-    h.run_on(0, || {
-        if awaited {
-            l.start_async(QD)
-        } else {
-            l.start(QD, false)
-        }
+    h.run_on(0, || match mode {
+        Mode::Callback => l.start(QD, false),
+        Mode::Await => l.start_async(QD),
+        Mode::Set => l.start_set(QD),
     })
     .unwrap();
     let mut g = c.benchmark_group(name);
     g.throughput(Throughput::Elements(1));
-    let id = if awaited {
-        "async_qd128"
-    } else {
-        "callback_qd128"
+    let id = match mode {
+        Mode::Callback => "callback_qd128",
+        Mode::Await => "async_qd128",
+        Mode::Set => "ioset_qd128",
     };
     g.bench_function(id, |b| b.iter_custom(|n| measure(&h, &l, n)));
     g.finish();
@@ -58,9 +66,10 @@ fn bench(c: &mut Criterion, name: &str, is_null: bool, awaited: bool) {
 }
 
 fn io_path(c: &mut Criterion) {
-    bench(c, "null_read_4k", true, false);
-    bench(c, "null_read_4k_async", true, true);
-    bench(c, "malloc_read_4k", false, false);
+    bench(c, "null_read_4k", true, Mode::Callback);
+    bench(c, "null_read_4k_async", true, Mode::Await);
+    bench(c, "null_read_4k_ioset", true, Mode::Set);
+    bench(c, "malloc_read_4k", false, Mode::Callback);
 }
 
 /// A random 4 KiB copy out of 128 MiB of memory into one of QD buffers: the most a

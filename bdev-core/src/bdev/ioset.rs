@@ -1,5 +1,5 @@
-//! [`IoSet`]: many I/Os in flight, their completions taken by one task in the order they
-//! come — the async way to keep a queue deep (tokio's `JoinSet`, or an io_uring
+//! [`IoSet`]: many I/Os in flight, their completions taken by one task as they come —
+//! the async way to keep a queue deep (tokio's `JoinSet`, or an io_uring
 //! completion queue, for bdev I/O).
 //!
 //! Awaiting each I/O in a task of its own (`desc.read_blocks(..).await` in one task per
@@ -27,7 +27,6 @@
 //! ```
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -38,7 +37,10 @@ use super::{Completion, IoPayload, IoRequest};
 use crate::dma::DmaBuf;
 
 /// I/Os in flight, each with a tag of the caller's (`T`: a slot index, an offset),
-/// completed into one queue that [`IoSet::join_next`] takes from in the order they complete.
+/// completed into a queue that [`IoSet::join_next`] takes from in batches: each call
+/// takes from the batch of completions that had come when the current batch began,
+/// newest first (the newest is the one still in the cache), and a batch is taken whole
+/// before the next, so no completion waits longer than one batch.
 /// Steady state allocates nothing as long as a tag is at most 24 bytes (the completion's
 /// captures, the set's reference and the tag, then fit inline in the I/O context; see
 /// [`crate::thread::DEFER_INLINE`]).
@@ -52,8 +54,13 @@ pub struct IoSet<T: 'static, P: IoPayload = DmaBuf> {
 }
 
 struct Inner<T, P> {
-    /// Completed and not yet taken, oldest first.
-    done: RefCell<VecDeque<(T, Completion<P>)>>,
+    /// Completed since the task last took a batch, oldest first.
+    done: RefCell<Vec<(T, Completion<P>)>>,
+    /// The batch the task is taking from, newest first (popped from the end): the
+    /// newest completion is the one still in the cache. A batch is taken whole before
+    /// the next (`done`, swapped in when this is empty), so nothing waits longer than one
+    /// batch, however fast new completions come.
+    taking: RefCell<Vec<(T, Completion<P>)>>,
     /// The task waiting in [`IoSet::join_next`], while `done` is empty. A `Cell`, not a
     /// `RefCell`: a waker's `wake` or drop may run any code, this set's included, and no
     /// borrow is held meanwhile. (Waking this crate's executor's task costs a thread-local
@@ -72,7 +79,7 @@ impl<T: 'static, P: IoPayload> fmt::Debug for IoSet<T, P> {
             f,
             "IoSet({} in flight, {} done)",
             self.in_flight(),
-            self.inner.done.borrow().len()
+            self.ready()
         )
     }
 }
@@ -93,7 +100,8 @@ impl<T: 'static, P: IoPayload> IoSet<T, P> {
     pub fn with_capacity(n: usize) -> Self {
         IoSet {
             inner: Rc::new(Inner {
-                done: RefCell::new(VecDeque::with_capacity(n)),
+                done: RefCell::new(Vec::with_capacity(n)),
+                taking: RefCell::new(Vec::with_capacity(n)),
                 waker: Cell::new(None),
                 waiting: Cell::new(false),
                 closed: Cell::new(false),
@@ -124,14 +132,12 @@ impl<T: 'static, P: IoPayload> IoSet<T, P> {
     /// The next completion if one is there now (never waits).
     #[inline]
     pub fn try_join_next(&mut self) -> Option<(T, Completion<P>)> {
-        let mut done = self.inner.done.borrow_mut();
-        let (tag, c) = done.pop_front()?;
-        if done.is_empty() {
-            // Back to the queue's first entry for the next batch, instead of one further
-            // round the ring each time: fewer cache lines in use.
-            done.clear();
+        let mut taking = self.inner.taking.borrow_mut();
+        if let Some(r) = taking.pop() {
+            return Some(r);
         }
-        Some((tag, c))
+        std::mem::swap(&mut *taking, &mut *self.inner.done.borrow_mut());
+        taking.pop()
     }
 
     /// [`IoSet::join_next`] as a poll function (for a `Stream` adapter, or a hand-written
@@ -162,7 +168,12 @@ impl<T: 'static, P: IoPayload> IoSet<T, P> {
 
     /// I/Os in flight plus completions not yet taken.
     pub fn len(&self) -> usize {
-        self.in_flight() + self.inner.done.borrow().len()
+        self.in_flight() + self.ready()
+    }
+
+    /// Completions not yet taken.
+    fn ready(&self) -> usize {
+        self.inner.done.borrow().len() + self.inner.taking.borrow().len()
     }
 
     /// Whether nothing is in flight and nothing is left to take.
@@ -179,7 +190,8 @@ impl<T: 'static, P: IoPayload> Drop for IoSet<T, P> {
         self.inner.waiting.set(false);
         drop(self.inner.waker.take());
         let done = std::mem::take(&mut *self.inner.done.borrow_mut());
-        drop(done);
+        let taking = std::mem::take(&mut *self.inner.taking.borrow_mut());
+        drop((done, taking));
     }
 }
 
@@ -190,7 +202,7 @@ impl<T, P> Inner<T, P> {
         if self.closed.get() {
             return;
         }
-        self.done.borrow_mut().push_back((tag, c));
+        self.done.borrow_mut().push((tag, c));
         // Only the first completion after the task went to sleep wakes it, and through the
         // executor's queue: the rest of the batch (a poller's whole drain) lands before it
         // runs, and it takes them all in one resumption. (Resuming it at each completion

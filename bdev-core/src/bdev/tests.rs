@@ -457,3 +457,29 @@ fn an_io_set_wakes_its_waiter_once_per_batch_and_loses_nothing_when_dropped() {
     h.poll_threads();
     assert_eq!(ch.outstanding(), 0);
 }
+
+#[test]
+fn an_io_set_takes_a_batch_whole_before_newer_completions() {
+    let h = Harness::new(1);
+    test_bdev("t_set_order", Behaviour::Inline, 1);
+    let d = Desc::open("t_set_order", true, |_| {}).unwrap();
+    let ch = d.get_io_channel().unwrap();
+    let mut set: IoSet<u32> = IoSet::new();
+    let read = || d.read_blocks(&ch, DmaBuf::page_aligned(512).unwrap(), 0, 1);
+    for i in 0..4u32 {
+        set.push(read(), i);
+    }
+    h.poll_threads();
+    // Newest first within a batch.
+    assert_eq!(set.try_join_next().map(|(t, _)| t), Some(3));
+    // Completions that come meanwhile wait for the batch under way to be taken whole.
+    for i in 10..12u32 {
+        set.push(read(), i);
+    }
+    h.poll_threads();
+    let rest: Vec<u32> = std::iter::from_fn(|| set.try_join_next())
+        .map(|(t, _)| t)
+        .collect();
+    assert_eq!(rest, [2, 1, 0, 11, 10]);
+    assert!(set.is_empty());
+}
