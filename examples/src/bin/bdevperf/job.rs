@@ -246,7 +246,7 @@ impl Job {
 
     /// The next operation and offset (in I/Os from the job's base), SPDK's
     /// `bdevperf_submit_single`.
-    #[inline]
+    #[inline(always)]
     fn next(&self, st: &mut State) -> (Op, u64) {
         let n = self.spec.size_in_ios;
         let off = if self.p.workload.is_random() {
