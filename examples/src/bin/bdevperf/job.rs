@@ -525,7 +525,8 @@ impl Job {
     /// of one word keeps the completion's captures to two).
     async fn set_loop(self: Rc<Self>) {
         let qd = self.spec.queue_depth as usize;
-        let mut set: IoSet<usize> = IoSet::with_capacity(qd);
+        let mut set: IoSet<(u64, u64)> = IoSet::with_capacity(qd);
+        let mut spare = Vec::new();
         for idx in 0..qd {
             let Some(b) = self.take_buffers(idx).0 else {
                 // Nothing submitted for this slot: nothing to count out of flight.
@@ -533,19 +534,25 @@ impl Job {
                 self.lost_buffer(idx);
                 continue;
             };
-            if let Err(b) = self.set_submit(&set, idx, b) {
-                self.tasks.borrow_mut()[idx].buf = Some(b);
+            if let Err(b) = self.set_submit(&set, b) {
+                spare.push(b);
                 break;
             }
         }
-        while let Some((idx, c)) = set.join_next().await {
+        while let Some(((start, off), c)) = set.join_next().await {
             let (b, ok) = (c.payload, c.status.is_success());
-            if !self.account(idx, ok) {
-                self.tasks.borrow_mut()[idx].buf = Some(b);
-            } else if let Err(b) = self.set_submit(&set, idx, b) {
-                self.tasks.borrow_mut()[idx].buf = Some(b);
+            if !self.account_at(start, || off, ok) {
+                spare.push(b);
+            } else if let Err(b) = self.set_submit(&set, b) {
+                spare.push(b);
             }
         }
+        // Every buffer back to a slot that lacks one.
+        let mut tasks = self.tasks.borrow_mut();
+        for (t, b) in tasks.iter_mut().filter(|t| t.buf.is_none()).zip(spare) {
+            t.buf = Some(b);
+        }
+        drop(tasks);
         self.maybe_finish();
     }
 
@@ -599,27 +606,23 @@ impl Job {
         true
     }
 
-    /// Slot `idx`'s next read or write in [`Job::set_loop`], into `set`; the buffer back if
-    /// the job is draining.
+    /// The next read or write of [`Job::set_loop`] into `set`, its tag the submission
+    /// tick and the offset (the buffer travels with the I/O: no task table to touch); the
+    /// buffer back if the job is draining.
     #[inline]
-    fn set_submit(&self, set: &IoSet<usize>, idx: usize, b: DmaBuf) -> Result<(), DmaBuf> {
+    fn set_submit(&self, set: &IoSet<(u64, u64)>, b: DmaBuf) -> Result<(), DmaBuf> {
         let Some((op, off)) = self.next_io() else {
             return Err(b);
         };
         let lba = self.lba(off);
         let n = self.spec.io_blocks;
-        {
-            let mut tasks = self.tasks.borrow_mut();
-            let t = &mut tasks[idx];
-            t.submit_tick = self.thread.now();
-            t.off_ios = off;
-        }
+        let start = self.thread.now();
         let req = if op == Op::Read {
             self.desc.read_blocks(&self.ch, b, lba, n)
         } else {
             self.desc.write_blocks(&self.ch, b, lba, n)
         };
-        set.push(req, idx);
+        set.push(req, (start, off));
         Ok(())
     }
 
