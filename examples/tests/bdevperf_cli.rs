@@ -604,3 +604,41 @@ fn plot_draws_the_latency_histogram_as_svg() {
     }
     let _ = std::fs::remove_file(&svg);
 }
+
+#[test]
+fn a_failed_io_ends_the_job_in_every_submission_mode() {
+    // Five reads fail (error injection over malloc); without -f the first ends the job,
+    // with SPDK's message, by callback, by `.await` and through an IoSet alike.
+    let cfg = config(
+        "error.json",
+        r#"{"subsystems":[{"subsystem":"bdev","config":[
+            {"method":"bdev_malloc_create","params":{"name":"M0","num_blocks":2048,"block_size":4096}},
+            {"method":"bdev_error_create","params":{"base_name":"M0"}},
+            {"method":"bdev_error_inject_error","params":{"name":"EE_M0","io_type":"read","error_type":"failure","num":5}}]}]}"#,
+    );
+    for extra in [&[][..], &["--async"][..], &["--async-set"][..]] {
+        let mut args = vec![
+            "-c",
+            cfg.to_str().unwrap(),
+            "-T",
+            "EE_M0",
+            "-q",
+            "8",
+            "-o",
+            "4096",
+            "-w",
+            "randread",
+            "-t",
+            "5",
+        ];
+        args.extend_from_slice(extra);
+        let o = bdevperf(&args);
+        let (out, err) = text(&o);
+        assert_ne!(o.status.code(), Some(0), "{extra:?}: {out}\n{err}");
+        assert!(
+            out.contains("on job bdev=EE_M0 fails"),
+            "{extra:?}: {out}\n{err}"
+        );
+        assert!(total_fails(&out) > 0.0, "{extra:?}: {out}");
+    }
+}
