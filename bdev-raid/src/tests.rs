@@ -648,6 +648,104 @@ fn raid1_writes_during_a_rebuild_are_not_lost() {
 }
 
 #[test]
+fn raid1_reads_during_a_rebuild_never_come_from_the_parts_not_yet_copied() {
+    for affinity in [false, true] {
+        let (h, m) = harness();
+        read_affinity(&h, &m, affinity);
+        mirror(&h, &m, false);
+        call(
+            &h,
+            &m,
+            "bdev_raid_set_options",
+            json!({"process_window_size_kb": 64}),
+        )
+        .unwrap();
+        // The whole array (8192 blocks), so that both members' home parts hold data.
+        for i in 0..128u64 {
+            write(&h, 0, "R1", i * 64, 64, i).unwrap();
+        }
+        // The new member completes writes only when the mock clock moves (100 ms each):
+        // the rebuild holds at its first window until the test advances time.
+        call(
+            &h,
+            &m,
+            "bdev_delay_create",
+            json!({"base_bdev_name": "M2", "name": "D2", "avg_read_latency": 1,
+                   "p99_read_latency": 1, "avg_write_latency": 100000,
+                   "p99_write_latency": 100000}),
+        )
+        .unwrap();
+        call(
+            &h,
+            &m,
+            "bdev_raid_remove_base_bdev",
+            json!({"name": "EE_M1"}),
+        )
+        .unwrap();
+        let m2 = m.clone();
+        h.run_on(0, move || {
+            bdev_core::thread::spawn_local(async move {
+                m2.call(
+                    "bdev_raid_add_base_bdev",
+                    Some(json!({"raid_bdev": "R1", "base_bdev": "D2"})),
+                )
+                .await
+                .unwrap();
+            })
+            .unwrap();
+        });
+        // (The add does I/O to the new member before the rebuild starts: its reads take
+        // 1 us of the mock clock.)
+        let started = (0..20).any(|_| {
+            h.advance_time_us(10);
+            h.poll_threads();
+            raids(&h, &m, "online")[0].get("process").is_some()
+        });
+        assert!(started, "the rebuild starts: {}", raids(&h, &m, "all")[0]);
+        // A read of every region at once, from a channel made now: the new member holds
+        // at most the first window, and must serve none of them (with affinity, half the
+        // array is its home part).
+        let d = h.run_on(1, || Rc::new(Desc::open("R1", false, |_| {}).unwrap()));
+        let ch = h.run_on(1, || Rc::new(d.get_io_channel().unwrap()));
+        let verified = Rc::new(std::cell::Cell::new(0u32));
+        let (d2, ch2, v) = (d.clone(), ch.clone(), verified.clone());
+        h.run_on(1, move || {
+            for region in 0..128u64 {
+                let buf = DmaBuf::page_aligned(64 * 512).unwrap();
+                let v = v.clone();
+                d2.read_blocks(&ch2, buf, region * 64, 64).submit(move |c| {
+                    assert!(c.is_success(), "read of region {region}: {}", c.status);
+                    assert!(
+                        c.payload[..] == pattern(64 * 512, region)[..],
+                        "region {region} read back wrong data (affinity {affinity})"
+                    );
+                    v.set(v.get() + 1);
+                });
+            }
+        });
+        h.advance_time_us(10);
+        h.poll_threads();
+        assert_eq!(verified.get(), 128);
+        let r = raids(&h, &m, "online");
+        assert!(r[0].get("process").is_some(), "still rebuilding: {}", r[0]);
+        drop(ch);
+        h.run_on(1, move || drop(d));
+        // Let the rebuild finish: then the new member alone holds the data.
+        let done = (0..1000).any(|_| {
+            h.advance_time_us(100_000);
+            h.poll_threads();
+            raids(&h, &m, "online")[0].get("process").is_none()
+        });
+        assert!(done, "the rebuild completes");
+        call(&h, &m, "bdev_raid_delete", json!({"name": "R1"})).unwrap();
+        for i in 0..128u64 {
+            let back = read(&h, 0, "M2", i * 64, 64).unwrap();
+            assert_eq!(&back[..], &pattern(64 * 512, i)[..], "block {}", i * 64);
+        }
+    }
+}
+
+#[test]
 fn raid1_writes_from_a_channel_created_during_a_rebuild_are_not_lost() {
     // As above, but each write comes through a channel made on a thread that had none
     // when the window it writes to was locked: the lock must hold it back too.
