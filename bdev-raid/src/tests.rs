@@ -723,8 +723,10 @@ fn raid1_reads_during_a_rebuild_never_come_from_the_parts_not_yet_copied() {
                 });
             }
         });
-        h.advance_time_us(10);
-        h.poll_threads();
+        for _ in 0..10 {
+            h.advance_time_us(10);
+            h.poll_threads();
+        }
         assert_eq!(verified.get(), 128);
         let r = raids(&h, &m, "online");
         assert!(r[0].get("process").is_some(), "still rebuilding: {}", r[0]);
