@@ -61,7 +61,7 @@ struct Inner<T, P> {
     /// the next (`done`, swapped in when this is empty), so nothing waits longer than one
     /// batch, however fast new completions come.
     taking: RefCell<Vec<(T, Completion<P>)>>,
-    /// The task waiting in [`IoSet::join_next`], while `done` is empty. A `Cell`, not a
+    /// The task waiting in [`IoSet::join_next`], while nothing is left to take. A `Cell`, not a
     /// `RefCell`: a waker's `wake` or drop may run any code, this set's included, and no
     /// borrow is held meanwhile. (Waking this crate's executor's task costs a thread-local
     /// lookup, once per batch of completions.)
