@@ -573,38 +573,45 @@ fn raid1_read_error_corrections_racing_writes_leave_the_mirrors_equal() {
 /// has just been given M2: the rebuild is spawned on thread 0 and runs as it is polled.
 fn degraded_mirror_rebuilding() -> (Harness, Rc<Methods>) {
     let (h, m) = harness();
-    mirror(&h, &m, false);
+    degrade_and_rebuild_onto(&h, &m, 64, |_, _| "M2");
+    (h, m)
+}
+
+/// R1 over EE_M0 and EE_M1 (rebuild windows of 64 KiB) holding `pattern(64 * 512, i)` at
+/// block `i * 64` for `regions` regions; then EE_M1 removed and the member `new` makes
+/// added: the rebuild onto it starts at the next polls.
+fn degrade_and_rebuild_onto(
+    h: &Harness,
+    m: &Rc<Methods>,
+    regions: u64,
+    new: impl FnOnce(&Harness, &Rc<Methods>) -> &'static str,
+) {
+    mirror(h, m, false);
     call(
-        &h,
-        &m,
+        h,
+        m,
         "bdev_raid_set_options",
         json!({"process_window_size_kb": 64}),
     )
     .unwrap();
-    for i in 0..64u64 {
-        write(&h, 0, "R1", i * 64, 64, i).unwrap();
+    for i in 0..regions {
+        write(h, 0, "R1", i * 64, 64, i).unwrap();
     }
-    call(
-        &h,
-        &m,
-        "bdev_raid_remove_base_bdev",
-        json!({"name": "EE_M1"}),
-    )
-    .unwrap();
-    assert_eq!(raids(&h, &m, "online")[0]["num_base_bdevs_operational"], 1);
+    let new = new(h, m);
+    call(h, m, "bdev_raid_remove_base_bdev", json!({"name": "EE_M1"})).unwrap();
+    assert_eq!(raids(h, m, "online")[0]["num_base_bdevs_operational"], 1);
     let m2 = m.clone();
     h.run_on(0, move || {
         bdev_core::thread::spawn_local(async move {
             m2.call(
                 "bdev_raid_add_base_bdev",
-                Some(json!({"raid_bdev": "R1", "base_bdev": "M2"})),
+                Some(json!({"raid_bdev": "R1", "base_bdev": new})),
             )
             .await
             .unwrap();
         })
         .unwrap();
     });
-    (h, m)
 }
 
 #[test]
@@ -652,47 +659,20 @@ fn raid1_reads_during_a_rebuild_never_come_from_the_parts_not_yet_copied() {
     for affinity in [false, true] {
         let (h, m) = harness();
         read_affinity(&h, &m, affinity);
-        mirror(&h, &m, false);
-        call(
-            &h,
-            &m,
-            "bdev_raid_set_options",
-            json!({"process_window_size_kb": 64}),
-        )
-        .unwrap();
-        // The whole array (8192 blocks), so that both members' home parts hold data.
-        for i in 0..128u64 {
-            write(&h, 0, "R1", i * 64, 64, i).unwrap();
-        }
-        // The new member completes writes only when the mock clock moves (100 ms each):
-        // the rebuild holds at its first window until the test advances time.
-        call(
-            &h,
-            &m,
-            "bdev_delay_create",
-            json!({"base_bdev_name": "M2", "name": "D2", "avg_read_latency": 1,
-                   "p99_read_latency": 1, "avg_write_latency": 100000,
-                   "p99_write_latency": 100000}),
-        )
-        .unwrap();
-        call(
-            &h,
-            &m,
-            "bdev_raid_remove_base_bdev",
-            json!({"name": "EE_M1"}),
-        )
-        .unwrap();
-        let m2 = m.clone();
-        h.run_on(0, move || {
-            bdev_core::thread::spawn_local(async move {
-                m2.call(
-                    "bdev_raid_add_base_bdev",
-                    Some(json!({"raid_bdev": "R1", "base_bdev": "D2"})),
-                )
-                .await
-                .unwrap();
-            })
+        // The whole array (8192 blocks), so that both members' home parts hold data. The
+        // new member completes writes only when the mock clock moves (100 ms each): the
+        // rebuild holds at its first window until the test advances time.
+        degrade_and_rebuild_onto(&h, &m, 128, |h, m| {
+            call(
+                h,
+                m,
+                "bdev_delay_create",
+                json!({"base_bdev_name": "M2", "name": "D2", "avg_read_latency": 1,
+                       "p99_read_latency": 1, "avg_write_latency": 100000,
+                       "p99_write_latency": 100000}),
+            )
             .unwrap();
+            "D2"
         });
         // (The add does I/O to the new member before the rebuild starts: its reads take
         // 1 us of the mock clock.)
