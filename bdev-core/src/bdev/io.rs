@@ -672,14 +672,14 @@ fn finish(mut ctx: Box<IoCtx>) {
         return service::nomem_queue(ctx);
     }
     // Every level of an I/O forwarded in place was submitted at the same tick and
-    // completes now, with the same length: one latency and byte count serves them all,
-    // worked out at the first level that needs them.
-    let mut lat: Option<(u64, u64)> = None;
+    // completes now, with the same length: one latency and byte count serves them all.
+    let Some((ticks, bytes)) = ctx.ch.as_ref().map(|ch| latency(ch, &ctx)) else {
+        return;
+    };
     while let Some((up, offset, kind)) = ctx.pop_frame() {
         // A forwarded I/O completed at the lower bdev: account it there and step back
         // up to the upper bdev's view.
         if let Some(ch) = std::mem::replace(&mut ctx.ch, up) {
-            let (ticks, bytes) = *lat.get_or_insert_with(|| latency(&ch, &ctx));
             account(&ch, ctx.io_type, bytes, ticks, ctx.status, true);
         }
         ctx.offset_blocks = offset;
@@ -706,7 +706,7 @@ fn finish(mut ctx: Box<IoCtx>) {
         }
         ctx.bits &= !(HAS_DESC | TRACKED);
     }
-    let (ticks, bytes) = lat.unwrap_or_else(|| latency(&ch, &ctx));
+
     // A piece of a serviced I/O isn't counted: its parent counts once for all pieces.
     account(&ch, ctx.io_type, bytes, ticks, status, !ctx.internal);
     ctx.internal = false;
