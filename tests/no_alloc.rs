@@ -1,6 +1,7 @@
 //! The data path allocates nothing in steady state: a million I/Os through the null and
-//! malloc bdevs, by callback, by `.await` and through an `IoSet`, through raid0 and raid1, and 200 k over
-//! NVMe/TCP (against the null target), with a counting global allocator. Counts are
+//! malloc bdevs, by callback, by `.await` and through an `IoSet`, through raid0 and
+//! raid1, and 200 k over NVMe/TCP (against the null target), with a counting global
+//! allocator. Counts are
 //! per OS thread (the harness runs every lightweight thread on the test's own thread), so
 //! other tests running in parallel don't disturb them.
 

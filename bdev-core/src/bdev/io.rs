@@ -706,7 +706,6 @@ fn finish(mut ctx: Box<IoCtx>) {
         }
         ctx.bits &= !(HAS_DESC | TRACKED);
     }
-
     // A piece of a serviced I/O isn't counted: its parent counts once for all pieces.
     account(&ch, ctx.io_type, bytes, ticks, status, !ctx.internal);
     ctx.internal = false;

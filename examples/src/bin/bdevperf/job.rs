@@ -9,7 +9,9 @@ use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
 
-use bdev_core::bdev::{BdevChannel, BdevEvent, Completion, Desc, Histogram, IoSet};
+use bdev_core::bdev::{
+    BdevChannel, BdevEvent, Completion, Desc, Histogram, IoPayload, IoRequest, IoSet, Payload,
+};
 use bdev_core::dma::DmaBuf;
 use bdev_core::oneshot;
 use bdev_core::thread::{self, PollStatus, Poller, Thread};
@@ -207,11 +209,19 @@ impl Job {
 
         job.st.borrow_mut().start = thread.now();
         if p.async_set && !p.workload.is_verify() {
-            let j = job.clone();
+            let qd = job.spec.queue_depth as usize;
             let r = if p.workload.is_read_write() {
-                thread::spawn_local(j.set_loop())
+                // Each slot's buffer goes with its I/O; the loop gives them back at the end.
+                let bufs: Vec<_> = (0..qd).filter_map(|i| job.take_buffers(i).0).collect();
+                if bufs.len() < qd {
+                    job.fail(format!(
+                        "internal error: {} tasks have no buffer",
+                        qd - bufs.len()
+                    ));
+                }
+                thread::spawn_local(job.clone().set_loop(bufs, Job::rw_request))
             } else {
-                thread::spawn_local(j.set_loop_nodata())
+                thread::spawn_local(job.clone().set_loop(vec![(); qd], Job::nodata_request))
             };
             r.map_err(|e| e.to_string())?;
             return Ok(());
@@ -519,111 +529,82 @@ impl Job {
         self.end_task(idx, buf, None);
     }
 
-    /// The whole job as one async task over an [`IoSet`]: every slot's I/O in flight at
-    /// once, their completions taken in the order they come. The tag is the slot, whose
-    /// submission tick and offset wait in the task table, as on the callback path (a tag
-    /// of one word keeps the completion's captures to two).
-    async fn set_loop(self: Rc<Self>) {
-        let qd = self.spec.queue_depth as usize;
-        let mut set: IoSet<(u64, u64)> = IoSet::with_capacity(qd);
-        let mut spare = Vec::new();
-        for idx in 0..qd {
-            let Some(b) = self.take_buffers(idx).0 else {
-                // Nothing submitted for this slot: nothing to count out of flight.
-                self.st.borrow_mut().in_flight += 1;
-                self.lost_buffer(idx);
-                continue;
-            };
-            if let Err(b) = self.set_submit(&set, b) {
-                spare.push(b);
+    /// The whole job as one async task over an [`IoSet`]: an I/O in flight for each of
+    /// `payloads` (the slots' buffers, or `()` for I/O without data), the completions
+    /// taken as they come, each payload resubmitted with the next I/O. The tag is the
+    /// submission tick and the offset, so that no task-table line is touched per I/O.
+    async fn set_loop<P: IoPayload, R>(self: Rc<Self>, payloads: Vec<P>, request: R)
+    where
+        R: for<'a> Fn(&'a Job, Op, u64, P) -> IoRequest<'a, P> + Copy,
+    {
+        let mut set: IoSet<(u64, u64), P> = IoSet::with_capacity(payloads.len());
+        let mut spare = Vec::with_capacity(payloads.len());
+        let mut payloads = payloads.into_iter();
+        for p in payloads.by_ref() {
+            if let Err(p) = self.set_submit(&set, p, request) {
+                spare.push(p);
                 break;
             }
         }
+        spare.extend(payloads);
         while let Some(((start, off), c)) = set.join_next().await {
-            let (b, ok) = (c.payload, c.status.is_success());
+            let ok = c.status.is_success();
             if !self.account_at(start, || off, ok) {
-                spare.push(b);
-            } else if let Err(b) = self.set_submit(&set, b) {
-                spare.push(b);
+                spare.push(c.payload);
+            } else if let Err(p) = self.set_submit(&set, c.payload, request) {
+                spare.push(p);
             }
         }
-        // Every buffer back to a slot that lacks one.
+        // The buffers back to the slots (nothing to give back for `()`).
         let mut tasks = self.tasks.borrow_mut();
-        for (t, b) in tasks.iter_mut().filter(|t| t.buf.is_none()).zip(spare) {
-            t.buf = Some(b);
+        for (t, p) in tasks.iter_mut().filter(|t| t.buf.is_none()).zip(spare) {
+            if let Payload::Buf(b) = p.into_payload() {
+                t.buf = Some(b);
+            }
         }
         drop(tasks);
         self.maybe_finish();
     }
 
-    /// [`Job::set_loop`] for unmap, flush and write_zeroes (no buffers).
-    async fn set_loop_nodata(self: Rc<Self>) {
-        let qd = self.spec.queue_depth as usize;
-        let mut set: IoSet<usize, ()> = IoSet::with_capacity(qd);
-        for idx in 0..qd {
-            if !self.set_submit_nodata(&set, idx) {
-                break;
-            }
-        }
-        while let Some((idx, c)) = set.join_next().await {
-            if self.account(idx, c.is_success()) {
-                self.set_submit_nodata(&set, idx);
-            }
-        }
-        self.maybe_finish();
-    }
-
-    /// Slot `idx`'s next I/O in [`Job::set_loop_nodata`]; false if the job is draining.
-    fn set_submit_nodata(&self, set: &IoSet<usize, ()>, idx: usize) -> bool {
-        let Some((op, off)) = self.next_io() else {
-            return false;
-        };
-        let lba = self.lba(off);
-        let n = self.spec.io_blocks;
-        {
-            let mut tasks = self.tasks.borrow_mut();
-            let t = &mut tasks[idx];
-            t.submit_tick = self.thread.now();
-            t.off_ios = off;
-        }
-        let (d, ch) = (&self.desc, &self.ch);
-        let req = match op {
-            Op::Unmap => d.unmap_blocks(ch, lba, n),
-            Op::Flush => d.flush_blocks(ch, lba, n),
-            Op::WriteZeroes => d.write_zeroes_blocks(ch, lba, n),
-            // set_loop_nodata runs only the unmap, flush and write_zeroes workloads.
-            Op::Read | Op::Write | Op::Verify => {
-                self.fail(format!(
-                    "internal error: {} in a no-data loop",
-                    self.spec.bdev
-                ));
-                self.st.borrow_mut().in_flight -= 1;
-                self.drain();
-                return false;
-            }
-        };
-        set.push(req, idx);
-        true
-    }
-
-    /// The next read or write of [`Job::set_loop`] into `set`, its tag the submission
-    /// tick and the offset (the buffer travels with the I/O: no task table to touch); the
-    /// buffer back if the job is draining.
+    /// The next I/O of [`Job::set_loop`] into `set` with payload `p`; `p` back if the job
+    /// is draining.
     #[inline]
-    fn set_submit(&self, set: &IoSet<(u64, u64)>, b: DmaBuf) -> Result<(), DmaBuf> {
+    fn set_submit<P: IoPayload, R>(
+        &self,
+        set: &IoSet<(u64, u64), P>,
+        p: P,
+        request: R,
+    ) -> Result<(), P>
+    where
+        R: for<'a> Fn(&'a Job, Op, u64, P) -> IoRequest<'a, P>,
+    {
         let Some((op, off)) = self.next_io() else {
-            return Err(b);
+            return Err(p);
         };
-        let lba = self.lba(off);
-        let n = self.spec.io_blocks;
         let start = self.thread.now();
-        let req = if op == Op::Read {
-            self.desc.read_blocks(&self.ch, b, lba, n)
-        } else {
-            self.desc.write_blocks(&self.ch, b, lba, n)
-        };
-        set.push(req, (start, off));
+        set.push(request(self, op, self.lba(off), p), (start, off));
         Ok(())
+    }
+
+    /// A read or write of one I/O's blocks at `lba` with `b` (the read/write workloads).
+    #[inline]
+    fn rw_request(&self, op: Op, lba: u64, b: DmaBuf) -> IoRequest<'_, DmaBuf> {
+        let n = self.spec.io_blocks;
+        match op {
+            Op::Read => self.desc.read_blocks(&self.ch, b, lba, n),
+            _ => self.desc.write_blocks(&self.ch, b, lba, n),
+        }
+    }
+
+    /// An unmap, flush or write_zeroes of one I/O's blocks at `lba` (the workloads of
+    /// those names, whose only operation it is).
+    fn nodata_request(&self, op: Op, lba: u64, _: ()) -> IoRequest<'_, ()> {
+        let n = self.spec.io_blocks;
+        match op {
+            Op::Unmap => self.desc.unmap_blocks(&self.ch, lba, n),
+            Op::Flush => self.desc.flush_blocks(&self.ch, lba, n),
+            _ => self.desc.write_zeroes_blocks(&self.ch, lba, n),
+        }
     }
 
     /// [`Job::task_loop`] for verify (and reset, which runs verify I/O).
