@@ -46,6 +46,15 @@ impl BdevOps for TestBdev {
     }
 }
 
+/// A waker of no executor that counts its wakes.
+struct Count(AtomicUsize);
+
+impl std::task::Wake for Count {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
 fn test_bdev(name: &str, behaviour: Behaviour, align: usize) -> (Bdev, Arc<AtomicUsize>) {
     let destructed = Arc::new(AtomicUsize::new(0));
     let props = BdevProps::new(name, 512, 1024)
@@ -318,14 +327,6 @@ fn a_dropped_io_future_loses_nothing_and_its_slot_is_reused() {
 
 #[test]
 fn an_io_future_polled_by_another_executor_is_woken_through_its_waker() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    struct Count(AtomicUsize);
-    impl std::task::Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
     let h = Harness::new(1);
     test_bdev("t_foreign", Behaviour::Inline, 1);
     let d = Desc::open("t_foreign", true, |_| {}).unwrap();
@@ -413,13 +414,6 @@ fn an_io_set_hands_back_every_completion_with_its_tag() {
 
 #[test]
 fn an_io_set_wakes_its_waiter_once_per_batch_and_loses_nothing_when_dropped() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    struct Count(AtomicUsize);
-    impl std::task::Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
     let h = Harness::new(1);
     test_bdev("t_set_wake", Behaviour::Inline, 1);
     let d = Desc::open("t_set_wake", true, |_| {}).unwrap();
