@@ -18,8 +18,9 @@ use crate::thread::{DEFER_INLINE, IoChannel};
 
 tiny_fn::tiny_fn! {
     /// A completion callback, stored inline in the I/O context.
-    /// The payload is lent in place: the callback takes what it keeps of it.
-    pub(crate) struct RawCallback = <'a> FnOnce(status: IoStatus, payload: &'a mut Payload);
+    /// The payload is lent in place: the callback takes what it keeps of it. The tick is
+    /// the I/O's submission tick ([`super::Completion::submit_tick`]).
+    pub(crate) struct RawCallback = <'a> FnOnce(status: IoStatus, payload: &'a mut Payload, submit_tick: u64);
     /// A child I/O's completion callback: its status and the parent I/O back.
     pub(crate) struct RawChildCallback = FnOnce(status: IoStatus, parent: BdevIo);
 }
@@ -38,7 +39,7 @@ pub(crate) enum IoCallback {
 
 impl IoCallback {
     #[inline]
-    pub(crate) fn new(f: impl for<'a> FnOnce(IoStatus, &'a mut Payload) + 'static) -> Self {
+    pub(crate) fn new(f: impl for<'a> FnOnce(IoStatus, &'a mut Payload, u64) + 'static) -> Self {
         IoCallback::Fn(RawCb::new(f))
     }
 
@@ -49,9 +50,10 @@ impl IoCallback {
         status: IoStatus,
         payload: &mut Payload,
         parent: Option<BdevIo>,
+        submit_tick: u64,
     ) {
         match self {
-            IoCallback::Fn(f) => f.call(status, payload),
+            IoCallback::Fn(f) => f.call(status, payload, submit_tick),
             IoCallback::Slot(i) => tctx.slot_complete(i, status, std::mem::take(payload)),
             IoCallback::Child(f) => match parent {
                 Some(p) => f.call(status, p),
@@ -719,7 +721,7 @@ fn finish(mut ctx: Box<IoCtx>) {
     // is a call).
     let parent = ctx.parent.ctx.take().map(|p| BdevIo { ctx: Some(p) });
     match ctx.cb.take() {
-        Some(cb) => cb.call(tctx, status, &mut ctx.payload, parent),
+        Some(cb) => cb.call(tctx, status, &mut ctx.payload, parent, ctx.submit_tick),
         None => drop(parent),
     }
     // What the callback left of the payload (all of it, if it ignores it) goes now, not
@@ -1060,7 +1062,9 @@ fn reject(c: &ChanCtx, r: Reject, payload: Payload, parent: Option<BdevIo>, cb: 
     let tctx = c.tctx.clone();
     c.tctx.defer(move || {
         let mut payload = payload;
-        cb.call(&tctx, IoStatus::Rejected(r), &mut payload, parent)
+        // Refused before it started: submitted and completed now.
+        let now = tctx.now.get();
+        cb.call(&tctx, IoStatus::Rejected(r), &mut payload, parent, now)
     });
 }
 
@@ -1308,7 +1312,7 @@ impl SharedIo {
     ) {
         let me = self.clone();
         // Made where it is stored (see `submit`).
-        let cb = move || IoCallback::new(move |status, _| cb(status, me));
+        let cb = move || IoCallback::new(move |status, _, _| cb(status, me));
         let c = &*ch.ch;
         let r = self
             .with(|p| validate_child(desc, c, io_type, offset_blocks, num_blocks, p, data_offset));

@@ -71,10 +71,11 @@ impl<'a, P: IoPayload> IoRequest<'a, P> {
     #[inline]
     pub fn submit(self, cb: impl FnOnce(Completion<P>) + 'static) {
         self.send(move || {
-            IoCallback::new(move |status, payload: &mut Payload| {
+            IoCallback::new(move |status, payload: &mut Payload, submit_tick| {
                 cb(Completion {
                     status,
                     payload: P::from_payload(std::mem::take(payload)),
+                    submit_tick,
                 })
             })
         });
@@ -152,13 +153,12 @@ impl<P: IoPayload> Future for IoFuture<'_, P> {
         match self.tctx.slot_poll(self.slot, cx.waker()) {
             Some((status, payload)) => {
                 self.slot = NO_SLOT;
-                Poll::Ready(
-                    Completion {
-                        status,
-                        payload: P::from_payload(payload),
-                    }
-                    .into_result(),
-                )
+                let payload = P::from_payload(payload);
+                Poll::Ready(if status.is_success() {
+                    Ok(payload)
+                } else {
+                    Err(IoError { status, payload })
+                })
             }
             None => Poll::Pending,
         }

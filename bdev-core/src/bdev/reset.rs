@@ -121,7 +121,7 @@ async fn run(ch: &IoChannel<ChanCtx>) -> IoStatus {
         return IoStatus::NoMem;
     };
     let (tx, rx) = crate::oneshot::channel();
-    child.cb = Some(IoCallback::new(move |s, _| tx.send(s)));
+    child.cb = Some(IoCallback::new(move |s, _, _| tx.send(s)));
     child.internal = true;
     super::io::dispatch(ch, child, IoType::Reset, 0, 0);
     rx.await.unwrap_or(IoStatus::Failed)

@@ -189,7 +189,7 @@ fn issue(m: &Rc<Multi>) {
         m.next_byte.set(m.next_byte.get() + bytes);
         m.inflight.set(m.inflight.get() + 1);
         let m2 = m.clone();
-        child.cb = Some(IoCallback::new(move |status, _| child_done(&m2, status)));
+        child.cb = Some(IoCallback::new(move |status, _, _| child_done(&m2, status)));
         child.internal = true;
         super::io::dispatch(&m.ch, child, m.child_type, lba, n);
     }

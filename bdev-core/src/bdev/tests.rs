@@ -368,6 +368,37 @@ fn an_io_future_polled_by_another_executor_is_woken_through_its_waker() {
 }
 
 #[test]
+fn a_completion_carries_its_submission_tick() {
+    let h = Harness::new(1);
+    test_bdev("t_tick", Behaviour::Inline, 1);
+    let d = Desc::open("t_tick", true, |_| {}).unwrap();
+    let ch = d.get_io_channel().unwrap();
+    h.advance_time_us(1000);
+    h.poll_threads();
+    let t0 = crate::thread::now();
+    let got = Rc::new(Cell::new(None));
+    let refused = Rc::new(Cell::new(None));
+    let (g, r) = (got.clone(), refused.clone());
+    d.read_blocks(&ch, DmaBuf::page_aligned(512).unwrap(), 0, 1)
+        .submit(move |c| g.set(Some((c.status, c.submit_tick, crate::thread::now()))));
+    // Past the end: refused, with the tick of its refusal.
+    d.read_blocks(&ch, DmaBuf::page_aligned(512).unwrap(), 1024, 1)
+        .submit(move |c| r.set(Some((c.is_success(), c.submit_tick))));
+    h.advance_time_us(250);
+    h.poll_threads();
+    // One tick per microsecond on the harness's clock.
+    let hz = crate::thread::ticks_hz();
+    assert_eq!(hz, 1_000_000);
+    assert_eq!(got.get(), Some((IoStatus::Success, t0, t0 + 250)));
+    let (ok, tick) = refused.get().expect("the refusal completes");
+    assert!(!ok);
+    assert!(
+        tick >= t0,
+        "refused at {tick}, before the submission at {t0}"
+    );
+}
+
+#[test]
 fn an_io_set_hands_back_every_completion_with_its_tag() {
     let h = Harness::new(1);
     test_bdev("t_set", Behaviour::Inline, 1);

@@ -374,6 +374,10 @@ pub struct Completion<P> {
     pub status: IoStatus,
     /// The buffers given at submission.
     pub payload: P,
+    /// The tick of the thread's clock ([`crate::thread::now`]) at which the bdev layer
+    /// took the I/O (SPDK's `spdk_bdev_io_get_submit_tsc`): its latency is the clock now
+    /// less this. A request refused before it started has the tick of its refusal.
+    pub submit_tick: u64,
 }
 
 impl<P> Completion<P> {
