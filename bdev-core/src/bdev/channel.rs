@@ -422,29 +422,41 @@ impl ThreadCtx {
         }
     }
 
-    /// The future's side: the result if it has come (the slot is then freed); else
-    /// `waker` is who to wake when it comes: a task of this thread's executor (by its
+    /// The future's side: the result if it has come (the slot is then freed), made into
+    /// the caller's type by `take`; else `waker` is who to wake when it comes: a task of this thread's executor (by its
     /// packed reference), or any other waker (the cold path).
     #[inline(always)]
-    pub(crate) fn slot_poll(&self, i: u32, waker: &Waker) -> Option<(IoStatus, Payload)> {
+    pub(crate) fn slot_poll<R>(
+        &self,
+        i: u32,
+        waker: &Waker,
+        take: impl FnOnce(IoStatus, Payload) -> R,
+    ) -> Option<R> {
         let mut slots = self.slots.borrow_mut();
         let s = slots.v.get_mut(i as usize)?;
-        match s.done.take() {
-            // The completion took the waiter: only the result is left to take.
-            Some(done) => {
-                slots.free.push(i);
-                Some(done)
+        if let Some((status, payload)) = s.done.as_mut() {
+            // The completion took the waiter: only the result is left to take. `take` makes
+            // the caller's result of it here, from the slot in place: taking the pair out
+            // first (`done.take()`) wrote the slot's `None` through the stack and moved
+            // the pair through two more stack copies, each a store the next wider load
+            // could not forward from (perf annotate; -42 instructions and +9 % awaited
+            // IOPS without them).
+            let (status, payload) = (*status, std::mem::take(payload));
+            s.done = None;
+            slots.free.push(i);
+            drop(slots);
+            return Some(take(status, payload));
+        }
+        match task_of(waker) {
+            Some(t) if !matches!(s.waiter, Waiter::Waker(_)) => {
+                set_waiter(&mut s.waiter, Waiter::Task(t));
+                None
             }
-            None => match task_of(waker) {
-                Some(t) if !matches!(s.waiter, Waiter::Waker(_)) => {
-                    set_waiter(&mut s.waiter, Waiter::Task(t));
-                    None
-                }
-                _ => {
-                    drop(slots);
-                    self.slot_poll_foreign(i, waker)
-                }
-            },
+            _ => {
+                drop(slots);
+                self.slot_poll_foreign(i, waker)
+                    .map(|(status, payload)| take(status, payload))
+            }
         }
     }
 

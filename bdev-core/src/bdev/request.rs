@@ -150,15 +150,20 @@ impl<P: IoPayload> Future for IoFuture<'_, P> {
         if self.slot == NO_SLOT {
             panic!("IoFuture polled after completion");
         }
-        match self.tctx.slot_poll(self.slot, cx.waker()) {
-            Some((status, payload)) => {
-                self.slot = NO_SLOT;
+        let r = self
+            .tctx
+            .slot_poll(self.slot, cx.waker(), |status, payload| {
                 let payload = P::from_payload(payload);
-                Poll::Ready(if status.is_success() {
+                if status.is_success() {
                     Ok(payload)
                 } else {
                     Err(IoError { status, payload })
-                })
+                }
+            });
+        match r {
+            Some(r) => {
+                self.slot = NO_SLOT;
+                Poll::Ready(r)
             }
             None => Poll::Pending,
         }
