@@ -532,7 +532,8 @@ impl Job {
     /// The whole job as one async task over an [`IoSet`]: an I/O in flight for each of
     /// `payloads` (the slots' buffers, or `()` for I/O without data), the completions
     /// taken as they come, each payload resubmitted with the next I/O. The tag is the
-    /// submission tick and the offset, so that no task-table line is touched per I/O.
+    /// offset alone (the latency comes from the completion's submission tick), so that no
+    /// task-table line is touched per I/O and the completion's captures stay two words.
     async fn set_loop<P: IoPayload, R>(self: Rc<Self>, payloads: Vec<P>, request: R)
     where
         R: for<'a> Fn(&'a Job, Op, u64, P) -> IoRequest<'a, P> + Copy,
