@@ -359,6 +359,53 @@ fn an_exhausted_pool_queues_and_loses_nothing() {
 }
 
 #[test]
+fn an_io_that_waited_for_a_context_keeps_its_submission_tick() {
+    // A pool of 32 contexts with a cache of 16 on one thread: of 100 reads submitted at
+    // once, most wait for a context and start when earlier ones complete, later.
+    let opts = BdevOpts {
+        bdev_io_pool_size: 32,
+        bdev_io_cache_size: 16,
+        ..Default::default()
+    };
+    let h = Harness::with_opts(1, opts);
+    h.run_on(0, || {
+        null::create(NullOpts::new("n_tick", 1 << 16, 512)).unwrap()
+    });
+    let desc = Desc::open("n_tick", true, |_| {}).unwrap();
+    let ch = desc.get_io_channel().unwrap();
+    h.advance_time_us(500);
+    h.poll_threads();
+    let t0 = bdev_core::thread::now();
+    let ticks = Rc::new(RefCell::new(Vec::new()));
+    for i in 0..100u64 {
+        let t = ticks.clone();
+        desc.read_blocks(&ch, DmaBuf::page_aligned(512).unwrap(), i, 1)
+            .submit(move |c| {
+                assert!(c.is_success());
+                t.borrow_mut()
+                    .push((c.submit_tick, bdev_core::thread::now()));
+            });
+    }
+    assert!(ch.outstanding() < 100, "some wait for a context");
+    // Each poll completes what is in flight, which lets waiting ones start.
+    for _ in 0..20 {
+        h.advance_time_us(10);
+        h.poll_thread(0);
+    }
+    h.poll_threads();
+    let ticks = ticks.borrow();
+    assert_eq!(ticks.len(), 100);
+    assert!(
+        ticks.iter().all(|&(s, _)| s == t0),
+        "every one submitted at t0"
+    );
+    assert!(
+        ticks.iter().any(|&(_, done)| done >= t0 + 20),
+        "some completed polls later"
+    );
+}
+
+#[test]
 fn a_pool_too_small_for_a_threads_cache_fails_channel_creation() {
     let opts = BdevOpts {
         bdev_io_pool_size: 32,

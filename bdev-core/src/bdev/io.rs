@@ -258,6 +258,9 @@ pub(crate) struct Pending {
     parent: Option<(ParentRef, usize)>,
     cb: IoCallback,
     desc_id: u64,
+    /// When it was submitted: its latency (and its completion's `submit_tick`) counts
+    /// the wait for a context, which the layer hides from the submitter.
+    submit_tick: u64,
 }
 
 /// The parent of a child waiting for a context: held by the child, or shared.
@@ -1001,6 +1004,7 @@ fn submit_slow<P: IoPayload>(
         parent: None,
         cb,
         desc_id: desc.id(),
+        submit_tick: c.tctx.now.get(),
     });
 }
 
@@ -1053,6 +1057,7 @@ fn submit_child(
         parent: Some((ParentRef::Owned(parent), data_offset)),
         cb: cb(),
         desc_id: 0,
+        submit_tick: tctx.now.get(),
     });
 }
 
@@ -1060,10 +1065,10 @@ fn submit_child(
 fn reject(c: &ChanCtx, r: Reject, payload: Payload, parent: Option<BdevIo>, cb: IoCallback) {
     // Completes later, not inside the caller's submit, as every completion does.
     let tctx = c.tctx.clone();
+    // Refused before it started: submitted (and done) now, delivered at the next pass.
+    let now = tctx.now.get();
     c.tctx.defer(move || {
         let mut payload = payload;
-        // Refused before it started: submitted and completed now.
-        let now = tctx.now.get();
         cb.call(&tctx, IoStatus::Rejected(r), &mut payload, parent, now)
     });
 }
@@ -1079,6 +1084,7 @@ pub(crate) fn start(p: Pending, mut ctx: Box<IoCtx>) {
         parent,
         cb,
         desc_id,
+        submit_tick,
     } = p;
     if desc_id != 0 {
         ctx.set_desc(desc_id);
@@ -1109,7 +1115,7 @@ pub(crate) fn start(p: Pending, mut ctx: Box<IoCtx>) {
         }
     }
     ctx.cb = Some(cb);
-    dispatch(&ch, ctx, io_type, offset_blocks, num_blocks);
+    dispatch_at(&ch, ctx, io_type, offset_blocks, num_blocks, submit_tick);
 }
 
 /// Fills in the rest of the context and calls the module (or the services). Always
@@ -1117,17 +1123,31 @@ pub(crate) fn start(p: Pending, mut ctx: Box<IoCtx>) {
 #[inline(always)]
 pub(crate) fn dispatch(
     ch: &IoChannel<ChanCtx>,
+    ctx: Box<IoCtx>,
+    io_type: IoType,
+    offset_blocks: u64,
+    num_blocks: u64,
+) {
+    let now = ch.tctx.now.get();
+    dispatch_at(ch, ctx, io_type, offset_blocks, num_blocks, now)
+}
+
+/// [`dispatch`] of an I/O submitted at `submit_tick`.
+#[inline(always)]
+fn dispatch_at(
+    ch: &IoChannel<ChanCtx>,
     mut ctx: Box<IoCtx>,
     io_type: IoType,
     offset_blocks: u64,
     num_blocks: u64,
+    submit_tick: u64,
 ) {
     let c = &**ch;
     ctx.io_type = io_type;
     ctx.offset_blocks = offset_blocks;
     ctx.num_blocks = num_blocks;
     ctx.block_len = c.bdev.block_len;
-    ctx.submit_tick = c.tctx.now.get();
+    ctx.submit_tick = submit_tick;
     ctx.status = IoStatus::Success;
     ctx.ch = Some(ch.clone());
     c.outstanding.set(c.outstanding.get() + 1);
@@ -1340,6 +1360,7 @@ impl SharedIo {
             parent: Some((ParentRef::Shared(self.clone()), data_offset)),
             cb: cb(),
             desc_id: 0,
+            submit_tick: tctx.now.get(),
         });
     }
 }

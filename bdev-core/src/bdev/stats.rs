@@ -152,7 +152,7 @@ pub(crate) struct ChannelStats {
 // across a line boundary paid a failed store-to-load forward at every completion (~10 ns
 // per I/O in perf annotate: `bdevperf --async-set` at 0.84 of callbacks, 0.93 aligned).
 #[derive(Debug)]
-#[repr(align(16))]
+#[repr(C, align(16))]
 struct CellStats {
     bytes: Cell<u64>,
     ops: Cell<u64>,
@@ -160,6 +160,12 @@ struct CellStats {
     lat_max: Cell<u64>,
     lat_min: Cell<u64>,
 }
+
+// `bytes` and `ops` side by side at the start of a 16-byte unit.
+const _: () = {
+    assert!(std::mem::offset_of!(CellStats, bytes) == 0);
+    assert!(std::mem::offset_of!(CellStats, ops) == 8);
+};
 
 impl Default for CellStats {
     fn default() -> Self {

@@ -390,12 +390,8 @@ fn a_completion_carries_its_submission_tick() {
     let hz = crate::thread::ticks_hz();
     assert_eq!(hz, 1_000_000);
     assert_eq!(got.get(), Some((IoStatus::Success, t0, t0 + 250)));
-    let (ok, tick) = refused.get().expect("the refusal completes");
-    assert!(!ok);
-    assert!(
-        tick >= t0,
-        "refused at {tick}, before the submission at {t0}"
-    );
+    // Refused at once, though the callback runs at the next pass (after the clock moved).
+    assert_eq!(refused.get(), Some((false, t0)));
 }
 
 #[test]

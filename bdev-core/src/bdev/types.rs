@@ -374,9 +374,11 @@ pub struct Completion<P> {
     pub status: IoStatus,
     /// The buffers given at submission.
     pub payload: P,
-    /// The tick of the thread's clock ([`crate::thread::now`]) at which the bdev layer
-    /// took the I/O (SPDK's `spdk_bdev_io_get_submit_tsc`): its latency is the clock now
-    /// less this. A request refused before it started has the tick of its refusal.
+    /// The tick of the thread's clock ([`crate::thread::now`]) at which the I/O was
+    /// submitted (SPDK's `spdk_bdev_io_get_submit_tsc`): its latency is
+    /// `thread::now() - submit_tick`. A request that waited for an I/O context keeps the
+    /// tick of its submission (the layer's wait is part of its latency, as the iostat
+    /// counts it too); a request refused has the tick of its refusal.
     pub submit_tick: u64,
 }
 
