@@ -313,18 +313,25 @@ fn null_reads_leave_the_buffer_alone_and_complete_from_the_poller() {
     assert!(done.borrow().as_ref().unwrap().iter().all(|&x| x == 0xaa));
 }
 
-#[test]
-fn an_exhausted_pool_queues_and_loses_nothing() {
-    // A pool of 32 contexts with caches of 16: two threads, 1000 I/Os each in flight at once.
+/// A harness of `threads` over a pool of 32 I/O contexts with caches of 16, and a null
+/// bdev `name` of 512-byte blocks.
+fn small_pool(threads: usize, name: &str) -> Harness {
     let opts = BdevOpts {
         bdev_io_pool_size: 32,
         bdev_io_cache_size: 16,
         ..Default::default()
     };
-    let h = Harness::with_opts(2, opts);
+    let h = Harness::with_opts(threads, opts);
     h.run_on(0, || {
-        null::create(NullOpts::new("n_pool", 1 << 16, 512)).unwrap()
+        null::create(NullOpts::new(name, 1 << 16, 512)).unwrap()
     });
+    h
+}
+
+#[test]
+fn an_exhausted_pool_queues_and_loses_nothing() {
+    // A pool of 32 contexts with caches of 16: two threads, 1000 I/Os each in flight at once.
+    let h = small_pool(2, "n_pool");
     let desc = Arc::new(h.run_on(0, || Desc::open("n_pool", true, |_| {}).unwrap()));
     let order: Vec<Rc<RefCell<Vec<u64>>>> = vec![Default::default(), Default::default()];
     let chans: Vec<_> = (0..2)
@@ -362,15 +369,7 @@ fn an_exhausted_pool_queues_and_loses_nothing() {
 fn an_io_that_waited_for_a_context_keeps_its_submission_tick() {
     // A pool of 32 contexts with a cache of 16 on one thread: of 100 reads submitted at
     // once, most wait for a context and start when earlier ones complete, later.
-    let opts = BdevOpts {
-        bdev_io_pool_size: 32,
-        bdev_io_cache_size: 16,
-        ..Default::default()
-    };
-    let h = Harness::with_opts(1, opts);
-    h.run_on(0, || {
-        null::create(NullOpts::new("n_tick", 1 << 16, 512)).unwrap()
-    });
+    let h = small_pool(1, "n_tick");
     let desc = Desc::open("n_tick", true, |_| {}).unwrap();
     let ch = desc.get_io_channel().unwrap();
     h.advance_time_us(500);

@@ -423,8 +423,9 @@ impl ThreadCtx {
     }
 
     /// The future's side: the result if it has come (the slot is then freed), made into
-    /// the caller's type by `take`; else `waker` is who to wake when it comes: a task of this thread's executor (by its
-    /// packed reference), or any other waker (the cold path).
+    /// the caller's type by `take`; else `waker` is who to wake when it comes: a task of
+    /// this thread's executor (by its packed reference), or any other waker (the cold
+    /// path).
     #[inline(always)]
     pub(crate) fn slot_poll<R>(
         &self,

@@ -153,12 +153,7 @@ impl<P: IoPayload> Future for IoFuture<'_, P> {
         let r = self
             .tctx
             .slot_poll(self.slot, cx.waker(), |status, payload| {
-                let payload = P::from_payload(payload);
-                if status.is_success() {
-                    Ok(payload)
-                } else {
-                    Err(IoError { status, payload })
-                }
+                IoError::result(status, P::from_payload(payload))
             });
         match r {
             Some(r) => {

@@ -391,14 +391,7 @@ impl<P> Completion<P> {
 
     /// `Ok(payload)` on success, else the status with the payload.
     pub fn into_result(self) -> Result<P, IoError<P>> {
-        if self.status.is_success() {
-            Ok(self.payload)
-        } else {
-            Err(IoError {
-                status: self.status,
-                payload: self.payload,
-            })
-        }
+        IoError::result(self.status, self.payload)
     }
 }
 
@@ -408,6 +401,18 @@ pub struct IoError<P> {
     pub status: IoStatus,
     /// The buffers given at submission.
     pub payload: P,
+}
+
+impl<P> IoError<P> {
+    /// `Ok(payload)` on success, else the status with the payload.
+    #[inline]
+    pub(crate) fn result(status: IoStatus, payload: P) -> Result<P, IoError<P>> {
+        if status.is_success() {
+            Ok(payload)
+        } else {
+            Err(IoError { status, payload })
+        }
+    }
 }
 
 impl<P> fmt::Debug for IoError<P> {
