@@ -71,12 +71,20 @@ fn test_bdev(name: &str, behaviour: Behaviour, align: usize) -> (Bdev, Arc<Atomi
     (b, destructed)
 }
 
+/// One thread, an inline test bdev `name`, a writable descriptor and its channel: what
+/// most tests here start from. Bind as `let (h, d, ch)`, so that they drop channel first.
+fn open_inline(name: &str) -> (Harness, Desc, super::BdevChannel) {
+    let h = Harness::new(1);
+    test_bdev(name, Behaviour::Inline, 1);
+    let d = Desc::open(name, true, |_| {}).unwrap();
+    let ch = d.get_io_channel().unwrap();
+    (h, d, ch)
+}
+
 #[test]
 fn inline_completions_are_deferred_out_of_submit() {
-    let h = Harness::new(1);
-    test_bdev("t_inline", Behaviour::Inline, 1);
-    let d = Rc::new(Desc::open("t_inline", true, |_| {}).unwrap());
-    let ch = Rc::new(d.get_io_channel().unwrap());
+    let (h, d, ch) = open_inline("t_inline");
+    let (d, ch) = (Rc::new(d), Rc::new(ch));
     // A chain of 10,000 I/Os, each submitted from the previous one's callback: with inline
     // completion and no deferral this would recurse 10,000 deep.
     let left = Rc::new(Cell::new(10_000u32));
@@ -226,10 +234,8 @@ fn a_channel_created_during_a_reset_starts_frozen() {
 
 #[test]
 fn a_dropped_io_future_loses_nothing_and_its_slot_is_reused() {
-    let h = Harness::new(1);
-    test_bdev("t_cancel", Behaviour::Inline, 1);
-    let d = Rc::new(Desc::open("t_cancel", true, |_| {}).unwrap());
-    let ch = Rc::new(d.get_io_channel().unwrap());
+    let (h, d, ch) = open_inline("t_cancel");
+    let (d, ch) = (Rc::new(d), Rc::new(ch));
     let tctx = ch.ch.tctx.clone();
     let waker = std::task::Waker::noop();
     let mut cx = std::task::Context::from_waker(waker);
@@ -327,10 +333,7 @@ fn a_dropped_io_future_loses_nothing_and_its_slot_is_reused() {
 
 #[test]
 fn an_io_future_polled_by_another_executor_is_woken_through_its_waker() {
-    let h = Harness::new(1);
-    test_bdev("t_foreign", Behaviour::Inline, 1);
-    let d = Desc::open("t_foreign", true, |_| {}).unwrap();
-    let ch = d.get_io_channel().unwrap();
+    let (h, d, ch) = open_inline("t_foreign");
     let (first, second) = (
         Arc::new(Count(AtomicUsize::new(0))),
         Arc::new(Count(AtomicUsize::new(0))),
@@ -369,10 +372,7 @@ fn an_io_future_polled_by_another_executor_is_woken_through_its_waker() {
 
 #[test]
 fn a_completion_carries_its_submission_tick() {
-    let h = Harness::new(1);
-    test_bdev("t_tick", Behaviour::Inline, 1);
-    let d = Desc::open("t_tick", true, |_| {}).unwrap();
-    let ch = d.get_io_channel().unwrap();
+    let (h, d, ch) = open_inline("t_tick");
     h.advance_time_us(1000);
     h.poll_threads();
     let t0 = crate::thread::now();
@@ -396,10 +396,8 @@ fn a_completion_carries_its_submission_tick() {
 
 #[test]
 fn an_io_set_hands_back_every_completion_with_its_tag() {
-    let h = Harness::new(1);
-    test_bdev("t_set", Behaviour::Inline, 1);
-    let d = Rc::new(Desc::open("t_set", true, |_| {}).unwrap());
-    let ch = Rc::new(d.get_io_channel().unwrap());
+    let (h, d, ch) = open_inline("t_set");
+    let (d, ch) = (Rc::new(d), Rc::new(ch));
     let (d2, ch2) = (d.clone(), ch.clone());
     let got = h.block_on(0, async move {
         let mut set: IoSet<u32> = IoSet::new();
@@ -441,10 +439,7 @@ fn an_io_set_hands_back_every_completion_with_its_tag() {
 
 #[test]
 fn an_io_set_wakes_its_waiter_once_per_batch_and_loses_nothing_when_dropped() {
-    let h = Harness::new(1);
-    test_bdev("t_set_wake", Behaviour::Inline, 1);
-    let d = Desc::open("t_set_wake", true, |_| {}).unwrap();
-    let ch = d.get_io_channel().unwrap();
+    let (h, d, ch) = open_inline("t_set_wake");
     let count = Arc::new(Count(AtomicUsize::new(0)));
     let w = std::task::Waker::from(count.clone());
     let mut set: IoSet<u32> = IoSet::with_capacity(4);
@@ -481,10 +476,7 @@ fn an_io_set_wakes_its_waiter_once_per_batch_and_loses_nothing_when_dropped() {
 
 #[test]
 fn an_io_set_takes_a_batch_whole_before_newer_completions() {
-    let h = Harness::new(1);
-    test_bdev("t_set_order", Behaviour::Inline, 1);
-    let d = Desc::open("t_set_order", true, |_| {}).unwrap();
-    let ch = d.get_io_channel().unwrap();
+    let (h, d, ch) = open_inline("t_set_order");
     let mut set: IoSet<u32> = IoSet::new();
     let read = || d.read_blocks(&ch, DmaBuf::page_aligned(512).unwrap(), 0, 1);
     for i in 0..4u32 {
