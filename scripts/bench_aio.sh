@@ -45,7 +45,10 @@ bp_run() { # method target [extra params] [bdevperf flags] -> "iops cpus" (cpus:
   fi
   echo "$iops $cpus"
 }
-keys=(fio_io_uring fio_libaio fio_io_uring_core0 fio_libaio_core0 bdev_uring bdev_uring_defer bdev_uring_regbuf bdev_uring_intr bdev_aio bdev_aio_intr)
+keys=(fio_io_uring fio_libaio fio_io_uring_core0 fio_libaio_core0 bdev_uring bdev_uring_defer bdev_uring_regbuf bdev_uring_intr bdev_aio bdev_aio_all bdev_aio_intr)
+# KEYS="fio_io_uring bdev_uring ..." runs only those (more rounds of the four that the
+# targets compare, in the same time).
+if [[ -n ${KEYS:-} ]]; then read -r -a keys <<< "$KEYS"; fi
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 for tgt in "${targets[@]}"; do
   declare -A runs=() cpu=()
@@ -62,6 +65,8 @@ for tgt in "${targets[@]}"; do
         bdev_uring_regbuf) read -r v c < <(bp_run bdev_uring_create "$tgt" ',"registered_buffers":64'); cpu[$k]="${cpu[$k]:-} $c" ;;
         bdev_uring_intr) read -r v c < <(bp_run bdev_uring_create "$tgt" "" --interrupt-mode); cpu[$k]="${cpu[$k]:-} $c" ;;
         bdev_aio) read -r v c < <(bp_run bdev_aio_create "$tgt"); cpu[$k]="${cpu[$k]:-} $c" ;;
+        # The whole poll's batch in one io_submit (submit_batch 0; the default is 2).
+        bdev_aio_all) read -r v c < <(bp_run bdev_aio_create "$tgt" ',"submit_batch":0'); cpu[$k]="${cpu[$k]:-} $c" ;;
         bdev_aio_intr) read -r v c < <(bp_run bdev_aio_create "$tgt" "" --interrupt-mode); cpu[$k]="${cpu[$k]:-} $c" ;;
       esac
       runs[$k]="${runs[$k]:-} $v"
@@ -84,13 +89,24 @@ for tgt in "${targets[@]}"; do
     fi
     printf '| %s | %.0f | %s |%s\n' "$k" "${med[$k]}" "$(echo ${runs[$k]} | awk '{for(i=1;i<=NF;i++) printf "%.1fk ", $i/1e3}')" "$extra"
   done
-  echo "bdev_uring / fio io_uring: $(awk -v a="${med[bdev_uring]}" -v b="${med[fio_io_uring]}" 'BEGIN{printf "%.3f", a/b}')"
-  echo "bdev_uring (defer_taskrun) / fio io_uring: $(awk -v a="${med[bdev_uring_defer]}" -v b="${med[fio_io_uring]}" 'BEGIN{printf "%.3f", a/b}')"
-  echo "bdev_uring (defer_taskrun) / fio io_uring on core 0: $(awk -v a="${med[bdev_uring_defer]}" -v b="${med[fio_io_uring_core0]}" 'BEGIN{printf "%.3f", a/b}')"
-  echo "bdev_uring (interrupt mode) / fio io_uring: $(awk -v a="${med[bdev_uring_intr]}" -v b="${med[fio_io_uring]}" 'BEGIN{printf "%.3f", a/b}')"
-  echo "bdev_uring (registered buffers) / fio io_uring: $(awk -v a="${med[bdev_uring_regbuf]}" -v b="${med[fio_io_uring]}" 'BEGIN{printf "%.3f", a/b}')"
-  echo "bdev_aio (interrupt mode) / fio libaio: $(awk -v a="${med[bdev_aio_intr]}" -v b="${med[fio_libaio]}" 'BEGIN{printf "%.3f", a/b}')"
-  echo "bdev_aio / fio libaio: $(awk -v a="${med[bdev_aio]}" -v b="${med[fio_libaio]}" 'BEGIN{printf "%.3f", a/b}')"
-  echo "bdev_uring / fio io_uring on core 0: $(awk -v a="${med[bdev_uring]}" -v b="${med[fio_io_uring_core0]}" 'BEGIN{printf "%.3f", a/b}')"
-  echo "bdev_aio / fio libaio on core 0: $(awk -v a="${med[bdev_aio]}" -v b="${med[fio_libaio_core0]}" 'BEGIN{printf "%.3f", a/b}')"
+  # Ratio of medians, and the median of the rounds' own ratios (each bdev run beside the
+  # fio run of its round: a slow drift of the host cancels out).
+  ratio() { # label bdev-key fio-key
+    [[ -n ${med[$2]:-} && -n ${med[$3]:-} ]] || return 0
+    local per
+    per=$(paste <(echo ${runs[$2]} | tr ' ' '\n') <(echo ${runs[$3]} | tr ' ' '\n') |
+      awk '$2 > 0 {printf "%.3f ", $1 / $2}')
+    echo "$1: $(awk -v a="${med[$2]}" -v b="${med[$3]}" 'BEGIN{printf "%.3f", a/b}')" \
+      "(rounds: ${per}; median $(echo "$per" | median))"
+  }
+  ratio "bdev_uring / fio io_uring" bdev_uring fio_io_uring
+  ratio "bdev_uring (defer_taskrun) / fio io_uring" bdev_uring_defer fio_io_uring
+  ratio "bdev_uring (defer_taskrun) / fio io_uring on core 0" bdev_uring_defer fio_io_uring_core0
+  ratio "bdev_uring (interrupt mode) / fio io_uring" bdev_uring_intr fio_io_uring
+  ratio "bdev_uring (registered buffers) / fio io_uring" bdev_uring_regbuf fio_io_uring
+  ratio "bdev_aio (interrupt mode) / fio libaio" bdev_aio_intr fio_libaio
+  ratio "bdev_aio / fio libaio" bdev_aio fio_libaio
+  ratio "bdev_aio (one io_submit per poll) / fio libaio" bdev_aio_all fio_libaio
+  ratio "bdev_uring / fio io_uring on core 0" bdev_uring fio_io_uring_core0
+  ratio "bdev_aio / fio libaio on core 0" bdev_aio fio_libaio_core0
 done

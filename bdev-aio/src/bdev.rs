@@ -24,7 +24,10 @@ use crate::engine::{Engine, Op};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EngineKind {
     /// Linux AIO.
-    Aio,
+    Aio {
+        /// The most iocbs per io_submit (0: all queued in one call).
+        submit_batch: u32,
+    },
     /// io_uring.
     Uring {
         /// Start an SQPOLL kernel thread idling this many ms.
@@ -179,9 +182,14 @@ impl BdevOps for FileBdev {
 
     fn create_channel(&self) -> bdev_core::Result<FileChannel> {
         let eng: Box<dyn Engine> = match &self.kind {
-            EngineKind::Aio => Box::new(
-                crate::aio::Aio::new(self.file.clone(), DEPTH, bdev_core::app::interrupt_mode())
-                    .map_err(|e| bdev_core::Error::invalid("io_setup", e.to_string()))?,
+            EngineKind::Aio { submit_batch } => Box::new(
+                crate::aio::Aio::new(
+                    self.file.clone(),
+                    DEPTH,
+                    bdev_core::app::interrupt_mode(),
+                    *submit_batch,
+                )
+                .map_err(|e| bdev_core::Error::invalid("io_setup", e.to_string()))?,
             ),
             EngineKind::Uring {
                 sqpoll_idle_ms,

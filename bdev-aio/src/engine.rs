@@ -266,7 +266,7 @@ mod tests {
         std::fs::write(&p, vec![3u8; 8192]).unwrap();
         let f = Arc::new(File::open(&p).unwrap());
         completions_ring_the_interrupt_fd(Box::new(
-            crate::aio::Aio::new(f.clone(), 8, true).unwrap(),
+            crate::aio::Aio::new(f.clone(), 8, true, 2).unwrap(),
         ));
         completions_ring_the_interrupt_fd(Box::new(
             crate::uring::Uring::new(f, 8, None, false, 0, false, true).unwrap(),

@@ -86,7 +86,15 @@ pub struct AioOpts {
     /// UUID (random when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uuid: Option<Uuid>,
+    /// Ours: the most I/Os one io_submit hands the kernel, of those a poll found queued
+    /// (absent: 2, the most the kernel takes without plugging them; 0: all in one call).
+    /// Left out of saved configs when absent, so that SPDK can load them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submit_batch: Option<u32>,
 }
+
+/// The default `submit_batch` of an AIO bdev (see [`AioOpts::submit_batch`]).
+pub const AIO_SUBMIT_BATCH: u32 = 2;
 
 /// Options of `bdev_uring_create` (SPDK's names, and some of ours).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -187,7 +195,9 @@ pub fn create_aio(o: AioOpts) -> Result<core_bdev::Bdev, Error> {
         o.readonly,
         o.fallocate,
         o.uuid,
-        EngineKind::Aio,
+        EngineKind::Aio {
+            submit_batch: o.submit_batch.unwrap_or(AIO_SUBMIT_BATCH),
+        },
         config,
     )
 }

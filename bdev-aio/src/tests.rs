@@ -37,6 +37,7 @@ fn aio(name: &str, filename: &str, fallocate: bool) -> AioOpts {
         readonly: false,
         fallocate,
         uuid: None,
+        submit_batch: None,
     }
 }
 

@@ -499,10 +499,42 @@ fn aio_and_uring_bdevs_over_rpc() {
     let b = c.call("bdev_get_bdevs", json!({"name": "A1"}));
     assert_eq!(b["result"][0]["num_blocks"], 512);
     assert_eq!(code(&c.call("bdev_aio_rescan", json!({"name": "U1"}))), -19);
-    let saved = c.call("save_config", Value::Null).to_string();
+    // Ours: io_submit calls of any size (0: all a poll found queued in one call).
+    let r = c.call(
+        "bdev_aio_create",
+        json!({"name": "A4", "filename": img, "submit_batch": 0}),
+    );
+    assert_eq!(r["result"], "A4", "{r}");
+    assert_eq!(
+        code(&c.call(
+            "bdev_aio_create",
+            json!({"name": "A5", "filename": img, "submit_batch": -1})
+        )),
+        -32603
+    );
+    let saved = c.call("save_config", Value::Null);
+    let params = |name: &str| {
+        saved["result"]["subsystems"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|s| s["config"].as_array().into_iter().flatten())
+            .find(|m| m["params"]["name"] == name)
+            .map(|m| m["params"].clone())
+    };
     assert!(
-        saved.contains("bdev_aio_create") && saved.contains("bdev_uring_create"),
+        params("A1").is_some_and(|p| p.get("submit_batch").is_none()),
+        "the default is not written, so that SPDK can load the file: {saved}"
+    );
+    assert_eq!(
+        params("A4").map(|p| p["submit_batch"].clone()),
+        Some(json!(0)),
         "{saved}"
+    );
+    assert!(params("U1").is_some(), "{saved}");
+    assert_eq!(
+        c.call("bdev_aio_delete", json!({"name": "A4"}))["result"],
+        true
     );
     assert_eq!(
         c.call("bdev_aio_delete", json!({"name": "A1"}))["result"],
