@@ -45,7 +45,7 @@ bp_run() { # method target [extra params] [bdevperf flags] -> "iops cpus" (cpus:
   fi
   echo "$iops $cpus"
 }
-keys=(fio_io_uring fio_libaio fio_io_uring_core0 fio_libaio_core0 bdev_uring bdev_uring_defer bdev_uring_regbuf bdev_uring_intr bdev_aio bdev_aio_all bdev_aio_intr)
+keys=(fio_io_uring fio_libaio fio_io_uring_core0 fio_libaio_core0 bdev_uring bdev_uring_plain bdev_uring_regbuf bdev_uring_intr bdev_aio bdev_aio_all bdev_aio_intr)
 # KEYS="fio_io_uring bdev_uring ..." runs only those (more rounds of the four that the
 # targets compare, in the same time).
 if [[ -n ${KEYS:-} ]]; then read -r -a keys <<< "$KEYS"; fi
@@ -61,7 +61,9 @@ for tgt in "${targets[@]}"; do
         fio_io_uring_core0) read -r v c < <(fio_run io_uring "$tgt" --cpus_allowed=0); cpu[$k]="${cpu[$k]:-} $c" ;;
         fio_libaio_core0) read -r v c < <(fio_run libaio "$tgt" --cpus_allowed=0); cpu[$k]="${cpu[$k]:-} $c" ;;
         bdev_uring) read -r v c < <(bp_run bdev_uring_create "$tgt"); cpu[$k]="${cpu[$k]:-} $c" ;;
-        bdev_uring_defer) read -r v c < <(bp_run bdev_uring_create "$tgt" ',"defer_taskrun":true'); cpu[$k]="${cpu[$k]:-} $c" ;;
+        # A plain ring, the whole poll's batch in one enter (the default before DEFER_TASKRUN
+        # with two SQEs per enter).
+        bdev_uring_plain) read -r v c < <(bp_run bdev_uring_create "$tgt" ',"defer_taskrun":false'); cpu[$k]="${cpu[$k]:-} $c" ;;
         bdev_uring_regbuf) read -r v c < <(bp_run bdev_uring_create "$tgt" ',"registered_buffers":64'); cpu[$k]="${cpu[$k]:-} $c" ;;
         bdev_uring_intr) read -r v c < <(bp_run bdev_uring_create "$tgt" "" --interrupt-mode); cpu[$k]="${cpu[$k]:-} $c" ;;
         bdev_aio) read -r v c < <(bp_run bdev_aio_create "$tgt"); cpu[$k]="${cpu[$k]:-} $c" ;;
@@ -100,8 +102,7 @@ for tgt in "${targets[@]}"; do
       "(rounds: ${per}; median $(echo "$per" | median))"
   }
   ratio "bdev_uring / fio io_uring" bdev_uring fio_io_uring
-  ratio "bdev_uring (defer_taskrun) / fio io_uring" bdev_uring_defer fio_io_uring
-  ratio "bdev_uring (defer_taskrun) / fio io_uring on core 0" bdev_uring_defer fio_io_uring_core0
+  ratio "bdev_uring (plain ring, one enter per poll) / fio io_uring" bdev_uring_plain fio_io_uring
   ratio "bdev_uring (interrupt mode) / fio io_uring" bdev_uring_intr fio_io_uring
   ratio "bdev_uring (registered buffers) / fio io_uring" bdev_uring_regbuf fio_io_uring
   ratio "bdev_aio (interrupt mode) / fio libaio" bdev_aio_intr fio_libaio

@@ -380,6 +380,10 @@ impl Engine for Aio {
         self.inflight + self.batch.len()
     }
 
+    fn submit_calls(&self) -> u64 {
+        self.submit_calls
+    }
+
     fn fd(&self) -> RawFd {
         self.file.as_raw_fd()
     }

@@ -29,18 +29,7 @@ pub enum EngineKind {
         submit_batch: u32,
     },
     /// io_uring.
-    Uring {
-        /// Start an SQPOLL kernel thread idling this many ms.
-        sqpoll_idle_ms: Option<u32>,
-        /// Pin the SQPOLL thread to this CPU.
-        sqpoll_cpu: Option<u32>,
-        /// Register the file with the ring.
-        fixed_file: bool,
-        /// Registered-buffer slots per ring (0: none).
-        registered_buffers: u16,
-        /// Completions posted only when the reactor enters the ring (DEFER_TASKRUN).
-        defer_taskrun: bool,
-    },
+    Uring(crate::uring::RingOpts),
 }
 
 /// Operations in flight per channel (the engine's queue depth).
@@ -191,20 +180,11 @@ impl BdevOps for FileBdev {
                 )
                 .map_err(|e| bdev_core::Error::invalid("io_setup", e.to_string()))?,
             ),
-            EngineKind::Uring {
-                sqpoll_idle_ms,
-                sqpoll_cpu,
-                fixed_file,
-                registered_buffers,
-                defer_taskrun,
-            } => Box::new(
+            EngineKind::Uring(o) => Box::new(
                 crate::uring::Uring::new(
                     self.file.clone(),
                     DEPTH,
-                    sqpoll_idle_ms.map(|i| (i, *sqpoll_cpu)),
-                    *fixed_file,
-                    *registered_buffers,
-                    *defer_taskrun,
+                    o,
                     bdev_core::app::interrupt_mode(),
                 )
                 .map_err(|e| bdev_core::Error::invalid("io_uring_setup", e.to_string()))?,

@@ -62,6 +62,10 @@ pub trait Engine {
     /// Operations pushed and not reaped yet.
     fn in_flight(&self) -> usize;
 
+    /// System calls made to hand operations to the kernel (`io_submit`,
+    /// `io_uring_enter`): what `submit_batch` trades against the kernel's plugging.
+    fn submit_calls(&self) -> u64;
+
     /// The descriptor the engine works on.
     fn fd(&self) -> RawFd;
 
@@ -148,12 +152,85 @@ mod tests {
         assert!(!readable(fd, 0), "quiet again once reaped");
     }
 
+    /// Seven reads of a file whose block `i` holds byte `i`, pushed, submitted by one poll
+    /// and reaped; returns the enters that submit made.
+    fn uring_seven_reads(o: &crate::uring::RingOpts, tag: &str) -> u64 {
+        let p = std::env::temp_dir().join(format!("engine-batch-{tag}-{}.img", std::process::id()));
+        let data: Vec<u8> = (0..7u8).flat_map(|i| vec![i; 512]).collect();
+        std::fs::write(&p, &data).unwrap();
+        let f = Arc::new(File::open(&p).unwrap());
+        let _ = std::fs::remove_file(&p);
+        let mut e = crate::uring::Uring::new(f, 8, o, false).unwrap();
+        let mut bufs: Vec<Vec<u8>> = (0..7).map(|_| vec![0xffu8; 512]).collect();
+        let iovs = iovecs(bufs.iter_mut().map(|b| &mut b[..]));
+        for (i, iov) in iovs.iter().enumerate() {
+            // SAFETY: `bufs` and `iovs` outlive the reaping below.
+            unsafe {
+                e.push(
+                    Op::Readv {
+                        iov,
+                        cnt: 1,
+                        offset: i as u64 * 512,
+                        buf: None,
+                    },
+                    i as u64,
+                )
+            }
+            .unwrap();
+        }
+        assert_eq!(e.submit().unwrap(), 7, "{tag}: one poll submits all");
+        let calls = e.submit_calls();
+        let mut got = Vec::new();
+        let t0 = Instant::now();
+        while got.len() < 7 {
+            assert!(t0.elapsed() < Duration::from_secs(5), "{tag}: {got:?}");
+            e.submit().unwrap();
+            e.reap(&mut |ud, res| got.push((ud, res)));
+        }
+        got.sort();
+        assert_eq!(got, (0..7).map(|i| (i, 512)).collect::<Vec<_>>(), "{tag}");
+        for (i, b) in bufs.iter().enumerate() {
+            assert!(b.iter().all(|&x| x == i as u8), "{tag}: block {i}");
+        }
+        assert_eq!(e.in_flight(), 0);
+        calls
+    }
+
+    #[test]
+    fn uring_hands_the_kernel_submit_batch_sqes_per_enter() {
+        use crate::uring::RingOpts;
+        let with = |defer_taskrun, submit_batch| RingOpts {
+            defer_taskrun,
+            submit_batch,
+            ..Default::default()
+        };
+        // A plain ring: all in one enter unless told otherwise.
+        assert_eq!(uring_seven_reads(&with(false, None), "plain"), 1);
+        assert_eq!(uring_seven_reads(&with(false, Some(0)), "plain-0"), 1);
+        assert_eq!(uring_seven_reads(&with(false, Some(1)), "plain-1"), 7);
+        assert_eq!(uring_seven_reads(&with(false, Some(3)), "plain-3"), 3);
+        // SQPOLL: the kernel thread submits; the option is ignored.
+        let sq = RingOpts {
+            sqpoll: Some((10, None)),
+            submit_batch: Some(1),
+            ..Default::default()
+        };
+        assert!(uring_seven_reads(&sq, "sqpoll") <= 1);
+        if crate::uring::probe_defer_taskrun().is_err() {
+            eprintln!("skipped the DEFER_TASKRUN cases: this kernel has no DEFER_TASKRUN");
+            return;
+        }
+        // A DEFER_TASKRUN ring: two per enter unless told otherwise.
+        assert_eq!(uring_seven_reads(&with(true, None), "defer"), 4);
+        assert_eq!(uring_seven_reads(&with(true, Some(0)), "defer-0"), 1);
+    }
+
     #[test]
     fn uring_keeps_no_more_in_flight_than_its_completion_queue_holds() {
         let p = std::env::temp_dir().join(format!("engine-cq-{}.img", std::process::id()));
         std::fs::write(&p, vec![1u8; 4096]).unwrap();
         let f = Arc::new(File::open(&p).unwrap());
-        let mut e = crate::uring::Uring::new(f, 8, None, false, 0, false, false).unwrap();
+        let mut e = crate::uring::Uring::new(f, 8, &Default::default(), false).unwrap();
         let cq = 16; // twice the submission queue
         let mut bufs: Vec<Vec<u8>> = (0..cq + 1).map(|_| vec![0u8; 512]).collect();
         let iovs = iovecs(bufs.iter_mut().map(|b| &mut b[..]));
@@ -216,7 +293,16 @@ mod tests {
                 return;
             }
         };
-        let mut e = crate::uring::Uring::new(f, 8, None, false, 0, true, false).unwrap();
+        let mut e = crate::uring::Uring::new(
+            f,
+            8,
+            &crate::uring::RingOpts {
+                defer_taskrun: true,
+                ..Default::default()
+            },
+            false,
+        )
+        .unwrap();
         let mut bufs: Vec<bdev_core::dma::DmaBuf> = (0..8)
             .map(|_| bdev_core::dma::DmaBuf::page_aligned(4096).unwrap())
             .collect();
@@ -269,7 +355,7 @@ mod tests {
             crate::aio::Aio::new(f.clone(), 8, true, 2).unwrap(),
         ));
         completions_ring_the_interrupt_fd(Box::new(
-            crate::uring::Uring::new(f, 8, None, false, 0, false, true).unwrap(),
+            crate::uring::Uring::new(f, 8, &Default::default(), true).unwrap(),
         ));
         let _ = std::fs::remove_file(&p);
     }

@@ -126,12 +126,18 @@ pub struct UringOpts {
     pub registered_buffers: u16,
     /// Ours: the kernel holds completions until the reactor's next poll enters the ring
     /// (IORING_SETUP_DEFER_TASKRUN), instead of interrupting the reactor to post them.
-    /// On an interrupt-driven device (the virtio disk here) it won 6 of 8 pairs (0 to
-    /// +10 % IOPS); on a loop device, whose worker thread completes the I/O, it lost 8
-    /// of 11 (~3 % fewer; docs/benchmarks.md). Not with SQPOLL; ignored in interrupt
-    /// mode, where the ring's fd must wake the reactor.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub defer_taskrun: bool,
+    /// Absent: on where the kernel offers it (6.1 on) and without SQPOLL; `true` where it
+    /// doesn't is an error. With [`UringOpts::submit_batch`]'s default it beat one enter
+    /// per poll on a plain ring on both of issue 4's targets (docs/benchmarks.md). Ignored
+    /// in interrupt mode, where the ring's fd must wake the reactor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub defer_taskrun: Option<bool>,
+    /// Ours: the most SQEs one io_uring_enter hands the kernel, of those a poll found
+    /// queued (0: all in one enter). Absent: 2 on a DEFER_TASKRUN ring, all in one enter
+    /// on a plain ring (where small enters lost 25 to 40 % on a loop device). Not with
+    /// SQPOLL, whose kernel thread does the submitting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submit_batch: Option<u32>,
 }
 
 fn is_zero(v: &u16) -> bool {
@@ -208,27 +214,39 @@ pub fn create_uring(o: UringOpts) -> Result<core_bdev::Bdev, Error> {
     if o.sqpoll_cpu.is_some() && o.sqpoll_idle_ms.is_none() {
         return Err(Error::InvalidOpts("sqpoll_cpu needs sqpoll_idle_ms".into()));
     }
-    if o.defer_taskrun && o.sqpoll_idle_ms.is_some() {
+    let sqpoll = o.sqpoll_idle_ms.is_some();
+    if o.defer_taskrun == Some(true) && sqpoll {
         // The kernel refuses the pair: the SQPOLL thread, not ours, would run the work.
         return Err(Error::InvalidOpts(
             "defer_taskrun can't go with sqpoll_idle_ms".into(),
         ));
     }
-    if o.defer_taskrun {
-        // Refused now rather than at every channel's creation (kernels before 6.1).
-        crate::uring::probe_defer_taskrun().map_err(|e| {
-            Error::InvalidOpts(format!(
-                "defer_taskrun: this kernel refuses IORING_SETUP_DEFER_TASKRUN: {e}"
-            ))
-        })?;
+    if o.submit_batch.is_some() && sqpoll {
+        return Err(Error::InvalidOpts(
+            "submit_batch can't go with sqpoll_idle_ms (the SQPOLL thread submits)".into(),
+        ));
     }
-    let kind = EngineKind::Uring {
-        sqpoll_idle_ms: o.sqpoll_idle_ms,
-        sqpoll_cpu: o.sqpoll_cpu,
+    // Refused now rather than at every channel's creation (kernels before 6.1).
+    let probe = || crate::uring::probe_defer_taskrun();
+    let defer_taskrun = match o.defer_taskrun {
+        Some(true) => {
+            probe().map_err(|e| {
+                Error::InvalidOpts(format!(
+                    "defer_taskrun: this kernel refuses IORING_SETUP_DEFER_TASKRUN: {e}"
+                ))
+            })?;
+            true
+        }
+        Some(false) => false,
+        None => !sqpoll && probe().is_ok(),
+    };
+    let kind = EngineKind::Uring(crate::uring::RingOpts {
+        sqpoll: o.sqpoll_idle_ms.map(|i| (i, o.sqpoll_cpu)),
         fixed_file: o.fixed_file,
         registered_buffers: o.registered_buffers,
-        defer_taskrun: o.defer_taskrun,
-    };
+        defer_taskrun,
+        submit_batch: o.submit_batch,
+    });
     create_inner(
         URING,
         &o.name,

@@ -51,7 +51,8 @@ fn uring(name: &str, filename: &str) -> UringOpts {
         sqpoll_cpu: None,
         fixed_file: false,
         registered_buffers: 0,
-        defer_taskrun: false,
+        defer_taskrun: None,
+        submit_batch: None,
     }
 }
 
@@ -199,7 +200,20 @@ fn conformance_on_malloc_and_on_files_through_both_engines() {
     h.run_on(0, || {
         bdev_malloc::malloc::create(bdev_malloc::malloc::MallocOpts::new("cm", 4096, 512)).unwrap();
         crate::create_aio(aio("ca", &file("ca.img", 4 << 20), true)).unwrap();
+        // The whole poll's batch in one io_submit.
+        let mut o = aio("ca0", &file("ca0.img", 4 << 20), true);
+        o.submit_batch = Some(0);
+        crate::create_aio(o).unwrap();
+        // The default ring (DEFER_TASKRUN where the kernel has it, two SQEs per enter).
         crate::create_uring(uring("cu", &file("cu.img", 4 << 20))).unwrap();
+        // A plain ring, one enter per poll; and one SQE per enter.
+        let mut o = uring("cup", &file("cup.img", 4 << 20));
+        o.defer_taskrun = Some(false);
+        crate::create_uring(o).unwrap();
+        let mut o = uring("cu1", &file("cu1.img", 4 << 20));
+        o.defer_taskrun = Some(false);
+        o.submit_batch = Some(1);
+        crate::create_uring(o).unwrap();
         let mut o = uring("cuf", &file("cuf.img", 4 << 20));
         o.fixed_file = true;
         crate::create_uring(o).unwrap();
@@ -207,14 +221,22 @@ fn conformance_on_malloc_and_on_files_through_both_engines() {
         o.registered_buffers = 2;
         crate::create_uring(o).unwrap();
         let mut o = uring("cud", &file("cud.img", 4 << 20));
-        o.defer_taskrun = true;
+        o.defer_taskrun = Some(true);
+        o.submit_batch = Some(0);
         crate::create_uring(o).unwrap();
         let mut o = uring("cux", &file("cux.img", 4 << 20));
-        o.defer_taskrun = true;
+        o.defer_taskrun = Some(true);
         o.sqpoll_idle_ms = Some(10);
         assert!(
             crate::create_uring(o).is_err(),
             "defer_taskrun with SQPOLL refused"
+        );
+        let mut o = uring("cux", &file("cux.img", 4 << 20));
+        o.submit_batch = Some(2);
+        o.sqpoll_idle_ms = Some(10);
+        assert!(
+            crate::create_uring(o).is_err(),
+            "submit_batch with SQPOLL refused"
         );
         let mut o = uring("cus", &file("cus.img", 4 << 20));
         o.sqpoll_idle_ms = Some(10);
@@ -222,7 +244,9 @@ fn conformance_on_malloc_and_on_files_through_both_engines() {
         o.block_size = 4096;
         crate::create_uring(o).unwrap();
     });
-    for name in ["cm", "ca", "cu", "cuf", "cur", "cud", "cus"] {
+    for name in [
+        "cm", "ca", "ca0", "cu", "cup", "cu1", "cuf", "cur", "cud", "cus",
+    ] {
         conformance(&h, name);
     }
     // The registered-buffer ring sent single-buffer I/O as fixed-buffer operations (with
