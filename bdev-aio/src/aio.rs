@@ -463,26 +463,15 @@ mod tests {
                 iov_len: b.len(),
             })
             .collect();
-        for (i, iov) in iovs.iter().enumerate() {
-            let offset = if Some(i) == bad {
+        let offset = |i| {
+            if Some(i) == bad {
                 u64::MAX - 511
             } else {
                 i as u64 * 512
-            };
-            // SAFETY: `bufs` and `iovs` outlive the loop below, which reaps every op.
-            unsafe {
-                a.push(
-                    Op::Readv {
-                        iov,
-                        cnt: 1,
-                        offset,
-                        buf: None,
-                    },
-                    i as u64,
-                )
             }
-            .unwrap();
-        }
+        };
+        // SAFETY: `bufs` and `iovs` outlive the loop below, which reaps every op.
+        unsafe { crate::engine::push_reads(&mut a, &iovs, offset) };
         let mut got = Vec::new();
         for _ in 0..1_000_000 {
             // A refused op stops the call it was in; the next poll goes on past it.

@@ -76,6 +76,29 @@ pub trait Engine {
     }
 }
 
+/// Pushes a one-segment read of each of `iovs`, at byte `offset(i)`, with user data `i`.
+///
+/// # Safety
+///
+/// The segments must stay valid until every read is reaped (`Engine::push`'s contract).
+#[cfg(test)]
+pub(crate) unsafe fn push_reads(
+    e: &mut dyn Engine,
+    iovs: &[libc::iovec],
+    offset: impl Fn(usize) -> u64,
+) {
+    for (i, iov) in iovs.iter().enumerate() {
+        let op = Op::Readv {
+            iov,
+            cnt: 1,
+            offset: offset(i),
+            buf: None,
+        };
+        // SAFETY: the caller keeps the segments valid until the reads are reaped.
+        unsafe { e.push(op, i as u64) }.unwrap();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::fs::File;
@@ -163,21 +186,8 @@ mod tests {
         let mut e = crate::uring::Uring::new(f, 8, o, false).unwrap();
         let mut bufs: Vec<Vec<u8>> = (0..7).map(|_| vec![0xffu8; 512]).collect();
         let iovs = iovecs(bufs.iter_mut().map(|b| &mut b[..]));
-        for (i, iov) in iovs.iter().enumerate() {
-            // SAFETY: `bufs` and `iovs` outlive the reaping below.
-            unsafe {
-                e.push(
-                    Op::Readv {
-                        iov,
-                        cnt: 1,
-                        offset: i as u64 * 512,
-                        buf: None,
-                    },
-                    i as u64,
-                )
-            }
-            .unwrap();
-        }
+        // SAFETY: `bufs` and `iovs` outlive the reaping below.
+        unsafe { push_reads(&mut e, &iovs, |i| i as u64 * 512) };
         assert_eq!(e.submit().unwrap(), 7, "{tag}: one poll submits all");
         let calls = e.submit_calls();
         let mut got = Vec::new();
@@ -307,21 +317,8 @@ mod tests {
             .map(|_| bdev_core::dma::DmaBuf::page_aligned(4096).unwrap())
             .collect();
         let iovs = iovecs(bufs.iter_mut().map(|b| &mut b[..]));
-        for (i, iov) in iovs.iter().enumerate() {
-            // SAFETY: `bufs` and `iovs` outlive the reaping below.
-            unsafe {
-                e.push(
-                    Op::Readv {
-                        iov,
-                        cnt: 1,
-                        offset: i as u64 * 4096,
-                        buf: None,
-                    },
-                    i as u64,
-                )
-            }
-            .unwrap();
-        }
+        // SAFETY: `bufs` and `iovs` outlive the reaping below.
+        unsafe { push_reads(&mut e, &iovs, |i| i as u64 * 4096) };
         assert_eq!(e.submit().unwrap(), 8);
         // The device has long finished; nothing is posted until we enter the ring.
         std::thread::sleep(Duration::from_millis(100));
