@@ -127,9 +127,10 @@ pub struct UringOpts {
     /// Ours: the kernel holds completions until the reactor's next poll enters the ring
     /// (IORING_SETUP_DEFER_TASKRUN), instead of interrupting the reactor to post them.
     /// Absent: on where the kernel offers it (6.1 on) and without SQPOLL; `true` where it
-    /// doesn't is an error. With [`UringOpts::submit_batch`]'s default it beat one enter
-    /// per poll on a plain ring on both of issue 4's targets (docs/benchmarks.md). Ignored
-    /// in interrupt mode, where the ring's fd must wake the reactor.
+    /// doesn't is an error. With [`UringOpts::submit_batch`]'s default it took the virtio
+    /// disk from 0.93x fio (a plain ring, one enter per poll) to 1.04x, and the loop device
+    /// stayed level at ~1.07x (docs/benchmarks.md). Ignored in interrupt mode, where the
+    /// ring's fd must wake the reactor.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub defer_taskrun: Option<bool>,
     /// Ours: the most SQEs one io_uring_enter hands the kernel, of those a poll found

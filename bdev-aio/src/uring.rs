@@ -97,9 +97,9 @@ impl Uring {
     ///
     /// **Submit batch.** The kernel plugs an enter of more than two SQEs: no request of
     /// it reaches the device before the last is prepared, and where the device sets the
-    /// pace that wait is lost throughput (one enter per poll: 0.91x fio on the virtio disk
-    /// here). On a DEFER_TASKRUN ring two per enter took the virtio disk to fio's speed
-    /// and beyond and kept the CPU-bound loop device ahead, so that is the default there.
+    /// pace that wait is lost throughput (one enter per poll: 0.93x fio on the virtio disk
+    /// here). On a DEFER_TASKRUN ring two per enter took the virtio disk to 1.04x fio and
+    /// kept the CPU-bound loop device level, ahead of fio, so that is the default there.
     /// On a plain ring, small enters lost 25 to 40 % on the loop device (each
     /// completion then interrupts the reactor to post it, and unplugged requests
     /// complete one by one), so a plain ring takes the whole batch in one enter. With
