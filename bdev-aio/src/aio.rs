@@ -258,7 +258,8 @@ impl Engine for Aio {
             }
             n += r as usize;
             if (r as usize) < k {
-                // The kernel took part of them (its queue is full): the rest wait.
+                // The kernel took part of them (its queue is full, or the next iocb is
+                // refused, which the next call reports): the rest wait for the next poll.
                 break;
             }
         }

@@ -70,8 +70,14 @@ impl Drop for FileChannel {
         let mut spins = 0;
         while eng.in_flight() > 0 && spins < 10_000 {
             let _ = eng.submit();
-            if eng.reap(&mut |_, _| {}) == 0 && eng.wait_one().is_err() {
-                break;
+            if eng.reap(&mut |_, _| {}) == 0 {
+                match eng.wait_one() {
+                    // A signal cut the wait short: wait again (the buffers must outlive
+                    // the kernel's use; a uring ring closed now would not wait for them).
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                    Ok(()) => {}
+                }
             }
             spins += 1;
         }

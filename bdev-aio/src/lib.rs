@@ -1,15 +1,17 @@
 //! Files and block devices as bdevs, with O_DIRECT, through two engines behind one small
 //! trait ([`engine::Engine`]): Linux AIO by raw syscalls ([`aio`]) and io_uring ([`uring`]).
 //!
-//! SPDK's methods: `bdev_aio_create {name, filename, block_size, readonly, fallocate}`,
-//! `bdev_aio_delete`, `bdev_aio_rescan`, `bdev_uring_create {name, filename, block_size}`
-//! (plus `sqpoll_idle_ms`, `sqpoll_cpu`, `fixed_file`, `registered_buffers` and
-//! `defer_taskrun`, ours), `bdev_uring_delete`.
+//! SPDK's methods: `bdev_aio_create {name, filename, block_size, readonly, fallocate}`
+//! (plus `submit_batch`, ours), `bdev_aio_delete`, `bdev_aio_rescan`, `bdev_uring_create
+//! {name, filename, block_size}` (plus `sqpoll_idle_ms`, `sqpoll_cpu`, `fixed_file`,
+//! `registered_buffers`, `defer_taskrun` and `submit_batch`, ours), `bdev_uring_delete`.
 //!
 //! Each channel (thread) has its own engine and a poller: operations are pushed at
-//! submission, handed to the kernel once per poll, and reaped by the poller (from the
-//! completion ring in user space for both engines). Misaligned buffers reach the engine
-//! through the core's bounce service, as the bdev requires its block size as alignment.
+//! submission, handed to the kernel at each poll (two per system call by default, one
+//! call for all on a plain io_uring ring: see docs/design.md), and reaped by the poller
+//! (from the completion ring in user space for both engines). Misaligned buffers reach
+//! the engine through the core's bounce service, as the bdev requires its block size as
+//! alignment.
 
 pub mod aio;
 mod bdev;

@@ -15,7 +15,7 @@
 //! a stale slot, since ids are never reused. I/O on several segments, or on a buffer whose
 //! slot can't be had, goes as plain readv/writev.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -51,9 +51,10 @@ pub struct Uring {
     inflight: usize,
     /// The most SQEs per enter; `usize::MAX`: all, pushed straight into the ring.
     submit_batch: usize,
-    /// With a bounded `submit_batch`: entries pushed since the last poll, not yet in the
-    /// submission ring (the ring gets them `submit_batch` at a time).
-    held: Vec<squeue::Entry>,
+    /// With a bounded `submit_batch`: entries pushed and not yet in the submission ring,
+    /// in order (the ring gets them `submit_batch` at a time; what a poll's last enter
+    /// did not take waits for the next poll).
+    held: VecDeque<squeue::Entry>,
     /// io_uring_enter calls made to submit.
     submit_calls: u64,
     reg: Option<RegTable>,
@@ -103,7 +104,8 @@ impl Uring {
     /// On a plain ring, small enters lost 25 to 40 % on the loop device (each
     /// completion then interrupts the reactor to post it, and unplugged requests
     /// complete one by one), so a plain ring takes the whole batch in one enter. With
-    /// SQPOLL the kernel thread submits, and the option is ignored.
+    /// SQPOLL the kernel thread submits, and the option is ignored (`bdev_uring_create`
+    /// refuses the pair).
     pub fn new(file: Arc<File>, entries: u32, o: &RingOpts, interrupt: bool) -> io::Result<Uring> {
         let RingOpts {
             sqpoll,
@@ -166,7 +168,7 @@ impl Uring {
             queued: 0,
             inflight: 0,
             submit_batch,
-            held: Vec::new(),
+            held: VecDeque::new(),
             submit_calls: 0,
             reg,
             fixed_ios: 0,
@@ -314,7 +316,7 @@ impl Engine for Uring {
             unsafe { self.ring.submission().push(&e) }
         } else {
             // Into the ring at the next poll, a few at a time (`submit`).
-            self.held.push(e);
+            self.held.push_back(e);
             Ok(())
         };
         match r {
@@ -362,7 +364,7 @@ impl Engine for Uring {
             if sq.is_empty() {
                 let k = self.held.len().min(self.submit_batch).min(sq.capacity());
                 let mut pushed = 0;
-                for e in &self.held[..k] {
+                for e in self.held.iter().take(k) {
                     // SAFETY: as in `push`, whose caller keeps the op's segments valid
                     // until it is reaped.
                     if unsafe { sq.push(e) }.is_err() {
