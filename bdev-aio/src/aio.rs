@@ -118,10 +118,7 @@ impl Aio {
             file,
             batch: Vec::with_capacity(depth as usize),
             ptrs: Vec::with_capacity(depth as usize),
-            submit_batch: match submit_batch {
-                0 => usize::MAX,
-                n => n as usize,
-            },
+            submit_batch: crate::engine::per_call(submit_batch),
             submit_calls: 0,
             inflight: 0,
             events: vec![IoEvent::default(); depth as usize],

@@ -34,6 +34,19 @@ pub enum Op {
     Fsync,
 }
 
+/// The default `submit_batch` where small calls pay: the most operations the kernel takes
+/// in one call without plugging them (fs/aio.c's `AIO_PLUG_THRESHOLD`; io_uring's
+/// `need_plug`), so that none waits in the call for those prepared after it.
+pub const SUBMIT_BATCH: u32 = 2;
+
+/// Operations per submission call for a `submit_batch` option (0: all in one call).
+pub(crate) fn per_call(submit_batch: u32) -> usize {
+    match submit_batch {
+        0 => usize::MAX,
+        n => n as usize,
+    }
+}
+
 /// An I/O engine over one file descriptor.
 pub trait Engine {
     /// Queues `op` with `user_data`, returned by `reap` with its result. The memory the

@@ -95,9 +95,6 @@ pub struct AioOpts {
     pub submit_batch: Option<u32>,
 }
 
-/// The default `submit_batch` of an AIO bdev (see [`AioOpts::submit_batch`]).
-pub const AIO_SUBMIT_BATCH: u32 = 2;
-
 /// Options of `bdev_uring_create` (SPDK's names, and some of ours).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -205,7 +202,7 @@ pub fn create_aio(o: AioOpts) -> Result<core_bdev::Bdev, Error> {
         o.fallocate,
         o.uuid,
         EngineKind::Aio {
-            submit_batch: o.submit_batch.unwrap_or(AIO_SUBMIT_BATCH),
+            submit_batch: o.submit_batch.unwrap_or(engine::SUBMIT_BATCH),
         },
         config,
     )
@@ -230,7 +227,7 @@ pub fn create_uring(o: UringOpts) -> Result<core_bdev::Bdev, Error> {
         ));
     }
     // Refused now rather than at every channel's creation (kernels before 6.1).
-    let probe = || crate::uring::probe_defer_taskrun();
+    let probe = crate::uring::probe_defer_taskrun;
     let defer_taskrun = match o.defer_taskrun {
         Some(true) => {
             probe().map_err(|e| {

@@ -138,9 +138,9 @@ impl Uring {
                 .setup_taskrun_flag();
         }
         let submit_batch = match (sqpoll, submit_batch) {
-            (Some(_), _) | (None, Some(0)) => usize::MAX,
-            (None, Some(n)) => n as usize,
-            (None, None) if defer => 2,
+            (Some(_), _) => usize::MAX,
+            (None, Some(n)) => crate::engine::per_call(n),
+            (None, None) if defer => crate::engine::per_call(crate::engine::SUBMIT_BATCH),
             (None, None) => usize::MAX,
         };
         let ring = b.build(entries)?;
