@@ -99,6 +99,14 @@ impl BdevOps for Passthru {
         io.forward_and_complete(&ch.desc, &ch.base);
     }
 
+    // Because the data path is only that, the layer may do it without calling us: it
+    // takes each I/O down to the base itself, and `submit_request` gets only what can't
+    // go that way (a base frozen by a reset, say). A bdev that does anything per I/O
+    // leaves this out.
+    fn pass_through(&self, ch: &PtChannel) -> Option<(Arc<Desc>, BdevChannel)> {
+        Some((ch.desc.clone(), ch.base.clone()))
+    }
+
     fn io_type_supported(&self, io_type: IoType) -> bool {
         self.base.io_type_supported(io_type)
     }

@@ -49,6 +49,10 @@ impl BdevChannel {
 pub(crate) struct ChanCtx {
     pub(crate) bdev: Arc<BdevInner>,
     pub(crate) module: Box<dyn ErasedChannel>,
+    /// [`super::BdevOps::pass_through`]: the base this channel passes I/O through to,
+    /// set at creation and never changed (an I/O below reaches that channel through this
+    /// one, which it holds).
+    pub(crate) pass: Option<(Arc<super::Desc>, BdevChannel)>,
     pub(crate) tctx: Rc<ThreadCtx>,
     pub(crate) outstanding: Cell<u64>,
     pub(crate) stats: super::stats::ChannelStats,
@@ -97,8 +101,10 @@ impl ChanCtx {
         let tctx = ThreadCtx::get(&t)?;
         let module = bdev.ops.create_channel()?;
         let hist = *bdev.hist_cfg.lock().unwrap_or_else(|e| e.into_inner());
+        let pass = module.pass_through();
         let c = ChanCtx {
             module,
+            pass,
             tctx,
             outstanding: Cell::new(0),
             stats: Default::default(),

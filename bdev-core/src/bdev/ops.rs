@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::io::BdevIo;
-use super::{Bdev, IoType};
+use super::{Bdev, BdevChannel, Desc, IoType};
 use crate::error::Result;
 
 /// What a bdev module implements for each bdev it registers (SPDK's
@@ -23,6 +23,21 @@ pub trait BdevOps: Send + Sync + 'static {
     /// Starts an I/O. The module owns `io` until it calls [`BdevIo::complete`]; it may do
     /// so before returning (the layer then defers the caller's callback).
     fn submit_request(&self, ch: &Self::Channel, io: BdevIo);
+
+    /// For a bdev that passes every I/O through to one base unchanged (same range, the
+    /// base's status: what [`BdevIo::forward_and_complete`] does), that base's descriptor
+    /// and this channel's channel to it. Asked once per channel, on its thread.
+    ///
+    /// The layer then takes the I/O down itself: no call to [`BdevOps::submit_request`]
+    /// and no reference counted per I/O (the base channel is reached through this
+    /// channel, which the I/O holds), the cheapest level there is. Statistics, histograms
+    /// and outstanding counts are kept at both levels as for any forward. What can't go
+    /// that way still comes to `submit_request`, which must forward it the same way: a
+    /// base of another block size, a base that is frozen or has QoS, timeouts or limits
+    /// (split, bounce), a reset, a piece of a split I/O, an I/O refused by the base.
+    fn pass_through(&self, _ch: &Self::Channel) -> Option<(Arc<Desc>, BdevChannel)> {
+        None
+    }
 
     /// Whether the bdev handles `io_type`. Asked once per type at registration.
     fn io_type_supported(&self, io_type: IoType) -> bool;
@@ -82,6 +97,7 @@ pub(crate) trait ErasedOps: Send + Sync {
 /// A module channel with its type erased: one virtual call per I/O.
 pub(crate) trait ErasedChannel {
     fn submit(&self, io: BdevIo);
+    fn pass_through(&self) -> Option<(Arc<Desc>, BdevChannel)>;
 }
 
 struct ChanImpl<T: BdevOps> {
@@ -93,6 +109,9 @@ impl<T: BdevOps> ErasedChannel for ChanImpl<T> {
     #[inline]
     fn submit(&self, io: BdevIo) {
         self.ops.submit_request(&self.ch, io)
+    }
+    fn pass_through(&self) -> Option<(Arc<Desc>, BdevChannel)> {
+        self.ops.pass_through(&self.ch)
     }
 }
 

@@ -66,7 +66,9 @@ enum Src {
 /// Starts a serviced I/O: `ctx` is filled in (type, range, segments, payload, callback,
 /// channel) and counted outstanding, but not given to the module.
 pub(crate) fn start(ctx: Box<IoCtx>) {
-    let Some(ch) = ctx.ch.clone() else { return };
+    let Some(ch) = ctx.cur_ch().cloned() else {
+        return;
+    };
     let b = &ch.bdev;
     let (io_type, offset, num) = (ctx.io_type, ctx.offset_blocks, ctx.num_blocks);
     let emulate_wz = b.emulate_wz.load(Ordering::Relaxed);
@@ -284,7 +286,9 @@ fn next_child(
 
 /// NOMEM: the module ran out of resources for `ctx`; it waits on its channel.
 pub(crate) fn nomem_queue(ctx: Box<IoCtx>) {
-    let Some(ch) = ctx.ch.clone() else { return };
+    let Some(ch) = ctx.cur_ch().cloned() else {
+        return;
+    };
     ch.nomem.borrow_mut().push_back(ctx);
     ch.nomem_len.set(ch.nomem_len.get() + 1);
     // Completions on the channel retry it too, but none may come (what is outstanding may

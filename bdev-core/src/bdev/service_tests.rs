@@ -986,3 +986,252 @@ fn a_forward_on_error_calls_back_on_failure_only() {
         assert_eq!(st.num_read_ops, 1, "{name}");
     }
 }
+
+/// A pass-through bdev ([`BdevOps::pass_through`]) over `base`, counting the I/Os that
+/// still reach its module.
+struct Pass {
+    base: Arc<Desc>,
+    calls: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl BdevOps for Pass {
+    type Channel = BdevChannel;
+    fn module_name(&self) -> &'static str {
+        "pass_test"
+    }
+    fn create_channel(&self) -> crate::Result<BdevChannel> {
+        self.base.get_io_channel()
+    }
+    fn submit_request(&self, ch: &BdevChannel, io: BdevIo) {
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        io.forward_and_complete(&self.base, ch);
+    }
+    fn pass_through(&self, ch: &BdevChannel) -> Option<(Arc<Desc>, BdevChannel)> {
+        Some((self.base.clone(), ch.clone()))
+    }
+    fn io_type_supported(&self, t: IoType) -> bool {
+        matches!(
+            t,
+            IoType::Read | IoType::Write | IoType::WriteZeroes | IoType::Reset
+        )
+    }
+}
+
+/// Registers a [`Pass`] named `name` over `base` (on the harness's thread 0); what reaches
+/// its module is counted in what comes back.
+fn pass(h: &Harness, name: &str, base: &str) -> Arc<std::sync::atomic::AtomicUsize> {
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c2 = calls.clone();
+    let (name, base) = (name.to_string(), base.to_string());
+    h.run_on(0, move || {
+        let base = Arc::new(Desc::open(&base, true, |_| {}).unwrap());
+        let p = Pass { base, calls: c2 };
+        register(BdevProps::new(&name, 512, 256), Arc::new(p)).unwrap();
+    });
+    calls
+}
+
+fn calls(c: &std::sync::atomic::AtomicUsize) -> usize {
+    c.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn iostat(h: &Harness, name: &str) -> IoStats {
+    let name = name.to_string();
+    h.block_on(0, async move {
+        get_by_name(&name).unwrap().iostat().await.unwrap()
+    })
+}
+
+#[test]
+fn pass_through_levels_are_taken_down_by_the_layer_and_each_counts_the_io() {
+    // Two pass-through bdevs stacked on the RAM bdev: the I/O goes down both without a
+    // call to either module, arrives unchanged, and every level counts it once.
+    let h = Harness::new(1);
+    let seen = ram("r_pass", |p| p, true, 0);
+    let mid = pass(&h, "p_mid", "r_pass");
+    let top = pass(&h, "p_top", "p_mid");
+    let data = pattern(16 * 512, 6);
+    let (back, want, outstanding) = h.block_on(0, async move {
+        let d = Desc::open("p_top", true, |_| {}).unwrap();
+        let ch = d.get_io_channel().unwrap();
+        d.writev_blocks(&ch, bufs(&[16 * 512], &data), 100, 16)
+            .await
+            .unwrap();
+        let out = d
+            .readv_blocks(&ch, bufs(&[16 * 512], &[0; 16 * 512]), 100, 16)
+            .await
+            .unwrap();
+        // Every level's channel on this thread has nothing outstanding once it is over.
+        let mut outstanding = vec![ch.outstanding()];
+        for n in ["p_mid", "r_pass"] {
+            let d = Desc::open(n, false, |_| {}).unwrap();
+            outstanding.push(d.get_io_channel().unwrap().outstanding());
+        }
+        (concat(&out), data, outstanding)
+    });
+    assert_eq!(back, want);
+    assert_eq!(outstanding, vec![0, 0, 0]);
+    assert_eq!((calls(&mid), calls(&top)), (0, 0));
+    let seen: Vec<(IoType, u64, u64)> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| (s.t, s.offset, s.num))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![(IoType::Write, 100, 16), (IoType::Read, 100, 16)]
+    );
+    for n in ["p_top", "p_mid", "r_pass"] {
+        let st = iostat(&h, n);
+        assert_eq!((st.num_write_ops, st.num_read_ops), (1, 1), "{n}");
+        assert_eq!(
+            (st.bytes_written, st.bytes_read),
+            (16 * 512, 16 * 512),
+            "{n}"
+        );
+    }
+}
+
+#[test]
+fn nomem_below_a_pass_through_waits_on_the_base_and_is_retried_there() {
+    let h = Harness::new(1);
+    let seen = ram("r_pass_nomem", |p| p, true, 5);
+    let up = pass(&h, "p_nomem", "r_pass_nomem");
+    let d = Rc::new(h.run_on(0, || Desc::open("p_nomem", true, |_| {}).unwrap()));
+    let ch = Rc::new(h.run_on(0, || d.get_io_channel().unwrap()));
+    let ok = Rc::new(Cell::new(0));
+    for i in 0..3u64 {
+        let ok = ok.clone();
+        h.run_on(0, || {
+            d.write_blocks(&ch, DmaBuf::new(512, 8).unwrap(), i, 1)
+                .submit(move |c| {
+                    assert!(c.is_success(), "{:?}", c.status);
+                    ok.set(ok.get() + 1)
+                })
+        });
+    }
+    for _ in 0..20 {
+        h.poll_threads();
+        h.advance_time_us(100);
+    }
+    assert_eq!(ok.get(), 3);
+    // Resubmitted to the base, not to the pass-through module.
+    assert_eq!(seen.lock().unwrap().len(), 3 + 5);
+    assert_eq!(calls(&up), 0);
+    assert_eq!(ch.outstanding(), 0);
+    for n in ["p_nomem", "r_pass_nomem"] {
+        assert_eq!(iostat(&h, n).num_write_ops, 3, "{n}");
+    }
+}
+
+#[test]
+fn what_cant_pass_through_goes_to_the_module_and_down_as_a_forward() {
+    // The base takes at most 8 blocks at a time (a limit: the layer doesn't pass I/O
+    // through to it), and a reset on it freezes its channels for a while.
+    let h = Harness::new(1);
+    let seen = ram(
+        "r_pass_lim",
+        |p| {
+            let mut p = p;
+            p.max_rw_size = 8;
+            p
+        },
+        true,
+        0,
+    );
+    let up = pass(&h, "p_lim", "r_pass_lim");
+    let data = pattern(40 * 512, 2);
+    let back = h.block_on(0, async move {
+        let d = Desc::open("p_lim", true, |_| {}).unwrap();
+        let ch = d.get_io_channel().unwrap();
+        d.writev_blocks(&ch, bufs(&[40 * 512], &data), 5, 40)
+            .await
+            .unwrap();
+        let out = d
+            .readv_blocks(&ch, bufs(&[40 * 512], &[0; 40 * 512]), 5, 40)
+            .await
+            .unwrap();
+        (concat(&out), data)
+    });
+    assert_eq!(back.0, back.1);
+    assert_eq!(calls(&up), 2);
+    assert!(seen.lock().unwrap().iter().all(|s| s.num <= 8));
+    for n in ["p_lim", "r_pass_lim"] {
+        let st = iostat(&h, n);
+        assert_eq!((st.num_write_ops, st.num_read_ops), (1, 1), "{n}");
+    }
+    // A reset of the pass-through goes to its module, which forwards it to the base.
+    let ok = h.block_on(0, async move {
+        let d = Desc::open("p_lim", true, |_| {}).unwrap();
+        let ch = d.get_io_channel().unwrap();
+        d.reset(&ch).await.is_ok()
+    });
+    assert!(ok);
+    assert_eq!(calls(&up), 3);
+}
+
+#[test]
+fn a_forward_below_a_pass_through_comes_back_to_its_level_then_goes_on_up() {
+    // pass-through -> forward with a callback on failure -> a bdev failing the upper half:
+    // the failure comes back to the middle module (at its level, under the pass-through),
+    // and then completes on up; every level counts the read that succeeded.
+    let h = Harness::new(1);
+    let errs = Arc::new(Mutex::new(Vec::new()));
+    let e2 = errs.clone();
+    h.run_on(0, move || {
+        register(BdevProps::new("half_bad_p", 512, 256), Arc::new(HalfBad)).unwrap();
+        let base = Arc::new(Desc::open("half_bad_p", true, |_| {}).unwrap());
+        let fwd = OnErrFwd { base, calls: e2 };
+        register(BdevProps::new("on_err_p", 512, 256), Arc::new(fwd)).unwrap();
+    });
+    let up = pass(&h, "p_on_err", "on_err_p");
+    let (good, bad, outstanding) = h.block_on(0, async move {
+        let d = Desc::open("p_on_err", false, |_| {}).unwrap();
+        let ch = d.get_io_channel().unwrap();
+        let buf = || DmaBuf::page_aligned(512).unwrap();
+        let good = d.read_blocks(&ch, buf(), 10, 1).await.is_ok();
+        let bad = d
+            .read_blocks(&ch, buf(), 200, 1)
+            .await
+            .err()
+            .map(|e| e.status);
+        (good, bad, ch.outstanding())
+    });
+    assert!(good);
+    assert_eq!(bad, Some(IoStatus::Failed));
+    assert_eq!(outstanding, 0);
+    assert_eq!(*errs.lock().unwrap(), vec![IoStatus::Failed]);
+    assert_eq!(calls(&up), 0);
+    for n in ["half_bad_p", "on_err_p", "p_on_err"] {
+        let st = iostat(&h, n);
+        assert_eq!(st.num_read_ops, 1, "{n}");
+        assert_eq!(st.io_error.values().sum::<u64>(), 1, "{n}");
+    }
+}
+
+#[test]
+fn a_write_zeroes_refused_below_a_pass_through_is_emulated_at_the_base() {
+    // The base lists write_zeroes and has no limits, so the I/O passes through to it; it
+    // refuses it there, and the emulation (writes of zeroes) runs on the base's channel.
+    let h = Harness::new(1);
+    let seen = ram("refuse_wz_pass", |p| p, true, 0);
+    let up = pass(&h, "p_wz", "refuse_wz_pass");
+    zeroes_read_back(&h, "p_wz", 3, 40, 4);
+    assert!(
+        seen.lock()
+            .unwrap()
+            .iter()
+            .any(|s| s.t == IoType::WriteZeroes),
+        "the base saw (and refused) write_zeroes"
+    );
+    // The write and the write_zeroes passed through; the base emulates write_zeroes from
+    // then on (a limit), so the read went to the module, which forwarded it.
+    assert_eq!(calls(&up), 1);
+    // Both count the pattern write; the emulation's writes are the base's own pieces.
+    for n in ["p_wz", "refuse_wz_pass"] {
+        assert_eq!(iostat(&h, n).num_write_ops, 1, "{n}");
+    }
+    zeroes_read_back(&h, "p_wz", 0, 256, 5);
+}
