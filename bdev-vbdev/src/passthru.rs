@@ -18,9 +18,12 @@
 //! 5. **Per-thread channels**: each thread's channel holds that thread's channel to the
 //!    base; the data path takes no lock and allocates nothing.
 //! 6. **Forwarding I/O**: the incoming I/O goes down to the base in place, with its buffers;
-//!    the core restores it and completes it with the base's status. A bdev that changes
-//!    the I/O on the way uses [`BdevIo::forward`] / `forward_to` with a callback (see
-//!    [`crate::error`], [`crate::delay`]), or `submit_child` for a different range.
+//!    the core restores it and completes it with the base's status. Since that is all it
+//!    does, it also says so (`pass_through`): the core then takes each I/O down to the
+//!    base itself, the cheapest level there is, and calls `submit_request` only for
+//!    what can't go that way. A bdev that changes the I/O on the way leaves that out and
+//!    uses [`BdevIo::forward`] / `forward_to` with a callback (see [`crate::error`],
+//!    [`crate::delay`]), or `submit_child` for a different range.
 //! 7. **Going away with the base**: when the base is removed (hot-remove, delete), the
 //!    event callback unregisters the passthru bdev; its consumers get their own remove
 //!    event and close; once every channel is gone `destruct` closes the base descriptor,
