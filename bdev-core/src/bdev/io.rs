@@ -944,7 +944,8 @@ const MAX_HOPS: u8 = 4;
 
 /// Takes an admitted I/O on `c`, a pass-through channel, down to the first level that
 /// must see it: a module that is no pass-through, or one whose base can't take the I/O
-/// in place as it is (then that module forwards it, or refuses it, itself). Inside a
+/// in place as it is (then that module forwards it, or refuses it, itself): the base
+/// needs it split or bounced, or is frozen, has QoS or timeouts. Inside a
 /// submission: what completes in the module is deferred.
 #[inline(always)]
 fn pass_down(mut c: &ChanCtx, mut ctx: Box<IoCtx>) {
@@ -956,7 +957,14 @@ fn pass_down(mut c: &ChanCtx, mut ctx: Box<IoCtx>) {
             || ctx.io_type == IoType::Reset
             || l.bdev.block_len != ctx.block_len
             || l.flags.get() != 0
-            || l.bdev.has_limits.load(Ordering::Relaxed)
+            || (l.bdev.has_limits.load(Ordering::Relaxed)
+                && service::needs_service(
+                    &l.bdev,
+                    ctx.io_type,
+                    ctx.offset_blocks,
+                    ctx.num_blocks,
+                    &ctx.iovs,
+                ))
             || validate_common(desc, l, ctx.io_type, ctx.offset_blocks, ctx.num_blocks).is_err()
         {
             break;

@@ -33,8 +33,9 @@ pub trait BdevOps: Send + Sync + 'static {
     /// channel, which the I/O holds), the cheapest level there is. Statistics, histograms
     /// and outstanding counts are kept at both levels as for any forward. What can't go
     /// that way still comes to `submit_request`, which must forward it the same way: a
-    /// base of another block size, a base that is frozen or has QoS, timeouts or limits
-    /// (split, bounce), a reset, a piece of a split I/O, an I/O refused by the base.
+    /// base of another block size, a base that is frozen or has QoS or timeouts, an I/O
+    /// the base needs split or bounced, a reset, a piece of a split I/O, an I/O refused by
+    /// the base.
     fn pass_through(&self, _ch: &Self::Channel) -> Option<(Arc<Desc>, BdevChannel)> {
         None
     }

@@ -1158,9 +1158,19 @@ fn what_cant_pass_through_goes_to_the_module_and_down_as_a_forward() {
     assert_eq!(back.0, back.1);
     assert_eq!(calls(&up), 2);
     assert!(seen.lock().unwrap().iter().all(|s| s.num <= 8));
+    // An I/O within the base's limits passes through all the same.
+    let back = h.block_on(0, async move {
+        let d = Desc::open("p_lim", true, |_| {}).unwrap();
+        let ch = d.get_io_channel().unwrap();
+        d.readv_blocks(&ch, bufs(&[4 * 512], &[0; 4 * 512]), 9, 4)
+            .await
+            .unwrap()
+    });
+    assert_eq!(concat(&back), pattern(40 * 512, 2)[4 * 512..8 * 512]);
+    assert_eq!(calls(&up), 2);
     for n in ["p_lim", "r_pass_lim"] {
         let st = iostat(&h, n);
-        assert_eq!((st.num_write_ops, st.num_read_ops), (1, 1), "{n}");
+        assert_eq!((st.num_write_ops, st.num_read_ops), (1, 2), "{n}");
     }
     // A reset of the pass-through goes to its module, which forwards it to the base.
     let ok = h.block_on(0, async move {
@@ -1226,12 +1236,21 @@ fn a_write_zeroes_refused_below_a_pass_through_is_emulated_at_the_base() {
             .any(|s| s.t == IoType::WriteZeroes),
         "the base saw (and refused) write_zeroes"
     );
-    // The write and the write_zeroes passed through; the base emulates write_zeroes from
-    // then on (a limit), so the read went to the module, which forwarded it.
-    assert_eq!(calls(&up), 1);
+    // All of it passed through: the write, the write_zeroes, and the read.
+    assert_eq!(calls(&up), 0);
     // Both count the pattern write; the emulation's writes are the base's own pieces.
     for n in ["p_wz", "refuse_wz_pass"] {
         assert_eq!(iostat(&h, n).num_write_ops, 1, "{n}");
     }
+    // The base emulates write_zeroes from now on: the next one needs its service, so it
+    // goes to the module, which forwards it; it never reaches the base's module.
+    seen.lock().unwrap().clear();
     zeroes_read_back(&h, "p_wz", 0, 256, 5);
+    assert_eq!(calls(&up), 1);
+    assert!(
+        seen.lock()
+            .unwrap()
+            .iter()
+            .all(|s| s.t != IoType::WriteZeroes)
+    );
 }
