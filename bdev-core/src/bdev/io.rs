@@ -171,6 +171,8 @@ impl IoCtx {
         let mut ch = self.ch.as_ref()?;
         if self.nframes == 0 {
             for _ in 0..self.hops() {
+                // Set when the channel was made and never changed: there.
+                debug_assert!(ch.pass.is_some());
                 ch = &ch.pass.as_ref()?.1.ch;
             }
         }
@@ -941,6 +943,7 @@ pub(crate) fn route_admitted(ch: &IoChannel<ChanCtx>, ctx: Box<IoCtx>) {
 /// How many levels an I/O goes down by pass-through (at most 15, [`HOP`]); below, the
 /// module forwards it.
 const MAX_HOPS: u8 = 4;
+const _: () = assert!(MAX_HOPS as u16 * HOP as u16 <= u8::MAX as u16);
 
 /// Takes an admitted I/O on `c`, a pass-through channel, down to the first level that
 /// must see it: a module that is no pass-through, or one whose base can't take the I/O
@@ -956,7 +959,9 @@ fn pass_down(mut c: &ChanCtx, mut ctx: Box<IoCtx>) {
             || ctx.hops() >= MAX_HOPS
             || ctx.io_type == IoType::Reset
             || l.bdev.block_len != ctx.block_len
-            || l.flags.get() != 0
+            // A timeout on the lower bdev's channel is no reason to stop: forwarded I/O is
+            // tracked only at the top, where it was submitted.
+            || l.flags.get() & !super::channel::FLAG_TIMEOUT != 0
             || (l.bdev.has_limits.load(Ordering::Relaxed)
                 && service::needs_service(
                     &l.bdev,

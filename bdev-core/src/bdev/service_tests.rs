@@ -1036,6 +1036,15 @@ fn calls(c: &std::sync::atomic::AtomicUsize) -> usize {
     c.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// What the channel of bdev `name` on thread 0 has outstanding.
+fn outstanding_on(h: &Harness, name: &str) -> u64 {
+    let name = name.to_string();
+    h.run_on(0, move || {
+        let d = Desc::open(&name, false, |_| {}).unwrap();
+        d.get_io_channel().unwrap().outstanding()
+    })
+}
+
 fn iostat(h: &Harness, name: &str) -> IoStats {
     let name = name.to_string();
     h.block_on(0, async move {
@@ -1123,6 +1132,7 @@ fn nomem_below_a_pass_through_waits_on_the_base_and_is_retried_there() {
     assert_eq!(ch.outstanding(), 0);
     for n in ["p_nomem", "r_pass_nomem"] {
         assert_eq!(iostat(&h, n).num_write_ops, 3, "{n}");
+        assert_eq!(outstanding_on(&h, n), 0, "{n}");
     }
 }
 
@@ -1218,6 +1228,7 @@ fn a_forward_below_a_pass_through_comes_back_to_its_level_then_goes_on_up() {
         let st = iostat(&h, n);
         assert_eq!(st.num_read_ops, 1, "{n}");
         assert_eq!(st.io_error.values().sum::<u64>(), 1, "{n}");
+        assert_eq!(outstanding_on(&h, n), 0, "{n}");
     }
 }
 
@@ -1241,6 +1252,7 @@ fn a_write_zeroes_refused_below_a_pass_through_is_emulated_at_the_base() {
     // Both count the pattern write; the emulation's writes are the base's own pieces.
     for n in ["p_wz", "refuse_wz_pass"] {
         assert_eq!(iostat(&h, n).num_write_ops, 1, "{n}");
+        assert_eq!(outstanding_on(&h, n), 0, "{n}");
     }
     // The base emulates write_zeroes from now on: the next one needs its service, so it
     // goes to the module, which forwards it; it never reaches the base's module.
@@ -1253,4 +1265,55 @@ fn a_write_zeroes_refused_below_a_pass_through_is_emulated_at_the_base() {
             .iter()
             .all(|s| s.t != IoType::WriteZeroes)
     );
+}
+
+#[test]
+fn a_stack_of_pass_throughs_deeper_than_the_hops_goes_on_with_frames() {
+    // Seven pass-through bdevs over the RAM bdev: from the top, the I/O goes four levels
+    // down by pass-through (`MAX_HOPS`); the module it reaches there forwards it with a
+    // frame, and so do the two below (hops come only before frames). Every level counts
+    // each I/O once, keeps a histogram of it when asked, and has nothing outstanding.
+    let h = Harness::new(1);
+    let seen = ram("r_pdeep", |p| p, true, 0);
+    let names: Vec<String> = std::iter::once("r_pdeep".to_string())
+        .chain((1..8).map(|i| format!("p_deep{i}")))
+        .collect();
+    let counts: Vec<_> = names.windows(2).map(|w| pass(&h, &w[1], &w[0])).collect();
+    let all = names.clone();
+    h.block_on(0, async move {
+        for n in &all {
+            let b = get_by_name(n).unwrap();
+            b.enable_histogram(true, None).await.unwrap();
+        }
+    });
+    let top = names[7].clone();
+    let data = pattern(8 * 512, 7);
+    let back = h.block_on(0, async move {
+        let d = Desc::open(&top, true, |_| {}).unwrap();
+        let ch = d.get_io_channel().unwrap();
+        d.writev_blocks(&ch, bufs(&[8 * 512], &data), 200, 8)
+            .await
+            .unwrap();
+        let out = d
+            .readv_blocks(&ch, bufs(&[8 * 512], &[0; 8 * 512]), 200, 8)
+            .await
+            .unwrap();
+        (concat(&out), data)
+    });
+    assert_eq!(back.0, back.1);
+    assert_eq!(seen.lock().unwrap().len(), 2);
+    // The top four levels were passed through; the fifth module got both I/Os, and so
+    // did the two below it (frames, not hops).
+    let got: Vec<usize> = counts.iter().map(|c| calls(c)).collect();
+    assert_eq!(got, vec![2, 2, 2, 0, 0, 0, 0], "from the bottom up");
+    for n in names {
+        let st = iostat(&h, &n);
+        assert_eq!((st.num_write_ops, st.num_read_ops), (1, 1), "{n}");
+        assert_eq!(outstanding_on(&h, &n), 0, "{n}");
+        let m = n.clone();
+        let hist = h.block_on(0, async move {
+            get_by_name(&m).unwrap().histogram().await.unwrap()
+        });
+        assert_eq!(hist.map(|x| x.count()), Some(2), "{n}");
+    }
 }
