@@ -153,6 +153,27 @@ fn concat(v: &[DmaBuf]) -> Vec<u8> {
     v.iter().flat_map(|b| b.iter().copied()).collect()
 }
 
+/// Writes `n` blocks of `seed`'s pattern at `lba` through `name` (one segment each way)
+/// and checks that they read back.
+fn write_read_back(h: &Harness, name: &str, lba: u64, n: u64, seed: u8) {
+    let name = name.to_string();
+    let len = n as usize * 512;
+    let data = pattern(len, seed);
+    let back = h.block_on(0, async move {
+        let d = Desc::open(&name, true, |_| {}).unwrap();
+        let ch = d.get_io_channel().unwrap();
+        d.writev_blocks(&ch, bufs(&[len], &data), lba, n)
+            .await
+            .unwrap();
+        let out = d
+            .readv_blocks(&ch, bufs(&[len], &vec![0; len]), lba, n)
+            .await
+            .unwrap();
+        (concat(&out), data)
+    });
+    assert_eq!(back.0, back.1);
+}
+
 #[test]
 fn io_beyond_every_limit_is_split_into_pieces_the_bdev_accepts() {
     let h = Harness::new(1);
@@ -255,20 +276,7 @@ fn pieces_of_a_split_forwarded_in_place_meet_the_base_limits_too() {
         )
         .unwrap();
     });
-    let data = pattern(40 * 512, 9);
-    let back = h.block_on(0, async move {
-        let d = Desc::open("r_fwd", true, |_| {}).unwrap();
-        let ch = d.get_io_channel().unwrap();
-        d.writev_blocks(&ch, bufs(&[40 * 512], &data), 5, 40)
-            .await
-            .unwrap();
-        let out = d
-            .readv_blocks(&ch, bufs(&[40 * 512], &[0; 40 * 512]), 5, 40)
-            .await
-            .unwrap();
-        (concat(&out), data)
-    });
-    assert_eq!(back.0, back.1);
+    write_read_back(&h, "r_fwd", 5, 40, 9);
     let seen = seen.lock().unwrap();
     assert!(seen.iter().all(|s| s.num <= 8), "{seen:?}");
     assert_eq!(seen.iter().map(|s| s.num).sum::<u64>(), 80);
@@ -289,20 +297,7 @@ fn a_stack_deeper_than_the_in_place_frames_goes_on_as_child_ios() {
             register(BdevProps::new(&w[1], 512, 256), Arc::new(Fwd { base })).unwrap();
         }
     });
-    let data = pattern(16 * 512, 3);
-    let back = h.block_on(0, async move {
-        let d = Desc::open(&top, true, |_| {}).unwrap();
-        let ch = d.get_io_channel().unwrap();
-        d.writev_blocks(&ch, bufs(&[16 * 512], &data), 100, 16)
-            .await
-            .unwrap();
-        let out = d
-            .readv_blocks(&ch, bufs(&[16 * 512], &[0; 16 * 512]), 100, 16)
-            .await
-            .unwrap();
-        (concat(&out), data)
-    });
-    assert_eq!(back.0, back.1);
+    write_read_back(&h, &top, 100, 16, 3);
     assert_eq!(seen.lock().unwrap().len(), 2);
     for n in names {
         let m = n.clone();
@@ -336,6 +331,15 @@ fn misaligned_buffers_go_through_an_aligned_bounce_buffer() {
     assert!(seen.lock().unwrap().iter().all(|s| s.aligned));
 }
 
+/// How many write_zeroes reached the RAM module.
+fn write_zeroes_seen(seen: &Arc<Mutex<Vec<Seen>>>) -> usize {
+    seen.lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.t == IoType::WriteZeroes)
+        .count()
+}
+
 /// Fills the 256-block test bdev `name` with a pattern, zeroes `n` blocks at `at`, and
 /// checks that exactly those read back as zeroes.
 fn zeroes_read_back(h: &Harness, name: &'static str, at: u64, n: u64, seed: u8) {
@@ -367,12 +371,7 @@ fn write_zeroes_is_emulated_with_writes_where_the_bdev_lacks_it() {
             .io_type_supported(IoType::WriteZeroes)
     }));
     zeroes_read_back(&h, "r_wz", 10, 200, 1);
-    assert!(
-        seen.lock()
-            .unwrap()
-            .iter()
-            .all(|s| s.t != IoType::WriteZeroes)
-    );
+    assert_eq!(write_zeroes_seen(&seen), 0);
 }
 
 #[test]
@@ -381,13 +380,7 @@ fn write_zeroes_the_device_refuses_is_emulated_from_then_on() {
     // Listed, but refused when it arrives (an NVMe target whose backend can't zero).
     let seen = ram("refuse_wz", |p| p.max_write_zeroes(48), true, 0);
     zeroes_read_back(&h, "refuse_wz", 10, 200, 1);
-    let wz = |s: &Arc<Mutex<Vec<Seen>>>| {
-        s.lock()
-            .unwrap()
-            .iter()
-            .filter(|s| s.t == IoType::WriteZeroes)
-            .count()
-    };
+    let wz = write_zeroes_seen;
     // The request's pieces (48 blocks each, in flight together) reached the module and
     // were refused, each then written as zeroes.
     assert_eq!(wz(&seen), 5);
@@ -419,10 +412,7 @@ fn a_refused_write_zeroes_forwarded_in_place_is_emulated_at_the_base() {
     zeroes_read_back(&h, "r_fwd_wz", 3, 40, 4);
     zeroes_read_back(&h, "r_fwd_wz", 0, 256, 5);
     assert!(
-        seen.lock()
-            .unwrap()
-            .iter()
-            .any(|s| s.t == IoType::WriteZeroes),
+        write_zeroes_seen(&seen) > 0,
         "the base saw (and refused) write_zeroes"
     );
     // The upper bdev counted the two pattern writes, the base the 16-block pieces they
@@ -473,12 +463,12 @@ fn write_zeroes_beyond_max_write_zeroes_is_split() {
     assert_eq!(wz.iter().map(|&(_, n)| n).sum::<u64>(), 200);
 }
 
-#[test]
-fn nomem_from_the_module_is_retried_not_reported() {
-    let h = Harness::new(1);
-    let seen = ram("r_nomem", |p| p, true, 5);
-    let d = Rc::new(h.run_on(0, || Desc::open("r_nomem", true, |_| {}).unwrap()));
-    let ch = Rc::new(h.run_on(0, || d.get_io_channel().unwrap()));
+/// Submits three one-block writes through `name` on thread 0 and polls until each has
+/// succeeded (nothing else completes to trigger NOMEM retries: the retry poller does, on
+/// time); the channel they went through.
+fn three_writes_succeed(h: &Harness, name: &str) -> BdevChannel {
+    let d = Rc::new(h.run_on(0, || Desc::open(name, true, |_| {}).unwrap()));
+    let ch = h.run_on(0, || d.get_io_channel().unwrap());
     let ok = Rc::new(Cell::new(0));
     for i in 0..3u64 {
         let ok = ok.clone();
@@ -490,12 +480,19 @@ fn nomem_from_the_module_is_retried_not_reported() {
                 })
         });
     }
-    // Nothing else completes to trigger the retries: the retry poller does, on time.
     for _ in 0..20 {
         h.poll_threads();
         h.advance_time_us(100);
     }
     assert_eq!(ok.get(), 3);
+    ch
+}
+
+#[test]
+fn nomem_from_the_module_is_retried_not_reported() {
+    let h = Harness::new(1);
+    let seen = ram("r_nomem", |p| p, true, 5);
+    three_writes_succeed(&h, "r_nomem");
     assert_eq!(seen.lock().unwrap().len(), 3 + 5);
 }
 
@@ -1060,27 +1057,7 @@ fn pass_through_levels_are_taken_down_by_the_layer_and_each_counts_the_io() {
     let seen = ram("r_pass", |p| p, true, 0);
     let mid = pass(&h, "p_mid", "r_pass");
     let top = pass(&h, "p_top", "p_mid");
-    let data = pattern(16 * 512, 6);
-    let (back, want, outstanding) = h.block_on(0, async move {
-        let d = Desc::open("p_top", true, |_| {}).unwrap();
-        let ch = d.get_io_channel().unwrap();
-        d.writev_blocks(&ch, bufs(&[16 * 512], &data), 100, 16)
-            .await
-            .unwrap();
-        let out = d
-            .readv_blocks(&ch, bufs(&[16 * 512], &[0; 16 * 512]), 100, 16)
-            .await
-            .unwrap();
-        // Every level's channel on this thread has nothing outstanding once it is over.
-        let mut outstanding = vec![ch.outstanding()];
-        for n in ["p_mid", "r_pass"] {
-            let d = Desc::open(n, false, |_| {}).unwrap();
-            outstanding.push(d.get_io_channel().unwrap().outstanding());
-        }
-        (concat(&out), data, outstanding)
-    });
-    assert_eq!(back, want);
-    assert_eq!(outstanding, vec![0, 0, 0]);
+    write_read_back(&h, "p_top", 100, 16, 6);
     assert_eq!((calls(&mid), calls(&top)), (0, 0));
     let seen: Vec<(IoType, u64, u64)> = seen
         .lock()
@@ -1100,6 +1077,8 @@ fn pass_through_levels_are_taken_down_by_the_layer_and_each_counts_the_io() {
             (16 * 512, 16 * 512),
             "{n}"
         );
+        // Nothing left outstanding on any level's channel.
+        assert_eq!(outstanding_on(&h, n), 0, "{n}");
     }
 }
 
@@ -1108,24 +1087,7 @@ fn nomem_below_a_pass_through_waits_on_the_base_and_is_retried_there() {
     let h = Harness::new(1);
     let seen = ram("r_pass_nomem", |p| p, true, 5);
     let up = pass(&h, "p_nomem", "r_pass_nomem");
-    let d = Rc::new(h.run_on(0, || Desc::open("p_nomem", true, |_| {}).unwrap()));
-    let ch = Rc::new(h.run_on(0, || d.get_io_channel().unwrap()));
-    let ok = Rc::new(Cell::new(0));
-    for i in 0..3u64 {
-        let ok = ok.clone();
-        h.run_on(0, || {
-            d.write_blocks(&ch, DmaBuf::new(512, 8).unwrap(), i, 1)
-                .submit(move |c| {
-                    assert!(c.is_success(), "{:?}", c.status);
-                    ok.set(ok.get() + 1)
-                })
-        });
-    }
-    for _ in 0..20 {
-        h.poll_threads();
-        h.advance_time_us(100);
-    }
-    assert_eq!(ok.get(), 3);
+    let ch = three_writes_succeed(&h, "p_nomem");
     // Resubmitted to the base, not to the pass-through module.
     assert_eq!(seen.lock().unwrap().len(), 3 + 5);
     assert_eq!(calls(&up), 0);
@@ -1138,8 +1100,9 @@ fn nomem_below_a_pass_through_waits_on_the_base_and_is_retried_there() {
 
 #[test]
 fn what_cant_pass_through_goes_to_the_module_and_down_as_a_forward() {
-    // The base takes at most 8 blocks at a time (a limit: the layer doesn't pass I/O
-    // through to it), and a reset on it freezes its channels for a while.
+    // The base takes at most 8 blocks at a time: an I/O it would have to split goes to
+    // the pass-through's module, which forwards it (and the base's services split it);
+    // one that fits passes through. A reset goes to the module too.
     let h = Harness::new(1);
     let seen = ram(
         "r_pass_lim",
@@ -1152,20 +1115,7 @@ fn what_cant_pass_through_goes_to_the_module_and_down_as_a_forward() {
         0,
     );
     let up = pass(&h, "p_lim", "r_pass_lim");
-    let data = pattern(40 * 512, 2);
-    let back = h.block_on(0, async move {
-        let d = Desc::open("p_lim", true, |_| {}).unwrap();
-        let ch = d.get_io_channel().unwrap();
-        d.writev_blocks(&ch, bufs(&[40 * 512], &data), 5, 40)
-            .await
-            .unwrap();
-        let out = d
-            .readv_blocks(&ch, bufs(&[40 * 512], &[0; 40 * 512]), 5, 40)
-            .await
-            .unwrap();
-        (concat(&out), data)
-    });
-    assert_eq!(back.0, back.1);
+    write_read_back(&h, "p_lim", 5, 40, 2);
     assert_eq!(calls(&up), 2);
     assert!(seen.lock().unwrap().iter().all(|s| s.num <= 8));
     // An I/O within the base's limits passes through all the same.
@@ -1241,10 +1191,7 @@ fn a_write_zeroes_refused_below_a_pass_through_is_emulated_at_the_base() {
     let up = pass(&h, "p_wz", "refuse_wz_pass");
     zeroes_read_back(&h, "p_wz", 3, 40, 4);
     assert!(
-        seen.lock()
-            .unwrap()
-            .iter()
-            .any(|s| s.t == IoType::WriteZeroes),
+        write_zeroes_seen(&seen) > 0,
         "the base saw (and refused) write_zeroes"
     );
     // All of it passed through: the write, the write_zeroes, and the read.
@@ -1259,12 +1206,7 @@ fn a_write_zeroes_refused_below_a_pass_through_is_emulated_at_the_base() {
     seen.lock().unwrap().clear();
     zeroes_read_back(&h, "p_wz", 0, 256, 5);
     assert_eq!(calls(&up), 1);
-    assert!(
-        seen.lock()
-            .unwrap()
-            .iter()
-            .all(|s| s.t != IoType::WriteZeroes)
-    );
+    assert_eq!(write_zeroes_seen(&seen), 0);
 }
 
 #[test]
@@ -1287,20 +1229,7 @@ fn a_stack_of_pass_throughs_deeper_than_the_hops_goes_on_with_frames() {
         }
     });
     let top = names[7].clone();
-    let data = pattern(8 * 512, 7);
-    let back = h.block_on(0, async move {
-        let d = Desc::open(&top, true, |_| {}).unwrap();
-        let ch = d.get_io_channel().unwrap();
-        d.writev_blocks(&ch, bufs(&[8 * 512], &data), 200, 8)
-            .await
-            .unwrap();
-        let out = d
-            .readv_blocks(&ch, bufs(&[8 * 512], &[0; 8 * 512]), 200, 8)
-            .await
-            .unwrap();
-        (concat(&out), data)
-    });
-    assert_eq!(back.0, back.1);
+    write_read_back(&h, &top, 200, 8, 7);
     assert_eq!(seen.lock().unwrap().len(), 2);
     // The top four levels were passed through; the fifth module got both I/Os, and so
     // did the two below it (frames, not hops).
