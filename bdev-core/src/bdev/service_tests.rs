@@ -1246,3 +1246,52 @@ fn a_stack_of_pass_throughs_deeper_than_the_hops_goes_on_with_frames() {
         assert_eq!(hist.map(|x| x.count()), Some(2), "{n}");
     }
 }
+
+#[test]
+fn timeouts_above_and_below_a_pass_through_leave_it_passing_io_through() {
+    // A timeout on the pass-through's descriptor tracks its I/O at the top, and one on the
+    // base's (another opener) doesn't stop the I/O passing through to it: the write
+    // completes untracked, the read the base holds is reported late once, at the top.
+    let h = Harness::new(1);
+    ram_with("r_pto", |p| p, true, 0, true);
+    let up = pass(&h, "p_to", "r_pto");
+    let late = Arc::new(Mutex::new(Vec::new()));
+    let l2 = late.clone();
+    let below = Rc::new(h.run_on(0, || Desc::open("r_pto", false, |_| {}).unwrap()));
+    h.run_on(0, || {
+        below
+            .set_timeout(1, |_| panic!("nothing was submitted here"))
+            .unwrap()
+    });
+    let d = Rc::new(h.run_on(0, || Desc::open("p_to", true, |_| {}).unwrap()));
+    h.run_on(0, || {
+        d.set_timeout(2, move |io| l2.lock().unwrap().push(io))
+            .unwrap()
+    });
+    let ch = Rc::new(h.run_on(0, || d.get_io_channel().unwrap()));
+    let wrote = Rc::new(Cell::new(false));
+    let w = wrote.clone();
+    h.run_on(0, || {
+        d.write_blocks(&ch, DmaBuf::new(512, 8).unwrap(), 3, 1)
+            .submit(move |c| w.set(c.is_success()));
+        d.read_blocks(&ch, DmaBuf::new(512, 8).unwrap(), 7, 1)
+            .submit(|_| {});
+    });
+    for _ in 0..25 {
+        h.advance_time_us(100_000);
+        h.poll_threads();
+    }
+    assert!(wrote.get());
+    assert_eq!(calls(&up), 0);
+    let l = late.lock().unwrap().clone();
+    assert_eq!(l.len(), 1, "{l:?}");
+    assert_eq!(
+        (l[0].io_type, l[0].offset_blocks, l[0].num_blocks),
+        (IoType::Read, 7, 1)
+    );
+    // The write is counted at both levels; the read is still in the base.
+    for n in ["p_to", "r_pto"] {
+        assert_eq!(iostat(&h, n).num_write_ops, 1, "{n}");
+        assert_eq!(outstanding_on(&h, n), 1, "{n}");
+    }
+}
