@@ -168,13 +168,9 @@ impl IoCtx {
     /// it while no frame is pushed (a frame pushed below a pass-through level keeps the
     /// upper channel, and `ch` is the lower one's again).
     pub(crate) fn cur_ch(&self) -> Option<&IoChannel<ChanCtx>> {
-        let mut ch = self.ch.as_ref()?;
+        let ch = self.ch.as_ref()?;
         if self.nframes == 0 {
-            for _ in 0..self.hops() {
-                // Set when the channel was made and never changed: there.
-                debug_assert!(ch.pass.is_some());
-                ch = &ch.pass.as_ref()?.1.ch;
-            }
+            return passed_to(ch, self.hops());
         }
         Some(ch)
     }
@@ -773,6 +769,16 @@ fn finish(mut ctx: Box<IoCtx>) {
     }
 }
 
+/// The channel `depth` pass-through levels below `ch` (each one's `pass`, set when the
+/// channel was made and never changed).
+fn passed_to(mut ch: &IoChannel<ChanCtx>, depth: u8) -> Option<&IoChannel<ChanCtx>> {
+    for _ in 0..depth {
+        debug_assert!(ch.pass.is_some());
+        ch = &ch.pass.as_ref()?.1.ch;
+    }
+    Some(ch)
+}
+
 /// Accounts a completed I/O on each level it went down by pass-through below `top`, the
 /// lowest first (as frames are).
 #[inline(always)]
@@ -804,14 +810,9 @@ fn account_deeper(
     ticks: u64,
 ) {
     for depth in (1..=hops).rev() {
-        let mut ch = top;
-        for _ in 0..depth {
-            match &ch.pass {
-                Some((_, lower)) => ch = &lower.ch,
-                None => break,
-            }
+        if let Some(ch) = passed_to(top, depth) {
+            account(ch, io_type, bytes, ticks, status, true);
         }
-        account(ch, io_type, bytes, ticks, status, true);
     }
 }
 
