@@ -258,16 +258,7 @@ impl BdevOps for Fwd {
 fn pieces_of_a_split_forwarded_in_place_meet_the_base_limits_too() {
     let h = Harness::new(1);
     // The base takes at most 8 blocks at a time; the bdev above splits at 16 blocks.
-    let seen = ram(
-        "r_fwd_base",
-        |p| {
-            let mut p = p;
-            p.max_rw_size = 8;
-            p
-        },
-        true,
-        0,
-    );
+    let seen = ram("r_fwd_base", |p| p.max_rw_size(8), true, 0);
     h.run_on(0, || {
         let base = Arc::new(Desc::open("r_fwd_base", true, |_| {}).unwrap());
         register(
@@ -850,19 +841,27 @@ fn histograms_and_per_channel_stats_come_out_in_spdk_shape() {
     }
 }
 
-#[test]
-fn a_timeout_reports_each_late_io_once_on_its_thread() {
-    let h = Harness::new(1);
-    ram_with("r_to", |p| p, true, 0, true);
+/// Opens `name` on thread 0 with a 2 s timeout that records the late I/Os, and submits a
+/// one-block write at block 3 and a one-block read at block 7 through it: the
+/// descriptor, its channel, the late I/Os, whether the write succeeded.
+#[allow(clippy::type_complexity)]
+fn write_and_read_under_a_timeout(
+    h: &Harness,
+    name: &str,
+) -> (
+    Rc<Desc>,
+    Rc<BdevChannel>,
+    Arc<Mutex<Vec<TimedOutIo>>>,
+    Rc<Cell<bool>>,
+) {
     let late = Arc::new(Mutex::new(Vec::new()));
     let l2 = late.clone();
-    let d = Rc::new(h.run_on(0, || Desc::open("r_to", true, |_| {}).unwrap()));
+    let d = Rc::new(h.run_on(0, || Desc::open(name, true, |_| {}).unwrap()));
     h.run_on(0, || {
         d.set_timeout(2, move |io| l2.lock().unwrap().push(io))
             .unwrap()
     });
     let ch = Rc::new(h.run_on(0, || d.get_io_channel().unwrap()));
-    // A write completes; a read is held by the module.
     let wrote = Rc::new(Cell::new(false));
     let w = wrote.clone();
     h.run_on(0, || {
@@ -871,6 +870,15 @@ fn a_timeout_reports_each_late_io_once_on_its_thread() {
         d.read_blocks(&ch, DmaBuf::new(512, 8).unwrap(), 7, 1)
             .submit(|_| {});
     });
+    (d, ch, late, wrote)
+}
+
+#[test]
+fn a_timeout_reports_each_late_io_once_on_its_thread() {
+    let h = Harness::new(1);
+    ram_with("r_to", |p| p, true, 0, true);
+    // A write completes; a read is held by the module.
+    let (d, ch, late, wrote) = write_and_read_under_a_timeout(&h, "r_to");
     for _ in 0..15 {
         h.advance_time_us(100_000);
         h.poll_threads();
@@ -948,19 +956,27 @@ impl BdevOps for OnErrFwd {
     }
 }
 
-#[test]
-fn a_forward_on_error_calls_back_on_failure_only() {
-    let h = Harness::new(1);
+/// Registers a [`HalfBad`] bdev `base` and an [`OnErrFwd`] `name` over it; the statuses
+/// its callback is called with.
+fn on_error_over_half_bad(h: &Harness, base: &str, name: &str) -> Arc<Mutex<Vec<IoStatus>>> {
     let calls = Arc::new(Mutex::new(Vec::new()));
     let c2 = calls.clone();
+    let (base, name) = (base.to_string(), name.to_string());
     h.run_on(0, move || {
-        register(BdevProps::new("half_bad", 512, 256), Arc::new(HalfBad)).unwrap();
-        let base = Arc::new(Desc::open("half_bad", true, |_| {}).unwrap());
+        register(BdevProps::new(&base, 512, 256), Arc::new(HalfBad)).unwrap();
+        let base = Arc::new(Desc::open(&base, true, |_| {}).unwrap());
         let fwd = OnErrFwd { base, calls: c2 };
-        register(BdevProps::new("on_err", 512, 256), Arc::new(fwd)).unwrap();
+        register(BdevProps::new(&name, 512, 256), Arc::new(fwd)).unwrap();
     });
-    let (good, bad) = h.block_on(0, async move {
-        let d = Desc::open("on_err", false, |_| {}).unwrap();
+    calls
+}
+
+/// Reads one block through `name` at 10 (good on a [`HalfBad`] below) and one at 200
+/// (bad): whether the first succeeded, and the second's status if it failed.
+fn good_and_bad_reads(h: &Harness, name: &str) -> (bool, Option<IoStatus>) {
+    let name = name.to_string();
+    h.block_on(0, async move {
+        let d = Desc::open(&name, false, |_| {}).unwrap();
         let ch = d.get_io_channel().unwrap();
         let buf = || DmaBuf::page_aligned(512).unwrap();
         let good = d.read_blocks(&ch, buf(), 10, 1).await.is_ok();
@@ -970,7 +986,14 @@ fn a_forward_on_error_calls_back_on_failure_only() {
             .err()
             .map(|e| e.status);
         (good, bad)
-    });
+    })
+}
+
+#[test]
+fn a_forward_on_error_calls_back_on_failure_only() {
+    let h = Harness::new(1);
+    let calls = on_error_over_half_bad(&h, "half_bad", "on_err");
+    let (good, bad) = good_and_bad_reads(&h, "on_err");
     // The success went up with no call back; the failure came back to the module.
     assert!(good);
     assert_eq!(bad, Some(IoStatus::Failed));
@@ -1033,7 +1056,18 @@ fn calls(c: &std::sync::atomic::AtomicUsize) -> usize {
     c.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-/// What the channel of bdev `name` on thread 0 has outstanding.
+/// A descriptor of `name` and its channel on thread 0: held, it keeps that channel (and,
+/// through it, the channels below) alive, so that later I/O on the thread uses the same
+/// ones and [`outstanding_on`] reads the counts they left.
+fn hold(h: &Harness, name: &str) -> (Desc, BdevChannel) {
+    h.run_on(0, || {
+        let d = Desc::open(name, false, |_| {}).unwrap();
+        let ch = d.get_io_channel().unwrap();
+        (d, ch)
+    })
+}
+
+/// What the channel of bdev `name` on thread 0 has outstanding (see [`hold`]).
 fn outstanding_on(h: &Harness, name: &str) -> u64 {
     let name = name.to_string();
     h.run_on(0, move || {
@@ -1057,6 +1091,7 @@ fn pass_through_levels_are_taken_down_by_the_layer_and_each_counts_the_io() {
     let seen = ram("r_pass", |p| p, true, 0);
     let mid = pass(&h, "p_mid", "r_pass");
     let top = pass(&h, "p_top", "p_mid");
+    let _held = hold(&h, "p_top");
     write_read_back(&h, "p_top", 100, 16, 6);
     assert_eq!((calls(&mid), calls(&top)), (0, 0));
     let seen: Vec<(IoType, u64, u64)> = seen
@@ -1104,16 +1139,7 @@ fn what_cant_pass_through_goes_to_the_module_and_down_as_a_forward() {
     // the pass-through's module, which forwards it (and the base's services split it);
     // one that fits passes through. A reset goes to the module too.
     let h = Harness::new(1);
-    let seen = ram(
-        "r_pass_lim",
-        |p| {
-            let mut p = p;
-            p.max_rw_size = 8;
-            p
-        },
-        true,
-        0,
-    );
+    let seen = ram("r_pass_lim", |p| p.max_rw_size(8), true, 0);
     let up = pass(&h, "p_lim", "r_pass_lim");
     write_read_back(&h, "p_lim", 5, 40, 2);
     assert_eq!(calls(&up), 2);
@@ -1148,30 +1174,13 @@ fn a_forward_below_a_pass_through_comes_back_to_its_level_then_goes_on_up() {
     // the failure comes back to the middle module (at its level, under the pass-through),
     // and then completes on up; every level counts the read that succeeded.
     let h = Harness::new(1);
-    let errs = Arc::new(Mutex::new(Vec::new()));
-    let e2 = errs.clone();
-    h.run_on(0, move || {
-        register(BdevProps::new("half_bad_p", 512, 256), Arc::new(HalfBad)).unwrap();
-        let base = Arc::new(Desc::open("half_bad_p", true, |_| {}).unwrap());
-        let fwd = OnErrFwd { base, calls: e2 };
-        register(BdevProps::new("on_err_p", 512, 256), Arc::new(fwd)).unwrap();
-    });
+    let errs = on_error_over_half_bad(&h, "half_bad_p", "on_err_p");
     let up = pass(&h, "p_on_err", "on_err_p");
-    let (good, bad, outstanding) = h.block_on(0, async move {
-        let d = Desc::open("p_on_err", false, |_| {}).unwrap();
-        let ch = d.get_io_channel().unwrap();
-        let buf = || DmaBuf::page_aligned(512).unwrap();
-        let good = d.read_blocks(&ch, buf(), 10, 1).await.is_ok();
-        let bad = d
-            .read_blocks(&ch, buf(), 200, 1)
-            .await
-            .err()
-            .map(|e| e.status);
-        (good, bad, ch.outstanding())
-    });
+    let held = hold(&h, "p_on_err");
+    let (good, bad) = good_and_bad_reads(&h, "p_on_err");
     assert!(good);
     assert_eq!(bad, Some(IoStatus::Failed));
-    assert_eq!(outstanding, 0);
+    assert_eq!(held.1.outstanding(), 0);
     assert_eq!(*errs.lock().unwrap(), vec![IoStatus::Failed]);
     assert_eq!(calls(&up), 0);
     for n in ["half_bad_p", "on_err_p", "p_on_err"] {
@@ -1189,6 +1198,7 @@ fn a_write_zeroes_refused_below_a_pass_through_is_emulated_at_the_base() {
     let h = Harness::new(1);
     let seen = ram("refuse_wz_pass", |p| p, true, 0);
     let up = pass(&h, "p_wz", "refuse_wz_pass");
+    let _held = hold(&h, "p_wz");
     zeroes_read_back(&h, "p_wz", 3, 40, 4);
     assert!(
         write_zeroes_seen(&seen) > 0,
@@ -1229,6 +1239,7 @@ fn a_stack_of_pass_throughs_deeper_than_the_hops_goes_on_with_frames() {
         }
     });
     let top = names[7].clone();
+    let _held = hold(&h, &top);
     write_read_back(&h, &top, 200, 8, 7);
     assert_eq!(seen.lock().unwrap().len(), 2);
     // The top four levels were passed through; the fifth module got both I/Os, and so
@@ -1255,28 +1266,13 @@ fn timeouts_above_and_below_a_pass_through_leave_it_passing_io_through() {
     let h = Harness::new(1);
     ram_with("r_pto", |p| p, true, 0, true);
     let up = pass(&h, "p_to", "r_pto");
-    let late = Arc::new(Mutex::new(Vec::new()));
-    let l2 = late.clone();
     let below = Rc::new(h.run_on(0, || Desc::open("r_pto", false, |_| {}).unwrap()));
     h.run_on(0, || {
         below
             .set_timeout(1, |_| panic!("nothing was submitted here"))
             .unwrap()
     });
-    let d = Rc::new(h.run_on(0, || Desc::open("p_to", true, |_| {}).unwrap()));
-    h.run_on(0, || {
-        d.set_timeout(2, move |io| l2.lock().unwrap().push(io))
-            .unwrap()
-    });
-    let ch = Rc::new(h.run_on(0, || d.get_io_channel().unwrap()));
-    let wrote = Rc::new(Cell::new(false));
-    let w = wrote.clone();
-    h.run_on(0, || {
-        d.write_blocks(&ch, DmaBuf::new(512, 8).unwrap(), 3, 1)
-            .submit(move |c| w.set(c.is_success()));
-        d.read_blocks(&ch, DmaBuf::new(512, 8).unwrap(), 7, 1)
-            .submit(|_| {});
-    });
+    let (_d, _ch, late, wrote) = write_and_read_under_a_timeout(&h, "p_to");
     for _ in 0..25 {
         h.advance_time_us(100_000);
         h.poll_threads();
