@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use bdev_core::bdev::{
-    self, Bdev, BdevChannel, BdevEvent, BdevIo, BdevOps, BdevProps, Desc, DestructDone, IoStatus,
+    self, Bdev, BdevChannel, BdevEvent, BdevIo, BdevOps, PassThrough, StripeMember, BdevProps, Desc, DestructDone, IoStatus,
     IoType, SharedIo,
 };
 use bdev_core::thread::{ForEachChannel, IoChannel, IoDevice, ThreadHandle};
@@ -797,6 +797,28 @@ impl BdevOps for RaidBdev {
             }
         }
         self.submit_other(ch, io);
+    }
+
+    // A raid0 read or write within a strip is all forward: the layer maps it to its
+    // member and takes it down itself (no call here, no frame). A raid0 channel's members
+    // are fixed for its life (a raid0 that loses one goes offline; only raid1 drops and
+    // adds members per channel), as the pass-through requires.
+    fn pass_through(&self, ch: &IoChannel<RaidCh>) -> Option<PassThrough> {
+        let Layout::Raid0 { mask, .. } = &self.layout else {
+            return None;
+        };
+        let members = ch.members.borrow();
+        let members = members
+            .iter()
+            .map(|m| {
+                m.as_ref().map(|m| StripeMember {
+                    desc: m.desc.clone(),
+                    ch: m.ch.clone(),
+                    data_offset: m.data_offset,
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        PassThrough::striped(mask + 1, members)
     }
 
     fn io_type_supported(&self, io_type: IoType) -> bool {

@@ -32,7 +32,9 @@
 
 use std::sync::Arc;
 
-use bdev_core::bdev::{self, Bdev, BdevChannel, BdevIo, BdevOps, Desc, DestructDone, IoType};
+use bdev_core::bdev::{
+    self, Bdev, BdevChannel, BdevIo, BdevOps, Desc, DestructDone, IoType, PassThrough,
+};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -106,8 +108,8 @@ impl BdevOps for Passthru {
     // takes each I/O down to the base itself, and `submit_request` gets only what can't
     // go that way (a base frozen by a reset, say). A bdev that does anything per I/O
     // leaves this out.
-    fn pass_through(&self, ch: &PtChannel) -> Option<(Arc<Desc>, BdevChannel)> {
-        Some((ch.desc.clone(), ch.base.clone()))
+    fn pass_through(&self, ch: &PtChannel) -> Option<PassThrough> {
+        Some(PassThrough::to(ch.desc.clone(), ch.base.clone()))
     }
 
     fn io_type_supported(&self, io_type: IoType) -> bool {

@@ -49,10 +49,10 @@ impl BdevChannel {
 pub(crate) struct ChanCtx {
     pub(crate) bdev: Arc<BdevInner>,
     pub(crate) module: Box<dyn ErasedChannel>,
-    /// [`super::BdevOps::pass_through`]: the base this channel passes I/O through to,
-    /// set at creation and never changed (an I/O below reaches that channel through this
+    /// [`super::BdevOps::pass_through`]: where this channel passes I/O through to, set
+    /// at creation and never changed (an I/O below reaches that channel through this
     /// one, which it holds).
-    pub(crate) pass: Option<(Arc<super::Desc>, BdevChannel)>,
+    pub(crate) pass: Option<super::Pass>,
     pub(crate) tctx: Rc<ThreadCtx>,
     pub(crate) outstanding: Cell<u64>,
     pub(crate) stats: super::stats::ChannelStats,
@@ -101,7 +101,13 @@ impl ChanCtx {
         let tctx = ThreadCtx::get(&t)?;
         let module = bdev.ops.create_channel()?;
         let hist = *bdev.hist_cfg.lock().unwrap_or_else(|e| e.into_inner());
-        let pass = module.pass_through();
+        let pass = module.pass_through().map(|p| p.0).filter(|p| {
+            let fits = p.fits(bdev.block_len);
+            if !fits {
+                tracing::debug!(bdev = %bdev.props.name, "a base of another block size or bdev: no pass-through");
+            }
+            fits
+        });
         let c = ChanCtx {
             module,
             pass,

@@ -121,6 +121,9 @@ pub(crate) struct IoCtx {
     pub(crate) num_blocks: u64,
     submit_tick: u64,
     pub(crate) status: IoStatus,
+    /// Which member of its last pass-through level the I/O went to: a stripe's, the
+    /// last level an I/O passes through (0 for a plain one, each level above).
+    member: u16,
     /// Frames of the bdevs above the current one, for an I/O forwarded down a stack of
     /// virtual bdevs in place, innermost last: the first here, the others in `frames`.
     /// Kept in the context itself: a forward then calls nothing before the lower module
@@ -158,6 +161,7 @@ pub(crate) struct IoCtx {
 const _: () = {
     use std::mem::offset_of;
     assert!(offset_of!(IoCtx, bits) < 64 && offset_of!(IoCtx, frame0) + 16 <= 64);
+    assert!(offset_of!(IoCtx, member) < 64);
     assert!(offset_of!(IoCtx, cb) == 64 && offset_of!(IoCtx, payload) == 128);
     assert!(offset_of!(IoCtx, parent) + std::mem::size_of::<BdevIo>() <= 192);
     assert!(offset_of!(IoCtx, desc_id) >= 192);
@@ -170,7 +174,7 @@ impl IoCtx {
     pub(crate) fn cur_ch(&self) -> Option<&IoChannel<ChanCtx>> {
         let ch = self.ch.as_ref()?;
         if self.nframes == 0 {
-            return passed_to(ch, self.hops());
+            return passed_to(ch, self.hops(), self.member);
         }
         Some(ch)
     }
@@ -264,6 +268,7 @@ impl Default for IoCtx {
             cb: None,
             submit_tick: 0,
             status: IoStatus::Success,
+            member: 0,
             internal: false,
             desc_id: 0,
             track: 0,
@@ -735,7 +740,8 @@ fn finish(mut ctx: Box<IoCtx>) {
     // with none 13 instructions: the compiler then moved the callback through the stack).
     if ctx.bits & (HAS_DESC | TRACKED | HOPS) != 0 {
         if ctx.bits & HOPS != 0 {
-            account_hops(&ch, ctx.hops(), ctx.io_type, status, bytes, ticks);
+            account_hops(&ch, ctx.hops(), ctx.member, ctx.io_type, status, bytes, ticks);
+            ctx.member = 0;
         }
         if ctx.bits & TRACKED != 0 {
             super::timeout::untrack(&ch, ctx.track);
@@ -770,11 +776,13 @@ fn finish(mut ctx: Box<IoCtx>) {
 }
 
 /// The channel `depth` pass-through levels below `ch` (each one's `pass`, set when the
-/// channel was made and never changed).
-fn passed_to(mut ch: &IoChannel<ChanCtx>, depth: u8) -> Option<&IoChannel<ChanCtx>> {
-    for _ in 0..depth {
+/// channel was made and never changed): through member 0 of each level but the last,
+/// through member `last` of the last (an I/O's [`IoCtx::member`] is its last level's).
+fn passed_to(mut ch: &IoChannel<ChanCtx>, depth: u8, last: u16) -> Option<&IoChannel<ChanCtx>> {
+    for d in 1..=depth {
         debug_assert!(ch.pass.is_some());
-        ch = &ch.pass.as_ref()?.1.ch;
+        let i = if d == depth { last } else { 0 };
+        ch = &ch.pass.as_ref()?.member(i)?.ch.ch;
     }
     Some(ch)
 }
@@ -785,32 +793,36 @@ fn passed_to(mut ch: &IoChannel<ChanCtx>, depth: u8) -> Option<&IoChannel<ChanCt
 fn account_hops(
     top: &IoChannel<ChanCtx>,
     hops: u8,
+    member: u16,
     io_type: IoType,
     status: IoStatus,
     bytes: u64,
     ticks: u64,
 ) {
-    let Some((_, below)) = &top.pass else { return };
     if hops > 1 {
-        account_deeper(&below.ch, hops - 1, io_type, status, bytes, ticks);
+        return account_deeper(top, hops, member, io_type, status, bytes, ticks);
     }
-    account(&below.ch, io_type, bytes, ticks, status, true);
+    if let Some(m) = top.pass.as_ref().and_then(|p| p.member(member)) {
+        account(&m.ch.ch, io_type, bytes, ticks, status, true);
+    }
 }
 
-/// [`account_hops`] below the first level: a stack of pass-through bdevs (rare), each
+/// [`account_hops`] for more than one level: a stack of pass-through bdevs (rare), each
 /// level found from the top down.
 #[cold]
 #[inline(never)]
 fn account_deeper(
     top: &IoChannel<ChanCtx>,
     hops: u8,
+    member: u16,
     io_type: IoType,
     status: IoStatus,
     bytes: u64,
     ticks: u64,
 ) {
     for depth in (1..=hops).rev() {
-        if let Some(ch) = passed_to(top, depth) {
+        let last = if depth == hops { member } else { 0 };
+        if let Some(ch) = passed_to(top, depth, last) {
             account(ch, io_type, bytes, ticks, status, true);
         }
     }
@@ -927,18 +939,24 @@ pub(crate) fn route_admitted(ch: &IoChannel<ChanCtx>, ctx: Box<IoCtx>) {
     let c = &**ch;
     let depth = &c.tctx.submit_depth;
     depth.set(depth.get() + 1);
-    let b = &*c.bdev;
-    if b.has_limits.load(Ordering::Relaxed)
-        && !ctx.internal
-        && service::needs_service(b, ctx.io_type, ctx.offset_blocks, ctx.num_blocks, &ctx.iovs)
-    {
-        service::start(ctx);
-    } else if c.pass.is_some() {
+    if c.pass.is_some() {
         pass_down(c, ctx);
+    } else if needs_service_here(c, &ctx) {
+        service::start(ctx);
     } else {
         c.module.submit(BdevIo { ctx: Some(ctx) });
     }
     depth.set(depth.get() - 1);
+}
+
+/// Whether the bdev of `c` can't take `ctx` as it is (split, bounce, write_zeroes
+/// emulation), a piece of a serviced I/O aside.
+#[inline(always)]
+fn needs_service_here(c: &ChanCtx, ctx: &IoCtx) -> bool {
+    let b = &*c.bdev;
+    b.has_limits.load(Ordering::Relaxed)
+        && !ctx.internal
+        && service::needs_service(b, ctx.io_type, ctx.offset_blocks, ctx.num_blocks, &ctx.iovs)
 }
 
 /// How many levels an I/O goes down by pass-through (at most 15, [`HOP`]); below, the
@@ -946,40 +964,78 @@ pub(crate) fn route_admitted(ch: &IoChannel<ChanCtx>, ctx: Box<IoCtx>) {
 const MAX_HOPS: u8 = 4;
 const _: () = assert!(MAX_HOPS as u16 * HOP as u16 <= u8::MAX as u16);
 
-/// Takes an admitted I/O on `c`, a pass-through channel, down to the first level that
+/// Takes an admitted I/O on `top`, a pass-through channel, down to the first level that
 /// must see it: a module that is no pass-through, or one whose base can't take the I/O
 /// in place as it is (then that module forwards it, or refuses it, itself): the base
-/// needs it split or bounced, or is frozen, has QoS or timeouts. Inside a
-/// submission: what completes in the module is deferred.
+/// needs it split or bounced, or is frozen, has QoS or timeouts; for a stripe, an I/O
+/// across strips, and nothing goes further than a stripe's member. Inside a submission:
+/// what completes in the module is deferred.
+///
+/// The limits that count are those of the level whose module gets the I/O: one that
+/// passes through sees none, and its own (a raid0's strip boundary, a passthru's copy of
+/// its base's) are checked only when the I/O stays at the top.
 #[inline(always)]
-fn pass_down(mut c: &ChanCtx, mut ctx: Box<IoCtx>) {
-    while let Some((desc, lower)) = &c.pass {
-        let l = &*lower.ch;
+fn pass_down(top: &ChanCtx, mut ctx: Box<IoCtx>) {
+    // An I/O comes here from the top, once: a member index left by an earlier stripe
+    // would misplace the levels counted below.
+    debug_assert!(ctx.hops() == 0 && ctx.member == 0);
+    let mut c = top;
+    while let Some(pass) = &c.pass {
         if ctx.nframes != 0
             || ctx.internal
             || ctx.hops() >= MAX_HOPS
             || ctx.io_type == IoType::Reset
-            || l.bdev.block_len != ctx.block_len
-            // A timeout on the lower bdev's channel is no reason to stop: forwarded I/O is
-            // tracked only at the top, where it was submitted.
-            || l.flags.get() & !super::channel::FLAG_TIMEOUT != 0
-            || (l.bdev.has_limits.load(Ordering::Relaxed)
-                && service::needs_service(
-                    &l.bdev,
-                    ctx.io_type,
-                    ctx.offset_blocks,
-                    ctx.num_blocks,
-                    &ctx.iovs,
-                ))
-            || validate_common(desc, l, ctx.io_type, ctx.offset_blocks, ctx.num_blocks).is_err()
         {
             break;
         }
-        ctx.bits += HOP;
-        l.outstanding.set(l.outstanding.get() + 1);
-        c = l;
+        // Each kind checks and commits on its own: a member and offset carried through
+        // shared checks cost a plain pass-through ~9 instructions.
+        let Some(s) = &pass.stripe else {
+            let m = &pass.first;
+            if !takes_in_place(&m.desc, &m.ch.ch, &ctx, ctx.offset_blocks) {
+                break;
+            }
+            c = hop(&mut ctx, &m.ch.ch);
+            continue;
+        };
+        // A stripe: to the member that holds the blocks, and no further (the I/O keeps
+        // one member index, its last level's).
+        let Some((i, m, at)) = s.map(ctx.offset_blocks, ctx.num_blocks) else {
+            break;
+        };
+        if takes_in_place(&m.desc, &m.ch.ch, &ctx, at) {
+            ctx.member = i;
+            ctx.offset_blocks = at;
+            c = hop(&mut ctx, &m.ch.ch);
+        }
+        break;
+    }
+    if std::ptr::eq(c, top) && needs_service_here(c, &ctx) {
+        return service::start(ctx);
     }
     c.module.submit(BdevIo { ctx: Some(ctx) })
+}
+
+/// Counts `ctx` gone down a pass-through level to `l`.
+#[inline(always)]
+fn hop<'a>(ctx: &mut IoCtx, l: &'a ChanCtx) -> &'a ChanCtx {
+    ctx.bits += HOP;
+    l.outstanding.set(l.outstanding.get() + 1);
+    l
+}
+
+/// Whether `l`, a channel of `desc` below a pass-through level, takes `ctx` at its block
+/// `offset` as it is: not frozen, no QoS, nothing to split or bounce, and a request it
+/// accepts. (That `l` is a channel of `desc`'s bdev, with the same block size, was
+/// checked when the upper channel was made: [`Pass::fits`].)
+#[inline(always)]
+fn takes_in_place(desc: &Desc, l: &ChanCtx, ctx: &IoCtx, offset: u64) -> bool {
+    // A timeout on the lower bdev's channel is no reason to stop: forwarded I/O is
+    // tracked only at the top, where it was submitted.
+    l.flags.get() & !super::channel::FLAG_TIMEOUT == 0
+        && !(l.bdev.has_limits.load(Ordering::Relaxed)
+            && service::needs_service(&l.bdev, ctx.io_type, offset, ctx.num_blocks, &ctx.iovs))
+        && permitted(desc, l, ctx.io_type, offset, ctx.num_blocks).is_ok()
 }
 
 /// Gives a context back to the module as it is (a NOMEM retry).
@@ -999,10 +1055,23 @@ fn validate_common(
     offset: u64,
     num: u64,
 ) -> Result<(), Reject> {
-    let b = &*c.bdev;
-    if !std::ptr::eq(desc.bdev_inner(), b) {
+    if !std::ptr::eq(desc.bdev_inner(), &*c.bdev) {
         return Err(Reject::WrongChannel);
     }
+    permitted(desc, c, io_type, offset, num)
+}
+
+/// [`validate_common`] for a channel known to belong to `desc`'s bdev: permissions, type
+/// and range.
+#[inline(always)]
+fn permitted(
+    desc: &Desc,
+    c: &ChanCtx,
+    io_type: IoType,
+    offset: u64,
+    num: u64,
+) -> Result<(), Reject> {
+    let b = &*c.bdev;
     // One check for both refusals; which one it is, only when it fails.
     if desc.allowed() & io_type.bit() == 0 {
         return Err(if io_type.is_write() && !desc.is_writable() {

@@ -24,9 +24,11 @@ pub trait BdevOps: Send + Sync + 'static {
     /// so before returning (the layer then defers the caller's callback).
     fn submit_request(&self, ch: &Self::Channel, io: BdevIo);
 
-    /// For a bdev that passes every I/O through to one base unchanged (same range, the
-    /// base's status: what [`BdevIo::forward_and_complete`] does), that base's descriptor
-    /// and this channel's channel to it. Asked once per channel, on its thread.
+    /// For a bdev whose data path is only a forward with no callback (the base's status:
+    /// what [`BdevIo::forward_and_complete`] does), where each I/O goes: to one base
+    /// unchanged ([`PassThrough::to`]), or to the member of a stripe that holds its blocks
+    /// ([`PassThrough::striped`], raid0). Asked once per channel, on its thread; the
+    /// channels it names are held for the channel's life.
     ///
     /// The layer then takes the I/O down itself: no call to [`BdevOps::submit_request`]
     /// and no reference counted per I/O (the base channel is reached through this
@@ -35,8 +37,8 @@ pub trait BdevOps: Send + Sync + 'static {
     /// that way still comes to `submit_request`, which must forward it the same way: a
     /// base of another block size, a base that is frozen or has QoS or timeouts, an I/O
     /// the base needs split or bounced, a reset, a piece of a split I/O, an I/O refused by
-    /// the base.
-    fn pass_through(&self, _ch: &Self::Channel) -> Option<(Arc<Desc>, BdevChannel)> {
+    /// the base, an I/O across strips, an I/O already striped once above.
+    fn pass_through(&self, _ch: &Self::Channel) -> Option<PassThrough> {
         None
     }
 
@@ -63,6 +65,124 @@ pub trait BdevOps: Send + Sync + 'static {
     /// Module-specific details for `bdev_get_bdevs` (`driver_specific`).
     fn dump_info_json(&self) -> Option<serde_json::Value> {
         None
+    }
+}
+
+/// Where a pass-through channel's I/O goes ([`BdevOps::pass_through`]).
+pub struct PassThrough(pub(crate) Pass);
+
+/// A channel's pass-through: the level below, one base or a stripe's members.
+pub(crate) struct Pass {
+    /// Member 0: the base of a plain pass-through, a stripe's first member (kept here as
+    /// well, so that a plain one's I/O reaches it with no test of the kind or index).
+    pub(crate) first: StripeMember,
+    /// A stripe: its layout and all its members.
+    pub(crate) stripe: Option<Box<Stripe>>,
+}
+
+/// One member of a striped pass-through ([`PassThrough::striped`]).
+#[derive(Clone)]
+pub struct StripeMember {
+    /// The descriptor the bdev opened its member with.
+    pub desc: Arc<Desc>,
+    /// This thread's channel to it.
+    pub ch: BdevChannel,
+    /// Where the bdev's data starts on the member (a superblock before it, say).
+    pub data_offset: u64,
+}
+
+/// Strips of `1 << shift` blocks dealt round-robin over the members.
+pub(crate) struct Stripe {
+    shift: u32,
+    /// `(1 << shift) - 1`.
+    mask: u64,
+    /// With a power of two of members (the usual case), log2 of their count: a shift and
+    /// a mask, not a 64-bit division (tens of cycles), on every I/O.
+    n_shift: u32,
+    n_pow2: bool,
+    members: Box<[StripeMember]>,
+}
+
+impl PassThrough {
+    /// Every I/O to `ch` (a channel of `desc`), at the same blocks.
+    pub fn to(desc: Arc<Desc>, ch: BdevChannel) -> PassThrough {
+        PassThrough(Pass {
+            first: StripeMember {
+                desc,
+                ch,
+                data_offset: 0,
+            },
+            stripe: None,
+        })
+    }
+
+    /// raid0's layout: strips of `strip_blocks` blocks (a power of two), strip `s` on
+    /// member `s % n` at its block `data_offset + (s / n) * strip_blocks`. An I/O within
+    /// one strip goes to that member; one across strips comes to the module. `None` when
+    /// `strip_blocks` is not a power of two, or there are no members (or more than 65536).
+    pub fn striped(strip_blocks: u64, members: Vec<StripeMember>) -> Option<PassThrough> {
+        let n = members.len();
+        if !strip_blocks.is_power_of_two() || n > u16::MAX as usize + 1 {
+            return None;
+        }
+        let first = members.first()?.clone();
+        Some(PassThrough(Pass {
+            first,
+            stripe: Some(Box::new(Stripe {
+                shift: strip_blocks.trailing_zeros(),
+                mask: strip_blocks - 1,
+                n_shift: n.trailing_zeros(),
+                n_pow2: n.is_power_of_two(),
+                members: members.into_boxed_slice(),
+            })),
+        }))
+    }
+}
+
+impl Pass {
+    /// Whether every channel below belongs to its descriptor's bdev and has `block_len`
+    /// (else the bdev is no pass-through: a module's mistake, or a base of another block
+    /// size). Checked once, when the channel is made, not for each I/O.
+    pub(crate) fn fits(&self, block_len: u32) -> bool {
+        let stripe = self.stripe.as_deref().map_or(&[][..], |s| &s.members[..]);
+        std::iter::once(&self.first).chain(stripe).all(|m| {
+            let b = &*m.ch.ch.bdev;
+            std::ptr::eq(m.desc.bdev_inner(), b) && b.block_len == block_len
+        })
+    }
+
+    /// Member `i` (a plain pass-through's base for any `i`). By the kind, not by `i == 0`:
+    /// a stripe's member is as random as its I/O, and a branch on it, mispredicted half
+    /// the time over two members, cost raid0 more than its instructions (0.76 of null's
+    /// IOPS against 0.81, for 7 fewer instructions).
+    #[inline(always)]
+    pub(crate) fn member(&self, i: u16) -> Option<&StripeMember> {
+        match &self.stripe {
+            None => Some(&self.first),
+            Some(s) => s.members.get(i as usize),
+        }
+    }
+}
+
+impl Stripe {
+    /// The member that holds blocks `offset..offset + num`, its index and its block
+    /// there, when they lie in one strip.
+    #[inline(always)]
+    pub(crate) fn map(&self, offset: u64, num: u64) -> Option<(u16, &StripeMember, u64)> {
+        let within = offset & self.mask;
+        if within + num > self.mask + 1 {
+            return None;
+        }
+        let strip = offset >> self.shift;
+        let n = self.members.len() as u64;
+        let (row, i) = if self.n_pow2 {
+            (strip >> self.n_shift, strip & (n - 1))
+        } else {
+            (strip / n, strip % n)
+        };
+        let m = self.members.get(i as usize)?;
+        let at = m.data_offset.checked_add((row << self.shift) | within)?;
+        Some((i as u16, m, at))
     }
 }
 
@@ -98,7 +218,7 @@ pub(crate) trait ErasedOps: Send + Sync {
 /// A module channel with its type erased: one virtual call per I/O.
 pub(crate) trait ErasedChannel {
     fn submit(&self, io: BdevIo);
-    fn pass_through(&self) -> Option<(Arc<Desc>, BdevChannel)>;
+    fn pass_through(&self) -> Option<PassThrough>;
 }
 
 struct ChanImpl<T: BdevOps> {
@@ -111,7 +231,7 @@ impl<T: BdevOps> ErasedChannel for ChanImpl<T> {
     fn submit(&self, io: BdevIo) {
         self.ops.submit_request(&self.ch, io)
     }
-    fn pass_through(&self) -> Option<(Arc<Desc>, BdevChannel)> {
+    fn pass_through(&self) -> Option<PassThrough> {
         self.ops.pass_through(&self.ch)
     }
 }

@@ -1027,8 +1027,8 @@ impl BdevOps for Pass {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         io.forward_and_complete(&self.base, ch);
     }
-    fn pass_through(&self, ch: &BdevChannel) -> Option<(Arc<Desc>, BdevChannel)> {
-        Some((self.base.clone(), ch.clone()))
+    fn pass_through(&self, ch: &BdevChannel) -> Option<super::PassThrough> {
+        Some(super::PassThrough::to(self.base.clone(), ch.clone()))
     }
     fn io_type_supported(&self, t: IoType) -> bool {
         matches!(
@@ -1289,5 +1289,200 @@ fn timeouts_above_and_below_a_pass_through_leave_it_passing_io_through() {
     for n in ["p_to", "r_pto"] {
         assert_eq!(iostat(&h, n).num_write_ops, 1, "{n}");
         assert_eq!(outstanding_on(&h, n), 1, "{n}");
+    }
+}
+
+/// A striped pass-through ([`PassThrough::striped`]): strips of `strip` blocks dealt over
+/// `members`, each one's data from its block `offset`. Its module maps an I/O itself, as
+/// raid0's does, and counts what reaches it.
+struct StripeTest {
+    members: Vec<Arc<Desc>>,
+    strip: u64,
+    offset: u64,
+    calls: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl BdevOps for StripeTest {
+    type Channel = Vec<BdevChannel>;
+    fn module_name(&self) -> &'static str {
+        "stripe_test"
+    }
+    fn create_channel(&self) -> crate::Result<Vec<BdevChannel>> {
+        self.members.iter().map(|d| d.get_io_channel()).collect()
+    }
+    fn submit_request(&self, chs: &Vec<BdevChannel>, io: BdevIo) {
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if io.io_type() == IoType::Reset {
+            return io.complete(IoStatus::Success);
+        }
+        let (strip, n) = (io.offset_blocks() / self.strip, self.members.len() as u64);
+        let within = io.offset_blocks() % self.strip;
+        if within + io.num_blocks() > self.strip {
+            // The layer splits on the strip boundary: this can't arrive.
+            return io.complete(IoStatus::Failed);
+        }
+        let i = (strip % n) as usize;
+        let at = self.offset + strip / n * self.strip + within;
+        io.forward_to_and_complete(&self.members[i], &chs[i], at);
+    }
+    fn pass_through(&self, chs: &Vec<BdevChannel>) -> Option<PassThrough> {
+        let members = self
+            .members
+            .iter()
+            .zip(chs)
+            .map(|(d, ch)| StripeMember {
+                desc: d.clone(),
+                ch: ch.clone(),
+                data_offset: self.offset,
+            })
+            .collect();
+        PassThrough::striped(self.strip, members)
+    }
+    fn io_type_supported(&self, t: IoType) -> bool {
+        matches!(t, IoType::Read | IoType::Write | IoType::Reset)
+    }
+}
+
+/// Registers a [`StripeTest`] named `name` over `members` (256-block RAM bdevs, or bdevs
+/// over them), split on its strips as raid0 is; what reaches its module is counted in
+/// what comes back.
+fn stripe(
+    h: &Harness,
+    name: &str,
+    members: &[&str],
+    strip: u64,
+    offset: u64,
+) -> Arc<std::sync::atomic::AtomicUsize> {
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c2 = calls.clone();
+    let name = name.to_string();
+    let members: Vec<String> = members.iter().map(|m| m.to_string()).collect();
+    h.run_on(0, move || {
+        let members: Vec<Arc<Desc>> = members
+            .iter()
+            .map(|m| Arc::new(Desc::open(m, true, |_| {}).unwrap()))
+            .collect();
+        let rows = (256 - offset) / strip;
+        let blocks = rows * strip * members.len() as u64;
+        let props = BdevProps::new(&name, 512, blocks).optimal_io_boundary(strip as u32, true);
+        let s = StripeTest {
+            members,
+            strip,
+            offset,
+            calls: c2,
+        };
+        register(props, Arc::new(s)).unwrap();
+    });
+    calls
+}
+
+/// What `seen` recorded, as (type, offset, blocks).
+fn took(seen: &Mutex<Vec<Seen>>) -> Vec<(IoType, u64, u64)> {
+    seen.lock()
+        .unwrap()
+        .iter()
+        .map(|s| (s.t, s.offset, s.num))
+        .collect()
+}
+
+/// `n` blocks at `lba` of bdev `name`, read on thread 0.
+fn read_back(h: &Harness, name: &str, lba: u64, n: u64) -> Vec<u8> {
+    let name = name.to_string();
+    h.block_on(0, async move {
+        let d = Desc::open(&name, false, |_| {}).unwrap();
+        let ch = d.get_io_channel().unwrap();
+        let len = n as usize * 512;
+        let out = d
+            .readv_blocks(&ch, bufs(&[len], &vec![0; len]), lba, n)
+            .await
+            .unwrap();
+        concat(&out)
+    })
+}
+
+#[test]
+fn a_stripe_takes_io_within_a_strip_to_its_member_and_across_strips_to_the_module() {
+    // Three members (a division, not a shift), strips of 8 blocks, data from block 16 of
+    // each: strip s is on member s % 3 at 16 + (s / 3) * 8.
+    let h = Harness::new(1);
+    let seen: Vec<_> = (0..3)
+        .map(|i| ram(&format!("r_str{i}"), |p| p, true, 0))
+        .collect();
+    let up = stripe(&h, "s_str", &["r_str0", "r_str1", "r_str2"], 8, 16);
+    let _held = hold(&h, "s_str");
+    // Strip 4 (blocks 32..40), from its block 2: member 1, row 1, at 16 + 8 + 2.
+    write_read_back(&h, "s_str", 34, 5, 3);
+    assert_eq!(calls(&up), 0, "within a strip: not the module's");
+    assert_eq!(
+        took(&seen[1]),
+        vec![(IoType::Write, 26, 5), (IoType::Read, 26, 5)]
+    );
+    assert!(took(&seen[0]).is_empty() && took(&seen[2]).is_empty());
+    assert_eq!(read_back(&h, "r_str1", 26, 5), pattern(5 * 512, 3));
+    // Blocks 44..52 cross from strip 5 (member 2, row 1) into strip 6 (member 0, row 2):
+    // the layer splits them and the module gets both pieces, each way.
+    write_read_back(&h, "s_str", 44, 8, 9);
+    assert_eq!(calls(&up), 4);
+    assert_eq!(
+        took(&seen[2]),
+        vec![(IoType::Write, 28, 4), (IoType::Read, 28, 4)]
+    );
+    assert_eq!(
+        took(&seen[0]),
+        vec![(IoType::Write, 32, 4), (IoType::Read, 32, 4)]
+    );
+    // Every level counted what went through it (r_str1 also the read straight from it),
+    // and nothing is left outstanding.
+    for (n, ops) in [("s_str", (2, 2)), ("r_str0", (1, 1)), ("r_str1", (1, 2)), ("r_str2", (1, 1))] {
+        let st = iostat(&h, n);
+        assert_eq!((st.num_write_ops, st.num_read_ops), ops, "{n}");
+        assert_eq!(outstanding_on(&h, n), 0, "{n}");
+    }
+    // Past the end of a member: refused at the top as out of the stripe's range.
+    let e = h.block_on(0, async {
+        let d = Desc::open("s_str", false, |_| {}).unwrap();
+        let ch = d.get_io_channel().unwrap();
+        d.readv_blocks(&ch, bufs(&[512], &[0; 512]), 720, 1).await
+    });
+    assert!(e.is_err());
+}
+
+#[test]
+fn a_pass_through_above_a_stripe_goes_down_both_and_a_stripes_member_forwards() {
+    // p_top (plain) over s_two (two members: p_m0 over r_two0, and r_two1), strips of 4
+    // blocks, data from block 0. An I/O passes through p_top and s_two to its member and
+    // no further: p_m0's module forwards what reaches it. Each level counts the I/O once,
+    // and the member's accounting finds the right member (the last level's index).
+    let h = Harness::new(1);
+    let s0 = ram("r_two0", |p| p, true, 0);
+    let s1 = ram("r_two1", |p| p, true, 0);
+    let m0 = pass(&h, "p_m0", "r_two0");
+    let up = stripe(&h, "s_two", &["p_m0", "r_two1"], 4, 0);
+    let top = pass(&h, "p_top2", "s_two");
+    let _held = hold(&h, "p_top2");
+    // Strip 3 (blocks 12..16): member 1, row 1, at 4 + 1. Strip 4: member 0, row 2, at 8.
+    write_read_back(&h, "p_top2", 13, 2, 4);
+    write_read_back(&h, "p_top2", 16, 4, 5);
+    assert_eq!((calls(&top), calls(&up)), (0, 0));
+    assert_eq!(calls(&m0), 2, "below a stripe's member: its module forwards");
+    assert_eq!(
+        took(&s1),
+        vec![(IoType::Write, 5, 2), (IoType::Read, 5, 2)]
+    );
+    assert_eq!(
+        took(&s0),
+        vec![(IoType::Write, 8, 4), (IoType::Read, 8, 4)]
+    );
+    for (n, ops) in [
+        ("p_top2", 2),
+        ("s_two", 2),
+        ("p_m0", 1),
+        ("r_two0", 1),
+        ("r_two1", 1),
+    ] {
+        let st = iostat(&h, n);
+        assert_eq!((st.num_write_ops, st.num_read_ops), (ops, ops), "{n}");
+        assert_eq!(outstanding_on(&h, n), 0, "{n}");
     }
 }

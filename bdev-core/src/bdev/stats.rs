@@ -280,8 +280,9 @@ impl StatsSum {
 }
 
 impl ChannelStats {
-    /// Accounts one completed I/O.
-    #[inline]
+    /// Accounts one completed I/O. Always inlined: `finish` calls it once per level, and
+    /// as a call of its own it cost a pass-through level ~18 instructions.
+    #[inline(always)]
     pub(crate) fn record(&self, t: IoType, bytes: u64, ticks: u64, status: IoStatus) {
         if !status.is_success() {
             let e = &self.errors[error_slot(status)];

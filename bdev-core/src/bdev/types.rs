@@ -139,13 +139,21 @@ pub enum IoStatus {
         /// Status code.
         sc: u8,
     },
-    /// A Linux AIO / io_uring error (negative errno).
-    AioError(i32),
+    /// A Linux AIO / io_uring error (negative errno, -4095 to -1 in Linux; an i16 keeps
+    /// the status four bytes, and the I/O's context in its cache lines: see
+    /// [`IoStatus::from_errno`]).
+    AioError(i16),
     /// Refused by the bdev layer before submission.
     Rejected(Reject),
 }
 
 impl IoStatus {
+    /// The status of a call that returned `res`, a negative errno (`AioError`; an errno
+    /// past what Linux uses reads as -EIO).
+    pub fn from_errno(res: i64) -> IoStatus {
+        IoStatus::AioError(i16::try_from(res).unwrap_or(-libc::EIO as i16))
+    }
+
     /// Whether the I/O succeeded.
     #[inline]
     pub fn is_success(self) -> bool {
@@ -163,7 +171,7 @@ impl fmt::Display for IoStatus {
             IoStatus::Miscompare => f.write_str("miscompare"),
             IoStatus::NvmeError { sct, sc } => write!(f, "NVMe error sct {sct:#x} sc {sc:#x}"),
             IoStatus::AioError(e) => {
-                write!(f, "AIO error {}", std::io::Error::from_raw_os_error(-e))
+                write!(f, "AIO error {}", std::io::Error::from_raw_os_error(-i32::from(*e)))
             }
             IoStatus::Rejected(r) => write!(f, "rejected: {r}"),
         }
