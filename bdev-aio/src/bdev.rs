@@ -157,13 +157,11 @@ impl FileBdev {
             unsafe { libc::fallocate(fd, mode, off as libc::off_t, len as libc::off_t) }
         };
         if r < 0 {
-            IoStatus::from_errno(
-                -i64::from(
-                    std::io::Error::last_os_error()
-                        .raw_os_error()
-                        .unwrap_or(libc::EIO),
-                ),
-            )
+            IoStatus::from_errno(-i64::from(
+                std::io::Error::last_os_error()
+                    .raw_os_error()
+                    .unwrap_or(libc::EIO),
+            ))
         } else {
             IoStatus::Success
         }
@@ -221,7 +219,8 @@ impl BdevOps for FileBdev {
             IoType::Read | IoType::Write | IoType::Flush => {}
             IoType::Unmap | IoType::WriteZeroes => {
                 let st = self.sync_op(&io);
-                if t == IoType::WriteZeroes && st == IoStatus::from_errno(-libc::EOPNOTSUPP as i64) {
+                if t == IoType::WriteZeroes && st == IoStatus::from_errno(-libc::EOPNOTSUPP as i64)
+                {
                     // The filesystem can't zero a range (FALLOC_FL_ZERO_RANGE: ext2/ext3
                     // files, FAT, ...): the bdev layer writes zeroes from now on, as
                     // Linux's block layer falls back.

@@ -15,8 +15,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use bdev_core::bdev::{
-    self, Bdev, BdevChannel, BdevEvent, BdevIo, BdevOps, PassThrough, StripeMember, BdevProps, Desc, DestructDone, IoStatus,
-    IoType, SharedIo,
+    self, Bdev, BdevChannel, BdevEvent, BdevIo, BdevOps, BdevProps, Desc, DestructDone, IoStatus,
+    IoType, PassThrough, SharedIo, StripeMember,
 };
 use bdev_core::thread::{ForEachChannel, IoChannel, IoDevice, ThreadHandle};
 use uuid::Uuid;

@@ -198,12 +198,19 @@ fn raid0_io_within_a_strip_goes_to_its_member_past_the_superblock() {
     )
     .unwrap();
     let info = raids(&h, &m, "online");
-    let off = info[0]["base_bdevs_list"][0]["data_offset"].as_u64().unwrap();
+    let off = info[0]["base_bdevs_list"][0]["data_offset"]
+        .as_u64()
+        .unwrap();
     assert!(off > 0);
-    assert_eq!(info[0]["base_bdevs_list"][1]["data_offset"].as_u64(), Some(off));
+    assert_eq!(
+        info[0]["base_bdevs_list"][1]["data_offset"].as_u64(),
+        Some(off)
+    );
     let before = |name: &str| {
         let name = name.to_string();
-        h.block_on(0, async move { get_by_name(&name).unwrap().iostat().await.unwrap() })
+        h.block_on(0, async move {
+            get_by_name(&name).unwrap().iostat().await.unwrap()
+        })
     };
     let (p0, p1) = (before("P0"), before("P1"));
     // Strip 5 (blocks 40..48) from its block 3, on both threads: member 1, row 2.

@@ -740,7 +740,15 @@ fn finish(mut ctx: Box<IoCtx>) {
     // with none 13 instructions: the compiler then moved the callback through the stack).
     if ctx.bits & (HAS_DESC | TRACKED | HOPS) != 0 {
         if ctx.bits & HOPS != 0 {
-            account_hops(&ch, ctx.hops(), ctx.member, ctx.io_type, status, bytes, ticks);
+            account_hops(
+                &ch,
+                ctx.hops(),
+                ctx.member,
+                ctx.io_type,
+                status,
+                bytes,
+                ticks,
+            );
             ctx.member = 0;
         }
         if ctx.bits & TRACKED != 0 {

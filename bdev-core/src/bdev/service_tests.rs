@@ -1434,7 +1434,12 @@ fn a_stripe_takes_io_within_a_strip_to_its_member_and_across_strips_to_the_modul
     );
     // Every level counted what went through it (r_str1 also the read straight from it),
     // and nothing is left outstanding.
-    for (n, ops) in [("s_str", (2, 2)), ("r_str0", (1, 1)), ("r_str1", (1, 2)), ("r_str2", (1, 1))] {
+    for (n, ops) in [
+        ("s_str", (2, 2)),
+        ("r_str0", (1, 1)),
+        ("r_str1", (1, 2)),
+        ("r_str2", (1, 1)),
+    ] {
         let st = iostat(&h, n);
         assert_eq!((st.num_write_ops, st.num_read_ops), ops, "{n}");
         assert_eq!(outstanding_on(&h, n), 0, "{n}");
@@ -1465,15 +1470,13 @@ fn a_pass_through_above_a_stripe_goes_down_both_and_a_stripes_member_forwards() 
     write_read_back(&h, "p_top2", 13, 2, 4);
     write_read_back(&h, "p_top2", 16, 4, 5);
     assert_eq!((calls(&top), calls(&up)), (0, 0));
-    assert_eq!(calls(&m0), 2, "below a stripe's member: its module forwards");
     assert_eq!(
-        took(&s1),
-        vec![(IoType::Write, 5, 2), (IoType::Read, 5, 2)]
+        calls(&m0),
+        2,
+        "below a stripe's member: its module forwards"
     );
-    assert_eq!(
-        took(&s0),
-        vec![(IoType::Write, 8, 4), (IoType::Read, 8, 4)]
-    );
+    assert_eq!(took(&s1), vec![(IoType::Write, 5, 2), (IoType::Read, 5, 2)]);
+    assert_eq!(took(&s0), vec![(IoType::Write, 8, 4), (IoType::Read, 8, 4)]);
     for (n, ops) in [
         ("p_top2", 2),
         ("s_two", 2),

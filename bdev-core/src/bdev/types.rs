@@ -171,7 +171,11 @@ impl fmt::Display for IoStatus {
             IoStatus::Miscompare => f.write_str("miscompare"),
             IoStatus::NvmeError { sct, sc } => write!(f, "NVMe error sct {sct:#x} sc {sc:#x}"),
             IoStatus::AioError(e) => {
-                write!(f, "AIO error {}", std::io::Error::from_raw_os_error(-i32::from(*e)))
+                write!(
+                    f,
+                    "AIO error {}",
+                    std::io::Error::from_raw_os_error(-i32::from(*e))
+                )
             }
             IoStatus::Rejected(r) => write!(f, "rejected: {r}"),
         }
