@@ -213,6 +213,14 @@ fn raid0_io_within_a_strip_goes_to_its_member_past_the_superblock() {
         })
     };
     let (p0, p1) = (before("P0"), before("P1"));
+    // Both members, on every thread's channel.
+    for t in [0, 1] {
+        let n = h.block_on(t, async {
+            let d = Desc::open("RS", false, |_| {}).unwrap();
+            d.get_io_channel().unwrap().passes_through()
+        });
+        assert_eq!(n, 2, "thread {t}");
+    }
     // Strip 5 (blocks 40..48) from its block 3, on both threads: member 1, row 2.
     for t in [0, 1] {
         write(&h, t, "RS", 43, 4, 11 + t as u64).unwrap();

@@ -43,6 +43,16 @@ impl BdevChannel {
     pub fn outstanding(&self) -> u64 {
         self.ch.outstanding.get()
     }
+
+    /// Whether I/O on this channel may go below the bdev without its module
+    /// ([`super::BdevOps::pass_through`]): 0 if not, else how many channels it goes to
+    /// (1, or a stripe's members).
+    pub fn passes_through(&self) -> usize {
+        self.ch
+            .pass
+            .as_ref()
+            .map_or(0, |p| p.stripe.as_ref().map_or(1, |s| s.members().len()))
+    }
 }
 
 /// The context of a bdev channel.
@@ -102,9 +112,9 @@ impl ChanCtx {
         let module = bdev.ops.create_channel()?;
         let hist = *bdev.hist_cfg.lock().unwrap_or_else(|e| e.into_inner());
         let pass = module.pass_through().map(|p| p.0).filter(|p| {
-            let fits = p.fits(bdev.block_len);
+            let fits = p.fits(&bdev);
             if !fits {
-                tracing::debug!(bdev = %bdev.props.name, "a base of another block size or bdev: no pass-through");
+                tracing::debug!(bdev = %bdev.props.name, "a base of another block size, bdev or looser limits: no pass-through");
             }
             fits
         });

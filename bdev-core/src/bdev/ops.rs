@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use super::io::BdevIo;
+use super::registry::BdevInner;
 use super::{Bdev, BdevChannel, Desc, IoType};
 use crate::error::Result;
 
@@ -37,7 +38,12 @@ pub trait BdevOps: Send + Sync + 'static {
     /// that way still comes to `submit_request`, which must forward it the same way: a
     /// base of another block size, a base that is frozen or has QoS or timeouts, an I/O
     /// the base needs split or bounced, a reset, a piece of a split I/O, an I/O refused by
-    /// the base, an I/O across strips, an I/O already striped once above.
+    /// the base, an I/O across strips.
+    ///
+    /// An I/O that passes through is checked against the lower bdev's limits, not this
+    /// one's; so the layer passes through only to channels whose limits are at least as
+    /// strict as this bdev's (a stripe's strip aside: the layer keeps I/O within one), and
+    /// a bdev with stricter limits of its own gets every I/O in `submit_request`.
     fn pass_through(&self, _ch: &Self::Channel) -> Option<PassThrough> {
         None
     }
@@ -118,8 +124,11 @@ impl PassThrough {
 
     /// raid0's layout: strips of `strip_blocks` blocks (a power of two), strip `s` on
     /// member `s % n` at its block `data_offset + (s / n) * strip_blocks`. An I/O within
-    /// one strip goes to that member; one across strips comes to the module. `None` when
-    /// `strip_blocks` is not a power of two, or there are no members (or more than 65536).
+    /// one strip, of any type the member takes (a write_zeroes the bdev would emulate goes
+    /// to a member that has it; a flush of no blocks goes to the member of its offset),
+    /// goes to that member, and no further by pass-through; one across strips comes to
+    /// the module. `None` when `strip_blocks` is not a power of two, or there are no
+    /// members (or more than 65536).
     pub fn striped(strip_blocks: u64, members: Vec<StripeMember>) -> Option<PassThrough> {
         let n = members.len();
         if !strip_blocks.is_power_of_two() || n > u16::MAX as usize + 1 {
@@ -140,14 +149,31 @@ impl PassThrough {
 }
 
 impl Pass {
-    /// Whether every channel below belongs to its descriptor's bdev and has `block_len`
-    /// (else the bdev is no pass-through: a module's mistake, or a base of another block
-    /// size). Checked once, when the channel is made, not for each I/O.
-    pub(crate) fn fits(&self, block_len: u32) -> bool {
+    /// Whether `up` may pass its I/O through to every channel below: each belongs to its
+    /// descriptor's bdev, has `up`'s block size, and has limits at least as strict as
+    /// `up`'s (an I/O that passes through is checked against the lower bdev's limits
+    /// only; a stripe's strip is `up`'s boundary, checked by [`Stripe::map`]). Else `up`
+    /// is no pass-through (a module's mistake, a base of another block size, a bdev with
+    /// limits of its own): its module gets every I/O. Checked once, when the channel is
+    /// made, not for each I/O.
+    pub(crate) fn fits(&self, up: &BdevInner) -> bool {
+        let strip = self.stripe.as_deref().map(|s| s.mask + 1);
         let stripe = self.stripe.as_deref().map_or(&[][..], |s| &s.members[..]);
         std::iter::once(&self.first).chain(stripe).all(|m| {
             let b = &*m.ch.ch.bdev;
-            std::ptr::eq(m.desc.bdev_inner(), b) && b.block_len == block_len
+            std::ptr::eq(m.desc.bdev_inner(), b)
+                && b.block_len == up.block_len
+                && b.max_rw <= up.max_rw
+                && b.max_segs <= up.max_segs
+                && b.max_seg_bytes <= up.max_seg_bytes
+                && b.max_wz <= up.max_wz
+                // Every alignment `up` asks for, `b` asks for (masks of low bits).
+                && b.align_mask & up.align_mask == up.align_mask
+                // Not crossing `b`'s boundaries keeps within `up`'s when they are
+                // multiples of `b`'s.
+                && (up.boundary == 0
+                    || strip == Some(up.boundary)
+                    || (b.boundary != 0 && up.boundary % b.boundary == 0))
         })
     }
 
@@ -165,6 +191,10 @@ impl Pass {
 }
 
 impl Stripe {
+    pub(crate) fn members(&self) -> &[StripeMember] {
+        &self.members
+    }
+
     /// The member that holds blocks `offset..offset + num`, its index and its block
     /// there, when they lie in one strip.
     #[inline(always)]

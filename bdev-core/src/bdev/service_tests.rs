@@ -458,10 +458,16 @@ fn write_zeroes_beyond_max_write_zeroes_is_split() {
 /// succeeded (nothing else completes to trigger NOMEM retries: the retry poller does, on
 /// time); the channel they went through.
 fn three_writes_succeed(h: &Harness, name: &str) -> BdevChannel {
+    writes_succeed(h, name, &[0, 1, 2])
+}
+
+/// One-block writes at `lbas` through `name`, all submitted at once, then polled (and
+/// the clock moved, for NOMEM retries) until every one succeeded; the channel they used.
+fn writes_succeed(h: &Harness, name: &str, lbas: &[u64]) -> BdevChannel {
     let d = Rc::new(h.run_on(0, || Desc::open(name, true, |_| {}).unwrap()));
     let ch = h.run_on(0, || d.get_io_channel().unwrap());
     let ok = Rc::new(Cell::new(0));
-    for i in 0..3u64 {
+    for &i in lbas {
         let ok = ok.clone();
         h.run_on(0, || {
             d.write_blocks(&ch, DmaBuf::new(512, 8).unwrap(), i, 1)
@@ -475,7 +481,7 @@ fn three_writes_succeed(h: &Harness, name: &str) -> BdevChannel {
         h.poll_threads();
         h.advance_time_us(100);
     }
-    assert_eq!(ok.get(), 3);
+    assert_eq!(ok.get(), lbas.len());
     ch
 }
 
@@ -1238,6 +1244,14 @@ fn a_stack_of_pass_throughs_deeper_than_the_hops_goes_on_with_frames() {
             b.enable_histogram(true, None).await.unwrap();
         }
     });
+    // A timeout on p_deep2 (another opener): the frame forwarded into it goes by the
+    // slow path, so a pass-through level is entered with levels passed above.
+    let timed = Rc::new(h.run_on(0, || Desc::open("p_deep2", false, |_| {}).unwrap()));
+    h.run_on(0, || {
+        timed
+            .set_timeout(60, |_| panic!("nothing was submitted here"))
+            .unwrap()
+    });
     let top = names[7].clone();
     let _held = hold(&h, &top);
     write_read_back(&h, &top, 200, 8, 7);
@@ -1293,8 +1307,8 @@ fn timeouts_above_and_below_a_pass_through_leave_it_passing_io_through() {
 }
 
 /// A striped pass-through ([`PassThrough::striped`]): strips of `strip` blocks dealt over
-/// `members`, each one's data from its block `offset`. Its module maps an I/O itself, as
-/// raid0's does, and counts what reaches it.
+/// `members`, member `i`'s data from its block `offset + 2 * i`. Its module maps an I/O
+/// itself, as raid0's does, and counts what reaches it.
 struct StripeTest {
     members: Vec<Arc<Desc>>,
     strip: u64,
@@ -1323,7 +1337,7 @@ impl BdevOps for StripeTest {
             return io.complete(IoStatus::Failed);
         }
         let i = (strip % n) as usize;
-        let at = self.offset + strip / n * self.strip + within;
+        let at = self.offset + 2 * i as u64 + strip / n * self.strip + within;
         io.forward_to_and_complete(&self.members[i], &chs[i], at);
     }
     fn pass_through(&self, chs: &Vec<BdevChannel>) -> Option<PassThrough> {
@@ -1331,10 +1345,11 @@ impl BdevOps for StripeTest {
             .members
             .iter()
             .zip(chs)
-            .map(|(d, ch)| StripeMember {
+            .enumerate()
+            .map(|(i, (d, ch))| StripeMember {
                 desc: d.clone(),
                 ch: ch.clone(),
-                data_offset: self.offset,
+                data_offset: self.offset + 2 * i as u64,
             })
             .collect();
         PassThrough::striped(self.strip, members)
@@ -1363,7 +1378,7 @@ fn stripe(
             .iter()
             .map(|m| Arc::new(Desc::open(m, true, |_| {}).unwrap()))
             .collect();
-        let rows = (256 - offset) / strip;
+        let rows = (256 - offset - 2 * members.len() as u64) / strip;
         let blocks = rows * strip * members.len() as u64;
         let props = BdevProps::new(&name, 512, blocks).optimal_io_boundary(strip as u32, true);
         let s = StripeTest {
@@ -1403,30 +1418,44 @@ fn read_back(h: &Harness, name: &str, lba: u64, n: u64) -> Vec<u8> {
 
 #[test]
 fn a_stripe_takes_io_within_a_strip_to_its_member_and_across_strips_to_the_module() {
-    // Three members (a division, not a shift), strips of 8 blocks, data from block 16 of
-    // each: strip s is on member s % 3 at 16 + (s / 3) * 8.
+    // Three members (a division, not a shift), strips of 8 blocks, member i's data from
+    // its block 16 + 2i: strip s is on member s % 3 at 16 + 2 * (s % 3) + (s / 3) * 8.
+    // Member 2 answers its first two I/Os NOMEM: they wait and are retried there.
     let h = Harness::new(1);
     let seen: Vec<_> = (0..3)
-        .map(|i| ram(&format!("r_str{i}"), |p| p, true, 0))
+        .map(|i| {
+            ram(
+                &format!("r_str{i}"),
+                |p| p,
+                true,
+                if i == 2 { 2 } else { 0 },
+            )
+        })
         .collect();
     let up = stripe(&h, "s_str", &["r_str0", "r_str1", "r_str2"], 8, 16);
     let _held = hold(&h, "s_str");
-    // Strip 4 (blocks 32..40), from its block 2: member 1, row 1, at 16 + 8 + 2.
+    // Strip 4 (blocks 32..40), from its block 2: member 1, row 1, at 18 + 8 + 2.
     write_read_back(&h, "s_str", 34, 5, 3);
     assert_eq!(calls(&up), 0, "within a strip: not the module's");
     assert_eq!(
         took(&seen[1]),
-        vec![(IoType::Write, 26, 5), (IoType::Read, 26, 5)]
+        vec![(IoType::Write, 28, 5), (IoType::Read, 28, 5)]
     );
     assert!(took(&seen[0]).is_empty() && took(&seen[2]).is_empty());
-    assert_eq!(read_back(&h, "r_str1", 26, 5), pattern(5 * 512, 3));
+    assert_eq!(read_back(&h, "r_str1", 28, 5), pattern(5 * 512, 3));
+    // Block 41 (strip 5, from its block 1): member 2, row 1, at 20 + 8 + 1, answered
+    // NOMEM twice and retried at the member, not the module.
+    writes_succeed(&h, "s_str", &[41]);
+    assert_eq!(calls(&up), 0);
+    let w = (IoType::Write, 29, 1);
+    assert_eq!(took(&seen[2]), vec![w, w, w]);
     // Blocks 44..52 cross from strip 5 (member 2, row 1) into strip 6 (member 0, row 2):
     // the layer splits them and the module gets both pieces, each way.
     write_read_back(&h, "s_str", 44, 8, 9);
     assert_eq!(calls(&up), 4);
     assert_eq!(
-        took(&seen[2]),
-        vec![(IoType::Write, 28, 4), (IoType::Read, 28, 4)]
+        took(&seen[2])[3..],
+        [(IoType::Write, 32, 4), (IoType::Read, 32, 4)]
     );
     assert_eq!(
         took(&seen[0]),
@@ -1435,10 +1464,10 @@ fn a_stripe_takes_io_within_a_strip_to_its_member_and_across_strips_to_the_modul
     // Every level counted what went through it (r_str1 also the read straight from it),
     // and nothing is left outstanding.
     for (n, ops) in [
-        ("s_str", (2, 2)),
+        ("s_str", (3, 2)),
         ("r_str0", (1, 1)),
         ("r_str1", (1, 2)),
-        ("r_str2", (1, 1)),
+        ("r_str2", (2, 1)),
     ] {
         let st = iostat(&h, n);
         assert_eq!((st.num_write_ops, st.num_read_ops), ops, "{n}");
@@ -1456,7 +1485,7 @@ fn a_stripe_takes_io_within_a_strip_to_its_member_and_across_strips_to_the_modul
 #[test]
 fn a_pass_through_above_a_stripe_goes_down_both_and_a_stripes_member_forwards() {
     // p_top (plain) over s_two (two members: p_m0 over r_two0, and r_two1), strips of 4
-    // blocks, data from block 0. An I/O passes through p_top and s_two to its member and
+    // blocks, member i's data from block 2i. An I/O passes through p_top and s_two to its member and
     // no further: p_m0's module forwards what reaches it. Each level counts the I/O once,
     // and the member's accounting finds the right member (the last level's index).
     let h = Harness::new(1);
@@ -1466,7 +1495,8 @@ fn a_pass_through_above_a_stripe_goes_down_both_and_a_stripes_member_forwards() 
     let up = stripe(&h, "s_two", &["p_m0", "r_two1"], 4, 0);
     let top = pass(&h, "p_top2", "s_two");
     let _held = hold(&h, "p_top2");
-    // Strip 3 (blocks 12..16): member 1, row 1, at 4 + 1. Strip 4: member 0, row 2, at 8.
+    // Strip 3 (blocks 12..16): member 1, row 1, at 2 + 4 + 1. Strip 4: member 0, row 2,
+    // at 8.
     write_read_back(&h, "p_top2", 13, 2, 4);
     write_read_back(&h, "p_top2", 16, 4, 5);
     assert_eq!((calls(&top), calls(&up)), (0, 0));
@@ -1475,7 +1505,7 @@ fn a_pass_through_above_a_stripe_goes_down_both_and_a_stripes_member_forwards() 
         2,
         "below a stripe's member: its module forwards"
     );
-    assert_eq!(took(&s1), vec![(IoType::Write, 5, 2), (IoType::Read, 5, 2)]);
+    assert_eq!(took(&s1), vec![(IoType::Write, 7, 2), (IoType::Read, 7, 2)]);
     assert_eq!(took(&s0), vec![(IoType::Write, 8, 4), (IoType::Read, 8, 4)]);
     for (n, ops) in [
         ("p_top2", 2),

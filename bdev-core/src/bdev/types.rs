@@ -148,8 +148,8 @@ pub enum IoStatus {
 }
 
 impl IoStatus {
-    /// The status of a call that returned `res`, a negative errno (`AioError`; an errno
-    /// past what Linux uses reads as -EIO).
+    /// The status of a call that returned `res`, a negative errno (`AioError`; one out of
+    /// an `i16`'s range, which no Linux errno is, reads as -EIO).
     pub fn from_errno(res: i64) -> IoStatus {
         IoStatus::AioError(i16::try_from(res).unwrap_or(-libc::EIO as i16))
     }
