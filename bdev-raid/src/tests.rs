@@ -239,6 +239,22 @@ fn raid0_io_within_a_strip_goes_to_its_member_past_the_superblock() {
     assert_eq!(q0.num_write_ops - p0.num_write_ops, 1);
     assert_eq!(q0.num_read_ops - p0.num_read_ops, 1);
     call(&h, &m, "bdev_raid_delete", json!({"name": "RS"})).unwrap();
+    // A mirror never passes through: its reads retry on another member, its writes go
+    // to all of them.
+    malloc(&h, &m, "P2", 8192, 512);
+    malloc(&h, &m, "P3", 8192, 512);
+    call(
+        &h,
+        &m,
+        "bdev_raid_create",
+        json!({"name": "RM", "raid_level": "raid1", "base_bdevs": ["P2", "P3"]}),
+    )
+    .unwrap();
+    let n = h.block_on(0, async {
+        let d = Desc::open("RM", false, |_| {}).unwrap();
+        d.get_io_channel().unwrap().passes_through()
+    });
+    assert_eq!(n, 0);
 }
 
 #[test]
