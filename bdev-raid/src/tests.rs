@@ -215,11 +215,7 @@ fn raid0_io_within_a_strip_goes_to_its_member_past_the_superblock() {
     let (p0, p1) = (before("P0"), before("P1"));
     // Both members, on every thread's channel.
     for t in [0, 1] {
-        let n = h.block_on(t, async {
-            let d = Desc::open("RS", false, |_| {}).unwrap();
-            d.get_io_channel().unwrap().passes_through()
-        });
-        assert_eq!(n, 2, "thread {t}");
+        assert_eq!(passes_through(&h, t, "RS"), 2, "thread {t}");
     }
     // Strip 5 (blocks 40..48) from its block 3, on both threads: member 1, row 2.
     for t in [0, 1] {
@@ -250,11 +246,15 @@ fn raid0_io_within_a_strip_goes_to_its_member_past_the_superblock() {
         json!({"name": "RM", "raid_level": "raid1", "base_bdevs": ["P2", "P3"]}),
     )
     .unwrap();
-    let n = h.block_on(0, async {
-        let d = Desc::open("RM", false, |_| {}).unwrap();
+    assert_eq!(passes_through(&h, 0, "RM"), 0);
+}
+
+/// How many channels a channel of `name` on thread `t` passes I/O through to.
+fn passes_through(h: &Harness, t: usize, name: &'static str) -> usize {
+    h.block_on(t, async move {
+        let d = Desc::open(name, false, |_| {}).unwrap();
         d.get_io_channel().unwrap().passes_through()
-    });
-    assert_eq!(n, 0);
+    })
 }
 
 #[test]
