@@ -35,10 +35,11 @@ pub trait BdevOps: Send + Sync + 'static {
     /// and no reference counted per I/O (the base channel is reached through this
     /// channel, which the I/O holds), the cheapest level there is. Statistics, histograms
     /// and outstanding counts are kept at both levels as for any forward. What can't go
-    /// that way still comes to `submit_request`, which must forward it the same way: a
-    /// base of another block size, a base that is frozen or has QoS or timeouts, an I/O
-    /// the base needs split or bounced, a reset, a piece of a split I/O, an I/O refused by
-    /// the base, an I/O across strips.
+    /// that way still comes to `submit_request`, which must forward it the same way: any
+    /// I/O when a base has another block size or looser limits (see below), and
+    /// otherwise an I/O to a base that is frozen or has QoS, one the base needs split or
+    /// bounced, a reset, a piece of a split I/O, one refused by the base, one across
+    /// strips.
     ///
     /// An I/O that passes through is checked against the lower bdev's limits, not this
     /// one's; so the layer passes through only to channels whose limits are at least as
