@@ -234,6 +234,26 @@ fn raid0_io_within_a_strip_goes_to_its_member_past_the_superblock() {
     assert_eq!(q1.num_read_ops - p1.num_read_ops, 2 + 1);
     assert_eq!(q0.num_write_ops - p0.num_write_ops, 1);
     assert_eq!(q0.num_read_ops - p0.num_read_ops, 1);
+    // Write zeroes and unmap within a strip go to that member too (malloc has both; the
+    // array itself would emulate write_zeroes): each zeroes its blocks on the member and
+    // nowhere else.
+    h.block_on(1, async {
+        let d = Desc::open("RS", true, |_| {}).unwrap();
+        let ch = d.get_io_channel().unwrap();
+        d.write_zeroes_blocks(&ch, 49, 2).await.unwrap();
+        d.unmap_blocks(&ch, 53, 3).await.unwrap();
+    });
+    // Natively on the member: no write there (an emulation would have written zeroes).
+    let r0 = before("P0");
+    assert_eq!(r0.num_write_ops, q0.num_write_ops);
+    assert_eq!(r0.num_unmap_ops - q0.num_unmap_ops, 1);
+    let on_member = read(&h, 0, "P0", off + 24, 8).unwrap();
+    let mut want = pattern(8 * 512, 13).to_vec();
+    want[512..3 * 512].fill(0);
+    want[5 * 512..8 * 512].fill(0);
+    assert_eq!(&on_member[..], &want[..]);
+    let on_other = read(&h, 0, "P1", off + 16 + 3, 4).unwrap();
+    assert_eq!(&on_other[..], &pattern(4 * 512, 12)[..]);
     call(&h, &m, "bdev_raid_delete", json!({"name": "RS"})).unwrap();
     // A mirror never passes through: its reads retry on another member, its writes go
     // to all of them.
