@@ -2,7 +2,7 @@
 # Issue 5's figures (1 core, 4 KiB, queue depth 128): raid0 over two null bdevs against
 # one null bdev (randread); raid1 over two malloc bdevs against one malloc bdev, reads
 # (randread) and writes (randwrite); raid1 reads also with our raid1_read_affinity
-# option. Interleaved N times; medians and ratios.
+# option. Interleaved N times; medians and ratios, and the ratios paired per round.
 #   N=5 T=5 scripts/bench_raid.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,3 +55,11 @@ echo "raid0(2 x null) / null: $(ratio "${med[raid0_null]}" "${med[null]}")"
 echo "raid1(2 x malloc) / malloc, reads: $(ratio "${med[raid1_read]}" "${med[malloc_read]}")"
 echo "raid1(2 x malloc, raid1_read_affinity) / malloc, reads: $(ratio "${med[raid1_read_affinity]}" "${med[malloc_read]}")"
 echo "raid1(2 x malloc) / malloc, writes: $(ratio "${med[raid1_write]}" "${med[malloc_write]}")"
+# The same ratios paired per round (each round's figure over that round's base, then the
+# median of those): the machine's drift between rounds cancels within a pair.
+paired() {
+  paste <(echo ${runs[$1]} | tr ' ' '\n') <(echo ${runs[$2]} | tr ' ' '\n') |
+    awk '{printf "%.4f\n", $1/$2}' | sort -g |
+    awk '{a[NR]=$1} END{printf "%.3f (%.3f to %.3f)", a[int((NR+1)/2)], a[1], a[NR]}'
+}
+echo "paired per round: raid0 / null $(paired raid0_null null); raid1 reads $(paired raid1_read malloc_read); with affinity $(paired raid1_read_affinity malloc_read); raid1 writes $(paired raid1_write malloc_write)"
