@@ -48,10 +48,7 @@ impl BdevChannel {
     /// ([`super::BdevOps::pass_through`]): 0 if not, else how many channels it goes to
     /// (1, or a stripe's members).
     pub fn passes_through(&self) -> usize {
-        self.ch
-            .pass
-            .as_ref()
-            .map_or(0, |p| p.stripe.as_ref().map_or(1, |s| s.members().len()))
+        self.ch.pass.as_ref().map_or(0, |p| p.width())
     }
 }
 

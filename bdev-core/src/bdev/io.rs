@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 
 use super::channel::{BdevChannel, ChanCtx, ThreadCtx};
 use super::desc::Desc;
+use super::ops::Pass;
 use super::service;
 use super::{IoPayload, IoStatus, IoType, Payload, Reject};
 use crate::dma::{self, BlockMem, Iov};
@@ -1000,25 +1001,26 @@ fn pass_down(top: &ChanCtx, mut ctx: Box<IoCtx>) {
         }
         // Each kind checks and commits on its own: a member and offset carried through
         // shared checks cost a plain pass-through ~9 instructions.
-        let Some(s) = &pass.stripe else {
-            let m = &pass.first;
-            if !takes_in_place(&m.desc, &m.ch.ch, &ctx, ctx.offset_blocks) {
+        match pass {
+            Pass::One(m) => {
+                if !takes_in_place(&m.desc, &m.ch.ch, &ctx, ctx.offset_blocks) {
+                    break;
+                }
+                c = hop(&mut ctx, &m.ch.ch);
+            }
+            // A stripe: to the member that holds the blocks, and no further (the I/O keeps
+            // one member index, its last level's).
+            Pass::Stripe(s) => {
+                if let Some((i, m, at)) = s.map(ctx.offset_blocks, ctx.num_blocks) {
+                    if takes_in_place(&m.desc, &m.ch.ch, &ctx, at) {
+                        ctx.member = i;
+                        ctx.offset_blocks = at;
+                        c = hop(&mut ctx, &m.ch.ch);
+                    }
+                }
                 break;
             }
-            c = hop(&mut ctx, &m.ch.ch);
-            continue;
-        };
-        // A stripe: to the member that holds the blocks, and no further (the I/O keeps
-        // one member index, its last level's).
-        let Some((i, m, at)) = s.map(ctx.offset_blocks, ctx.num_blocks) else {
-            break;
-        };
-        if takes_in_place(&m.desc, &m.ch.ch, &ctx, at) {
-            ctx.member = i;
-            ctx.offset_blocks = at;
-            c = hop(&mut ctx, &m.ch.ch);
         }
-        break;
     }
     if std::ptr::eq(c, top) && needs_service_here(c, &ctx) {
         return service::start(ctx);

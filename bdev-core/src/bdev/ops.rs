@@ -78,13 +78,12 @@ pub trait BdevOps: Send + Sync + 'static {
 /// Where a pass-through channel's I/O goes ([`BdevOps::pass_through`]).
 pub struct PassThrough(pub(crate) Pass);
 
-/// A channel's pass-through: the level below, one base or a stripe's members.
-pub(crate) struct Pass {
-    /// Member 0: the base of a plain pass-through, a stripe's first member (kept here as
-    /// well, so that a plain one's I/O reaches it with no test of the kind or index).
-    pub(crate) first: StripeMember,
-    /// A stripe: its layout and all its members.
-    pub(crate) stripe: Option<Box<Stripe>>,
+/// A channel's pass-through: the level below.
+pub(crate) enum Pass {
+    /// One base, at the same blocks (held in place: no pointer to follow on the way).
+    One(StripeMember),
+    /// A stripe: its layout and its members.
+    Stripe(Box<Stripe>),
 }
 
 /// One member of a striped pass-through ([`PassThrough::striped`]).
@@ -113,14 +112,11 @@ pub(crate) struct Stripe {
 impl PassThrough {
     /// Every I/O to `ch` (a channel of `desc`), at the same blocks.
     pub fn to(desc: Arc<Desc>, ch: BdevChannel) -> PassThrough {
-        PassThrough(Pass {
-            first: StripeMember {
-                desc,
-                ch,
-                data_offset: 0,
-            },
-            stripe: None,
-        })
+        PassThrough(Pass::One(StripeMember {
+            desc,
+            ch,
+            data_offset: 0,
+        }))
     }
 
     /// raid0's layout: strips of `strip_blocks` blocks (a power of two), strip `s` on
@@ -132,20 +128,16 @@ impl PassThrough {
     /// members (or more than 65536).
     pub fn striped(strip_blocks: u64, members: Vec<StripeMember>) -> Option<PassThrough> {
         let n = members.len();
-        if !strip_blocks.is_power_of_two() || n > u16::MAX as usize + 1 {
+        if !strip_blocks.is_power_of_two() || n == 0 || n > u16::MAX as usize + 1 {
             return None;
         }
-        let first = members.first()?.clone();
-        Some(PassThrough(Pass {
-            first,
-            stripe: Some(Box::new(Stripe {
-                shift: strip_blocks.trailing_zeros(),
-                mask: strip_blocks - 1,
-                n_shift: n.trailing_zeros(),
-                n_pow2: n.is_power_of_two(),
-                members: members.into_boxed_slice(),
-            })),
-        }))
+        Some(PassThrough(Pass::Stripe(Box::new(Stripe {
+            shift: strip_blocks.trailing_zeros(),
+            mask: strip_blocks - 1,
+            n_shift: n.trailing_zeros(),
+            n_pow2: n.is_power_of_two(),
+            members: members.into_boxed_slice(),
+        }))))
     }
 }
 
@@ -158,9 +150,11 @@ impl Pass {
     /// limits of its own): its module gets every I/O. Checked once, when the channel is
     /// made, not for each I/O.
     pub(crate) fn fits(&self, up: &BdevInner) -> bool {
-        let strip = self.stripe.as_deref().map(|s| s.mask + 1);
-        let stripe = self.stripe.as_deref().map_or(&[][..], |s| &s.members[..]);
-        std::iter::once(&self.first).chain(stripe).all(|m| {
+        let (strip, below) = match self {
+            Pass::One(m) => (None, std::slice::from_ref(m)),
+            Pass::Stripe(s) => (Some(s.mask + 1), &s.members[..]),
+        };
+        below.iter().all(|m| {
             let b = &*m.ch.ch.bdev;
             std::ptr::eq(m.desc.bdev_inner(), b)
                 && b.block_len == up.block_len
@@ -184,18 +178,22 @@ impl Pass {
     /// IOPS against 0.81, for 7 fewer instructions).
     #[inline(always)]
     pub(crate) fn member(&self, i: u16) -> Option<&StripeMember> {
-        match &self.stripe {
-            None => Some(&self.first),
-            Some(s) => s.members.get(i as usize),
+        match self {
+            Pass::One(m) => Some(m),
+            Pass::Stripe(s) => s.members.get(i as usize),
+        }
+    }
+
+    /// How many channels it passes I/O through to.
+    pub(crate) fn width(&self) -> usize {
+        match self {
+            Pass::One(_) => 1,
+            Pass::Stripe(s) => s.members.len(),
         }
     }
 }
 
 impl Stripe {
-    pub(crate) fn members(&self) -> &[StripeMember] {
-        &self.members
-    }
-
     /// The member that holds blocks `offset..offset + num`, its index and its block
     /// there, when they lie in one strip.
     #[inline(always)]
