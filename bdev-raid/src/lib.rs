@@ -41,7 +41,9 @@
 //!   overwritten with older data, leaving the mirrors different. A correction is
 //!   skipped while a member is being added or rebuilt;
 //! - during a rebuild every write also goes to the new member, wherever it lies; writes
-//!   to the window being copied wait for it (SPDK skips the target above the window).
+//!   to the window being copied wait for it (SPDK skips the target above the window);
+//! - at most 64 base bdevs (SPDK: 255): a raid1 read's members tried, and the members
+//!   with a correction under way, are 64-bit masks.
 
 pub mod process;
 pub mod raid;
@@ -83,7 +85,7 @@ pub enum Error {
     #[error("{0}")]
     Busy(String),
     /// A base bdev carries the superblock of another array.
-    #[error("Superblock of a different raid bdev found on bdev {0}")]
+    #[error("Existing raid superblock found on bdev {0}")]
     ForeignSuperblock(String),
     /// Reading or writing a superblock failed.
     #[error("superblock on {bdev}: {what}")]
@@ -695,9 +697,14 @@ pub(crate) fn raid_info(r: &Raid) -> Value {
         .slots
         .iter()
         .map(|s| {
+            // An empty slot shows no uuid (SPDK's null one), unless the array is still
+            // assembling and waits for that member.
+            let uuid = s
+                .uuid
+                .filter(|_| s.desc.is_some() || st.state == RaidState::Configuring);
             json!({
                 "name": s.name.as_ref().filter(|_| s.desc.is_some()),
-                "uuid": s.uuid.unwrap_or_default().to_string(),
+                "uuid": uuid.unwrap_or_default().to_string(),
                 "is_configured": s.desc.is_some(),
                 "data_offset": s.data_offset,
                 "data_size": s.data_size,
@@ -734,8 +741,9 @@ pub(crate) fn raid_info(r: &Raid) -> Value {
 
 /// `bdev_raid_get_bdevs`: the RAIDs in `category` (all, online, configuring, offline).
 pub fn get_bdevs(category: &str) -> Result<Vec<Value>, Error> {
-    let want: Option<RaidState> = match category {
-        "all" => None,
+    // As SPDK's: "all" exactly, a state's name in any case.
+    let want: Option<RaidState> = match category.to_ascii_lowercase().as_str() {
+        _ if category == "all" => None,
         "online" => Some(RaidState::Online),
         "configuring" => Some(RaidState::Configuring),
         "offline" => Some(RaidState::Offline),

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use bdev_core::bdev::{
     self, Bdev, BdevChannel, BdevEvent, BdevIo, BdevOps, BdevProps, Desc, DestructDone, IoStatus,
-    IoType, PassThrough, SharedIo, StripeMember,
+    IoType, PassThrough, Reject, SharedIo, StripeMember,
 };
 use bdev_core::thread::{ForEachChannel, IoChannel, IoDevice, ThreadHandle};
 use uuid::Uuid;
@@ -1026,7 +1026,17 @@ pub(crate) fn raid1_write(ch: &IoChannel<RaidCh>, io: BdevIo) {
                     s.ok();
                 } else {
                     s.fail(st);
-                    if !matches!(st, IoStatus::Rejected(_)) {
+                    // A refusal that says something about the request (its buffers),
+                    // not about the member, every member gives alike: the write fails
+                    // and nobody leaves. Any other (read-only, unsupported, out of
+                    // range: this member refuses what the array accepted) leaves this
+                    // member behind the others, as a failure does: it leaves too.
+                    if !matches!(
+                        st,
+                        IoStatus::Rejected(
+                            Reject::BufferTooSmall | Reject::Misaligned | Reject::TooLarge
+                        )
+                    ) {
                         ch2.member_failed(i, st);
                     }
                 }

@@ -406,6 +406,10 @@ fn bad_requests_get_clear_errors_and_leave_nothing_behind() {
     )
     .unwrap_err();
     assert!(e.contains("invalid category"), "{e}");
+    // A state's name in any case, as SPDK's; "all" only so.
+    assert_eq!(raids(&h, &m, "Online").len(), 1);
+    let e = call(&h, &m, "bdev_raid_get_bdevs", json!({"category": "ALL"})).unwrap_err();
+    assert!(e.contains("invalid category"), "{e}");
 }
 
 /// raid1 over two error bdevs (over malloc) and a spare malloc.
@@ -473,12 +477,19 @@ fn mirror_fails_and_rebuilds(affinity: bool) {
     h.poll_threads();
     let info = &raids(&h, &m, "online")[0];
     assert_eq!(info["num_base_bdevs_operational"], 1, "{info}");
-    assert_eq!(info["base_bdevs_list"][0]["is_configured"], false, "{info}");
+    let slot = &info["base_bdevs_list"][0];
+    assert_eq!(slot["is_configured"], false, "{info}");
+    // An empty slot of an online array: no name, SPDK's null uuid.
+    assert!(slot["name"].is_null(), "{info}");
+    assert_eq!(
+        slot["uuid"], "00000000-0000-0000-0000-000000000000",
+        "{info}"
+    );
     h.run_on(0, || {
         assert!(get_by_name("EE_M0").unwrap().claimed_by().is_none())
     });
-    // Degraded, it keeps serving every block.
-    for i in 0..16u64 {
+    // Degraded, it keeps serving every block, the one written while M0 failed (1024) too.
+    for i in 0..=16u64 {
         let seed = if i == 16 { 99 } else { i };
         let back = read(&h, i as usize % 2, "R1", i * 64, 64).unwrap();
         assert_eq!(&back[..], &pattern(64 * 512, seed)[..], "block {}", i * 64);
@@ -498,11 +509,12 @@ fn mirror_fails_and_rebuilds(affinity: bool) {
     assert_eq!(info["base_bdevs_list"][0]["name"], "M2");
     write(&h, 0, "R1", 2048, 64, 1234).unwrap();
     call(&h, &m, "bdev_raid_delete", json!({"name": "R1"})).unwrap();
-    for i in 0..16u64 {
+    for i in 0..=16u64 {
+        let seed = if i == 16 { 99 } else { i };
         let back = read(&h, 0, "M2", i * 64, 64).unwrap();
         assert_eq!(
             &back[..],
-            &pattern(64 * 512, i)[..],
+            &pattern(64 * 512, seed)[..],
             "rebuilt block {}",
             i * 64
         );
@@ -718,7 +730,8 @@ fn raid1_writes_during_a_rebuild_are_not_lost() {
     // windows with these writes, one poll at a time.
     let d = h.run_on(1, || Rc::new(Desc::open("R1", true, |_| {}).unwrap()));
     let ch = h.run_on(1, || Rc::new(d.get_io_channel().unwrap()));
-    let mut seen_progress = false;
+    // The rebuild as bdev_raid_get_bdevs shows it: (blocks, percent) when seen.
+    let mut progress = Vec::new();
     for round in 0..64u64 {
         let lba = ((round * 37) % 64) * 64;
         let (d2, ch2) = (d.clone(), ch.clone());
@@ -730,10 +743,17 @@ fn raid1_writes_during_a_rebuild_are_not_lost() {
             h.poll_thread(0);
             h.poll_thread(1);
         }
-        seen_progress |= raids(&h, &m, "online")[0].get("process").is_some();
+        if let Some(p) = raids(&h, &m, "online")[0].get("process") {
+            assert_eq!(p["type"], "rebuild", "{p}");
+            assert_eq!(p["target"], "M2", "{p}");
+            let blocks = p["progress"]["blocks"].as_u64().unwrap();
+            let percent = p["progress"]["percent"].as_u64().unwrap();
+            assert!(blocks < 8192 && percent == blocks * 100 / 8192, "{p}");
+            progress.push((blocks, percent));
+        }
     }
     h.poll_threads();
-    assert!(seen_progress, "the rebuild ran alongside the writes");
+    assert!(!progress.is_empty(), "the rebuild ran alongside the writes");
     drop(ch);
     h.run_on(1, move || drop(d));
     assert!(raids(&h, &m, "online")[0].get("process").is_none());
@@ -809,13 +829,32 @@ fn raid1_reads_during_a_rebuild_never_come_from_the_parts_not_yet_copied() {
         assert!(r[0].get("process").is_some(), "still rebuilding: {}", r[0]);
         drop(ch);
         h.run_on(1, move || drop(d));
-        // Let the rebuild finish: then the new member alone holds the data.
+        // Let the rebuild finish: then the new member alone holds the data. Its progress,
+        // window by window, as bdev_raid_get_bdevs shows it, only grows.
+        let mut progress = Vec::new();
         let done = (0..1000).any(|_| {
             h.advance_time_us(100_000);
             h.poll_threads();
-            raids(&h, &m, "online")[0].get("process").is_none()
+            let Some(p) = raids(&h, &m, "online")[0].get("process").cloned() else {
+                return true;
+            };
+            assert_eq!(
+                (&p["type"], &p["target"]),
+                (&json!("rebuild"), &json!("D2"))
+            );
+            let blocks = p["progress"]["blocks"].as_u64().unwrap();
+            let percent = p["progress"]["percent"].as_u64().unwrap();
+            assert!(blocks < 8192 && percent == blocks * 100 / 8192, "{p}");
+            progress.push(blocks);
+            false
         });
         assert!(done, "the rebuild completes");
+        assert!(
+            progress.windows(2).all(|w| w[0] <= w[1])
+                && progress.first() < progress.last()
+                && progress.len() > 2,
+            "the rebuild's progress grows: {progress:?}"
+        );
         call(&h, &m, "bdev_raid_delete", json!({"name": "R1"})).unwrap();
         for i in 0..128u64 {
             let back = read(&h, 0, "M2", i * 64, 64).unwrap();
@@ -1030,7 +1069,7 @@ fn odd_strips_foreign_superblocks_and_degraded_configs() {
     )
     .unwrap_err();
     assert!(
-        e.contains("Superblock of a different raid bdev found on bdev M1"),
+        e.contains("Existing raid superblock found on bdev M1"),
         "{e}"
     );
     assert!(e.contains("code -17"), "{e}");
@@ -1253,4 +1292,204 @@ fn three_way_mirror_with_read_affinity_reads_each_third_from_its_member() {
         want[third as usize] = 10;
         assert_eq!(got, want, "third {third}");
     }
+}
+
+#[test]
+fn a_raid1_member_deleted_under_writes_leaves_it_degraded_and_a_raid0_offline() {
+    let (h, m) = harness();
+    for n in ["M0", "M1", "A0", "A1"] {
+        malloc(&h, &m, n, 4096, 512);
+    }
+    call(
+        &h,
+        &m,
+        "bdev_raid_create",
+        json!({"name": "R1", "raid_level": "raid1", "base_bdevs": ["M0", "M1"]}),
+    )
+    .unwrap();
+    call(
+        &h,
+        &m,
+        "bdev_raid_create",
+        json!({"name": "R0", "raid_level": "raid0", "base_bdevs": ["A0", "A1"], "strip_size_kb": 4}),
+    )
+    .unwrap();
+    // Writes in flight on thread 1 when M1 itself is deleted (hot remove, not
+    // bdev_raid_remove_base_bdev): they complete, and M1 leaves the mirror.
+    let d = h.run_on(1, || Rc::new(Desc::open("R1", true, |_| {}).unwrap()));
+    let ch = h.run_on(1, || Rc::new(d.get_io_channel().unwrap()));
+    let ok = Rc::new(std::cell::Cell::new(0u32));
+    let (d2, ch2, ok2) = (d.clone(), ch.clone(), ok.clone());
+    h.run_on(1, move || {
+        for i in 0..32u64 {
+            let ok = ok2.clone();
+            d2.write_blocks(&ch2, pattern(64 * 512, i), i * 64, 64)
+                .submit(move |c| {
+                    assert!(c.is_success(), "write {i}: {}", c.status);
+                    ok.set(ok.get() + 1);
+                });
+        }
+    });
+    call(&h, &m, "bdev_malloc_delete", json!({"name": "M1"})).unwrap();
+    h.poll_threads();
+    assert_eq!(ok.get(), 32, "every write completed, successfully");
+    let info = &raids(&h, &m, "online")[0];
+    assert_eq!(info["name"], "R1");
+    assert_eq!(info["num_base_bdevs_operational"], 1, "{info}");
+    assert_eq!(info["base_bdevs_list"][1]["is_configured"], false, "{info}");
+    // Degraded, it keeps the data and takes new writes.
+    h.run_on(1, move || {
+        drop(ch);
+        drop(d);
+    });
+    write(&h, 0, "R1", 32 * 64, 64, 32).unwrap();
+    for i in 0..=32u64 {
+        let back = read(&h, i as usize % 2, "R1", i * 64, 64).unwrap();
+        assert_eq!(&back[..], &pattern(64 * 512, i)[..], "block {}", i * 64);
+        assert_eq!(&read(&h, 0, "M0", i * 64, 64).unwrap()[..], &back[..]);
+    }
+    // A raid0 that loses a member goes offline: its bdev goes, its other member stays
+    // claimed until bdev_raid_delete, and it takes no member back.
+    write(&h, 0, "R0", 0, 64, 7).unwrap();
+    call(&h, &m, "bdev_malloc_delete", json!({"name": "A1"})).unwrap();
+    h.poll_threads();
+    let off = raids(&h, &m, "offline");
+    assert_eq!(off.len(), 1, "{off:?}");
+    assert_eq!(off[0]["name"], "R0");
+    assert_eq!(off[0]["state"], "offline");
+    assert_eq!(off[0]["num_base_bdevs_discovered"], 1, "{}", off[0]);
+    assert!(raids(&h, &m, "online").iter().all(|r| r["name"] != "R0"));
+    h.run_on(0, || {
+        assert!(get_by_name("R0").is_none());
+        assert_eq!(
+            get_by_name("A0").unwrap().claimed_by().as_deref(),
+            Some("raid")
+        );
+    });
+    malloc(&h, &m, "A2", 4096, 512);
+    let e = call(
+        &h,
+        &m,
+        "bdev_raid_add_base_bdev",
+        json!({"raid_bdev": "R0", "base_bdev": "A2"}),
+    )
+    .unwrap_err();
+    assert!(e.contains("is offline") && e.contains("code -22"), "{e}");
+    call(&h, &m, "bdev_raid_delete", json!({"name": "R0"})).unwrap();
+    assert!(raids(&h, &m, "offline").is_empty());
+    h.run_on(0, || {
+        assert!(get_by_name("A0").unwrap().claimed_by().is_none());
+        assert!(get_by_name("A2").unwrap().claimed_by().is_none());
+    });
+}
+
+#[test]
+fn bad_add_base_requests_get_clear_errors_and_leave_the_array_as_it_was() {
+    let (h, m) = harness();
+    for n in ["M0", "M1", "M2", "A0", "A1", "C0"] {
+        malloc(&h, &m, n, 4096, 512);
+    }
+    malloc(&h, &m, "K0", 512, 4096);
+    malloc(&h, &m, "S0", 1024, 512);
+    for (name, level, bases) in [("R1", "raid1", ["M0", "M1"]), ("R0", "raid0", ["A0", "A1"])] {
+        let mut p = json!({"name": name, "raid_level": level, "base_bdevs": bases});
+        if level == "raid0" {
+            p["strip_size_kb"] = json!(4);
+        }
+        call(&h, &m, "bdev_raid_create", p).unwrap();
+    }
+    call(
+        &h,
+        &m,
+        "bdev_passthru_create",
+        json!({"base_bdev_name": "C0", "name": "P0"}),
+    )
+    .unwrap();
+    let add = |raid: &str, base: &str| {
+        call(
+            &h,
+            &m,
+            "bdev_raid_add_base_bdev",
+            json!({"raid_bdev": raid, "base_bdev": base}),
+        )
+    };
+    let check = |raid: &str, base: &str, msg: &str, code: i32| {
+        let e = add(raid, base).unwrap_err();
+        assert!(e.contains(msg), "{raid} + {base}: {e}");
+        assert!(e.contains(&format!("code {code})")), "{raid} + {base}: {e}");
+        if base != "C0" {
+            h.run_on(0, || {
+                if let Some(b) = get_by_name(base) {
+                    assert!(b.claimed_by().is_none(), "{base} left claimed");
+                }
+            });
+        }
+    };
+    check("nope", "M2", "raid bdev nope not found", -19);
+    check("R1", "nope", "base bdev nope does not exist", -19);
+    check("R1", "C0", "already claimed", -1);
+    check(
+        "R1",
+        "K0",
+        "blocklen 512 differs from base bdev 'K0' blocklen 4096",
+        -22,
+    );
+    check("R1", "M2", "has no empty slot", -22);
+    check("R0", "M2", "no empty slot to fill", -22);
+    // Degraded: the empty slot takes a member big enough and without another array's
+    // superblock.
+    call(&h, &m, "bdev_raid_remove_base_bdev", json!({"name": "M1"})).unwrap();
+    check("R1", "S0", "base bdev S0 too small for raid bdev R1", -22);
+    for n in ["X0", "X1"] {
+        malloc(&h, &m, n, 4096, 512);
+    }
+    call(
+        &h,
+        &m,
+        "bdev_raid_create",
+        json!({"name": "S", "raid_level": "raid1", "base_bdevs": ["X0", "X1"], "superblock": true}),
+    )
+    .unwrap();
+    call(&h, &m, "bdev_raid_delete", json!({"name": "S"})).unwrap();
+    check("R1", "X0", "Existing raid superblock found on bdev X0", -17);
+    let info = &raids(&h, &m, "online")[0];
+    assert_eq!(info["num_base_bdevs_operational"], 1, "{info}");
+    assert!(info.get("process").is_none(), "{info}");
+    // One operation at a time: while a rebuild runs (onto a member whose writes wait
+    // for the mock clock), another add is refused.
+    call(
+        &h,
+        &m,
+        "bdev_delay_create",
+        json!({"base_bdev_name": "M2", "name": "D2", "avg_read_latency": 1,
+               "p99_read_latency": 1, "avg_write_latency": 100000,
+               "p99_write_latency": 100000}),
+    )
+    .unwrap();
+    let m2 = m.clone();
+    h.run_on(0, move || {
+        bdev_core::thread::spawn_local(async move {
+            m2.call(
+                "bdev_raid_add_base_bdev",
+                Some(json!({"raid_bdev": "R1", "base_bdev": "D2"})),
+            )
+            .await
+            .unwrap();
+        })
+        .unwrap();
+    });
+    let started = (0..20).any(|_| {
+        h.advance_time_us(10);
+        h.poll_threads();
+        raids(&h, &m, "online")[0].get("process").is_some()
+    });
+    assert!(started, "the rebuild starts: {}", raids(&h, &m, "all")[0]);
+    check("R1", "M1", "is in process", -1);
+    let done = (0..1000).any(|_| {
+        h.advance_time_us(100_000);
+        h.poll_threads();
+        raids(&h, &m, "online")[0].get("process").is_none()
+    });
+    assert!(done, "the rebuild completes");
+    assert_eq!(raids(&h, &m, "online")[0]["num_base_bdevs_operational"], 2);
 }

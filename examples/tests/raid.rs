@@ -64,11 +64,17 @@ fn verify_all(cfg: &Path, names: &[String], secs: &str) {
         "{out}"
     );
     for n in names {
-        let row = out
+        assert!(out.contains(&format!("Job: {n} ")), "no job on {n}: {out}");
+        // Its row ("<name> : runtime IOPS MiB/s ..."): it did I/O.
+        let iops = out
             .lines()
-            .find(|l| l.contains(&format!("Job: {n} ")))
-            .unwrap_or_else(|| panic!("no job on {n}: {out}"));
-        assert!(row.contains(n), "{out}");
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                (k.trim() == n.as_str())
+                    .then(|| v.split_whitespace().nth(1)?.parse::<f64>().ok())?
+            })
+            .unwrap_or_else(|| panic!("no row for {n}: {out}"));
+        assert!(iops > 0.0, "{n} did no I/O: {out}");
     }
     // No failed I/O in any job: the Total row's Fail/s is 0.
     let total = bdev_tests::cli::total(&out).unwrap_or_else(|| panic!("no Total: {out}"));
@@ -109,9 +115,10 @@ fn arrays(base: impl Fn(&str, u32) -> Value) -> (Vec<Value>, Vec<String>) {
 #[test]
 fn verify_passes_on_every_level_over_malloc() {
     let (entries, names) = arrays(|name, bs| {
-        // Members of different sizes: concat lays them end to end, raid0 and raid1 use
-        // the smallest.
-        let blocks = (24u64 << 20) / bs as u64 + name.len() as u64 * 64;
+        // Members of different sizes (by their index, after the `_`): concat lays them
+        // end to end, raid0 and raid1 use the smallest.
+        let j: u64 = name.rsplit('_').next().unwrap().parse().unwrap();
+        let blocks = (24u64 << 20) / bs as u64 + j * 64;
         json!({"method": "bdev_malloc_create",
                "params": {"name": name, "num_blocks": blocks, "block_size": bs}})
     });
@@ -122,7 +129,9 @@ fn verify_passes_on_every_level_over_malloc() {
 #[test]
 fn verify_passes_on_every_level_over_aio_files() {
     let (entries, names) = arrays(|name, bs| {
-        let f = file(&format!("{name}.img"), 24);
+        // Of different sizes too (24, 25, 26 MiB by index).
+        let j: u64 = name.rsplit('_').next().unwrap().parse().unwrap();
+        let f = file(&format!("{name}.img"), 24 + j);
         json!({"method": "bdev_aio_create",
                "params": {"name": name, "filename": f, "block_size": bs}})
     });
@@ -349,4 +358,24 @@ fn raid1_with_superblock_comes_back_after_a_restart() {
     assert_eq!(info["num_base_bdevs_operational"], 2);
     assert_eq!(info["superblock"], true);
     stop(child);
+    // Read back through the array, assembled once more from the saved config: the first
+    // 4 KiB of SB1 as hello_bdev left them.
+    let back = dir().join("sb-back.bin");
+    let o = Command::new(env!("CARGO_BIN_EXE_bdev_dd"))
+        .args(["--ib", "SB1", "--of", back.to_str().unwrap(), "--json"])
+        .arg(&saved_path)
+        .args(["--bs", "4096", "--count", "1"])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{out}");
+    let back = std::fs::read(&back).unwrap();
+    let member = std::fs::read(&files[0]).unwrap();
+    assert_eq!(back.len(), 4096, "{out}");
+    assert!(back.starts_with(b"Hello World!"), "{out}");
+    assert!(
+        back[..] == member[1 << 20..(1 << 20) + 4096],
+        "the array's block 0 is the member's past its superblock"
+    );
 }
