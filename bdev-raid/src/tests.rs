@@ -1330,6 +1330,7 @@ fn a_raid1_member_deleted_under_writes_leaves_it_degraded_and_a_raid0_offline() 
                 });
         }
     });
+    assert_eq!(ok.get(), 0, "the writes are in flight");
     call(&h, &m, "bdev_malloc_delete", json!({"name": "M1"})).unwrap();
     h.poll_threads();
     assert_eq!(ok.get(), 32, "every write completed, successfully");
