@@ -513,28 +513,17 @@ pub async fn add_base_bdev(raid: &str, base: &str) -> Result<(), Error> {
     let r = raids
         .find(raid)
         .ok_or_else(|| Error::NotFound(raid.to_string()))?;
-    let b = get_by_name(base).ok_or_else(|| Error::NoBase(base.to_string()))?;
-    if let Some(m) = b.claimed_by() {
-        return Err(Error::Core(bdev_core::Error::Claimed {
-            name: base.to_string(),
-            module: m,
-        }));
-    }
-    // Reserve the slot before anything awaits.
-    let (slot, online, off) = {
+    let b = get_by_name(base);
+    // Checked in SPDK's order: an operation under way, a slot for the base, then the base
+    // itself (there, claimed, its block size). The slot is reserved before anything
+    // awaits.
+    let (slot, online, off, b) = {
         let mut st = r.lock();
         if st.busy || st.process.is_some() {
             return Err(Error::Busy(format!("raid bdev '{raid}' is in process")));
         }
         if st.deleting {
             return Err(Error::NotFound(raid.to_string()));
-        }
-        if st.block_len != 0 && b.block_len() != st.block_len {
-            return Err(Error::InvalidOpts(format!(
-                "Raid bdev '{raid}' blocklen {} differs from base bdev '{base}' blocklen {}",
-                st.block_len,
-                b.block_len()
-            )));
         }
         let (slot, online) = match st.state {
             RaidState::Offline => {
@@ -543,6 +532,7 @@ pub async fn add_base_bdev(raid: &str, base: &str) -> Result<(), Error> {
                 )));
             }
             RaidState::Configuring => {
+                let b = b.as_ref().ok_or_else(|| Error::NoBase(base.to_string()))?;
                 let slot = st
                     .slots
                     .iter()
@@ -568,21 +558,35 @@ pub async fn add_base_bdev(raid: &str, base: &str) -> Result<(), Error> {
                     .ok_or_else(|| {
                         Error::InvalidOpts(format!("raid bdev {raid} has no empty slot"))
                     })?;
-                if let Some(rb) = &st.bdev {
-                    for t in [
-                        bdev_core::bdev::IoType::Unmap,
-                        bdev_core::bdev::IoType::Flush,
-                    ] {
-                        if rb.io_type_supported(t) && !b.io_type_supported(t) {
-                            return Err(Error::InvalidOpts(format!(
-                                "base bdev {base} does not support {t}, which raid bdev {raid} offers"
-                            )));
-                        }
-                    }
-                }
                 (slot, true)
             }
         };
+        let b = b.ok_or_else(|| Error::NoBase(base.to_string()))?;
+        if let Some(m) = b.claimed_by() {
+            return Err(Error::Core(bdev_core::Error::Claimed {
+                name: base.to_string(),
+                module: m,
+            }));
+        }
+        if st.block_len != 0 && b.block_len() != st.block_len {
+            return Err(Error::InvalidOpts(format!(
+                "Raid bdev '{raid}' blocklen {} differs from base bdev '{base}' blocklen {}",
+                st.block_len,
+                b.block_len()
+            )));
+        }
+        if let Some(rb) = st.bdev.as_ref().filter(|_| online) {
+            for t in [
+                bdev_core::bdev::IoType::Unmap,
+                bdev_core::bdev::IoType::Flush,
+            ] {
+                if rb.io_type_supported(t) && !b.io_type_supported(t) {
+                    return Err(Error::InvalidOpts(format!(
+                        "base bdev {base} does not support {t}, which raid bdev {raid} offers"
+                    )));
+                }
+            }
+        }
         let known = st.slots[slot].data_offset;
         let off = match (r.superblock, known) {
             (false, _) => 0,
@@ -599,7 +603,7 @@ pub async fn add_base_bdev(raid: &str, base: &str) -> Result<(), Error> {
             )));
         }
         st.busy = true;
-        (slot, online, off)
+        (slot, online, off, b)
     };
     let res = async {
         // A member of another array keeps its superblock: refuse it.

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use bdev_core::bdev::{
     self, Bdev, BdevChannel, BdevEvent, BdevIo, BdevOps, BdevProps, Desc, DestructDone, IoStatus,
-    IoType, PassThrough, Reject, SharedIo, StripeMember,
+    IoType, PassThrough, SharedIo, StripeMember,
 };
 use bdev_core::thread::{ForEachChannel, IoChannel, IoDevice, ThreadHandle};
 use uuid::Uuid;
@@ -988,7 +988,8 @@ fn correct_read_error(ch: &IoChannel<RaidCh>, io: BdevIo, bad: usize) {
 }
 
 /// A raid1 write (or flush, unmap): to every member; it succeeds when one member has the
-/// data. A member that fails leaves the array. Writes to the window being rebuilt wait.
+/// data. A member that fails leaves the array; one that refuses its part fails the write.
+/// Writes to the window being rebuilt wait.
 pub(crate) fn raid1_write(ch: &IoChannel<RaidCh>, io: BdevIo) {
     let (ws, we) = ch.window.get();
     if ws < we && io.io_type() != IoType::Flush {
@@ -1022,21 +1023,16 @@ pub(crate) fn raid1_write(ch: &IoChannel<RaidCh>, io: BdevIo) {
             n,
             0,
             move |st, s| {
-                if st.is_success() {
-                    s.ok();
-                } else {
-                    s.fail(st);
-                    // A refusal that says something about the request (its buffers),
-                    // not about the member, every member gives alike: the write fails
-                    // and nobody leaves. Any other (read-only, unsupported, out of
-                    // range: this member refuses what the array accepted) leaves this
-                    // member behind the others, as a failure does: it leaves too.
-                    if !matches!(
-                        st,
-                        IoStatus::Rejected(
-                            Reject::BufferTooSmall | Reject::Misaligned | Reject::TooLarge
-                        )
-                    ) {
+                match st {
+                    _ if st.is_success() => s.ok(),
+                    // As SPDK's: a member that refuses its part fails the whole write
+                    // (the others may have written it: the blocks are undefined, as
+                    // after any failed write), and nobody leaves, its media having
+                    // failed nothing. What refuses: a member's own limits (one block in
+                    // more segments than it takes); the request's faults stop above.
+                    IoStatus::Rejected(_) => s.fail_whole(st),
+                    _ => {
+                        s.fail(st);
                         ch2.member_failed(i, st);
                     }
                 }

@@ -743,7 +743,10 @@ fn raid1_writes_during_a_rebuild_are_not_lost() {
             h.poll_thread(0);
             h.poll_thread(1);
         }
-        if let Some(p) = raids(&h, &m, "online")[0].get("process") {
+        // Read as the RPC would, without its polls (which would run the rebuild on to
+        // its end: the writes would come after it).
+        let info = h.run_on(0, || crate::get_bdevs("online").unwrap().remove(0));
+        if let Some(p) = info.get("process") {
             assert_eq!(p["type"], "rebuild", "{p}");
             assert_eq!(p["target"], "M2", "{p}");
             let blocks = p["progress"]["blocks"].as_u64().unwrap();
@@ -753,7 +756,10 @@ fn raid1_writes_during_a_rebuild_are_not_lost() {
         }
     }
     h.poll_threads();
-    assert!(!progress.is_empty(), "the rebuild ran alongside the writes");
+    assert!(
+        progress.len() > 2 && progress.windows(2).all(|w| w[0] <= w[1]),
+        "the rebuild ran alongside the writes, its progress growing: {progress:?}"
+    );
     drop(ch);
     h.run_on(1, move || drop(d));
     assert!(raids(&h, &m, "online")[0].get("process").is_none());
@@ -1300,13 +1306,32 @@ fn a_raid1_member_deleted_under_writes_leaves_it_degraded_and_a_raid0_offline() 
     for n in ["M0", "M1", "A0", "A1"] {
         malloc(&h, &m, n, 4096, 512);
     }
+    // M1 behind a delay bdev whose writes complete when the mock clock moves (100 ms):
+    // the mirror's writes stay in flight there until the test lets them go.
+    call(
+        &h,
+        &m,
+        "bdev_delay_create",
+        json!({"base_bdev_name": "M1", "name": "D1", "avg_read_latency": 0,
+               "p99_read_latency": 0, "avg_write_latency": 0, "p99_write_latency": 0}),
+    )
+    .unwrap();
     call(
         &h,
         &m,
         "bdev_raid_create",
-        json!({"name": "R1", "raid_level": "raid1", "base_bdevs": ["M0", "M1"]}),
+        json!({"name": "R1", "raid_level": "raid1", "base_bdevs": ["M0", "D1"]}),
     )
     .unwrap();
+    for t in ["avg_write", "p99_write"] {
+        call(
+            &h,
+            &m,
+            "bdev_delay_update_latency",
+            json!({"delay_bdev_name": "D1", "latency_type": t, "latency_us": 100000}),
+        )
+        .unwrap();
+    }
     call(
         &h,
         &m,
@@ -1314,8 +1339,9 @@ fn a_raid1_member_deleted_under_writes_leaves_it_degraded_and_a_raid0_offline() 
         json!({"name": "R0", "raid_level": "raid0", "base_bdevs": ["A0", "A1"], "strip_size_kb": 4}),
     )
     .unwrap();
-    // Writes in flight on thread 1 when M1 itself is deleted (hot remove, not
-    // bdev_raid_remove_base_bdev): they complete, and M1 leaves the mirror.
+    // Writes in flight on thread 1 when D1 itself is deleted (hot remove, not
+    // bdev_raid_remove_base_bdev): D1 leaves the mirror at once, and the writes complete
+    // once the clock lets D1's parts go.
     let d = h.run_on(1, || Rc::new(Desc::open("R1", true, |_| {}).unwrap()));
     let ch = h.run_on(1, || Rc::new(d.get_io_channel().unwrap()));
     let ok = Rc::new(std::cell::Cell::new(0u32));
@@ -1330,14 +1356,30 @@ fn a_raid1_member_deleted_under_writes_leaves_it_degraded_and_a_raid0_offline() 
                 });
         }
     });
-    assert_eq!(ok.get(), 0, "the writes are in flight");
-    call(&h, &m, "bdev_malloc_delete", json!({"name": "M1"})).unwrap();
     h.poll_threads();
-    assert_eq!(ok.get(), 32, "every write completed, successfully");
+    assert_eq!(ok.get(), 0, "the writes wait at D1");
+    let m2 = m.clone();
+    h.run_on(0, move || {
+        bdev_core::thread::spawn_local(async move {
+            m2.call("bdev_delay_delete", Some(json!({"name": "D1"})))
+                .await
+                .unwrap();
+        })
+        .unwrap();
+    });
+    let gone = (0..20).any(|_| {
+        h.poll_threads();
+        raids(&h, &m, "online")[0]["num_base_bdevs_operational"] == 1
+    });
+    assert!(gone, "D1 leaves the mirror: {}", raids(&h, &m, "all")[0]);
+    assert_eq!(ok.get(), 0, "while the writes are in flight");
     let info = &raids(&h, &m, "online")[0];
     assert_eq!(info["name"], "R1");
-    assert_eq!(info["num_base_bdevs_operational"], 1, "{info}");
     assert_eq!(info["base_bdevs_list"][1]["is_configured"], false, "{info}");
+    h.advance_time_us(200_000);
+    h.poll_threads();
+    assert_eq!(ok.get(), 32, "every write completed, successfully");
+    h.run_on(0, || assert!(get_by_name("D1").is_none()));
     // Degraded, it keeps the data and takes new writes.
     h.run_on(1, move || {
         drop(ch);
@@ -1348,6 +1390,10 @@ fn a_raid1_member_deleted_under_writes_leaves_it_degraded_and_a_raid0_offline() 
         let back = read(&h, i as usize % 2, "R1", i * 64, 64).unwrap();
         assert_eq!(&back[..], &pattern(64 * 512, i)[..], "block {}", i * 64);
         assert_eq!(&read(&h, 0, "M0", i * 64, 64).unwrap()[..], &back[..]);
+        if i < 32 {
+            // D1 forwarded its part before it went: M1 has the first writes too.
+            assert_eq!(&read(&h, 0, "M1", i * 64, 64).unwrap()[..], &back[..]);
+        }
     }
     // A raid0 that loses a member goes offline: its bdev goes, its other member stays
     // claimed until bdev_raid_delete, and it takes no member back.
@@ -1426,7 +1472,15 @@ fn bad_add_base_requests_get_clear_errors_and_leave_the_array_as_it_was() {
             });
         }
     };
+    // In SPDK's order: the array, an operation under way, a slot, then the base.
     check("nope", "M2", "raid bdev nope not found", -19);
+    for base in ["M2", "nope", "K0"] {
+        check("R1", base, "has no empty slot", -22);
+    }
+    check("R0", "M2", "no empty slot to fill", -22);
+    // Degraded: the empty slot takes a base that exists, is free, has the array's block
+    // size, is big enough and carries no superblock of another array.
+    call(&h, &m, "bdev_raid_remove_base_bdev", json!({"name": "M1"})).unwrap();
     check("R1", "nope", "base bdev nope does not exist", -19);
     check("R1", "C0", "already claimed", -1);
     check(
@@ -1435,11 +1489,6 @@ fn bad_add_base_requests_get_clear_errors_and_leave_the_array_as_it_was() {
         "blocklen 512 differs from base bdev 'K0' blocklen 4096",
         -22,
     );
-    check("R1", "M2", "has no empty slot", -22);
-    check("R0", "M2", "no empty slot to fill", -22);
-    // Degraded: the empty slot takes a member big enough and without another array's
-    // superblock.
-    call(&h, &m, "bdev_raid_remove_base_bdev", json!({"name": "M1"})).unwrap();
     check("R1", "S0", "base bdev S0 too small for raid bdev R1", -22);
     for n in ["X0", "X1"] {
         malloc(&h, &m, n, 4096, 512);
@@ -1493,4 +1542,67 @@ fn bad_add_base_requests_get_clear_errors_and_leave_the_array_as_it_was() {
     });
     assert!(done, "the rebuild completes");
     assert_eq!(raids(&h, &m, "online")[0]["num_base_bdevs_operational"], 2);
+}
+
+/// A bdev of 4096 512-byte blocks that takes one segment per I/O (its writes land
+/// nowhere): a member whose own limit refuses what another member takes.
+struct OneSegment;
+
+impl bdev_core::bdev::BdevOps for OneSegment {
+    type Channel = ();
+    fn module_name(&self) -> &'static str {
+        "one_segment_test"
+    }
+    fn create_channel(&self) -> bdev_core::Result<()> {
+        Ok(())
+    }
+    fn submit_request(&self, _: &(), io: bdev_core::bdev::BdevIo) {
+        assert!(io.iovs().len() <= 1, "the layer keeps to the limit");
+        io.complete(bdev_core::bdev::IoStatus::Success);
+    }
+    fn io_type_supported(&self, t: IoType) -> bool {
+        matches!(t, IoType::Read | IoType::Write)
+    }
+}
+
+#[test]
+fn a_raid1_write_a_member_refuses_fails_and_evicts_nobody() {
+    let (h, m) = harness();
+    malloc(&h, &m, "M0", 4096, 512);
+    h.run_on(0, || {
+        let mut p = bdev_core::bdev::BdevProps::new("ONE", 512, 4096);
+        p.max_num_segments = 1;
+        bdev_core::bdev::register(p, std::sync::Arc::new(OneSegment)).unwrap();
+    });
+    call(
+        &h,
+        &m,
+        "bdev_raid_create",
+        json!({"name": "R1", "raid_level": "raid1", "base_bdevs": ["M0", "ONE"]}),
+    )
+    .unwrap();
+    // One block in two segments: M0 takes it, ONE can't (no whole block fits one
+    // segment). The write fails, as SPDK's does when a base refuses its part, and ONE
+    // stays: its media failed nothing.
+    let status = h.block_on(0, async {
+        let d = Desc::open("R1", true, |_| {}).unwrap();
+        let ch = d.get_io_channel().unwrap();
+        let halves = vec![pattern(256, 1), pattern(256, 2)];
+        d.writev_blocks(&ch, halves, 8, 1)
+            .await
+            .err()
+            .map(|e| e.status)
+    });
+    assert_eq!(
+        status,
+        Some(bdev_core::bdev::IoStatus::Rejected(
+            bdev_core::bdev::Reject::TooLarge
+        ))
+    );
+    h.poll_threads();
+    let info = &raids(&h, &m, "online")[0];
+    assert_eq!(info["num_base_bdevs_operational"], 2, "{info}");
+    // One segment per block is fine.
+    write(&h, 0, "R1", 8, 1, 3).unwrap();
+    assert_eq!(&read(&h, 0, "M0", 8, 1).unwrap()[..], &pattern(512, 3)[..]);
 }

@@ -1507,6 +1507,14 @@ impl SharedIo {
         }
     }
 
+    /// Records a failure the I/O completes with even if a child succeeds, for an I/O
+    /// made by [`BdevIo::share_any`] too (the first failure recorded, this one if none
+    /// was): a mirror's write a member refused, say.
+    pub fn fail_whole(&self, status: IoStatus) {
+        self.inner().any.set(false);
+        self.fail(status);
+    }
+
     /// Records a success (see [`BdevIo::share_any`]).
     pub fn ok(&self) {
         let oks = &self.inner().oks;
