@@ -14,8 +14,10 @@
 //!   on the member that failed it from one in service (SPDK's read-error correction),
 //!   which leaves only if that write fails too, or if no member could serve the read.
 //!   Reads go to the member with the fewest I/Os outstanding on the thread (ties to the
-//!   lowest slot), or, with `bdev_raid_set_options {"raid1_read_affinity": true}`, to a
-//!   home member by LBA part (`split`). `bdev_raid_add_base_bdev` puts a new member in
+//!   lowest slot), picked by the bdev layer itself (`PassThrough::mirror`: the channel
+//!   keeps its readable members in a `MirrorSet`, and a read that fails comes back to
+//!   `pass_through_failed`), or, with `bdev_raid_set_options {"raid1_read_affinity":
+//!   true}`, by this module, to a home member by LBA part (`split`). `bdev_raid_add_base_bdev` puts a new member in
 //!   an empty slot and rebuilds it ([`process`]).
 //! - **superblock** ([`sb`]): SPDK's on-disk layout, at block 0 of every member; with
 //!   `superblock: true` the array's data starts 1 MiB into each member, and the array

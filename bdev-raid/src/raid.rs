@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use bdev_core::bdev::{
     self, Bdev, BdevChannel, BdevEvent, BdevIo, BdevOps, BdevProps, Desc, DestructDone, IoStatus,
-    IoType, PassThrough, SharedIo, StripeMember,
+    IoType, MirrorSet, PassThrough, SharedIo, StripeMember,
 };
 use bdev_core::thread::{ForEachChannel, IoChannel, IoDevice, ThreadHandle};
 use uuid::Uuid;
@@ -625,6 +625,24 @@ pub(crate) struct RaidCh {
     /// raid1 reads with `raid1_read_affinity`: each member slot's home part of the
     /// array on this thread (see [`crate::split`]).
     split: Option<RefCell<ReadSplit>>,
+    /// raid1 reads by least outstanding (no affinity): the members the layer reads from
+    /// itself ([`PassThrough::mirror`]), those that may be read, kept up to date here.
+    mirror: Option<MirrorSet>,
+    /// Tests: raid1 reads this module picked a first member for (not by the layer's
+    /// mirror).
+    #[cfg(test)]
+    pub(crate) first_reads: Cell<u64>,
+}
+
+impl Member {
+    /// This member as the layer's mirror reads see it.
+    fn readable(&self) -> Option<StripeMember> {
+        (self.read.get() && !self.failed.get()).then(|| StripeMember {
+            desc: self.desc.clone(),
+            ch: self.ch.clone(),
+            data_offset: self.data_offset,
+        })
+    }
 }
 
 impl RaidCh {
@@ -646,8 +664,19 @@ impl RaidCh {
                 _ => None,
             });
         }
+        let mirror = (r.level == crate::RaidLevel::Raid1 && !affinity).then(|| {
+            MirrorSet::new(
+                members
+                    .iter()
+                    .map(|m| m.as_ref().and_then(Member::readable))
+                    .collect(),
+            )
+        });
         Ok(RaidCh {
             raid: r.clone(),
+            mirror,
+            #[cfg(test)]
+            first_reads: Cell::new(0),
             members: RefCell::new(members),
             window: Cell::new(st.window),
             waiting: RefCell::new(VecDeque::new()),
@@ -662,6 +691,9 @@ impl RaidCh {
         if let Some(m) = self.members.borrow_mut().get_mut(slot) {
             *m = None;
         }
+        if let Some(set) = &self.mirror {
+            set.set(slot, None);
+        }
     }
 
     /// A member failed an I/O: stop using it here, and have the control thread take it
@@ -675,6 +707,9 @@ impl RaidCh {
             return;
         }
         m.read.set(false);
+        if let Some(set) = &self.mirror {
+            set.set(slot, None);
+        }
         let name = m.desc.bdev().name().to_string();
         tracing::error!(raid = %self.raid.name, base = %name, %status, "base bdev failed I/O");
         let r = self.raid.clone();
@@ -743,6 +778,9 @@ impl RaidCh {
     pub(crate) fn member_readable(&self, slot: usize) {
         if let Some(Some(m)) = self.members.borrow().get(slot) {
             m.read.set(!m.failed.get());
+            if let Some(set) = &self.mirror {
+                set.set(slot, m.readable());
+            }
         }
     }
 }
@@ -808,7 +846,9 @@ impl BdevOps for RaidBdev {
     // adds members per channel), as the pass-through requires.
     fn pass_through(&self, ch: &IoChannel<RaidCh>) -> Option<PassThrough> {
         let Layout::Raid0 { mask, .. } = &self.layout else {
-            return None;
+            // raid1: its reads by least outstanding, as `raid1_read` picks them; a read
+            // that fails comes back to `pass_through_failed`.
+            return ch.mirror.as_ref().map(PassThrough::mirror);
         };
         let members = ch.members.borrow();
         let members = members
@@ -822,6 +862,22 @@ impl BdevOps for RaidBdev {
             })
             .collect::<Option<Vec<_>>>()?;
         PassThrough::striped(mask + 1, members)
+    }
+
+    // A raid1 read that the layer took to member `member` failed there: on to the next
+    // member, as `raid1_read`'s own forward does.
+    fn pass_through_failed(
+        &self,
+        ch: &IoChannel<RaidCh>,
+        io: BdevIo,
+        member: usize,
+        status: IoStatus,
+    ) {
+        let bad = match status {
+            IoStatus::Aborted | IoStatus::Rejected(_) => None,
+            _ => u8::try_from(member).ok(),
+        };
+        raid1_read(ch, io, 1 << member, status, bad);
     }
 
     fn io_type_supported(&self, io_type: IoType) -> bool {
@@ -888,6 +944,10 @@ fn forward(ch: &IoChannel<RaidCh>, io: BdevIo, i: usize, mlba: u64) {
 // `bad` is a u8 to keep the completion's captures within the callback's inline room
 // (DEFER_INLINE): a usize there made every raid1 read allocate (tests/no_alloc.rs).
 fn raid1_read(ch: &IoChannel<RaidCh>, io: BdevIo, tried: u64, last: IoStatus, bad: Option<u8>) {
+    #[cfg(test)]
+    if tried == 0 {
+        ch.first_reads.set(ch.first_reads.get() + 1);
+    }
     let pick = {
         let members = ch.members.borrow();
         // A retry goes by outstanding I/O alone (its home member has failed it).

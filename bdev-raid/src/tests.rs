@@ -255,18 +255,93 @@ fn raid0_io_within_a_strip_goes_to_its_member_past_the_superblock() {
     let on_other = read(&h, 0, "P1", off + 16 + 3, 4).unwrap();
     assert_eq!(&on_other[..], &pattern(4 * 512, 12)[..]);
     call(&h, &m, "bdev_raid_delete", json!({"name": "RS"})).unwrap();
-    // A mirror never passes through: its reads retry on another member, its writes go
-    // to all of them.
-    malloc(&h, &m, "P2", 8192, 512);
-    malloc(&h, &m, "P3", 8192, 512);
+}
+
+#[test]
+fn raid1_reads_pass_through_to_the_members_in_service() {
+    let (h, m) = harness();
+    mirror(&h, &m, false);
+    for i in 0..8u64 {
+        write(&h, 0, "R1", i * 64, 64, i).unwrap();
+    }
+    // A channel made now reads from both members itself (the layer's mirror).
+    let d = h.run_on(1, || Rc::new(Desc::open("R1", false, |_| {}).unwrap()));
+    let ch = h.run_on(1, || Rc::new(d.get_io_channel().unwrap()));
+    assert_eq!(h.run_on(1, || ch.passes_through()), 2);
+    let reads = |h: &Harness| ["R1", "EE_M0", "EE_M1"].map(|b| read_ops(h, &m, b));
+    let read_all = |h: &Harness| {
+        for i in 0..8u64 {
+            let (d2, ch2) = (d.clone(), ch.clone());
+            let back = h.block_on(1, async move {
+                d2.read_blocks(&ch2, DmaBuf::page_aligned(64 * 512).unwrap(), i * 64, 64)
+                    .await
+                    .unwrap()
+            });
+            assert_eq!(&back[..], &pattern(64 * 512, i)[..], "block {}", i * 64);
+        }
+    };
+    // The reads the module itself sent to a first member, on thread 1.
+    let module_reads = |h: &Harness| {
+        h.run_on(1, || {
+            let raid = crate::Raids::get().unwrap().find("R1").unwrap();
+            let dev = raid.lock().dev.clone().unwrap();
+            dev.get_channel().unwrap().first_reads.get()
+        })
+    };
+    let before = reads(&h);
+    read_all(&h);
+    let after = reads(&h);
+    // Counted at the array and at the member that served each (one at a time: ties go
+    // to the first member), and not one came to the module.
+    assert_eq!(after[0] - before[0], 8);
+    assert_eq!((after[1] - before[1], after[2] - before[2]), (8, 0));
+    assert_eq!(module_reads(&h), 0);
+    // A read that fails at its member comes back to the module, which serves it from
+    // the other (and mends the first).
+    inject(&h, &m, "EE_M0", "read", 1);
+    read_all(&h);
+    h.poll_threads();
+    assert_eq!(module_reads(&h), 0, "a retry is not a first read");
+    assert_eq!(raids(&h, &m, "online")[0]["num_base_bdevs_operational"], 2);
+    // A member taken out leaves the channel's reads at once; a new one joins them once
+    // rebuilt.
     call(
         &h,
         &m,
-        "bdev_raid_create",
-        json!({"name": "RM", "raid_level": "raid1", "base_bdevs": ["P2", "P3"]}),
+        "bdev_raid_remove_base_bdev",
+        json!({"name": "EE_M0"}),
     )
     .unwrap();
-    assert_eq!(passes_through(&h, 0, "RM"), 0);
+    assert_eq!(h.run_on(1, || ch.passes_through()), 1);
+    let before = reads(&h);
+    read_all(&h);
+    let after = reads(&h);
+    assert_eq!((after[1] - before[1], after[2] - before[2]), (0, 8));
+    call(
+        &h,
+        &m,
+        "bdev_raid_add_base_bdev",
+        json!({"raid_bdev": "R1", "base_bdev": "M2"}),
+    )
+    .unwrap();
+    h.poll_threads();
+    assert!(raids(&h, &m, "online")[0].get("process").is_none());
+    assert_eq!(h.run_on(1, || ch.passes_through()), 2);
+    let before = read_ops(&h, &m, "M2");
+    read_all(&h);
+    assert_eq!(
+        read_ops(&h, &m, "M2") - before,
+        8,
+        "the rebuilt member, first slot"
+    );
+    // The removed member's bdev goes: nothing holds it (its channel was let go).
+    call(&h, &m, "bdev_error_delete", json!({"name": "EE_M0"})).unwrap();
+    h.run_on(0, || assert!(get_by_name("EE_M0").is_none()));
+    drop(ch);
+    h.run_on(1, move || drop(d));
+    // With read affinity, the module picks each read's member: no pass-through.
+    read_affinity(&h, &m, true);
+    assert_eq!(passes_through(&h, 0, "R1"), 0);
 }
 
 /// How many channels a channel of `name` on thread `t` passes I/O through to.

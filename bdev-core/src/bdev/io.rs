@@ -85,8 +85,13 @@ const CB_ALWAYS: u8 = 1;
 /// A frame's callback: called when the lower I/O did not succeed; on success it is
 /// dropped and the upper I/O completes ([`BdevIo::forward_to_on_error`]).
 const CB_ON_ERROR: u8 = 2;
+/// A frame's callback: a mirror's read that passed through ([`super::PassThrough::mirror`]),
+/// its member in [`IoCtx::member`]: on success the upper I/O completes; on failure the
+/// upper module hears of it ([`super::BdevOps::pass_through_failed`]).
+const CB_MIRROR: u8 = 3;
 /// [`IoCtx::bits`]: the first frame's `CB_*` kind.
 const FRAME0_CB: u8 = CB_ALWAYS | CB_ON_ERROR;
+const _: () = assert!(CB_MIRROR & !FRAME0_CB == 0);
 /// [`IoCtx::bits`]: `desc_id` is set.
 const HAS_DESC: u8 = 1 << 2;
 /// [`IoCtx::bits`]: the I/O is in its channel's timeout table (`track`).
@@ -721,6 +726,13 @@ fn finish(mut ctx: Box<IoCtx>) {
         }
         ctx.offset_blocks = offset;
         if kind != CB_NONE {
+            if kind == CB_MIRROR {
+                let member = std::mem::take(&mut ctx.member);
+                if ctx.status.is_success() {
+                    continue;
+                }
+                return mirror_failed(ctx, member);
+            }
             if kind == CB_ON_ERROR && ctx.status.is_success() {
                 // Wanted on failure only: the upper I/O succeeds too; go on up.
                 drop(ctx.cbs.pop());
@@ -1009,13 +1021,19 @@ fn pass_down(top: &ChanCtx, mut ctx: Box<IoCtx>) {
                 c = hop(&mut ctx, &m.ch.ch);
             }
             // A stripe: to the member that holds the blocks, and no further (the I/O keeps
-            // one member index, its last level's).
+            // one member index, its last level's). A mirror's stripe has no members: its
+            // reads go down from the top only (a frame below hops would stand for the
+            // top's channel, not the mirror's), and no further.
             Pass::Stripe(s) => {
                 if let Some((i, m, at)) = s.map(ctx.offset_blocks, ctx.num_blocks) {
                     if takes_in_place(&m.desc, &m.ch.ch, &ctx, at) {
                         ctx.member = i;
                         ctx.offset_blocks = at;
                         c = hop(&mut ctx, &m.ch.ch);
+                    }
+                } else if let Some(set) = &s.mirror {
+                    if ctx.io_type == IoType::Read && ctx.hops() == 0 {
+                        return pass_mirror(c, set, ctx);
                     }
                 }
                 break;
@@ -1026,6 +1044,60 @@ fn pass_down(top: &ChanCtx, mut ctx: Box<IoCtx>) {
         return service::start(ctx);
     }
     c.module.submit(BdevIo { ctx: Some(ctx) })
+}
+
+/// A mirror's read ([`super::PassThrough::mirror`]) on `top`: forwarded in place, with a
+/// frame, to the member with the fewest I/Os outstanding here (ties to the lowest slot);
+/// to the module when there is none or the read can't go in place.
+#[inline(never)]
+fn pass_mirror(top: &ChanCtx, set: &super::MirrorSet, mut ctx: Box<IoCtx>) {
+    let members = set.members();
+    let mut best: Option<(usize, &super::StripeMember, u64)> = None;
+    for (i, m) in members.iter().enumerate() {
+        let Some(m) = m else { continue };
+        let o = m.ch.ch.outstanding.get();
+        if best.is_none_or(|(_, _, b)| o < b) {
+            best = Some((i, m, o));
+        }
+    }
+    let Some((i, m, at)) =
+        best.and_then(|(i, m, _)| Some((i, m, m.data_offset.checked_add(ctx.offset_blocks)?)))
+    else {
+        return top.module.submit(BdevIo { ctx: Some(ctx) });
+    };
+    ctx.member = i as u16;
+    BdevIo { ctx: Some(ctx) }.forward_in_place(&m.desc, &m.ch, Some(at), MirrorCb);
+}
+
+/// A mirror's read's frame ([`CB_MIRROR`]); one that can't go in place goes to the
+/// mirror's module as any I/O does.
+struct MirrorCb;
+
+impl ForwardCb for MirrorCb {
+    #[inline(always)]
+    fn push(self, _: &mut Vec<ChildCb>) -> u8 {
+        CB_MIRROR
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn slow(self, mut io: BdevIo, _: &Desc, _: &BdevChannel, _: u64, _: Option<Reject>) {
+        let Some(ctx) = io.ctx.as_mut() else { return };
+        ctx.member = 0;
+        let Some(ch) = ctx.ch.clone() else { return };
+        ch.module.submit(io)
+    }
+}
+
+/// A mirror's read failed at member `member`: back to the mirror's module, at its
+/// blocks, to retry (and to mend or evict the member).
+#[cold]
+#[inline(never)]
+fn mirror_failed(mut ctx: Box<IoCtx>, member: u16) {
+    let status = std::mem::replace(&mut ctx.status, IoStatus::Success);
+    let Some(ch) = ctx.ch.clone() else { return };
+    ch.module
+        .pass_through_failed(BdevIo { ctx: Some(ctx) }, member as usize, status);
 }
 
 /// Counts `ctx` gone down a pass-through level to `l`.

@@ -49,7 +49,7 @@ pub use histogram::{BUCKET_SHIFT as HISTOGRAM_BUCKET_SHIFT, Histogram};
 pub use io::{BdevIo, SharedIo};
 pub use ioset::{IoSet, Next as IoSetNext};
 pub(crate) use ops::Pass;
-pub use ops::{BdevOps, DestructDone, PassThrough, StripeMember};
+pub use ops::{BdevOps, DestructDone, MirrorSet, PassThrough, StripeMember};
 pub use props::BdevProps;
 pub use qos::QosLimits;
 pub use queue::IoQueue;
