@@ -297,12 +297,45 @@ fn raid1_reads_pass_through_to_the_members_in_service() {
     assert_eq!((after[1] - before[1], after[2] - before[2]), (8, 0));
     assert_eq!(module_reads(&h), 0);
     // A read that fails at its member comes back to the module, which serves it from
-    // the other (and mends the first).
+    // the other and mends the first.
+    let (w0, r1) = (write_ops(&h, &m, "EE_M0"), read_ops(&h, &m, "EE_M1"));
     inject(&h, &m, "EE_M0", "read", 1);
     read_all(&h);
     h.poll_threads();
     assert_eq!(module_reads(&h), 0, "a retry is not a first read");
     assert_eq!(raids(&h, &m, "online")[0]["num_base_bdevs_operational"], 2);
+    assert_eq!(
+        read_ops(&h, &m, "EE_M1") - r1,
+        2,
+        "the retry, the mend's read"
+    );
+    assert_eq!(write_ops(&h, &m, "EE_M0") - w0, 1, "the mend");
+    // A member out of resources for a while: the read waits there and goes again.
+    call(
+        &h,
+        &m,
+        "bdev_error_inject_error",
+        json!({"name": "EE_M0", "io_type": "read", "error_type": "nomem", "num": 1}),
+    )
+    .unwrap();
+    let done = Rc::new(std::cell::Cell::new(false));
+    let (d2, ch2, done2) = (d.clone(), ch.clone(), done.clone());
+    h.run_on(1, move || {
+        d2.read_blocks(&ch2, DmaBuf::page_aligned(64 * 512).unwrap(), 0, 64)
+            .submit(move |c| {
+                assert!(c.is_success() && c.payload[..] == pattern(64 * 512, 0)[..]);
+                done2.set(true);
+            });
+    });
+    h.poll_threads();
+    assert!(!done.get(), "it waits at the member, out of resources");
+    // (Retried by a poller every 100 us when nothing else completes on the member.)
+    for _ in 0..10 {
+        h.advance_time_us(200);
+        h.poll_threads();
+    }
+    assert!(done.get(), "the read went again, and through");
+    assert_eq!(module_reads(&h), 0);
     // A member taken out leaves the channel's reads at once; a new one joins them once
     // rebuilt.
     call(
@@ -1680,4 +1713,122 @@ fn a_raid1_write_a_member_refuses_fails_and_evicts_nobody() {
     // One segment per block is fine.
     write(&h, 0, "R1", 8, 1, 3).unwrap();
     assert_eq!(&read(&h, 0, "M0", 8, 1).unwrap()[..], &pattern(512, 3)[..]);
+}
+
+#[test]
+fn raid1_reads_in_flight_at_a_member_taken_out_complete_and_let_it_go() {
+    let (h, m) = harness();
+    for n in ["M0", "M1"] {
+        malloc(&h, &m, n, 4096, 512);
+    }
+    call(
+        &h,
+        &m,
+        "bdev_delay_create",
+        json!({"base_bdev_name": "M0", "name": "D0", "avg_read_latency": 0,
+               "p99_read_latency": 0, "avg_write_latency": 0, "p99_write_latency": 0}),
+    )
+    .unwrap();
+    call(
+        &h,
+        &m,
+        "bdev_raid_create",
+        json!({"name": "R1", "raid_level": "raid1", "base_bdevs": ["D0", "M1"]}),
+    )
+    .unwrap();
+    for i in 0..8u64 {
+        write(&h, 0, "R1", i * 64, 64, i).unwrap();
+    }
+    for t in ["avg_read", "p99_read"] {
+        call(
+            &h,
+            &m,
+            "bdev_delay_update_latency",
+            json!({"delay_bdev_name": "D0", "latency_type": t, "latency_us": 100000}),
+        )
+        .unwrap();
+    }
+    // Eight reads at once from one channel: the layer deals them to both members (the
+    // least busy first, ties to D0), and D0's wait for the clock.
+    let d = h.run_on(1, || Rc::new(Desc::open("R1", false, |_| {}).unwrap()));
+    let ch = h.run_on(1, || Rc::new(d.get_io_channel().unwrap()));
+    assert_eq!(h.run_on(1, || ch.passes_through()), 2);
+    let ok = Rc::new(std::cell::Cell::new(0u32));
+    let (d2, ch2, ok2) = (d.clone(), ch.clone(), ok.clone());
+    h.run_on(1, move || {
+        for i in 0..8u64 {
+            let ok = ok2.clone();
+            d2.read_blocks(&ch2, DmaBuf::page_aligned(64 * 512).unwrap(), i * 64, 64)
+                .submit(move |c| {
+                    assert!(c.is_success(), "read {i}: {}", c.status);
+                    assert!(c.payload[..] == pattern(64 * 512, i)[..], "read {i}: data");
+                    ok.set(ok.get() + 1);
+                });
+        }
+    });
+    h.poll_threads();
+    assert_eq!(ok.get(), 4, "M1's four are done, D0's four wait");
+    // D0 taken out of the array: the channel reads from M1 alone at once, while D0's
+    // reads are still in flight there.
+    call(&h, &m, "bdev_raid_remove_base_bdev", json!({"name": "D0"})).unwrap();
+    assert_eq!(h.run_on(1, || ch.passes_through()), 1);
+    assert_eq!(ok.get(), 4);
+    assert_eq!(raids(&h, &m, "online")[0]["num_base_bdevs_operational"], 1);
+    // The array let go of D0: it can be deleted (once its reads are done).
+    let deleted = Rc::new(std::cell::Cell::new(false));
+    let (m2, del) = (m.clone(), deleted.clone());
+    h.run_on(0, move || {
+        bdev_core::thread::spawn_local(async move {
+            m2.call("bdev_delay_delete", Some(json!({"name": "D0"})))
+                .await
+                .unwrap();
+            del.set(true);
+        })
+        .unwrap();
+    });
+    h.advance_time_us(200_000);
+    h.poll_threads();
+    assert_eq!(ok.get(), 8, "every read completed, with its data");
+    assert!(deleted.get(), "D0 deleted");
+    h.run_on(0, || assert!(get_by_name("D0").is_none()));
+    drop(ch);
+    h.run_on(1, move || drop(d));
+}
+
+#[test]
+fn raid1_under_a_passthru_reads_through_the_module_and_still_retries() {
+    let (h, m) = harness();
+    mirror(&h, &m, false);
+    write(&h, 0, "R1", 0, 64, 5).unwrap();
+    call(
+        &h,
+        &m,
+        "bdev_passthru_create",
+        json!({"base_bdev_name": "R1", "name": "PR"}),
+    )
+    .unwrap();
+    // PR's reads hop to R1, where they go to the module (no frame below a hop); one that
+    // fails at its member is served by the other.
+    // (A channel kept open, so that thread 1's raid channel, and its count, stay.)
+    let d = h.run_on(1, || Rc::new(Desc::open("PR", false, |_| {}).unwrap()));
+    let ch = h.run_on(1, || Rc::new(d.get_io_channel().unwrap()));
+    assert_eq!(h.run_on(1, || ch.passes_through()), 1);
+    inject(&h, &m, "EE_M0", "read", 1);
+    let (d2, ch2) = (d.clone(), ch.clone());
+    let back = h.block_on(1, async move {
+        d2.read_blocks(&ch2, DmaBuf::page_aligned(64 * 512).unwrap(), 0, 64)
+            .await
+            .unwrap()
+    });
+    assert_eq!(&back[..], &pattern(64 * 512, 5)[..]);
+    h.poll_threads();
+    let module_reads = h.run_on(1, || {
+        let raid = crate::Raids::get().unwrap().find("R1").unwrap();
+        let dev = raid.lock().dev.clone().unwrap();
+        dev.get_channel().unwrap().first_reads.get()
+    });
+    assert_eq!(module_reads, 1);
+    assert_eq!(raids(&h, &m, "online")[0]["num_base_bdevs_operational"], 2);
+    drop(ch);
+    h.run_on(1, move || drop(d));
 }

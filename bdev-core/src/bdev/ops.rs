@@ -121,13 +121,14 @@ impl MirrorSet {
     /// as needed. Reads already gone down there hold the member's channel until they
     /// complete.
     pub fn set(&self, slot: usize, member: Option<StripeMember>) {
-        let mut cur = self.0.borrow_mut();
-        let mut v: Vec<Option<StripeMember>> = cur.to_vec();
+        let mut v: Vec<Option<StripeMember>> = self.0.borrow().to_vec();
         if v.len() <= slot {
             v.resize(slot + 1, None);
         }
         v[slot] = member;
-        *cur = v.into();
+        // The old slice goes after the borrow: it may hold a member's last channel.
+        let old = self.0.replace(v.into());
+        drop(old);
     }
 
     /// The members as they are now.
@@ -152,6 +153,9 @@ pub(crate) struct Stripe {
     shift: u32,
     /// `(1 << shift) - 1`.
     mask: u64,
+    /// `mask + 1`, blocks per strip; 0 for a mirror's stripe, whose map then stops at its
+    /// first test (a raid1 write passes by here).
+    strip: u64,
     /// With a power of two of members (the usual case), log2 of their count: a shift and
     /// a mask, not a 64-bit division (tens of cycles), on every I/O.
     n_shift: u32,
@@ -186,6 +190,7 @@ impl PassThrough {
         Some(PassThrough(Pass::Stripe(Box::new(Stripe {
             shift: strip_blocks.trailing_zeros(),
             mask: strip_blocks - 1,
+            strip: strip_blocks,
             n_shift: n.trailing_zeros(),
             n_pow2: n.is_power_of_two(),
             members: members.into_boxed_slice(),
@@ -193,16 +198,21 @@ impl PassThrough {
         }))))
     }
 
-    /// A mirror's reads (raid1): each read goes to the member of `set` with the fewest
-    /// I/Os outstanding on the channel (ties to the lowest slot), at its block
-    /// `data_offset + offset`, in place with a frame of its own (which holds the member's
-    /// channel, so that the module may take a member out of `set` at any time). A read
-    /// that fails comes back to [`BdevOps::pass_through_failed`]; any other I/O, and a
-    /// read when `set` is empty or the read can't go in place, to `submit_request`.
+    /// A mirror's reads (raid1): a read submitted on this channel (not one forwarded in
+    /// place from a bdev above, nor one below a pass-through level, nor a piece of a
+    /// split one) goes to the member of `set` with the fewest I/Os outstanding on the
+    /// channel (ties to the lowest slot), at its block `data_offset + offset`, as a
+    /// forward with a frame (the I/O then holds the member's channel until it completes,
+    /// so that the module may take a member out of `set` at any time). A read that fails
+    /// there comes back to [`BdevOps::pass_through_failed`]. Everything else comes to
+    /// `submit_request`: other I/O types, the reads above, a read this bdev's own limits
+    /// would service, and one when `set` is empty or the read can't go in place (another
+    /// block size, refused).
     pub fn mirror(set: &MirrorSet) -> PassThrough {
         PassThrough(Pass::Stripe(Box::new(Stripe {
             shift: 0,
             mask: 0,
+            strip: 0,
             n_shift: 0,
             n_pow2: true,
             members: Box::new([]),
@@ -225,7 +235,7 @@ impl Pass {
             // A mirror's reads go down as forwards: each checked at its member as any
             // forward (block size, limits, permissions).
             Pass::Stripe(s) if s.mirror.is_some() => return true,
-            Pass::Stripe(s) => (Some(s.mask + 1), &s.members[..]),
+            Pass::Stripe(s) => (Some(s.strip), &s.members[..]),
         };
         below.iter().all(|m| {
             let b = &*m.ch.ch.bdev;
@@ -277,7 +287,7 @@ impl Stripe {
     #[inline(always)]
     pub(crate) fn map(&self, offset: u64, num: u64) -> Option<(u16, &StripeMember, u64)> {
         let within = offset & self.mask;
-        if within + num > self.mask + 1 {
+        if within + num > self.strip {
             return None;
         }
         let strip = offset >> self.shift;

@@ -1519,3 +1519,134 @@ fn a_pass_through_above_a_stripe_goes_down_both_and_a_stripes_member_forwards() 
         assert_eq!(outstanding_on(&h, n), 0, "{n}");
     }
 }
+
+/// A mirror's pass-through ([`PassThrough::mirror`]) over `members`, member `i`'s data
+/// from its block `60 * i`; its module sends what reaches it to member 0 and counts it.
+/// `empty`: the set starts with no member.
+struct MirrorTest {
+    members: Vec<Arc<Desc>>,
+    empty: bool,
+    calls: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl BdevOps for MirrorTest {
+    type Channel = (Vec<BdevChannel>, MirrorSet);
+    fn module_name(&self) -> &'static str {
+        "mirror_test"
+    }
+    fn create_channel(&self) -> crate::Result<(Vec<BdevChannel>, MirrorSet)> {
+        let chs: Vec<BdevChannel> = self
+            .members
+            .iter()
+            .map(|d| d.get_io_channel())
+            .collect::<crate::Result<_>>()?;
+        let set = MirrorSet::new(
+            (0..chs.len())
+                .map(|i| {
+                    (!self.empty).then(|| StripeMember {
+                        desc: self.members[i].clone(),
+                        ch: chs[i].clone(),
+                        data_offset: 60 * i as u64,
+                    })
+                })
+                .collect(),
+        );
+        Ok((chs, set))
+    }
+    fn submit_request(&self, ch: &(Vec<BdevChannel>, MirrorSet), io: BdevIo) {
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let at = io.offset_blocks();
+        io.forward_to_and_complete(&self.members[0], &ch.0[0], at);
+    }
+    fn pass_through(&self, ch: &(Vec<BdevChannel>, MirrorSet)) -> Option<PassThrough> {
+        Some(PassThrough::mirror(&ch.1))
+    }
+    fn io_type_supported(&self, t: IoType) -> bool {
+        matches!(t, IoType::Read | IoType::Write)
+    }
+}
+
+/// Registers a [`MirrorTest`] of 200 blocks named `name` over `members` (256-block RAM
+/// bdevs); what reaches its module is counted in what comes back.
+fn mirror_over(
+    h: &Harness,
+    name: &str,
+    members: &[&str],
+    empty: bool,
+) -> Arc<std::sync::atomic::AtomicUsize> {
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c2 = calls.clone();
+    let name = name.to_string();
+    let members: Vec<String> = members.iter().map(|m| m.to_string()).collect();
+    h.run_on(0, move || {
+        let members: Vec<Arc<Desc>> = members
+            .iter()
+            .map(|m| Arc::new(Desc::open(m, true, |_| {}).unwrap()))
+            .collect();
+        let m = MirrorTest {
+            members,
+            empty,
+            calls: c2,
+        };
+        register(BdevProps::new(&name, 512, 200), Arc::new(m)).unwrap();
+    });
+    calls
+}
+
+/// One-block reads of `name` at `lbas`, submitted together on thread 0; all succeed.
+fn reads_at_once(h: &Harness, name: &'static str, lbas: &'static [u64]) {
+    let done = Rc::new(Cell::new(0));
+    let d2 = done.clone();
+    h.run_on(0, move || {
+        let d = Desc::open(name, false, |_| {}).unwrap();
+        let ch = d.get_io_channel().unwrap();
+        for &lba in lbas {
+            let r = d2.clone();
+            d.read_blocks(&ch, DmaBuf::page_aligned(512).unwrap(), lba, 1)
+                .submit(move |c| {
+                    assert!(c.is_success(), "{lba}: {}", c.status);
+                    r.set(r.get() + 1);
+                });
+        }
+    });
+    h.poll_threads();
+    assert_eq!(done.get(), lbas.len());
+}
+
+#[test]
+fn a_mirror_reads_from_its_least_busy_member_and_leaves_the_rest_to_its_module() {
+    let h = Harness::new(1);
+    let seen: Vec<_> = (0..2)
+        .map(|i| ram(&format!("r_mir{i}"), |p| p, false, 0))
+        .collect();
+    let up = mirror_over(&h, "m_mir", &["r_mir0", "r_mir1"], false);
+    let (_d, ch) = hold(&h, "m_mir");
+    assert_eq!(h.run_on(0, || ch.passes_through()), 2);
+    // With both members idle a read goes to member 0 (ties to the lowest slot), at its
+    // data offset (0); the write is the module's.
+    write_read_back(&h, "m_mir", 10, 4, 7);
+    assert_eq!(calls(&up), 1, "the write is the module's, the read not");
+    assert_eq!(
+        took(&seen[0]),
+        vec![(IoType::Write, 10, 4), (IoType::Read, 10, 4)]
+    );
+    // Two at once: the second to member 1, the less busy then, at 20 + 60.
+    reads_at_once(&h, "m_mir", &[20, 20]);
+    assert_eq!(took(&seen[1]), vec![(IoType::Read, 80, 1)]);
+    assert_eq!(calls(&up), 1);
+    // The second at block 199: at 259 it is past member 1's end, refused there, and so
+    // the module's (which reads member 0).
+    reads_at_once(&h, "m_mir", &[20, 199]);
+    assert_eq!(took(&seen[1]).len(), 1, "nothing more reached member 1");
+    assert_eq!(calls(&up), 2);
+    assert_eq!(
+        took(&seen[0])[3..],
+        [(IoType::Read, 20, 1), (IoType::Read, 199, 1)]
+    );
+    // A set with no member: every read is the module's.
+    let _ = ram("r_mir2", |p| p, false, 0);
+    let up2 = mirror_over(&h, "m_mir_empty", &["r_mir2"], true);
+    write_read_back(&h, "m_mir_empty", 0, 2, 1);
+    assert_eq!(calls(&up2), 2);
+}
