@@ -1408,38 +1408,54 @@ fn three_way_mirror_with_read_affinity_reads_each_third_from_its_member() {
     }
 }
 
+/// R1, a raid1 over `members` (4096 blocks of 512 bytes each): a name `D<n>` is a delay
+/// bdev over malloc `M<n>`, whose `kind` I/O ("read" or "write") then waits 100 ms of the
+/// mock clock; any other name is a malloc.
+fn mirror_with_a_slow_member(h: &Harness, m: &Rc<Methods>, members: [&str; 2], kind: &str) {
+    for n in members {
+        let base = n.replacen('D', "M", 1);
+        malloc(h, m, &base, 4096, 512);
+        if base != n {
+            call(
+                h,
+                m,
+                "bdev_delay_create",
+                json!({"base_bdev_name": base, "name": n, "avg_read_latency": 0,
+                       "p99_read_latency": 0, "avg_write_latency": 0, "p99_write_latency": 0}),
+            )
+            .unwrap();
+        }
+    }
+    // Slowed once the array is made (its superblock check reads every member).
+    call(
+        h,
+        m,
+        "bdev_raid_create",
+        json!({"name": "R1", "raid_level": "raid1", "base_bdevs": members}),
+    )
+    .unwrap();
+    for n in members.iter().filter(|n| n.starts_with('D')) {
+        for t in ["avg", "p99"] {
+            call(
+                h,
+                m,
+                "bdev_delay_update_latency",
+                json!({"delay_bdev_name": n, "latency_type": format!("{t}_{kind}"),
+                       "latency_us": 100000}),
+            )
+            .unwrap();
+        }
+    }
+}
+
 #[test]
 fn a_raid1_member_deleted_under_writes_leaves_it_degraded_and_a_raid0_offline() {
     let (h, m) = harness();
-    for n in ["M0", "M1", "A0", "A1"] {
+    for n in ["A0", "A1"] {
         malloc(&h, &m, n, 4096, 512);
     }
-    // M1 behind a delay bdev whose writes complete when the mock clock moves (100 ms):
-    // the mirror's writes stay in flight there until the test lets them go.
-    call(
-        &h,
-        &m,
-        "bdev_delay_create",
-        json!({"base_bdev_name": "M1", "name": "D1", "avg_read_latency": 0,
-               "p99_read_latency": 0, "avg_write_latency": 0, "p99_write_latency": 0}),
-    )
-    .unwrap();
-    call(
-        &h,
-        &m,
-        "bdev_raid_create",
-        json!({"name": "R1", "raid_level": "raid1", "base_bdevs": ["M0", "D1"]}),
-    )
-    .unwrap();
-    for t in ["avg_write", "p99_write"] {
-        call(
-            &h,
-            &m,
-            "bdev_delay_update_latency",
-            json!({"delay_bdev_name": "D1", "latency_type": t, "latency_us": 100000}),
-        )
-        .unwrap();
-    }
+    // The mirror's writes stay in flight at D1 until the test lets them go.
+    mirror_with_a_slow_member(&h, &m, ["M0", "D1"], "write");
     call(
         &h,
         &m,
@@ -1718,35 +1734,9 @@ fn a_raid1_write_a_member_refuses_fails_and_evicts_nobody() {
 #[test]
 fn raid1_reads_in_flight_at_a_member_taken_out_complete_and_let_it_go() {
     let (h, m) = harness();
-    for n in ["M0", "M1"] {
-        malloc(&h, &m, n, 4096, 512);
-    }
-    call(
-        &h,
-        &m,
-        "bdev_delay_create",
-        json!({"base_bdev_name": "M0", "name": "D0", "avg_read_latency": 0,
-               "p99_read_latency": 0, "avg_write_latency": 0, "p99_write_latency": 0}),
-    )
-    .unwrap();
-    call(
-        &h,
-        &m,
-        "bdev_raid_create",
-        json!({"name": "R1", "raid_level": "raid1", "base_bdevs": ["D0", "M1"]}),
-    )
-    .unwrap();
+    mirror_with_a_slow_member(&h, &m, ["D0", "M1"], "read");
     for i in 0..8u64 {
         write(&h, 0, "R1", i * 64, 64, i).unwrap();
-    }
-    for t in ["avg_read", "p99_read"] {
-        call(
-            &h,
-            &m,
-            "bdev_delay_update_latency",
-            json!({"delay_bdev_name": "D0", "latency_type": t, "latency_us": 100000}),
-        )
-        .unwrap();
     }
     // Eight reads at once from one channel: the layer deals them to both members (the
     // least busy first, ties to D0), and D0's wait for the clock.
