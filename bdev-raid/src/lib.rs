@@ -17,8 +17,9 @@
 //!   lowest slot), picked by the bdev layer itself (`PassThrough::mirror`: the channel
 //!   keeps its readable members in a `MirrorSet`, and a read that fails comes back to
 //!   `pass_through_failed`), or, with `bdev_raid_set_options {"raid1_read_affinity":
-//!   true}`, by this module, to a home member by LBA part (`split`). `bdev_raid_add_base_bdev` puts a new member in
-//!   an empty slot and rebuilds it ([`process`]).
+//!   true}`, by this module, to a home member by LBA part (`split`).
+//!   `bdev_raid_add_base_bdev` puts a new member in an empty slot and rebuilds it
+//!   ([`process`]).
 //! - **superblock** ([`sb`]): SPDK's on-disk layout, at block 0 of every member; with
 //!   `superblock: true` the array's data starts 1 MiB into each member, and the array
 //!   reassembles itself through examine when its members appear.

@@ -635,13 +635,18 @@ pub(crate) struct RaidCh {
 }
 
 impl Member {
-    /// This member as the layer's mirror reads see it.
-    fn readable(&self) -> Option<StripeMember> {
-        (self.read.get() && !self.failed.get()).then(|| StripeMember {
+    /// This member as the layer's pass-through sees it.
+    fn passed(&self) -> StripeMember {
+        StripeMember {
             desc: self.desc.clone(),
             ch: self.ch.clone(),
             data_offset: self.data_offset,
-        })
+        }
+    }
+
+    /// This member for the layer's mirror reads, if it may be read.
+    fn readable(&self) -> Option<StripeMember> {
+        (self.read.get() && !self.failed.get()).then(|| self.passed())
     }
 }
 
@@ -853,19 +858,13 @@ impl BdevOps for RaidBdev {
         let members = ch.members.borrow();
         let members = members
             .iter()
-            .map(|m| {
-                m.as_ref().map(|m| StripeMember {
-                    desc: m.desc.clone(),
-                    ch: m.ch.clone(),
-                    data_offset: m.data_offset,
-                })
-            })
+            .map(|m| m.as_ref().map(Member::passed))
             .collect::<Option<Vec<_>>>()?;
         PassThrough::striped(mask + 1, members)
     }
 
     // A raid1 read that the layer took to member `member` failed there: on to the next
-    // member, as `raid1_read`'s own forward does.
+    // member, as after `raid1_read`'s own first try.
     fn pass_through_failed(
         &self,
         ch: &IoChannel<RaidCh>,
@@ -873,11 +872,7 @@ impl BdevOps for RaidBdev {
         member: usize,
         status: IoStatus,
     ) {
-        let bad = match status {
-            IoStatus::Aborted | IoStatus::Rejected(_) => None,
-            _ => u8::try_from(member).ok(),
-        };
-        raid1_read(ch, io, 1 << member, status, bad);
+        raid1_read_failed(ch, io, 0, member, status, None);
     }
 
     fn io_type_supported(&self, io_type: IoType) -> bool {
@@ -1002,13 +997,7 @@ fn raid1_read(ch: &IoChannel<RaidCh>, io: BdevIo, tried: u64, last: IoStatus, ba
                 None => io.complete(status),
             };
         }
-        // A read aborted (the member's own reset) or refused says nothing about the
-        // member's data: try the next one, and nothing to correct on this one.
-        let bad = match status {
-            IoStatus::Aborted | IoStatus::Rejected(_) => bad,
-            _ => bad.or(u8::try_from(i).ok()),
-        };
-        raid1_read(&ch2, io, tried | 1 << i, status, bad);
+        raid1_read_failed(&ch2, io, tried, i, status, bad);
     };
     if bad.is_none() {
         // Nothing to correct on success: the read completes with no call back here.
@@ -1016,6 +1005,24 @@ fn raid1_read(ch: &IoChannel<RaidCh>, io: BdevIo, tried: u64, last: IoStatus, ba
     } else {
         io.forward_to(&m.desc, &m.ch, lba, done)
     }
+}
+
+/// A read failed at member `i` with `status` (after the members in `tried`, the first to
+/// fail it `bad`): on to the next member. A read aborted (the member's own reset) or
+/// refused says nothing about the member's data: nothing to correct on it.
+fn raid1_read_failed(
+    ch: &IoChannel<RaidCh>,
+    io: BdevIo,
+    tried: u64,
+    i: usize,
+    status: IoStatus,
+    bad: Option<u8>,
+) {
+    let bad = match status {
+        IoStatus::Aborted | IoStatus::Rejected(_) => bad,
+        _ => bad.or(u8::try_from(i).ok()),
+    };
+    raid1_read(ch, io, tried | 1 << i, status, bad);
 }
 
 /// A read served by another member after member `bad` failed it: the read completes

@@ -280,14 +280,7 @@ fn raid1_reads_pass_through_to_the_members_in_service() {
             assert_eq!(&back[..], &pattern(64 * 512, i)[..], "block {}", i * 64);
         }
     };
-    // The reads the module itself sent to a first member, on thread 1.
-    let module_reads = |h: &Harness| {
-        h.run_on(1, || {
-            let raid = crate::Raids::get().unwrap().find("R1").unwrap();
-            let dev = raid.lock().dev.clone().unwrap();
-            dev.get_channel().unwrap().first_reads.get()
-        })
-    };
+    let module_reads = |h: &Harness| first_reads(h, 1);
     let before = reads(&h);
     read_all(&h);
     let after = reads(&h);
@@ -375,6 +368,16 @@ fn raid1_reads_pass_through_to_the_members_in_service() {
     // With read affinity, the module picks each read's member: no pass-through.
     read_affinity(&h, &m, true);
     assert_eq!(passes_through(&h, 0, "R1"), 0);
+}
+
+/// The raid1 reads R1's module itself sent to a first member on thread `t` (not the
+/// layer's mirror), by the channel that thread has (kept open by the test).
+fn first_reads(h: &Harness, t: usize) -> u64 {
+    h.run_on(t, || {
+        let raid = crate::Raids::get().unwrap().find("R1").unwrap();
+        let dev = raid.lock().dev.clone().unwrap();
+        dev.get_channel().unwrap().first_reads.get()
+    })
 }
 
 /// How many channels a channel of `name` on thread `t` passes I/O through to.
@@ -1812,12 +1815,7 @@ fn raid1_under_a_passthru_reads_through_the_module_and_still_retries() {
     });
     assert_eq!(&back[..], &pattern(64 * 512, 5)[..]);
     h.poll_threads();
-    let module_reads = h.run_on(1, || {
-        let raid = crate::Raids::get().unwrap().find("R1").unwrap();
-        let dev = raid.lock().dev.clone().unwrap();
-        dev.get_channel().unwrap().first_reads.get()
-    });
-    assert_eq!(module_reads, 1);
+    assert_eq!(first_reads(&h, 1), 1);
     assert_eq!(raids(&h, &m, "online")[0]["num_base_bdevs_operational"], 2);
     drop(ch);
     h.run_on(1, move || drop(d));

@@ -108,7 +108,7 @@ pub(crate) enum Pass {
 /// The members a mirror's channel reads from ([`PassThrough::mirror`]), shared by the
 /// channel's pass-through and its module, which changes them as members come and go.
 /// A read takes the slice as it is (a counted reference), so a change never waits.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct MirrorSet(std::rc::Rc<std::cell::RefCell<std::rc::Rc<[Option<StripeMember>]>>>);
 
 impl MirrorSet {

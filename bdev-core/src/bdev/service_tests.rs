@@ -1369,15 +1369,8 @@ fn stripe(
     strip: u64,
     offset: u64,
 ) -> Arc<std::sync::atomic::AtomicUsize> {
-    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let c2 = calls.clone();
     let name = name.to_string();
-    let members: Vec<String> = members.iter().map(|m| m.to_string()).collect();
-    h.run_on(0, move || {
-        let members: Vec<Arc<Desc>> = members
-            .iter()
-            .map(|m| Arc::new(Desc::open(m, true, |_| {}).unwrap()))
-            .collect();
+    over_members(h, members, move |members, calls| {
         let rows = (256 - offset - 2 * members.len() as u64) / strip;
         let blocks = rows * strip * members.len() as u64;
         let props = BdevProps::new(&name, 512, blocks).optimal_io_boundary(strip as u32, true);
@@ -1385,9 +1378,28 @@ fn stripe(
             members,
             strip,
             offset,
-            calls: c2,
+            calls,
         };
         register(props, Arc::new(s)).unwrap();
+    })
+}
+
+/// Opens `members` on thread 0 (writable) and registers what `make` builds over them,
+/// with a count of what reaches its module, which comes back.
+fn over_members(
+    h: &Harness,
+    members: &[&str],
+    make: impl FnOnce(Vec<Arc<Desc>>, Arc<std::sync::atomic::AtomicUsize>) + 'static,
+) -> Arc<std::sync::atomic::AtomicUsize> {
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c2 = calls.clone();
+    let members: Vec<String> = members.iter().map(|m| m.to_string()).collect();
+    h.run_on(0, move || {
+        let members = members
+            .iter()
+            .map(|m| Arc::new(Desc::open(m, true, |_| {}).unwrap()))
+            .collect();
+        make(members, c2);
     });
     calls
 }
@@ -1575,23 +1587,15 @@ fn mirror_over(
     members: &[&str],
     empty: bool,
 ) -> Arc<std::sync::atomic::AtomicUsize> {
-    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let c2 = calls.clone();
     let name = name.to_string();
-    let members: Vec<String> = members.iter().map(|m| m.to_string()).collect();
-    h.run_on(0, move || {
-        let members: Vec<Arc<Desc>> = members
-            .iter()
-            .map(|m| Arc::new(Desc::open(m, true, |_| {}).unwrap()))
-            .collect();
+    over_members(h, members, move |members, calls| {
         let m = MirrorTest {
             members,
             empty,
-            calls: c2,
+            calls,
         };
         register(BdevProps::new(&name, 512, 200), Arc::new(m)).unwrap();
-    });
-    calls
+    })
 }
 
 /// One-block reads of `name` at `lbas`, submitted together on thread 0; all succeed.
